@@ -1,0 +1,171 @@
+"""Camera accuracy of a set of videos: SfM trials per video, RotErr / TransErr / CamMC, failure rate.
+
+Aggregation follows CamI2V: errors are averaged over a video's successful trials, then over
+videos. Unlike CamI2V's public script (which skips a video whose SfM raised), a failed trial is
+kept and counted: every video appears in the per-video table with its trial successes, a video
+with no successful trial has no error numbers and counts in ``video_failure_rate``, and
+``trial_failure_rate`` is the share of all trials that failed.
+
+Per-video results are cached as JSON keyed by the options and seeds, so an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from camvid.evaluation.pose_metrics import camera_errors
+from camvid.evaluation.sfm import SfmOptions, run_sfm
+
+__all__ = ["CAMERA_METRICS", "CameraAccuracyConfig", "VideoJob", "evaluate_video", "evaluate_camera_accuracy",
+           "summarize_camera_results"]
+
+CAMERA_METRICS = ("RotErr", "TransErr", "CamMC")
+
+
+@dataclass
+class CameraAccuracyConfig:
+    trials: int = 5
+    base_seed: int = 0
+    workers: int = 1
+    cache_dir: str | None = None
+    sfm: SfmOptions = field(default_factory=SfmOptions)
+    progress: bool = True
+
+    def seeds(self) -> list[int]:
+        if self.trials < 1:
+            raise ValueError(f"camera accuracy: trials must be >= 1, got {self.trials}")
+        return [self.base_seed + i for i in range(self.trials)]
+
+
+@dataclass
+class VideoJob:
+    """What one worker needs: the video file, the clip's pixel intrinsics and the GT poses."""
+
+    sample_id: str
+    video_path: str
+    K: np.ndarray  # (3, 3) pixel intrinsics shared by the clip
+    gt_c2w: np.ndarray  # (T, 4, 4)
+
+
+def evaluate_video(job: VideoJob, seeds: list[int], options: SfmOptions) -> dict:
+    """All trials of one video -> a JSON-ready dict (per-trial results and the trial average)."""
+    from camvid.evaluation.layout import read_video
+
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 2  # keep workers quiet: one line per failed trial is enough
+    frames = read_video(job.video_path)
+    if len(frames) != len(job.gt_c2w):
+        raise ValueError(
+            f"{job.video_path}: {len(frames)} frames but {len(job.gt_c2w)} camera poses in cameras.txt"
+        )
+    trials = []
+    for trial in run_sfm(frames, job.K, seeds, options):
+        entry = {"seed": trial.seed, "success": trial.success, "registered": trial.num_registered,
+                 "reason": trial.reason}
+        if trial.success:
+            entry.update(camera_errors(trial.c2w, job.gt_c2w))
+        trials.append(entry)
+    ok = [t for t in trials if t["success"]]
+    result = {"sample_id": job.sample_id, "num_frames": len(frames), "trials": trials,
+              "num_trials": len(trials), "num_success": len(ok)}
+    for name in CAMERA_METRICS:
+        result[name] = float(np.mean([t[name] for t in ok])) if ok else None
+    return result
+
+
+def _cache_key(seeds: list[int], options: SfmOptions, job: VideoJob) -> str:
+    blob = json.dumps({"seeds": seeds, "sfm": asdict(options), "video": os.path.abspath(job.video_path),
+                       "mtime": os.path.getmtime(job.video_path), "K": np.round(job.K, 6).tolist(),
+                       "gt": np.round(job.gt_c2w, 6).tolist()}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def _cached(path: Path, key: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a half-written file from an interrupted run: recompute it
+    return entry["result"] if entry.get("key") == key else None
+
+
+def _store(path: Path, key: str, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "result": result}, indent=1))
+    os.replace(tmp, path)
+
+
+def summarize_camera_results(per_video: list[dict]) -> dict:
+    """Mean errors over videos with at least one successful trial, and both failure rates."""
+    ok = [v for v in per_video if v["num_success"] > 0]
+    trials = sum(v["num_trials"] for v in per_video)
+    failed = sum(v["num_trials"] - v["num_success"] for v in per_video)
+    summary = {
+        "num_videos": len(per_video),
+        "num_videos_failed": len(per_video) - len(ok),
+        "video_failure_rate": (len(per_video) - len(ok)) / len(per_video) if per_video else None,
+        "num_trials": trials,
+        "trial_failure_rate": failed / trials if trials else None,
+    }
+    for name in CAMERA_METRICS:
+        summary[name] = float(np.mean([v[name] for v in ok])) if ok else None
+    return summary
+
+
+def evaluate_camera_accuracy(jobs: list[VideoJob], config: CameraAccuracyConfig, tag: str = "video") -> dict:
+    """Run every job (in parallel over videos), return ``{"summary": ..., "per_video": [...]}``.
+
+    ``tag`` separates caches of different video kinds of one sample folder ("video", "gt").
+    """
+    seeds = config.seeds()
+    cache = Path(config.cache_dir) / tag if config.cache_dir else None
+    results: dict[str, dict] = {}
+    pending: list[tuple[VideoJob, str]] = []
+    for job in jobs:
+        key = _cache_key(seeds, config.sfm, job)
+        hit = _cached(cache / f"{job.sample_id}.json", key) if cache else None
+        if hit is not None:
+            results[job.sample_id] = hit
+        else:
+            pending.append((job, key))
+
+    progress = None
+    if config.progress and pending:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=len(pending), desc=f"camera accuracy ({tag})", unit="video")
+
+    def finish(job: VideoJob, key: str, result: dict) -> None:
+        results[job.sample_id] = result
+        if cache:
+            _store(cache / f"{job.sample_id}.json", key, result)
+        if progress is not None:
+            progress.update(1)
+
+    if config.workers <= 1 or len(pending) <= 1:
+        for job, key in pending:
+            finish(job, key, evaluate_video(job, seeds, config.sfm))
+    else:
+        # spawn: pycolmap and torch hold threads that a forked child must not inherit
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=config.workers, mp_context=context) as pool:
+            futures = {pool.submit(evaluate_video, job, seeds, config.sfm): (job, key) for job, key in pending}
+            for future in as_completed(futures):
+                job, key = futures[future]
+                finish(job, key, future.result())
+    if progress is not None:
+        progress.close()
+    per_video = [results[job.sample_id] for job in jobs]
+    return {"summary": summarize_camera_results(per_video), "per_video": per_video}

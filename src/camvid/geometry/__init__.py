@@ -1,0 +1,102 @@
+"""Camera geometry: pose files, Plücker rays, fundamental matrices, epipolar masks, homographies.
+
+Pure torch, batched, no nn.Module. Conventions and decisions: docs/geometry.md.
+"""
+
+from camvid.geometry.cameras import (
+    CameraTrack,
+    format_pose_line,
+    invert_rigid,
+    normalized_to_pixel_intrinsics,
+    parse_pose_lines,
+    pixel_to_normalized_intrinsics,
+    read_pose_file,
+    relative_poses,
+    resize_crop_geometry,
+    resize_crop_intrinsics,
+    validate_cameras,
+    w2c_to_c2w,
+    write_pose_file,
+)
+from camvid.geometry.epipolar import (
+    COINCIDENT_EPS,
+    band_mask_from_lines,
+    band_neighbors_from_lines,
+    cross_view_band_mask,
+    cross_view_band_neighbors,
+    default_threshold,
+    epipolar_lines,
+    epipolar_mask,
+    epipolar_neighbors,
+    feature_cell_centers,
+    fundamental_between,
+    fundamental_matrices,
+    fundamental_matrix,
+    neighbors_to_mask,
+    pseudo_line_angles,
+    pseudo_lines_through,
+    relative_pose,
+)
+from camvid.geometry.homography import (
+    HOMOGRAPHY_STDS,
+    homography_band_mask,
+    homography_band_neighbors,
+    homography_from_params,
+    homography_pseudo_lines,
+    random_homography,
+    random_homography_params,
+    random_homography_sequence,
+    warp_images,
+    warp_points,
+)
+from camvid.geometry.plucker import pixel_centers, plucker_rays, scale_intrinsics
+
+__all__ = [
+    # cameras
+    "CameraTrack",
+    "format_pose_line",
+    "invert_rigid",
+    "normalized_to_pixel_intrinsics",
+    "parse_pose_lines",
+    "pixel_to_normalized_intrinsics",
+    "read_pose_file",
+    "relative_poses",
+    "resize_crop_geometry",
+    "resize_crop_intrinsics",
+    "validate_cameras",
+    "w2c_to_c2w",
+    "write_pose_file",
+    # plucker
+    "pixel_centers",
+    "plucker_rays",
+    "scale_intrinsics",
+    # epipolar
+    "COINCIDENT_EPS",
+    "band_mask_from_lines",
+    "band_neighbors_from_lines",
+    "cross_view_band_mask",
+    "cross_view_band_neighbors",
+    "default_threshold",
+    "epipolar_lines",
+    "epipolar_mask",
+    "epipolar_neighbors",
+    "feature_cell_centers",
+    "fundamental_between",
+    "fundamental_matrices",
+    "fundamental_matrix",
+    "neighbors_to_mask",
+    "pseudo_line_angles",
+    "pseudo_lines_through",
+    "relative_pose",
+    # homography
+    "HOMOGRAPHY_STDS",
+    "homography_band_mask",
+    "homography_band_neighbors",
+    "homography_from_params",
+    "homography_pseudo_lines",
+    "random_homography",
+    "random_homography_params",
+    "random_homography_sequence",
+    "warp_images",
+    "warp_points",
+]

@@ -1,0 +1,588 @@
+"""Fundamental matrices, epipolar lines and the epipolar attention masks built from them.
+
+Conventions (docs/geometry.md):
+- Image coordinates: pixel ``(u, v)`` has its centre at ``(u + 0.5, v + 0.5)``; ``K`` maps camera
+  rays to these coordinates. Poses are camera-to-world, OpenCV axes.
+- ``F_ij = K_j^-T [t]x R K_i^-1`` with ``(R, t)`` the rigid motion from camera i to camera j, so
+  ``l = F_ij x_i`` is the epipolar line of pixel ``x_i`` in frame j and ``x_j^T F_ij x_i = 0``.
+- Feature cell ``(r, c)`` of an ``h x w`` map over an ``H x W`` image is centred at pixel
+  ``((c + 0.5) W / w, (r + 0.5) H / h)``; a key cell is kept when its centre lies within
+  ``threshold`` image pixels of the query cell's line (``<=``). The default threshold is half a
+  cell's diagonal, which guarantees that the cell holding the true match is always kept.
+- Coincident cameras (camera centres closer than ``eps``): F vanishes, so a pseudo-epipolar line
+  of random direction is drawn through the point the match must be, ``K_j R K_i^-1 x_i`` (the
+  pixel itself for identical cameras). One angle per (clip, query frame, key frame), shared by
+  all cells and all UNet levels, symmetric in the frame pair and fixed by ``seed``.
+- A query whose ray passes through the other camera centre has no line (``F x = 0``); its match
+  is the epipole, and it gets a pseudo line through the epipole by the same rule.
+
+Masks are computed in float64 from line parameters, chunk by chunk, so no dense float
+``(B, T, T, hw, hw)`` tensor is ever formed; the sparse neighbour lists are enumerated along each
+line's band and filtered by the very same predicate, so they equal the dense masks exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from camvid.geometry.cameras import validate_cameras
+
+__all__ = [
+    "relative_pose",
+    "fundamental_matrix",
+    "fundamental_matrices",
+    "fundamental_between",
+    "pseudo_line_angles",
+    "pseudo_lines_through",
+    "epipolar_lines",
+    "feature_cell_centers",
+    "default_threshold",
+    "epipolar_mask",
+    "epipolar_neighbors",
+    "cross_view_band_mask",
+    "cross_view_band_neighbors",
+    "neighbors_to_mask",
+    "band_mask_from_lines",
+    "band_neighbors_from_lines",
+    "COINCIDENT_EPS",
+]
+
+# Camera centres closer than this (in pose units) count as coincident: F is then undefined.
+COINCIDENT_EPS = 1e-6
+# |(a, b)| below this fraction of |l| means x_i sits on the epipole: the line is undefined.
+_DEGENERATE_LINE_RTOL = 1e-10
+# Elements of a float64 temporary per chunk when no better bound is known.
+_MIN_CHUNK_ELEMS = 1 << 18
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_hw(hw, name: str) -> tuple[int, int]:
+    try:
+        h, w = hw
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (height, width), got {hw!r}") from None
+    if int(h) != h or int(w) != w or int(h) <= 0 or int(w) <= 0:
+        raise ValueError(f"{name} must be two positive integers (height, width), got {hw!r}")
+    return int(h), int(w)
+
+
+def _check_clip_cameras(K: torch.Tensor, c2w: torch.Tensor, what: str) -> None:
+    if not isinstance(K, torch.Tensor) or not isinstance(c2w, torch.Tensor):
+        raise ValueError(f"{what}: intrinsics and poses must be tensors")
+    if K.dim() != 4:
+        raise ValueError(f"{what}: intrinsics must have shape (B, T, 3, 3), got {tuple(K.shape)}")
+    if c2w.dim() != 4:
+        raise ValueError(f"{what}: poses must have shape (B, T, 4, 4), got {tuple(c2w.shape)}")
+    validate_cameras(K, c2w, what=what)
+    _check_rigid(c2w, what)
+
+
+def _check_rigid(c2w: torch.Tensor, what: str) -> None:
+    """Fundamental matrices assume rigid poses; a scaled or sheared 'rotation' gives wrong lines."""
+    R = c2w[..., :3, :3].double()
+    err = (R.transpose(-1, -2) @ R - torch.eye(3, dtype=R.dtype, device=R.device)).abs().amax((-1, -2))
+    bad = err > 1e-3
+    if bad.any():
+        first = tuple(int(i) for i in torch.nonzero(bad)[0].tolist())
+        raise ValueError(f"{what}: frame {first}: pose rotation is not orthonormal (|R^T R - I| = "
+                         f"{float(err[first]):.3g})")
+
+
+def _check_threshold(threshold: float, name: str) -> float:
+    value = float(threshold)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number of image pixels, got {threshold!r}")
+    return value
+
+
+def _ref_indices(ref_index, batch: int, frames: int, device) -> torch.Tensor:
+    if isinstance(ref_index, torch.Tensor):
+        if ref_index.dim() == 0:
+            ref = ref_index.reshape(1).expand(batch)
+        elif ref_index.shape == (batch,):
+            ref = ref_index
+        else:
+            raise ValueError(f"ref_index must be an int or a ({batch},) tensor, got shape {tuple(ref_index.shape)}")
+        if ref.is_floating_point() or ref.dtype == torch.bool:
+            raise ValueError(f"ref_index must hold integers, got dtype {ref.dtype}")
+        ref = ref.to(device=device, dtype=torch.long)
+    else:
+        if int(ref_index) != ref_index:
+            raise ValueError(f"ref_index must be an integer, got {ref_index!r}")
+        ref = torch.full((batch,), int(ref_index), dtype=torch.long, device=device)
+    bad = (ref < 0) | (ref >= frames)
+    if bad.any():
+        b = int(torch.nonzero(bad)[0])
+        raise ValueError(f"ref_index {int(ref[b])} of clip {b} is out of range for {frames} frames")
+    return ref
+
+
+# --------------------------------------------------------------------------- two-view geometry
+
+
+def relative_pose(c2w_src: torch.Tensor, c2w_dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rigid motion ``X_dst = R X_src + t`` between camera frames: ``R`` (..., 3, 3), ``t`` (..., 3).
+
+    ``t = R_dst^T (c_src - c_dst)`` is formed from the camera centres, so identical cameras give
+    an exactly zero translation even in float32.
+    """
+    R_src, R_dst = c2w_src[..., :3, :3], c2w_dst[..., :3, :3]
+    R = R_dst.transpose(-1, -2) @ R_src
+    t = (R_dst.transpose(-1, -2) @ (c2w_src[..., :3, 3] - c2w_dst[..., :3, 3]).unsqueeze(-1)).squeeze(-1)
+    return R, t
+
+
+def _skew(v: torch.Tensor) -> torch.Tensor:
+    zero = torch.zeros_like(v[..., 0])
+    x, y, z = v.unbind(-1)
+    return torch.stack(
+        [torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1), torch.stack([-y, x, zero], -1)], -2
+    )
+
+
+def fundamental_matrix(
+    K_src: torch.Tensor, c2w_src: torch.Tensor, K_dst: torch.Tensor, c2w_dst: torch.Tensor
+) -> torch.Tensor:
+    """``F = K_dst^-T [t]x R K_src^-1`` (broadcasting): maps pixels of ``src`` to lines in ``dst``.
+
+    F is exactly zero for coincident cameras; the mask builders replace those lines by
+    pseudo-epipolar lines.
+    """
+    R, t = relative_pose(c2w_src, c2w_dst)
+    E = _skew(t) @ R
+    return torch.linalg.inv(K_dst).transpose(-1, -2) @ E @ torch.linalg.inv(K_src)
+
+
+def fundamental_matrices(K: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+    """All frame pairs of a clip: (..., T, T, 3, 3), ``F[..., i, j]`` maps frame i pixels to lines in j."""
+    validate_cameras(K, c2w, what="fundamental_matrices")
+    if K.dim() < 3:
+        raise ValueError(f"fundamental_matrices: expected (..., T, 3, 3) intrinsics, got {tuple(K.shape)}")
+    return fundamental_matrix(K.unsqueeze(-3), c2w.unsqueeze(-3), K.unsqueeze(-4), c2w.unsqueeze(-4))
+
+
+def fundamental_between(
+    K_a: torch.Tensor, c2w_a: torch.Tensor, K_b: torch.Tensor, c2w_b: torch.Tensor
+) -> torch.Tensor:
+    """Corresponding frames of two clips: (..., T, 3, 3), ``F[..., t]`` maps clip a frame t to clip b frame t."""
+    validate_cameras(K_a, c2w_a, what="fundamental_between (clip a)")
+    validate_cameras(K_b, c2w_b, what="fundamental_between (clip b)")
+    if K_a.shape != K_b.shape:
+        raise ValueError(f"fundamental_between: clip a cameras {tuple(K_a.shape)} and clip b cameras "
+                         f"{tuple(K_b.shape)} differ in shape")
+    return fundamental_matrix(K_a, c2w_a, K_b, c2w_b)
+
+
+# --------------------------------------------------------------------------- lines
+
+
+def pseudo_line_angles(shape: tuple[int, ...], seed: int, *, symmetric_last_two: bool = False) -> torch.Tensor:
+    """Random line directions in ``[0, pi)`` (float64, CPU), a pure function of ``shape`` and ``seed``.
+
+    With ``symmetric_last_two`` the last two dims (query frame, key frame) form a symmetric matrix,
+    so that frames i and j see each other through lines of one direction: the geometry of a camera
+    translating parallel to the image plane (epipoles at infinity), as in CVD's pseudo lines.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    angles = torch.rand(tuple(shape), generator=gen, dtype=torch.float64) * math.pi
+    if symmetric_last_two:
+        upper = torch.triu(angles)
+        angles = upper + torch.triu(angles, diagonal=1).transpose(-1, -2)
+    return angles
+
+
+def pseudo_lines_through(points: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Lines of direction angle ``angles`` (...,) through ``points`` (..., N, 2|3): (..., N, 3).
+
+    Homogeneous points (last dim 3) may lie at infinity in the limit; the line is then pushed far
+    outside the image (its rows get no keys) instead of producing inf/NaN.
+    """
+    if points.shape[-1] == 2:
+        px, py, pz = points[..., 0], points[..., 1], torch.ones_like(points[..., 0])
+    elif points.shape[-1] == 3:
+        px, py, pz = points.unbind(-1)
+        tiny = torch.finfo(points.dtype).eps
+        pz = torch.where(pz.abs() < tiny, torch.where(pz < 0, -tiny, tiny), pz)
+    else:
+        raise ValueError(f"pseudo_lines_through: points must end in 2 or 3 coordinates, got {tuple(points.shape)}")
+    a = torch.cos(angles).to(points.dtype).unsqueeze(-1).expand_as(px)
+    b = torch.sin(angles).to(points.dtype).unsqueeze(-1).expand_as(px)
+    c = -(a * px + b * py) / pz
+    return torch.stack([a, b, c], dim=-1)
+
+
+def epipolar_lines(
+    K_src: torch.Tensor,
+    c2w_src: torch.Tensor,
+    K_dst: torch.Tensor,
+    c2w_dst: torch.Tensor,
+    points: torch.Tensor,
+    angles: torch.Tensor,
+    *,
+    eps: float = COINCIDENT_EPS,
+) -> torch.Tensor:
+    """Normalised lines ``(a, b, c)``, ``a^2 + b^2 = 1``, in ``dst`` for ``points`` of ``src``.
+
+    Cameras broadcast to a pair shape ``P`` ((..., 3, 3) / (..., 4, 4)), ``points`` is (N, 2) or
+    (P..., N, 2) image pixels of ``src``, ``angles`` (P...) the pseudo-line directions used where
+    the cameras coincide or the point sits on the epipole. Computed in float64; returns (P..., N, 3).
+    ``|a x + b y + c|`` is then the distance in pixels of ``(x, y)`` from the line.
+    """
+    f64 = torch.float64
+    K_src, K_dst, c2w_src, c2w_dst = (m.to(f64) for m in (K_src, K_dst, c2w_src, c2w_dst))
+    points = points.to(f64)
+    R, t = relative_pose(c2w_src, c2w_dst)
+    K_src_inv = torch.linalg.inv(K_src)
+    K_dst_inv = torch.linalg.inv(K_dst)
+    F = K_dst_inv.transpose(-1, -2) @ _skew(t) @ R @ K_src_inv
+    # Where the match must be when the baseline vanishes: the infinite homography K_dst R K_src^-1.
+    H_inf = K_dst @ R @ K_src_inv
+    pts_h = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)  # (..., N, 3)
+    lines = pts_h @ F.transpose(-1, -2)  # (P..., N, 3)
+    through_homography = pseudo_lines_through(pts_h @ H_inf.transpose(-1, -2), angles)
+    epipole = (K_dst @ t.unsqueeze(-1)).squeeze(-1).unsqueeze(-2).expand_as(lines)
+    through_epipole = pseudo_lines_through(epipole, angles)
+
+    ab = lines[..., :2].norm(dim=-1)
+    degenerate = ab <= _DEGENERATE_LINE_RTOL * lines.norm(dim=-1)
+    safe_ab = torch.where(degenerate, torch.ones_like(ab), ab)
+    lines = torch.where(degenerate.unsqueeze(-1), through_epipole, lines / safe_ab.unsqueeze(-1))
+    coincident = (c2w_src[..., :3, 3] - c2w_dst[..., :3, 3]).norm(dim=-1) <= eps  # (P...)
+    coincident = coincident.unsqueeze(-1).unsqueeze(-1)
+    return torch.where(coincident, through_homography, lines)
+
+
+# --------------------------------------------------------------------------- feature grids
+
+
+def feature_cell_centers(
+    image_hw: tuple[int, int], feat_hw: tuple[int, int], *, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """(h*w, 2) float64 image-pixel ``(x, y)`` centres of the cells of an ``h x w`` feature map, row-major."""
+    H, W = _check_hw(image_hw, "image_hw")
+    h, w = _check_hw(feat_hw, "feat_hw")
+    xs = (torch.arange(w, dtype=torch.float64, device=device) + 0.5) * (W / w)
+    ys = (torch.arange(h, dtype=torch.float64, device=device) + 0.5) * (H / h)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+
+def default_threshold(image_hw: tuple[int, int], feat_hw: tuple[int, int]) -> float:
+    """Half the diagonal of one feature cell, in image pixels (CamI2V's choice)."""
+    H, W = _check_hw(image_hw, "image_hw")
+    h, w = _check_hw(feat_hw, "feat_hw")
+    return 0.5 * math.hypot(H / h, W / w)
+
+
+def _within_band(a, b, c, x, y, threshold: float) -> torch.Tensor:
+    """The one predicate every mask uses: ``|a x + b y + c| <= threshold`` (same op order everywhere)."""
+    d = a * x
+    d += b * y
+    d += c
+    return d.abs_() <= threshold
+
+
+# --------------------------------------------------------------------------- band kernels
+
+
+def _fill_dense(out: torch.Tensor, lines: torch.Tensor, image_hw, feat_hw, threshold: float) -> None:
+    """``out`` (Q, hw, S, hw) bool view <- band of ``lines`` (Q, S, hw, 3), in bounded chunks."""
+    Q, S, hw, _ = lines.shape
+    centers = feature_cell_centers(image_hw, feat_hw, device=lines.device)
+    x, y = centers[:, 0], centers[:, 1]
+    rows = max(1, _MIN_CHUNK_ELEMS // max(1, S * hw))
+    for i in range(Q):
+        li = lines[i].transpose(0, 1)  # (hw_query, S, 3)
+        for q0 in range(0, hw, rows):
+            seg = li[q0 : q0 + rows]
+            a, b, c = (seg[..., k : k + 1] for k in range(3))
+            out[i, q0 : q0 + rows] = _within_band(a, b, c, x, y, threshold)
+
+
+def _band_candidates(lines: torch.Tensor, image_hw, feat_hw, threshold: float):
+    """Cells along each line's band: (..., P) rows, cols and an in-grid flag, P fixed per grid.
+
+    A line closer to horizontal (``|b| >= |a|``) is walked column by column, otherwise row by row;
+    in each column the band spans ``2 threshold / |b| <= 2 sqrt(2) threshold`` pixels, so a fixed
+    number of cells (with one cell of slack on each side) covers it. The caller filters the
+    candidates with :func:`_within_band`, so this only needs to be a superset.
+    """
+    H, W = image_hw
+    h, w = feat_hw
+    sx, sy = W / w, H / h
+    n_col_mode = int(math.floor(2 * math.sqrt(2) * threshold / sy)) + 4  # cells per column
+    n_row_mode = int(math.floor(2 * math.sqrt(2) * threshold / sx)) + 4  # cells per row
+    P = max(w * n_col_mode, h * n_row_mode)
+    a, b, c = (lines[..., k : k + 1] for k in range(3))
+    col_mode = b.abs() >= a.abs()
+    slot = torch.arange(P, device=lines.device)
+    # Column mode: primary index = column, walk rows.
+    prim_c, k_c = slot // n_col_mode, slot % n_col_mode
+    x_prim = (prim_c.to(torch.float64) + 0.5) * sx
+    b_safe = torch.where(col_mode, b, torch.ones_like(b))
+    y_lo = -(a * x_prim + c) / b_safe - threshold / b_safe.abs()
+    start_r = torch.floor(y_lo / sy - 0.5).clamp(-(n_col_mode + 2), h + 1) - 1
+    # Row mode: primary index = row, walk columns.
+    prim_r, k_r = slot // n_row_mode, slot % n_row_mode
+    y_prim = (prim_r.to(torch.float64) + 0.5) * sy
+    a_safe = torch.where(col_mode, torch.ones_like(a), a)
+    x_lo = -(b * y_prim + c) / a_safe - threshold / a_safe.abs()
+    start_c = torch.floor(x_lo / sx - 0.5).clamp(-(n_row_mode + 2), w + 1) - 1
+
+    rows = torch.where(col_mode, start_r.long() + k_c, prim_r.expand_as(start_r))
+    cols = torch.where(col_mode, prim_c.expand_as(start_c), start_c.long() + k_r)
+    slot_ok = torch.where(col_mode, prim_c < w, prim_r < h)
+    inside = slot_ok & (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    return rows.clamp(0, h - 1), cols.clamp(0, w - 1), inside
+
+
+def _sparse_rows(
+    lines: torch.Tensor, key_frames: torch.Tensor, image_hw, feat_hw, threshold: float
+) -> torch.Tensor:
+    """Sorted key-token indices (-1 padded) of the band of ``lines`` (N, S, 3) with key frames (N, S)."""
+    H, W = image_hw
+    h, w = feat_hw
+    sx, sy = W / w, H / h
+    rows, cols, inside = _band_candidates(lines, image_hw, feat_hw, threshold)  # (N, S, P)
+    a, b, c = (lines[..., k : k + 1] for k in range(3))
+    x = (cols.to(torch.float64) + 0.5) * sx
+    y = (rows.to(torch.float64) + 0.5) * sy
+    keep = inside & _within_band(a, b, c, x, y, threshold)
+    keys = key_frames.unsqueeze(-1) * (h * w) + rows * w + cols
+    sentinel = torch.iinfo(torch.long).max
+    keys = torch.where(keep, keys, torch.full_like(keys, sentinel)).flatten(1)
+    count = int(keep.flatten(1).sum(-1).max()) if keys.shape[0] else 0
+    keys = keys.sort(dim=-1).values[:, :count]
+    return torch.where(keys == sentinel, torch.full_like(keys, -1), keys)
+
+
+def _sparse_from_lines(
+    lines: torch.Tensor, key_frames: torch.Tensor, image_hw, feat_hw, threshold: float, max_keys: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lines`` (B, Q, S, hw, 3), ``key_frames`` (B, Q, S) -> (index, valid) of shape (B, Q*hw, Kmax)."""
+    B, Q, S, hw, _ = lines.shape
+    flat = lines.permute(0, 1, 3, 2, 4).reshape(B, Q * hw, S, 3)
+    frames = key_frames.unsqueeze(2).expand(B, Q, hw, S).reshape(B, Q * hw, S)
+    H, W = image_hw
+    h, w = feat_hw
+    per_query = S * max(w * (int(2 * math.sqrt(2) * threshold * h / H) + 4),
+                        h * (int(2 * math.sqrt(2) * threshold * w / W) + 4))
+    chunk = max(1, _MIN_CHUNK_ELEMS // per_query)
+    pieces = [
+        [_sparse_rows(flat[bi, q0 : q0 + chunk], frames[bi, q0 : q0 + chunk], image_hw, feat_hw, threshold)
+         for q0 in range(0, Q * hw, chunk)]
+        for bi in range(B)
+    ]
+    kmax = max((p.shape[1] for per_b in pieces for p in per_b), default=0)
+    if max_keys is not None:
+        if int(max_keys) < kmax:
+            raise ValueError(f"max_keys={max_keys} is smaller than the {kmax} keys some query needs; "
+                             "raise max_keys or leave it None")
+        kmax = int(max_keys)
+    index = torch.full((B, Q * hw, kmax), -1, dtype=torch.long, device=lines.device)
+    for bi, per_b in enumerate(pieces):
+        q0 = 0
+        for p in per_b:
+            index[bi, q0 : q0 + p.shape[0], : p.shape[1]] = p
+            q0 += p.shape[0]
+    valid = index >= 0
+    return index.clamp_(min=0), valid
+
+
+# --------------------------------------------------------------------------- epipolar attention
+
+
+def _clip_lines(K, c2w, image_hw, feat_hw, seed: int, eps: float) -> torch.Tensor:
+    """(B, T, T, hw, 3) lines of every query cell of frame i (dim 1) in every key frame j (dim 2)."""
+    B, T = K.shape[:2]
+    centers = feature_cell_centers(image_hw, feat_hw, device=K.device)
+    angles = pseudo_line_angles((B, T, T), seed, symmetric_last_two=True).to(K.device)
+    return epipolar_lines(
+        K[:, :, None], c2w[:, :, None], K[:, None, :], c2w[:, None, :], centers, angles, eps=eps
+    )
+
+
+def _prepare(K, c2w, image_hw, feat_hw, threshold, what):
+    _check_clip_cameras(K, c2w, what)
+    image_hw = _check_hw(image_hw, "image_hw")
+    feat_hw = _check_hw(feat_hw, "feat_hw")
+    if threshold is None:
+        threshold = default_threshold(image_hw, feat_hw)
+    return image_hw, feat_hw, _check_threshold(threshold, "threshold")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("all", "ref"):
+        raise ValueError(f"mode must be 'all' (every key frame) or 'ref' (one reference frame), got {mode!r}")
+
+
+def epipolar_mask(
+    K: torch.Tensor,
+    c2w: torch.Tensor,
+    image_hw: tuple[int, int],
+    feat_hw: tuple[int, int],
+    *,
+    mode: str = "all",
+    ref_index: int | torch.Tensor = 0,
+    threshold: float | None = None,
+    seed: int = 0,
+    eps: float = COINCIDENT_EPS,
+) -> torch.Tensor:
+    """Epipolar attention mask (B, T, h*w, T, h*w): [query frame, query cell, key frame, key cell].
+
+    ``K`` (B, T, 3, 3) pixel intrinsics of the ``image_hw`` frames, ``c2w`` (B, T, 4, 4).
+    ``mode="all"``: every frame pair (CamI2V); a frame attends to itself along a pseudo line
+    through each cell. ``mode="ref"``: only key frame ``ref_index`` (int or (B,) long) is kept
+    (CamCo-like); other key frames are all False. ``threshold`` in image pixels, default half a
+    cell diagonal. Rows may be empty (line outside the image): attention adds register tokens.
+    """
+    _check_mode(mode)
+    image_hw, feat_hw, threshold = _prepare(K, c2w, image_hw, feat_hw, threshold, "epipolar_mask")
+    B, T = K.shape[:2]
+    hw = feat_hw[0] * feat_hw[1]
+    lines = _clip_lines(K, c2w, image_hw, feat_hw, seed, eps)
+    out = torch.zeros(B, T, hw, T, hw, dtype=torch.bool, device=K.device)
+    if mode == "all":
+        for bi in range(B):
+            _fill_dense(out[bi], lines[bi], image_hw, feat_hw, threshold)
+    else:
+        ref = _ref_indices(ref_index, B, T, K.device)
+        for bi in range(B):
+            r = int(ref[bi])
+            _fill_dense(out[bi, :, :, r : r + 1], lines[bi, :, r : r + 1], image_hw, feat_hw, threshold)
+    return out
+
+
+def epipolar_neighbors(
+    K: torch.Tensor,
+    c2w: torch.Tensor,
+    image_hw: tuple[int, int],
+    feat_hw: tuple[int, int],
+    *,
+    mode: str = "all",
+    ref_index: int | torch.Tensor = 0,
+    threshold: float | None = None,
+    seed: int = 0,
+    max_keys: int | None = None,
+    eps: float = COINCIDENT_EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse form of :func:`epipolar_mask`: ``(index, valid)``, both (B, T*h*w, Kmax).
+
+    ``index`` holds, per query token ``i*h*w + q``, the key tokens ``j*h*w + k`` of the mask's True
+    entries in ascending order; padding has ``valid=False`` and index 0. ``Kmax`` is the largest
+    row count, or ``max_keys`` when given (ValueError if a row needs more). Built along each
+    line's band, so it never forms the dense mask.
+    """
+    _check_mode(mode)
+    image_hw, feat_hw, threshold = _prepare(K, c2w, image_hw, feat_hw, threshold, "epipolar_neighbors")
+    B, T = K.shape[:2]
+    lines = _clip_lines(K, c2w, image_hw, feat_hw, seed, eps)
+    if mode == "all":
+        key_frames = torch.arange(T, device=K.device).expand(B, T, T)
+    else:
+        ref = _ref_indices(ref_index, B, T, K.device)
+        lines = lines[torch.arange(B, device=K.device), :, ref].unsqueeze(2)
+        key_frames = ref.view(B, 1, 1).expand(B, T, 1)
+    return _sparse_from_lines(lines, key_frames, image_hw, feat_hw, threshold, max_keys)
+
+
+# --------------------------------------------------------------------------- cross-video (CVD)
+
+
+def _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, what):
+    _check_clip_cameras(K_a, c2w_a, f"{what} (clip a)")
+    _check_clip_cameras(K_b, c2w_b, f"{what} (clip b)")
+    if K_a.shape != K_b.shape:
+        raise ValueError(f"{what}: clip a cameras {tuple(K_a.shape)} and clip b cameras {tuple(K_b.shape)} "
+                         "differ in shape")
+    B, T = K_a.shape[:2]
+    centers = feature_cell_centers(image_hw, feat_hw, device=K_a.device)
+    angles = pseudo_line_angles((B, T), seed).to(K_a.device)
+    return epipolar_lines(K_a, c2w_a, K_b, c2w_b, centers, angles, eps=eps).unsqueeze(2)  # (B, T, 1, hw, 3)
+
+
+def band_mask_from_lines(
+    lines: torch.Tensor, image_hw: tuple[int, int], feat_hw: tuple[int, int], threshold: float
+) -> torch.Tensor:
+    """Same-frame band mask (B, T, hw, hw) from per-frame lines (B, T, hw, 3) of query cells."""
+    B, T, hw, _ = lines.shape
+    out = torch.zeros(B, T, hw, hw, dtype=torch.bool, device=lines.device)
+    for bi in range(B):
+        _fill_dense(out[bi].unsqueeze(2), lines[bi].unsqueeze(1), image_hw, feat_hw, threshold)
+    return out
+
+
+def band_neighbors_from_lines(
+    lines: torch.Tensor,
+    image_hw: tuple[int, int],
+    feat_hw: tuple[int, int],
+    threshold: float,
+    max_keys: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse form of :func:`band_mask_from_lines`: (B, T*hw, Kmax) indices into the T*hw key tokens."""
+    B, T = lines.shape[:2]
+    key_frames = torch.arange(T, device=lines.device).view(1, T, 1).expand(B, T, 1)
+    return _sparse_from_lines(lines.unsqueeze(2), key_frames, image_hw, feat_hw, threshold, max_keys)
+
+
+def cross_view_band_mask(
+    K_a: torch.Tensor,
+    c2w_a: torch.Tensor,
+    K_b: torch.Tensor,
+    c2w_b: torch.Tensor,
+    image_hw: tuple[int, int],
+    feat_hw: tuple[int, int],
+    *,
+    tau: float = 3.0,
+    seed: int = 0,
+    eps: float = COINCIDENT_EPS,
+) -> torch.Tensor:
+    """CVD cross-view mask (B, T, h*w, h*w): frame t of clip a attends frame t of clip b.
+
+    Keeps key cells whose centre lies within ``tau`` image pixels of the line (CVD measures
+    distances in image pixels too, on its 256-pixel F grid). Coincident cameras (the shared first
+    frame of a folded pair) get pseudo lines of random direction, one per (clip, frame).
+    """
+    image_hw = _check_hw(image_hw, "image_hw")
+    feat_hw = _check_hw(feat_hw, "feat_hw")
+    tau = _check_threshold(tau, "tau")
+    lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_band_mask")
+    return band_mask_from_lines(lines.squeeze(2), image_hw, feat_hw, tau)
+
+
+def cross_view_band_neighbors(
+    K_a: torch.Tensor,
+    c2w_a: torch.Tensor,
+    K_b: torch.Tensor,
+    c2w_b: torch.Tensor,
+    image_hw: tuple[int, int],
+    feat_hw: tuple[int, int],
+    *,
+    tau: float = 3.0,
+    seed: int = 0,
+    max_keys: int | None = None,
+    eps: float = COINCIDENT_EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse :func:`cross_view_band_mask`: (index, valid) of shape (B, T*h*w, Kmax).
+
+    ``index`` points into clip b's ``T*h*w`` tokens (``t*h*w + k``), the layout of
+    :func:`epipolar_neighbors`, so one sparse attention kernel serves both.
+    """
+    image_hw = _check_hw(image_hw, "image_hw")
+    feat_hw = _check_hw(feat_hw, "feat_hw")
+    tau = _check_threshold(tau, "tau")
+    lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_band_neighbors")
+    return band_neighbors_from_lines(lines.squeeze(2), image_hw, feat_hw, tau, max_keys)
+
+
+def neighbors_to_mask(index: torch.Tensor, valid: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """Dense (B, Q, num_keys) bool mask from ``(index, valid)`` neighbour lists (a reference helper)."""
+    if index.shape != valid.shape:
+        raise ValueError(f"index {tuple(index.shape)} and valid {tuple(valid.shape)} differ in shape")
+    out = torch.zeros(*index.shape[:-1], num_keys + 1, dtype=torch.bool, device=index.device)
+    out.scatter_(-1, torch.where(valid, index, torch.full_like(index, num_keys)), True)
+    return out[..., :num_keys]

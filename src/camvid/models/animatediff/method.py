@@ -1,0 +1,227 @@
+"""The AnimateDiff text-to-video family as one :class:`VideoDiffusionModel`:
+
+- ``AnimateDiffT2V(camera=None)``: plain AnimateDiff (trains the motion modules);
+- ``camera="cameractrl"``: CameraCtrl, Plücker rays -> pose encoder -> ``qkv_merge`` in the first
+  temporal attention of every motion module (trains pose encoder + ``qkv_merge``);
+- ``cvd=True``: CVD, CameraCtrl frozen plus cross-video epipolar ``epi_modules`` after every motion
+  module, run on interleaved video pairs [a0, b0, a1, b1, ...] (trains ``epi_modules`` only).
+
+Text-to-video: there is no conditioning frame (``image_to_video = False``); cameras are relative to
+the batch's ``cond_index`` frame (frame 0 for CVD's folded pairs).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from diffusers import UNetMotionModel
+from torch import nn
+
+from camvid.diffusion.schedule import make_alphas_cumprod
+from camvid.geometry.plucker import plucker_rays
+from camvid.models.animatediff.pose_adaptor import PoseAdaptor, install_pose_adaptor
+from camvid.models.base import CameraInputs, Conditions, VideoDiffusionModel
+
+__all__ = ["AnimateDiffT2V", "CAMERA_METHODS"]
+
+CAMERA_METHODS = (None, "cameractrl")
+
+
+class AnimateDiffT2V(VideoDiffusionModel):
+    """AnimateDiff (+ CameraCtrl) (+ CVD) text-to-video.
+
+    Args:
+        unet: a ``UNetMotionModel`` (see :func:`camvid.models.animatediff.unet.build_unet`); its
+            in/out channels must equal ``first_stage.latent_channels``.
+        first_stage: frozen pixels <-> latents (``encode``/``decode``, ``latent_channels``, ``downsample``).
+        text_encoder: frozen ``captions -> (B, L, cross_attention_dim)``.
+        camera: ``"cameractrl"`` or ``None``.
+        pose_encoder: CameraCtrl's pose encoder, ``(B, T, 6, H, W) -> [per-level (B, C_l, T, h_l, w_l)]``;
+            required with ``camera="cameractrl"``.
+        cvd: add CVD's cross-video synchronisation modules (needs ``camera="cameractrl"``).
+        attn_variant: ``"temporal"`` (single videos) or ``"cross_video"`` (CVD pairs).
+        attn_kwargs: options of the cross-video attention (``tau``, ``masked``, ``path``).
+        beta_schedule: training noise schedule over 1000 steps, betas 0.00085..0.012.
+    """
+
+    parameterization = "eps"
+    image_to_video = False
+
+    def __init__(
+        self,
+        unet: UNetMotionModel,
+        first_stage: nn.Module,
+        text_encoder: nn.Module,
+        camera: str | None = "cameractrl",
+        cvd: bool = False,
+        attn_variant: str = "temporal",
+        pose_encoder: nn.Module | None = None,
+        attn_kwargs: dict | None = None,
+        pose_scale: float = 1.0,
+        beta_schedule: str = "linear",
+        num_train_timesteps: int = 1000,
+    ):
+        super().__init__()
+        _check_combination(camera, cvd, attn_variant, pose_encoder)
+        latent_channels = first_stage.latent_channels
+        if unet.config.in_channels != latent_channels or unet.config.out_channels != latent_channels:
+            raise ValueError(
+                f"UNet in/out channels {unet.config.in_channels}/{unet.config.out_channels} do not match the "
+                f"first stage's {latent_channels} latent channels"
+            )
+        if getattr(text_encoder, "dim", unet.config.cross_attention_dim) != unet.config.cross_attention_dim:
+            raise ValueError(
+                f"text encoder dim {text_encoder.dim} != UNet cross_attention_dim {unet.config.cross_attention_dim}"
+            )
+        self.unet = unet
+        self.first_stage = first_stage
+        self.text_encoder = text_encoder
+        self.camera = camera
+        self.cvd = cvd
+        self.attn_variant = attn_variant
+        self.pose_encoder = pose_encoder
+        self.supports = {"text", "camera"} if camera is not None else {"text"}
+        self.num_train_timesteps = num_train_timesteps
+        self.register_buffer(
+            "alphas_cumprod",
+            make_alphas_cumprod(num_train_timesteps, beta_schedule, 0.00085, 0.012).float(),
+            persistent=False,
+        )
+        self.pose_adaptor: PoseAdaptor | None = None
+        if camera == "cameractrl":
+            self.pose_adaptor = install_pose_adaptor(unet, scale=pose_scale)
+        self.sync = None
+        if cvd:
+            from camvid.models.cvd import install_cvd_modules
+
+            self.sync = install_cvd_modules(unet, **(attn_kwargs or {}))
+
+    # ------------------------------------------------------------------ latents
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        return self.first_stage.encode(video)
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        return self.first_stage.decode(z)
+
+    # --------------------------------------------------------------- conditions
+    def conditions(self, batch: dict, latents: torch.Tensor | None = None) -> Conditions:
+        video = batch["video"]
+        num_views = int(batch.get("num_views", 1))
+        if self.cvd and num_views != 2:
+            raise ValueError(f"CVD runs on video pairs (num_views=2, [a0, b0, a1, b1, ...]); batch has num_views={num_views}")
+        if not self.cvd and num_views != 1:
+            raise ValueError(f"{self._name()} generates single videos; batch has num_views={num_views}")
+        device = self.alphas_cumprod.device
+        text = self.text_encoder(list(batch["caption"])).to(device)
+        camera = None
+        if self.camera is not None:
+            camera = CameraInputs(
+                K=batch["K"].to(device),
+                c2w=batch["c2w"].to(device),
+                image_hw=(int(video.shape[-2]), int(video.shape[-1])),
+                cond_index=batch.get("cond_index"),
+                num_views=num_views,
+            )
+        return Conditions(text=text, camera=camera, frame_stride=batch.get("frame_stride"))
+
+    def null_text(self, batch_size: int) -> torch.Tensor:
+        """Tokens of the empty caption: the null text of classifier-free guidance."""
+        device = self.alphas_cumprod.device
+        return self.text_encoder([""]).to(device).expand(batch_size, -1, -1)
+
+    # ------------------------------------------------------------------ denoise
+    def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        if z_t.dim() != 5:
+            raise ValueError(f"z_t must be (B, C, T, h, w), got {tuple(z_t.shape)}")
+        b, _, num_frames, h, w = z_t.shape
+        if num_frames > self.unet.config.motion_max_seq_length:
+            raise ValueError(
+                f"{num_frames} frames exceed the motion modules' {self.unet.config.motion_max_seq_length} positions"
+            )
+        if cond.text is None:
+            raise ValueError(f"{self._name()} is text-to-video: conditions have no text tokens")
+        text = cond.text.to(z_t.dtype)
+        if cond.drop_text is not None and bool(cond.drop_text.any()):
+            keep_text = ~cond.drop_text.to(text.device)[:, None, None]
+            text = torch.where(keep_text, text, self.null_text(b).to(text.dtype))
+        tokens = text.repeat_interleave(num_frames, dim=0)  # diffusers' motion UNet wants per-frame tokens
+        t = torch.as_tensor(t, device=z_t.device)
+        if t.dim() == 0:
+            t = t.expand(b)
+
+        features, keep_camera = None, None
+        if self.pose_adaptor is not None:
+            if cond.camera is None:
+                raise ValueError(f"{self._name()} needs cameras: conditions have camera=None")
+            features = self.pose_features(cond.camera, z_t.dtype)
+            if cond.drop_camera is not None:
+                keep_camera = ~cond.drop_camera.to(z_t.device)
+        with self._sync_context(cond, b, num_frames, (h, w)):
+            with self.pose_adaptor.feed(features, num_frames, keep_camera) if self.pose_adaptor else nullcontext():
+                return self.unet(z_t, t, encoder_hidden_states=tokens).sample
+
+    def pose_features(self, camera: CameraInputs, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Per-level pose-encoder features of the batch's cameras (Plücker rays at image size)."""
+        height, width = camera.image_hw
+        rays = plucker_rays(camera.K, camera.c2w, height, width).to(dtype)  # (B, T, 6, H, W)
+        return list(self.pose_encoder(rays))
+
+    def _sync_context(self, cond: Conditions, batch: int, num_frames: int, latent_hw: tuple[int, int]):
+        if self.sync is None:
+            return nullcontext()
+        if cond.camera is None or cond.camera.num_views != 2:
+            views = None if cond.camera is None else cond.camera.num_views
+            raise ValueError(f"CVD denoises interleaved video pairs (num_views=2); conditions have num_views={views}")
+        return self.sync.bind(cond.camera, batch, num_frames)
+
+    # ----------------------------------------------------------------- training
+    def freeze_base(self) -> None:
+        """Freeze everything, then unfreeze what the method trains: AnimateDiff the motion modules,
+        CameraCtrl the pose encoder + ``qkv_merge``, CVD only the ``epi_modules``."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for p in self.new_parameters():
+            p.requires_grad_(True)
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        if self.sync is not None:
+            return list(self.sync.parameters())
+        if self.pose_adaptor is not None:
+            return list(self.pose_encoder.parameters()) + list(self.pose_adaptor.parameters())
+        return [p for name, p in self.unet.named_parameters() if ".motion_modules." in name]
+
+    def load_pretrained(self, path: str | Path) -> None:
+        from camvid.models.animatediff.checkpoints import load_animatediff_weights
+
+        load_animatediff_weights(self, Path(path))
+
+    def _name(self) -> str:
+        return "cvd" if self.cvd else (self.camera or "animatediff")
+
+
+def _check_combination(camera: str | None, cvd: bool, attn_variant: str, pose_encoder: nn.Module | None) -> None:
+    if camera not in CAMERA_METHODS:
+        raise ValueError(f"unknown camera method {camera!r}; expected one of {CAMERA_METHODS}")
+    if camera == "cameractrl" and pose_encoder is None:
+        raise ValueError("camera='cameractrl' needs a pose_encoder")
+    if camera is None and pose_encoder is not None:
+        raise ValueError("a pose_encoder was given but camera=None")
+    if cvd and camera != "cameractrl":
+        raise ValueError(f"cvd=True builds on CameraCtrl; got camera={camera!r} (use camera='cameractrl')")
+    if cvd and attn_variant != "cross_video":
+        raise ValueError(
+            f"Invalid combination: model=cvd synchronises video pairs but attn={attn_variant} works within one "
+            "video; with model=cvd use attn=cross_video"
+        )
+    if not cvd and attn_variant == "cross_video":
+        raise ValueError(
+            f"Invalid combination: attn=cross_video synchronises 2 videos but model={camera or 'animatediff'} "
+            "generates single videos; use attn=temporal (or model=cvd)"
+        )
+    if not cvd and attn_variant != "temporal":
+        raise ValueError(
+            f"Invalid combination: model={camera or 'animatediff'} on AnimateDiff has no cross-frame camera "
+            f"module for attn={attn_variant}; use attn=temporal"
+        )

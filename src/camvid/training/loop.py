@@ -1,0 +1,163 @@
+"""The one training loop: every method, every backbone, every dataset.
+
+The base model is frozen and only the method's new modules train (as both papers do); condition
+dropout for classifier-free guidance lives in the loss (camvid.diffusion.losses). accelerate handles
+devices, DDP / DeepSpeed and mixed precision.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm.auto import tqdm
+
+from camvid.config import check_combination
+from camvid.diffusion.losses import diffusion_loss
+from camvid.models.registry import build_method
+from camvid.training.checkpoint import CheckpointManager, find_latest
+from camvid.training.data import build_train_loader, prepare_data
+from camvid.training.distributed import make_accelerator, shared_run_dir
+from camvid.training.logger import build_logger
+from camvid.training.preview import log_preview
+
+__all__ = ["TrainingObjective", "TrainState", "train"]
+
+
+class TrainingObjective(nn.Module):
+    """Wraps a method so the loss is computed inside ``forward`` (DDP syncs gradients through it)."""
+
+    def __init__(self, method: nn.Module, cond_dropout: dict):
+        super().__init__()
+        self.method = method
+        self.cond_dropout = dict(cond_dropout)
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        return diffusion_loss(self.method, batch, generator=generator, cond_dropout=self.cond_dropout)
+
+
+class TrainState:
+    """Per-process state that accelerate checkpoints beside the optimizer: the noise generator."""
+
+    def __init__(self, device: torch.device, seed: int):
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _batches(loader, skip: int):
+    """Endless batches; the first ``skip`` are drawn and dropped (exact data position on resume)."""
+    drawn = 0
+    while True:
+        got_any = False
+        for batch in loader:
+            got_any = True
+            drawn += 1
+            if drawn > skip:
+                yield batch
+        if not got_any:
+            raise RuntimeError("the training data loader yielded no batch; is the dataset empty?")
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train per ``cfg`` (the composed ``conf/train.yaml``); returns a summary dict."""
+    check_combination(cfg)
+    tcfg = cfg.trainer
+    accelerator = make_accelerator(tcfg)
+    run_dir = shared_run_dir(accelerator, Path(cfg.paths.output_dir))
+    is_main = accelerator.is_main_process
+    if is_main:
+        resolved = OmegaConf.to_yaml(cfg, resolve=True)
+        print(resolved)
+        (run_dir / "config_resolved.yaml").write_text(resolved)
+
+    # Same initial weights on every rank; data order and noise differ per rank.
+    torch.manual_seed(int(cfg.seed))
+    method = build_method(cfg)
+    method.freeze_base()
+    params = [p for p in method.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"model={cfg.model.name}: no trainable parameters after freeze_base()")
+    n_train = sum(p.numel() for p in params)
+    n_total = sum(p.numel() for p in method.parameters())
+    objective = TrainingObjective(method, OmegaConf.to_container(cfg.model.cond_dropout, resolve=True))
+
+    opt_cfg = cfg.model.optimizer
+    optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas),
+                                  weight_decay=opt_cfg.weight_decay)
+    warmup = int(tcfg.lr_warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+
+    state = TrainState(accelerator.device, int(cfg.seed) * 1000 + accelerator.process_index)
+    accelerator.register_for_checkpointing(state)
+    ckpt = CheckpointManager(accelerator, method, run_dir / "checkpoints", keep_last=tcfg.keep_last)
+
+    start_step = 0
+    resume_from = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else find_latest(run_dir / "checkpoints")
+    if resume_from is not None:
+        start_step = int(ckpt.load(resume_from)["step"])
+        if is_main:
+            print(f"resumed from {resume_from} at step {start_step}")
+
+    prepare_data(cfg.data, accelerator)
+    loader = build_train_loader(cfg, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    batches = _batches(loader, skip=start_step * int(tcfg.grad_accum))
+
+    logger = build_logger(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True), is_main,
+                          run_name=run_dir.name)
+    if is_main:
+        print(f"run dir: {run_dir}\ntrainable parameters: {n_train:,} of {n_total:,}")
+    max_steps = int(tcfg.max_steps)
+    pbar = tqdm(total=max_steps, initial=start_step, disable=not is_main, desc="train", dynamic_ncols=True)
+    last = {"loss": math.nan}
+    t0, samples_seen = time.perf_counter(), 0
+    for step in range(start_step, max_steps):
+        for _ in range(int(tcfg.grad_accum)):
+            batch = _to_device(next(batches), accelerator.device)
+            with accelerator.accumulate(objective):
+                out = objective(batch, generator=state.generator)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"step {step}: loss is {loss.item()} (batch keys {batch.get('key')})")
+                accelerator.backward(loss)
+                grad_norm = accelerator.clip_grad_norm_(params, tcfg.max_grad_norm) if accelerator.sync_gradients else None
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            samples_seen += batch["video"].shape[0] * accelerator.num_processes
+        done = step + 1
+        last = {"loss": accelerator.reduce(loss.detach(), reduction="mean").item(),
+                "lr": scheduler.get_last_lr()[0]}
+        if grad_norm is not None:
+            last["grad_norm"] = float(grad_norm)
+        if done % int(tcfg.log_every) == 0 or done == max_steps:
+            elapsed = time.perf_counter() - t0
+            last["samples_per_s"] = samples_seen / max(elapsed, 1e-9)
+            logger.log({f"train/{k}": v for k, v in last.items()}, step=done)
+        pbar.update(1)
+        pbar.set_postfix(loss=f"{last['loss']:.4f}")
+        if done % int(tcfg.ckpt_every) == 0 or done == max_steps:
+            ckpt.save(done, {"loss": last["loss"], "model": cfg.model.name, "attn": cfg.attn.name})
+        if tcfg.sample_every and done % int(tcfg.sample_every) == 0 and is_main:
+            log_preview(accelerator.unwrap_model(objective).method, batch, cfg, run_dir, done, logger)
+    pbar.close()
+    accelerator.wait_for_everyone()
+    logger.finish()
+    accelerator.end_training()
+    latest = find_latest(run_dir / "checkpoints")
+    return {"run_dir": str(run_dir), "step": max_steps, "loss": last["loss"],
+            "checkpoint": str(latest) if latest else None, "trainable_parameters": n_train}

@@ -1,0 +1,56 @@
+"""Sample a few videos during training (main process) and log them as GIFs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+__all__ = ["to_uint8_video", "write_gif", "log_preview"]
+
+
+def to_uint8_video(video: torch.Tensor) -> np.ndarray:
+    """(T, 3, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
+    v = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return v.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_gif(path: str | Path, video: np.ndarray, fps: float = 8.0) -> None:
+    import imageio.v2 as imageio
+
+    imageio.mimsave(str(path), list(video), duration=1.0 / fps, loop=0)
+
+
+def _first(batch: dict, n: int) -> dict:
+    out = {}
+    for k, v in batch.items():
+        out[k] = v[:n] if isinstance(v, (torch.Tensor, list)) else v
+    return out
+
+
+@torch.no_grad()
+def log_preview(method, batch: dict, cfg, run_dir: Path, step: int, logger) -> list[Path]:
+    """Sample ``trainer.sample_num`` videos with the batch's cameras; GIFs (sample | ground truth)."""
+    from camvid.diffusion.sampler import sample_video
+
+    views = int(batch.get("num_views", 1))
+    n = max(1, int(cfg.trainer.sample_num)) * views
+    sub = _first(batch, n)
+    was_training = method.training
+    method.eval()
+    gen = torch.Generator(device=sub["video"].device).manual_seed(int(cfg.seed))
+    guidance = OmegaConf.to_container(cfg.model.guidance, resolve=True)
+    video = sample_video(method, sub, num_steps=int(cfg.trainer.sample_steps), guidance=guidance, generator=gen)
+    method.train(was_training)
+    out_dir = Path(run_dir) / "previews"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(video.shape[0]):
+        side_by_side = torch.cat([video[i], sub["video"][i].to(video)], dim=-1)
+        path = out_dir / f"step{step:08d}_{i}.gif"
+        write_gif(path, to_uint8_video(side_by_side))
+        logger.log_video(f"preview/{i}", path, step=step, caption=sub["caption"][i])
+        paths.append(path)
+    return paths

@@ -1,0 +1,36 @@
+"""Train any method of the repo: ``python src/train.py model=cami2v attn=epipolar data=re10k``.
+
+Compose with Hydra (conf/train.yaml), check the combination, run the one training loop.
+Sweeps: ``python src/train.py -m attn=epipolar,epipolar_ref,full3d`` (``hydra/launcher=slurm`` on a
+cluster). Multi-GPU: ``accelerate launch src/train.py trainer=ddp ...`` or ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "src") not in sys.path:  # runnable without `pip install -e .`
+    sys.path.insert(0, str(REPO / "src"))
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from camvid.training.loop import train
+
+    summary = train(cfg)
+    print(f"done: {summary}")
+    # the return value is what Hydra's sweepers optimise
+    return float(summary["loss"])
+
+
+if __name__ == "__main__":
+    main()
