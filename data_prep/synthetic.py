@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-every", type=int, default=5, help="every N-th clip goes to the test split (0: none)")
     p.add_argument("--depth-dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--texture-size", type=int, default=512, help="texels per 4 m texture tile (multiple of 32)")
     p.add_argument("--webvid", action="store_true", help="also write a WebVid-like set under OUT/webvid")
     p.add_argument("--webvid-clips", type=int, default=None, help="default: same as --num-clips")
     p.add_argument("--webvid-format", choices=["png", "mp4"], default="png")
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     split = write_synthetic_re10k(
         args.out, args.num_clips, args.num_frames, args.height, args.width, seed=args.seed,
-        test_every=args.test_every, depth_dtype=args.depth_dtype,
+        test_every=args.test_every, depth_dtype=args.depth_dtype, texture_size=args.texture_size,
     )
     print(f"RealEstate10K layout: {len(split.train)} train / {len(split.test)} test clips in {args.out} "
           f"({time.perf_counter() - start:.1f} s)")

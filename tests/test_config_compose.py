@@ -6,9 +6,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import compose
 
 from camvid.config import ConfigError, check_combination
+from conftest import compose
 
 MODELS = ["dynamicrafter", "motionctrl", "cameractrl", "cami2v", "cvd"]
 ATTNS = ["temporal", "full3d", "epipolar_ref", "epipolar", "cross_video"]

@@ -24,11 +24,11 @@ _scene_cache = functools.lru_cache(maxsize=None)(make_scene)
 
 @pytest.fixture(scope="module")
 def scene():
-    return make_scene(7)
+    return make_scene(7, texture_size=128)
 
 
 def test_scene_and_render_are_deterministic(scene):
-    again = make_scene(7)
+    again = make_scene(7, texture_size=128)
     np.testing.assert_array_equal(scene.textures, again.textures)
     K = default_intrinsics(24, 32)
     c2w = make_trajectory("mixed", 3, seed=2)
@@ -38,7 +38,7 @@ def test_scene_and_render_are_deterministic(scene):
     np.testing.assert_array_equal(d1, d2)
     assert f1.dtype == np.uint8 and f1.shape == (3, 24, 32, 3)
     assert d1.dtype == np.float32 and d1.shape == (3, 24, 32)
-    other = make_scene(8)
+    other = make_scene(8, texture_size=128)
     assert other.textures.shape != scene.textures.shape or not np.array_equal(other.textures, scene.textures)
 
 
@@ -110,7 +110,7 @@ def test_depth_reprojects_between_frames(scene, kind):
 @pytest.mark.parametrize("kind", TRAJECTORY_KINDS)
 def test_trajectories_are_rigid_and_stay_clear_of_objects(kind):
     for seed in range(4):
-        scene = _scene_cache(seed)
+        scene = _scene_cache(seed, 32)
         c2w = make_trajectory(kind, 16, seed)
         assert c2w.shape == (16, 4, 4) and c2w.dtype == np.float64
         R = c2w[:, :3, :3]
@@ -144,6 +144,14 @@ def test_pan_rotates_in_place_and_truck_slides_sideways():
     # Displacement along the camera x axis only.
     np.testing.assert_allclose(step @ truck[0, :3, :3], [np.linalg.norm(step) * np.sign(step @ truck[0, :3, 0]), 0, 0],
                                atol=1e-9)
+
+
+def test_geometry_does_not_depend_on_texture_size():
+    small, large = make_scene(5, texture_size=32), make_scene(5, texture_size=64)
+    assert small.textures.shape[1:3] == (32, 32) and large.textures.shape[1:3] == (64, 64)
+    np.testing.assert_array_equal(small.room_max, large.room_max)
+    assert [b.center.tolist() for b in small.boxes] == [b.center.tolist() for b in large.boxes]
+    assert small.describe() == large.describe()
 
 
 def test_default_intrinsics():

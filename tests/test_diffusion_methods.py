@@ -399,3 +399,16 @@ def test_sample_collaborative_deterministic_and_recurrent_calls():
     assert torch.equal(a, b) and a.shape == (M, C, T, H, W)
     video = sample_collaborative_video(model, cond, generator=torch.Generator().manual_seed(0), **kw)
     assert video.shape == (M, T, 3, H, W) and video.abs().max() <= 1
+
+
+def test_text_to_video_sampling_needs_only_a_latent_shape():
+    model = make_model()
+    model.image_to_video = False
+    batch = make_batch(B=2)
+    del batch["video"]
+    model.calls.clear()
+    video = sample_video(model, batch, num_steps=2, latent_shape=(2, C, T, H, W),
+                         guidance={"scale": 5.0, "uncond_drops": ["text"]},
+                         generator=torch.Generator().manual_seed(0))
+    assert video.shape == (2, T, 3, H, W)
+    assert [c["batch"] for c in model.calls] == [4, 4]

@@ -23,6 +23,7 @@ from camvid.geometry.cameras import (
 from camvid.models.base import VideoDiffusionModel
 
 __all__ = [
+    "sampler_settings",
     "resolve_checkpoint",
     "load_trained_method",
     "load_image",
@@ -111,24 +112,42 @@ def trajectory_cameras(spec: str, num_frames: int, hw: tuple[int, int], *, src_h
     return K.float(), relative_poses(c2w.double(), 0).float()
 
 
+def sampler_settings(cfg: DictConfig, steps: int | None = None, eta: float | None = None) -> dict:
+    """The method's DDIM settings (conf/model/*.yaml ``sampler``), with optional overrides."""
+    settings = OmegaConf.to_container(cfg.model.sampler, resolve=True)
+    if steps is not None:
+        settings["steps"] = int(steps)
+    if eta is not None:
+        settings["eta"] = float(eta)
+    return settings
+
+
 @torch.no_grad()
-def generate(method: VideoDiffusionModel, cfg: DictConfig, batch: dict, *, steps: int, eta: float, seed: int,
-             guidance=None) -> torch.Tensor:
-    """Sample the videos of ``batch`` (single videos, or groups of views for multi-view methods)."""
+def generate(method: VideoDiffusionModel, cfg: DictConfig, batch: dict, *, seed: int, steps: int | None = None,
+             eta: float | None = None, guidance=None) -> torch.Tensor:
+    """Sample the videos of ``batch`` (single videos, or groups of views for multi-view methods) with
+    the method's guidance and sampler settings of ``cfg`` (a training config) unless overridden."""
     from camvid.diffusion.collaborative import sample_collaborative_video
     from camvid.diffusion.sampler import sample_video
 
     device = next(method.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    guidance = guidance if guidance is not None else OmegaConf.to_container(cfg.model.guidance, resolve=True)
+    if guidance is None:
+        guidance = OmegaConf.to_container(cfg.model.guidance, resolve=True)
+    elif OmegaConf.is_config(guidance):
+        guidance = OmegaConf.to_container(guidance, resolve=True)
+    settings = sampler_settings(cfg, steps, eta)
+    num_steps = settings.pop("steps")
     gen = torch.Generator(device=device).manual_seed(int(seed))
     views = int(batch.get("num_views", 1))
     if views > 1:
-        B, T = batch["video"].shape[:2]
+        B = batch["video"].shape[0]
         shape = tuple(method.encode_video(batch["video"][:1]).shape[1:])
-        return sample_collaborative_video(method, batch, num_videos=views, num_steps=steps, guidance=guidance,
-                                          generator=gen, latent_shape=(B, *shape), eta=eta)
-    return sample_video(method, batch, num_steps=steps, guidance=guidance, generator=gen, eta=eta)
+        collab = OmegaConf.to_container(cfg.model.get("collaborative") or {}, resolve=True)
+        return sample_collaborative_video(method, batch, num_videos=views, num_steps=num_steps,
+                                          guidance=guidance, generator=gen, latent_shape=(B, *shape),
+                                          **collab, **settings)
+    return sample_video(method, batch, num_steps=num_steps, guidance=guidance, generator=gen, **settings)
 
 
 def _uint8(video: torch.Tensor) -> np.ndarray:
@@ -167,7 +186,7 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
         "caption": [str(cfg.caption)] * len(specs), "key": [f"view{i}" for i in range(len(specs))],
         "num_views": len(specs),
     }
-    out = generate(method, train_cfg, batch, steps=cfg.steps, eta=cfg.eta, seed=cfg.seed, guidance=cfg.guidance)
+    out = generate(method, train_cfg, batch, seed=cfg.seed, steps=cfg.steps, eta=cfg.eta, guidance=cfg.guidance)
     written = []
     for i, spec in enumerate(specs):
         sid = "sample" if len(specs) == 1 else f"view{i}"
@@ -193,7 +212,7 @@ def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionMo
     written = []
     for idx in range(n):
         batch = dataset.collate([dataset[idx]])
-        out = generate(method, train_cfg, batch, steps=cfg.steps, eta=cfg.eta, seed=int(cfg.seed) + idx,
+        out = generate(method, train_cfg, batch, seed=int(cfg.seed) + idx, steps=cfg.steps, eta=cfg.eta,
                        guidance=cfg.guidance)
         views = int(batch.get("num_views", 1))
         for v in range(out.shape[0]):

@@ -58,9 +58,9 @@ class VideoJob:
 
 def evaluate_video(job: VideoJob, seeds: list[int], options: SfmOptions) -> dict:
     """All trials of one video -> a JSON-ready dict (per-trial results and the trial average)."""
-    from camvid.evaluation.layout import read_video
-
     import pycolmap
+
+    from camvid.evaluation.layout import read_video
 
     pycolmap.logging.minloglevel = 2  # keep workers quiet: one line per failed trial is enough
     frames = read_video(job.video_path)

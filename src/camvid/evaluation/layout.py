@@ -187,13 +187,13 @@ def write_sample(
         raise ValueError(f"sample_id {sample_id!r}: use letters, digits, '_', '-', '.' (no leading dot)")
     video = _check_video(video, f"sample {sample_id}: video")
     T, H, W = video.shape[:3]
-    K_t = torch.as_tensor(np.asarray(K, dtype=np.float64))
+    K_t = torch.from_numpy(np.array(K, dtype=np.float64))
     if K_t.ndim == 2:
         K_t = K_t.expand(T, 3, 3)
-    c2w_t = torch.as_tensor(np.asarray(c2w, dtype=np.float64))
+    c2w_t = torch.from_numpy(np.array(c2w, dtype=np.float64))
+    if c2w_t.ndim != 3 or len(c2w_t) != T:
+        raise ValueError(f"sample {sample_id}: {tuple(c2w_t.shape)} camera poses for a video of {T} frames")
     validate_cameras(K_t, c2w_t, what=f"sample {sample_id}")
-    if len(c2w_t) != T:
-        raise ValueError(f"sample {sample_id}: {len(c2w_t)} camera poses for a video of {T} frames")
     if gt_video is not None:
         gt_video = _check_video(gt_video, f"sample {sample_id}: gt_video")
         if gt_video.shape != video.shape:

@@ -55,6 +55,8 @@ COINCIDENT_EPS = 1e-6
 _DEGENERATE_LINE_RTOL = 1e-10
 # Elements of a float64 temporary per chunk when no better bound is known.
 _MIN_CHUNK_ELEMS = 1 << 18
+# Cells of margin on each end of a band window, far above float64 rounding of its ends.
+_WALK_SLACK = 1e-6
 
 
 # --------------------------------------------------------------------------- validation
@@ -303,40 +305,46 @@ def _fill_dense(out: torch.Tensor, lines: torch.Tensor, image_hw, feat_hw, thres
             out[i, q0 : q0 + rows] = _within_band(a, b, c, x, y, threshold)
 
 
+def _walk_lengths(image_hw, feat_hw, threshold: float) -> tuple[int, int]:
+    """(cells walked per column/row, number of columns/rows walked) for the band enumeration.
+
+    Across the walked axis a band spans ``2 threshold / max(|a|, |b|) <= 2 sqrt(2) threshold``
+    pixels, i.e. at most ``D`` cells, which a window of ``floor(D) + 2`` cells always covers.
+    """
+    H, W = image_hw
+    h, w = feat_hw
+    span = 2 * math.sqrt(2) * threshold / min(H / h, W / w)
+    return int(math.floor(span + 2 * _WALK_SLACK)) + 2, max(h, w)
+
+
 def _band_candidates(lines: torch.Tensor, image_hw, feat_hw, threshold: float):
     """Cells along each line's band: (..., P) rows, cols and an in-grid flag, P fixed per grid.
 
     A line closer to horizontal (``|b| >= |a|``) is walked column by column, otherwise row by row;
-    in each column the band spans ``2 threshold / |b| <= 2 sqrt(2) threshold`` pixels, so a fixed
-    number of cells (with one cell of slack on each side) covers it. The caller filters the
-    candidates with :func:`_within_band`, so this only needs to be a superset.
+    in each column (row) a window of cells around the line's crossing covers the band. The
+    caller filters the candidates with :func:`_within_band`, so they only need to be a superset
+    (``_WALK_SLACK`` cells of margin absorb the rounding of the window ends).
     """
     H, W = image_hw
     h, w = feat_hw
-    sx, sy = W / w, H / h
-    n_col_mode = int(math.floor(2 * math.sqrt(2) * threshold / sy)) + 4  # cells per column
-    n_row_mode = int(math.floor(2 * math.sqrt(2) * threshold / sx)) + 4  # cells per row
-    P = max(w * n_col_mode, h * n_row_mode)
+    n_walk, n_prim = _walk_lengths(image_hw, feat_hw, threshold)
     a, b, c = (lines[..., k : k + 1] for k in range(3))
-    col_mode = b.abs() >= a.abs()
-    slot = torch.arange(P, device=lines.device)
-    # Column mode: primary index = column, walk rows.
-    prim_c, k_c = slot // n_col_mode, slot % n_col_mode
-    x_prim = (prim_c.to(torch.float64) + 0.5) * sx
-    b_safe = torch.where(col_mode, b, torch.ones_like(b))
-    y_lo = -(a * x_prim + c) / b_safe - threshold / b_safe.abs()
-    start_r = torch.floor(y_lo / sy - 0.5).clamp(-(n_col_mode + 2), h + 1) - 1
-    # Row mode: primary index = row, walk columns.
-    prim_r, k_r = slot // n_row_mode, slot % n_row_mode
-    y_prim = (prim_r.to(torch.float64) + 0.5) * sy
-    a_safe = torch.where(col_mode, torch.ones_like(a), a)
-    x_lo = -(b * y_prim + c) / a_safe - threshold / a_safe.abs()
-    start_c = torch.floor(x_lo / sx - 0.5).clamp(-(n_row_mode + 2), w + 1) - 1
-
-    rows = torch.where(col_mode, start_r.long() + k_c, prim_r.expand_as(start_r))
-    cols = torch.where(col_mode, prim_c.expand_as(start_c), start_c.long() + k_r)
-    slot_ok = torch.where(col_mode, prim_c < w, prim_r < h)
-    inside = slot_ok & (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    col_mode = b.abs() >= a.abs()  # (..., 1)
+    major = torch.where(col_mode, b, a)  # |major| >= 1/sqrt(2): no blow-up
+    minor = torch.where(col_mode, a, b)
+    step_prim = torch.where(col_mode, W / w, H / h)
+    step_walk = torch.where(col_mode, H / h, W / w)
+    prim = torch.arange(n_prim, device=lines.device)
+    p = (prim.to(torch.float64) + 0.5) * step_prim  # primary-axis coordinate of each column/row centre
+    crossing = -(minor * p + c) / major
+    low = (crossing - threshold / major.abs()) / step_walk - 0.5
+    first = torch.floor(low - _WALK_SLACK).clamp(-n_walk - 1, n_prim + 1).long()
+    walk = first.unsqueeze(-1) + torch.arange(n_walk, device=lines.device)  # (..., n_prim, n_walk)
+    prim = prim.view(n_prim, 1).expand_as(walk)
+    by_col = col_mode.unsqueeze(-1)
+    rows = torch.where(by_col, walk, prim).flatten(-2)
+    cols = torch.where(by_col, prim, walk).flatten(-2)
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
     return rows.clamp(0, h - 1), cols.clamp(0, w - 1), inside
 
 
@@ -346,18 +354,20 @@ def _sparse_rows(
     """Sorted key-token indices (-1 padded) of the band of ``lines`` (N, S, 3) with key frames (N, S)."""
     H, W = image_hw
     h, w = feat_hw
-    sx, sy = W / w, H / h
     rows, cols, inside = _band_candidates(lines, image_hw, feat_hw, threshold)  # (N, S, P)
     a, b, c = (lines[..., k : k + 1] for k in range(3))
-    x = (cols.to(torch.float64) + 0.5) * sx
-    y = (rows.to(torch.float64) + 0.5) * sy
-    keep = inside & _within_band(a, b, c, x, y, threshold)
-    keys = key_frames.unsqueeze(-1) * (h * w) + rows * w + cols
+    x = (cols.to(torch.float64) + 0.5) * (W / w)
+    y = (rows.to(torch.float64) + 0.5) * (H / h)
+    keep = (inside & _within_band(a, b, c, x, y, threshold)).flatten(1)
+    keys = (key_frames.unsqueeze(-1) * (h * w) + rows * w + cols).flatten(1)
+    count = int(keep.sum(-1).max()) if keys.shape[0] else 0
+    # Compact the kept keys to the front (cumsum positions; rejects go to a dump column), then sort.
+    slot = torch.where(keep, keep.cumsum(-1) - 1, torch.full_like(keys, count))
     sentinel = torch.iinfo(torch.long).max
-    keys = torch.where(keep, keys, torch.full_like(keys, sentinel)).flatten(1)
-    count = int(keep.flatten(1).sum(-1).max()) if keys.shape[0] else 0
-    keys = keys.sort(dim=-1).values[:, :count]
-    return torch.where(keys == sentinel, torch.full_like(keys, -1), keys)
+    out = torch.full((keys.shape[0], count + 1), sentinel, dtype=torch.long, device=keys.device)
+    out.scatter_(1, slot, torch.where(keep, keys, torch.full_like(keys, sentinel)))
+    out = out[:, :count].sort(dim=-1).values
+    return torch.where(out == sentinel, torch.full_like(out, -1), out)
 
 
 def _sparse_from_lines(
@@ -367,10 +377,8 @@ def _sparse_from_lines(
     B, Q, S, hw, _ = lines.shape
     flat = lines.permute(0, 1, 3, 2, 4).reshape(B, Q * hw, S, 3)
     frames = key_frames.unsqueeze(2).expand(B, Q, hw, S).reshape(B, Q * hw, S)
-    H, W = image_hw
-    h, w = feat_hw
-    per_query = S * max(w * (int(2 * math.sqrt(2) * threshold * h / H) + 4),
-                        h * (int(2 * math.sqrt(2) * threshold * w / W) + 4))
+    n_walk, n_prim = _walk_lengths(image_hw, feat_hw, threshold)
+    per_query = S * n_walk * n_prim
     chunk = max(1, _MIN_CHUNK_ELEMS // per_query)
     pieces = [
         [_sparse_rows(flat[bi, q0 : q0 + chunk], frames[bi, q0 : q0 + chunk], image_hw, feat_hw, threshold)

@@ -7,11 +7,13 @@ devices, DDP / DeepSpeed and mixed precision.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
 
 import torch
+from camvid.training.data import build_train_loader, prepare_data
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
@@ -20,7 +22,6 @@ from camvid.config import check_combination
 from camvid.diffusion.losses import diffusion_loss
 from camvid.models.registry import build_method
 from camvid.training.checkpoint import CheckpointManager, find_latest
-from camvid.training.data import build_train_loader, prepare_data
 from camvid.training.distributed import make_accelerator, shared_run_dir
 from camvid.training.logger import build_logger
 from camvid.training.preview import log_preview
@@ -125,6 +126,8 @@ def train(cfg: DictConfig) -> dict:
     pbar = tqdm(total=max_steps, initial=start_step, disable=not is_main, desc="train", dynamic_ncols=True)
     last = {"loss": math.nan}
     t0, samples_seen = time.perf_counter(), 0
+    # optional data audit: which samples each rank trained on (DDP sharding check, debugging)
+    seen_keys: list[list[str]] | None = [] if tcfg.get("log_sample_keys") else None
     for step in range(start_step, max_steps):
         for _ in range(int(tcfg.grad_accum)):
             batch = _to_device(next(batches), accelerator.device)
@@ -139,6 +142,8 @@ def train(cfg: DictConfig) -> dict:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             samples_seen += batch["video"].shape[0] * accelerator.num_processes
+            if seen_keys is not None:
+                seen_keys.append(list(batch["key"]))
         done = step + 1
         last = {"loss": accelerator.reduce(loss.detach(), reduction="mean").item(),
                 "lr": scheduler.get_last_lr()[0]}
@@ -155,6 +160,10 @@ def train(cfg: DictConfig) -> dict:
         if tcfg.sample_every and done % int(tcfg.sample_every) == 0 and is_main:
             log_preview(accelerator.unwrap_model(objective).method, batch, cfg, run_dir, done, logger)
     pbar.close()
+    if seen_keys is not None:
+        keys_dir = run_dir / "sample_keys"
+        keys_dir.mkdir(exist_ok=True)
+        (keys_dir / f"rank_{accelerator.process_index}.json").write_text(json.dumps(seen_keys))
     accelerator.wait_for_everyone()
     logger.finish()
     accelerator.end_training()

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 __all__ = ["to_uint8_video", "write_gif", "log_preview"]
 
@@ -33,16 +32,14 @@ def _first(batch: dict, n: int) -> dict:
 @torch.no_grad()
 def log_preview(method, batch: dict, cfg, run_dir: Path, step: int, logger) -> list[Path]:
     """Sample ``trainer.sample_num`` videos with the batch's cameras; GIFs (sample | ground truth)."""
-    from camvid.diffusion.sampler import sample_video
+    from camvid.sampling import generate
 
     views = int(batch.get("num_views", 1))
     n = max(1, int(cfg.trainer.sample_num)) * views
     sub = _first(batch, n)
     was_training = method.training
     method.eval()
-    gen = torch.Generator(device=sub["video"].device).manual_seed(int(cfg.seed))
-    guidance = OmegaConf.to_container(cfg.model.guidance, resolve=True)
-    video = sample_video(method, sub, num_steps=int(cfg.trainer.sample_steps), guidance=guidance, generator=gen)
+    video = generate(method, cfg, sub, seed=int(cfg.seed), steps=int(cfg.trainer.sample_steps))
     method.train(was_training)
     out_dir = Path(run_dir) / "previews"
     out_dir.mkdir(parents=True, exist_ok=True)

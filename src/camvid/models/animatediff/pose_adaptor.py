@@ -140,8 +140,9 @@ def install_pose_adaptor(unet: UNetMotionModel, scale: float = 1.0) -> PoseAdapt
             attn = motion_module.transformer_blocks[0].attn1
             if isinstance(attn.processor, PoseAdaptorAttnProcessor):
                 raise ValueError(f"{part}.{i} already has a pose adaptor installed")
-            proc = PoseAdaptorAttnProcessor(attn.inner_dim, scale=scale, base=attn.processor)
-            proc.to(device=attn.to_q.weight.device, dtype=attn.to_q.weight.dtype)
+            with torch.device(attn.to_q.weight.device):
+                proc = PoseAdaptorAttnProcessor(attn.inner_dim, scale=scale, base=attn.processor)
+            proc.to(dtype=attn.to_q.weight.dtype)
             attn.set_processor(proc)
             processors.append((proc, level))
     return PoseAdaptor(processors, list(unet.config.block_out_channels))

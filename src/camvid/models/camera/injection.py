@@ -29,6 +29,8 @@ CAMERA_METHODS = ("motionctrl", "cameractrl", "cami2v")
 # beyond the UNet's own temporal attention. "cross_video" needs two videos (CVD) and is rejected.
 DYNAMICRAFTER_ATTN_VARIANTS = ("temporal", "full3d", "epipolar_ref", "epipolar")
 CAMI2V_ADD_TYPES = ("add_to_main_branch", "add_into_temporal_attn")
+# the released CamI2V checkpoints have 4 register tokens (the paper text says 2)
+DEFAULT_ATTN_KWARGS = {"epipolar": {"num_registers": 4}, "epipolar_ref": {"num_registers": 4}}
 
 
 def _blocks(unet: DynamiCrafterUNet, include_init_attn: bool):
@@ -69,7 +71,7 @@ class EpipolarBranch(nn.Module):
     and moves tokens between the temporal block layout ``(B*h*w, T, C)`` and the all-frames layout
     ``(B, T*h*w, C)`` the attention works in."""
 
-    def __init__(self, dim: int, heads: int, variant: str, num_register_tokens: int = 4):
+    def __init__(self, dim: int, heads: int, variant: str, attn_kwargs: dict | None = None):
         super().__init__()
         try:
             from camvid.attention import build_cross_frame_attention
@@ -77,8 +79,9 @@ class EpipolarBranch(nn.Module):
             raise ImportError(f"attention variant {variant!r} needs camvid.attention."
                               f"build_cross_frame_attention, which could not be imported: {err}") from err
         self.variant = variant
-        self.epipolar_attn = build_cross_frame_attention(variant, dim, heads,
-                                                         num_register_tokens=num_register_tokens)
+        kwargs = dict(DEFAULT_ATTN_KWARGS.get(variant, {}))
+        kwargs.update(attn_kwargs or {})
+        self.epipolar_attn = build_cross_frame_attention(variant, dim, heads, **kwargs)
         out = self.epipolar_attn.to_out[0]
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
@@ -93,7 +96,7 @@ class EpipolarBranch(nn.Module):
         return rearrange(out, "b (t h w) c -> (b h w) t c", t=t, h=h, w=w)
 
 
-def add_cami2v(unet: DynamiCrafterUNet, attn_variant: str = "epipolar", num_register_tokens: int = 4,
+def add_cami2v(unet: DynamiCrafterUNet, attn_variant: str = "epipolar", attn_kwargs: dict | None = None,
                add_type: str = "add_to_main_branch") -> None:
     if attn_variant not in DYNAMICRAFTER_ATTN_VARIANTS:
         raise ValueError(f"attn={attn_variant!r} cannot be used with a DynamiCrafter camera method "
@@ -104,7 +107,7 @@ def add_cami2v(unet: DynamiCrafterUNet, attn_variant: str = "epipolar", num_regi
         c = _width(block)
         block.pluker_projection = _zero_linear(c)
         if attn_variant != "temporal":
-            block.epipolar = EpipolarBranch(c, block.attn1.heads, attn_variant, num_register_tokens)
+            block.epipolar = EpipolarBranch(c, block.attn1.heads, attn_variant, attn_kwargs)
         block.camera_mode = "cami2v"
         block.cami2v_add_type = add_type
 

@@ -107,6 +107,7 @@ class DynamiCrafterUNet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.model_channels = model_channels
+        self.context_dim = context_dim
         self.channel_mult = tuple(channel_mult)
         self.attention_resolutions = tuple(attention_resolutions)
         self.temporal_length = temporal_length
@@ -243,7 +244,8 @@ def dynamicrafter_unet_config(size: str) -> dict:
     if size == "512":
         return dict(image_cross_attention_scale_learnable=False, default_fs=24)
     if size == "tiny":
-        return dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
-                    num_head_channels=16, context_dim=64, dropout=0.0)
+        # attention only at the coarser level: full-resolution spatial attention dominates CPU time
+        return dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+                    num_head_channels=8, context_dim=64, dropout=0.0)
     raise ValueError(f"unknown DynamiCrafter size {size!r}; choose tiny, 256 or 512")
 

@@ -1,0 +1,230 @@
+"""Per-forward camera state shared by every cross-frame attention layer.
+
+A backbone builds one ``AttentionContext`` per forward pass (per camera set) and hands it to each
+cross-frame module. Masks depend only on the cameras and the feature resolution, so the context
+memoises them per ``(kind, feat_hw)``: a mask is built once and shared by every layer and head at
+that resolution. The same holds for the register-padded dense mask and the sparse tile plan.
+
+Mask kinds (token layouts, all boolean, True = attend):
+- ``"all"``   (B, T*hw, T*hw): CamI2V epipolar mask over all frames.
+- ``"ref"``   (B, T*hw, hw): epipolar mask onto each clip's reference frame (``cond_index``).
+- ``"cross"`` (B*T, hw, (V-1)*hw): CVD band mask; frame t of a video onto frame t of each of the
+  other ``num_views - 1`` videos of its group. Batch layout of a group: ``[a0, b0, a1, b1, ...]``
+  i.e. video v of group g is batch row ``g * num_views + v``; partners are concatenated in the
+  order ``v+1, v+2, ...`` (mod ``num_views``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from camvid.attention.kernels import mask_to_neighbors, pad_mask_for_registers
+from camvid.attention.sparse import TilePlan, build_tile_plan
+
+__all__ = ["AttentionContext", "MASK_KINDS", "PATHS"]
+
+MASK_KINDS = ("all", "ref", "cross")
+PATHS = ("dense", "sparse", "auto")
+# "auto" goes sparse when the dense (B, Lq, Lk) bool mask would exceed this many elements (1 GiB).
+AUTO_DENSE_LIMIT = 1 << 30
+
+
+@dataclass
+class AttentionContext:
+    """Cameras of one forward pass plus the masks built from them.
+
+    K (B, T, 3, 3) pixel intrinsics at ``image_hw``; c2w (B, T, 4, 4); cond_index (B,) reference
+    frame per clip (default 0); num_views videos per group for ``cross_video`` (B % num_views == 0).
+    ``path``: "dense" (SDPA with a broadcast bool mask), "sparse" (band gather), or "auto".
+    ``mask_fn`` / ``neighbors_fn`` replace the geometry builders (tests, inspection); they take
+    ``(ctx, kind, feat_hw)`` and return the token-layout mask / (index, valid) of that kind.
+    """
+
+    K: torch.Tensor | None = None
+    c2w: torch.Tensor | None = None
+    image_hw: tuple[int, int] | None = None
+    cond_index: torch.Tensor | None = None
+    num_views: int = 1
+    path: str = "auto"
+    tau: float = 3.0
+    threshold: float | None = None
+    seed: int = 0
+    tile_hw: tuple[int, int] | None = None
+    mask_fn: Callable | None = None
+    neighbors_fn: Callable | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.path not in PATHS:
+            raise ValueError(f"unknown attention path {self.path!r}; valid: {', '.join(PATHS)}")
+        if (self.K is None) != (self.c2w is None):
+            raise ValueError("AttentionContext needs both K and c2w, or neither")
+        if self.K is not None:
+            if self.K.dim() != 4 or self.K.shape[-2:] != (3, 3):
+                raise ValueError(f"K must be (B, T, 3, 3), got {tuple(self.K.shape)}")
+            if self.c2w.shape != (*self.K.shape[:2], 4, 4):
+                raise ValueError(f"c2w must be (B, T, 4, 4) matching K {tuple(self.K.shape)}, got {tuple(self.c2w.shape)}")
+            if self.image_hw is None:
+                raise ValueError("AttentionContext with cameras needs image_hw (the pixel size K refers to)")
+        if self.num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {self.num_views}")
+        if self.cond_index is not None and self.K is not None and self.cond_index.shape != self.K.shape[:1]:
+            raise ValueError(f"cond_index must be (B,) = ({self.K.shape[0]},), got {tuple(self.cond_index.shape)}")
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_camera_inputs(cls, cameras, **kw) -> AttentionContext:
+        """Build from ``camvid.models.base.CameraInputs``."""
+        return cls(K=cameras.K, c2w=cameras.c2w, image_hw=tuple(cameras.image_hw),
+                   cond_index=cameras.cond_index, num_views=cameras.num_views, **kw)
+
+    @property
+    def batch_size(self) -> int | None:
+        return None if self.K is None else self.K.shape[0]
+
+    def reference_index(self, batch: int, device) -> torch.Tensor:
+        if self.cond_index is None:
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        return self.cond_index.to(device=device, dtype=torch.long)
+
+    def infer_feat_hw(self, cells: int) -> tuple[int, int]:
+        """(h, w) of a feature map with ``cells`` cells and the aspect ratio of ``image_hw``."""
+        if self.image_hw is None:
+            raise ValueError("cannot infer the feature size without image_hw")
+        H, W = self.image_hw
+        h = round(math.sqrt(cells * H / W))
+        if h < 1 or cells % h:
+            raise ValueError(f"{cells} feature cells do not form a map with the aspect ratio of {self.image_hw}")
+        return h, cells // h
+
+    def put_mask(self, kind: str, feat_hw: tuple[int, int], mask: torch.Tensor) -> None:
+        """Seed the cache with a precomputed token-layout mask (for tests and inspection)."""
+        self._check_kind(kind)
+        self._cache[("mask", kind, tuple(feat_hw))] = mask
+
+    # ------------------------------------------------------------------ memoised masks
+    def mask(self, kind: str, feat_hw: tuple[int, int]) -> torch.Tensor:
+        """Token-layout bool mask of ``kind`` at ``feat_hw`` (see module docstring for shapes)."""
+        self._check_kind(kind)
+        key = ("mask", kind, tuple(feat_hw))
+        if key not in self._cache:
+            if self.mask_fn is not None:
+                self._cache[key] = self.mask_fn(self, kind, tuple(feat_hw))
+            else:
+                self._cache[key] = self._build_mask(kind, tuple(feat_hw))
+        return self._cache[key]
+
+    def neighbors(self, kind: str, feat_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse form of :meth:`mask`: (index, valid), (rows, Lq, Kmax), exactly its True entries."""
+        self._check_kind(kind)
+        key = ("neighbors", kind, tuple(feat_hw))
+        if key not in self._cache:
+            if ("mask", kind, tuple(feat_hw)) in self._cache or (self.mask_fn and not self.neighbors_fn):
+                self._cache[key] = mask_to_neighbors(self.mask(kind, feat_hw))
+            elif self.neighbors_fn is not None:
+                self._cache[key] = self.neighbors_fn(self, kind, tuple(feat_hw))
+            else:
+                self._cache[key] = self._build_neighbors(kind, tuple(feat_hw))
+        return self._cache[key]
+
+    def dense_mask(self, kind: str, feat_hw: tuple[int, int], num_registers: int):
+        """(mask with register columns and no empty row, row_valid or None) for ``dense_masked_attention``."""
+        key = ("dense", kind, tuple(feat_hw), num_registers)
+        if key not in self._cache:
+            self._cache[key] = pad_mask_for_registers(self.mask(kind, feat_hw), num_registers)
+        return self._cache[key]
+
+    def tile_plan(self, kind: str, feat_hw: tuple[int, int]) -> TilePlan:
+        key = ("plan", kind, tuple(feat_hw))
+        if key not in self._cache:
+            if ("mask", kind, tuple(feat_hw)) in self._cache:
+                plan = build_tile_plan(feat_hw, mask=self.mask(kind, feat_hw), tile_hw=self.tile_hw)
+            else:
+                index, valid = self.neighbors(kind, feat_hw)
+                plan = build_tile_plan(feat_hw, neighbors=(index, valid), num_keys=self._num_keys(kind, feat_hw),
+                                       tile_hw=self.tile_hw)
+            self._cache[key] = plan
+        return self._cache[key]
+
+    def use_sparse(self, kind: str, feat_hw: tuple[int, int], rows: int, num_queries: int, num_keys: int) -> bool:
+        if self.path != "auto":
+            return self.path == "sparse"
+        if ("mask", kind, tuple(feat_hw)) in self._cache:
+            return False
+        return rows * num_queries * num_keys > AUTO_DENSE_LIMIT
+
+    # ------------------------------------------------------------------ builders (camvid.geometry)
+    def _check_kind(self, kind: str) -> None:
+        if kind not in MASK_KINDS:
+            raise ValueError(f"unknown mask kind {kind!r}; valid: {', '.join(MASK_KINDS)}")
+
+    def _require_cameras(self, kind: str) -> None:
+        if self.K is None:
+            raise ValueError(f"mask kind {kind!r} needs cameras: build AttentionContext with K, c2w and image_hw")
+
+    def _num_keys(self, kind: str, feat_hw) -> int:
+        hw = feat_hw[0] * feat_hw[1]
+        return {"all": self.K.shape[1] * hw if self.K is not None else 0, "ref": hw,
+                "cross": (self.num_views - 1) * hw}[kind]
+
+    def _partners(self) -> list[torch.Tensor]:
+        """For each shift s = 1..V-1, the batch row of every video's s-th partner in its group."""
+        B, V = self.K.shape[0], self.num_views
+        if V < 2 or B % V:
+            raise ValueError(f"cross-video attention needs num_views >= 2 dividing the batch; got num_views={V}, batch={B}")
+        rows = torch.arange(B, device=self.K.device).view(B // V, V)
+        return [rows.roll(-s, dims=1).flatten() for s in range(1, V)]
+
+    def _build_mask(self, kind: str, feat_hw) -> torch.Tensor:
+        from camvid.geometry import epipolar as geo
+
+        self._require_cameras(kind)
+        B, T = self.K.shape[:2]
+        hw = feat_hw[0] * feat_hw[1]
+        if kind == "all":
+            m = geo.epipolar_mask(self.K, self.c2w, self.image_hw, feat_hw, mode="all",
+                                  threshold=self.threshold, seed=self.seed)
+            return m.view(B, T * hw, T * hw)
+        if kind == "ref":
+            ref = self.reference_index(B, self.K.device)
+            m = geo.epipolar_mask(self.K, self.c2w, self.image_hw, feat_hw, mode="ref", ref_index=ref,
+                                  threshold=self.threshold, seed=self.seed)
+            return m[torch.arange(B, device=m.device), :, :, ref].reshape(B, T * hw, hw)
+        parts = []
+        for p in self._partners():
+            m = geo.cross_view_band_mask(self.K, self.c2w, self.K[p], self.c2w[p], self.image_hw, feat_hw,
+                                         tau=self.tau, seed=self.seed)  # (B, T, hw, hw)
+            parts.append(m)
+        return torch.cat(parts, dim=-1).reshape(B * T, hw, len(parts) * hw)
+
+    def _build_neighbors(self, kind: str, feat_hw) -> tuple[torch.Tensor, torch.Tensor]:
+        from camvid.geometry import epipolar as geo
+
+        self._require_cameras(kind)
+        B, T = self.K.shape[:2]
+        hw = feat_hw[0] * feat_hw[1]
+        if kind == "all":
+            return geo.epipolar_neighbors(self.K, self.c2w, self.image_hw, feat_hw, mode="all",
+                                          threshold=self.threshold, seed=self.seed)
+        if kind == "ref":
+            ref = self.reference_index(B, self.K.device)
+            index, valid = geo.epipolar_neighbors(self.K, self.c2w, self.image_hw, feat_hw, mode="ref",
+                                                  ref_index=ref, threshold=self.threshold, seed=self.seed)
+            local = index - (ref * hw).view(B, 1, 1)  # key tokens of the reference frame -> its cells
+            return torch.where(valid, local, torch.zeros_like(local)), valid
+        indices, valids = [], []
+        for s, p in enumerate(self._partners()):
+            index, valid = geo.cross_view_band_neighbors(self.K, self.c2w, self.K[p], self.c2w[p], self.image_hw,
+                                                         feat_hw, tau=self.tau, seed=self.seed)
+            # Geometry indexes clip b's T*hw tokens (t*hw + k); here keys are frame t's cells of partner s.
+            frame_start = (torch.arange(T, device=index.device) * hw).view(1, T, 1, 1)
+            local = index.view(B, T, hw, -1) - frame_start + s * hw
+            valid = valid.view(B, T, hw, -1)
+            index = torch.where(valid, local, torch.zeros_like(local)).reshape(B * T, hw, -1)
+            indices.append(index)
+            valids.append(valid.reshape(B * T, hw, -1))
+        return torch.cat(indices, dim=-1), torch.cat(valids, dim=-1)

@@ -1,0 +1,210 @@
+"""Block-sparse exact attention for band masks (epipolar lines, CVD bands).
+
+Queries are grouped into small spatial tiles (``tile_hw`` cells of one frame, e.g. 2x2). A tile
+gathers one key list: the union of its queries' bands, and runs a dense SDPA over that list with the
+tile's own (Q, U) sub-mask. With ``tile_hw=(1, 1)`` this is the plain per-query gather. Neighbouring
+cells have neighbouring epipolar lines, so the union stays a few times the band of one query while the
+gathered keys are shared by the whole tile, and the score computation is a real matrix product.
+
+Tiles are sorted by union size and packed into chunks whose gathered keys stay under a fixed number
+of elements, so padding is small and memory is bounded. The plan (which keys each tile gathers, and
+the sub-masks) depends only on the cameras and the feature size: ``AttentionContext`` builds it once
+and every layer and head reuses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["TilePlan", "build_tile_plan", "tiled_sparse_attention", "default_tile_hw"]
+
+# Gathered keys per chunk (tiles x union length), before the feature dimension.
+DEFAULT_CHUNK_KEYS = 1 << 18
+
+
+@dataclass
+class TileChunk:
+    query_ids: torch.Tensor  # (n, Q) long into the flat (B * Lq) query axis
+    key_ids: torch.Tensor  # (n, U) long into the flat (B * Lk) key axis (padding points at a valid key)
+    mask: torch.Tensor  # (n, Q, U) bool, True = attend (padding False)
+
+
+@dataclass
+class TilePlan:
+    """Everything the sparse kernel needs about one mask; built once per cameras and feature size."""
+
+    batch: int
+    num_queries: int  # Lq per sample
+    num_keys: int  # Lk per sample
+    chunks: list[TileChunk]
+    row_valid: torch.Tensor  # (B * Lq,) bool: the query has at least one key in the mask
+
+    @property
+    def gathered_keys(self) -> int:
+        return sum(c.key_ids.numel() for c in self.chunks)
+
+
+def default_tile_hw(feat_hw: tuple[int, int], target: tuple[int, int] = (2, 2)) -> tuple[int, int]:
+    """Largest tile not above ``target`` whose sides divide the feature map."""
+    return tuple(max(d for d in range(1, t + 1) if n % d == 0) for n, t in zip(feat_hw, target))
+
+
+def _tile_query_ids(batch: int, frames: int, feat_hw: tuple[int, int], tile_hw: tuple[int, int]) -> torch.Tensor:
+    h, w = feat_hw
+    ph, pw = tile_hw
+    if h % ph or w % pw:
+        raise ValueError(f"tile {tile_hw} does not divide the feature map {feat_hw}")
+    ids = torch.arange(batch * frames * h * w).view(batch, frames, h // ph, ph, w // pw, pw)
+    return ids.permute(0, 1, 2, 4, 3, 5).reshape(-1, ph * pw)  # (B * tiles, Q)
+
+
+def _union_index(tile_any: torch.Tensor, width: int) -> torch.Tensor:
+    """(n, Lk) bool -> (n, width) column indices of the True entries, in order, padded with the first one."""
+    counts = tile_any.sum(dim=-1)
+    rows, cols = tile_any.nonzero(as_tuple=True)
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(rows.numel(), device=rows.device) - start[rows]
+    out = torch.zeros(tile_any.shape[0], width, dtype=torch.long, device=tile_any.device)
+    out[rows, slot] = cols
+    first = out[:, :1]
+    pad = torch.arange(width, device=out.device) >= counts[:, None]
+    return torch.where(pad, first.expand_as(out), out)
+
+
+class _DenseRows:
+    def __init__(self, mask: torch.Tensor):
+        self.flat = mask.reshape(-1, mask.shape[-1])  # (B * Lq, Lk)
+        self.lk = mask.shape[-1]
+        self.lq = mask.shape[1]
+
+    def rows(self, qids: torch.Tensor) -> torch.Tensor:  # (n, Q) -> (n, Q, Lk) bool, per-sample key index
+        return self.flat[qids]
+
+
+class _NeighborRows:
+    def __init__(self, index: torch.Tensor, valid: torch.Tensor, num_keys: int):
+        self.index = index.reshape(-1, index.shape[-1])
+        self.valid = valid.reshape(-1, valid.shape[-1])
+        self.lk = num_keys
+        self.lq = index.shape[1]
+
+    def rows(self, qids: torch.Tensor) -> torch.Tensor:
+        n, q = qids.shape
+        idx = torch.where(self.valid[qids], self.index[qids], self.lk)  # invalid -> dummy column
+        out = torch.zeros(n, q, self.lk + 1, dtype=torch.bool, device=idx.device)
+        out.scatter_(2, idx, True)
+        return out[..., : self.lk]
+
+
+def build_tile_plan(
+    feat_hw: tuple[int, int],
+    *,
+    mask: torch.Tensor | None = None,
+    neighbors: tuple[torch.Tensor, torch.Tensor] | None = None,
+    num_keys: int | None = None,
+    tile_hw: tuple[int, int] | None = None,
+    chunk_keys: int = DEFAULT_CHUNK_KEYS,
+) -> TilePlan:
+    """Plan from a dense (B, Lq, Lk) bool mask or from neighbour lists (index, valid) of (B, Lq, Kmax).
+
+    Queries are frames of ``feat_hw`` cells laid out (frame, row, column); Lq must be a multiple of h*w.
+    ``num_keys`` (Lk) is required with ``neighbors``.
+    """
+    if (mask is None) == (neighbors is None):
+        raise ValueError("build_tile_plan needs exactly one of mask= or neighbors=")
+    if mask is not None:
+        if mask.dtype != torch.bool or mask.dim() != 3:
+            raise ValueError(f"mask must be a (B, Lq, Lk) bool tensor, got {tuple(mask.shape)} {mask.dtype}")
+        src = _DenseRows(mask)
+        batch = mask.shape[0]
+    else:
+        if num_keys is None:
+            raise ValueError("build_tile_plan(neighbors=...) needs num_keys (the key sequence length)")
+        src = _NeighborRows(neighbors[0], neighbors[1], num_keys)
+        batch = neighbors[0].shape[0]
+    hw = feat_hw[0] * feat_hw[1]
+    if src.lq % hw:
+        raise ValueError(f"{src.lq} queries are not whole frames of {feat_hw} cells")
+    tile_hw = tile_hw or default_tile_hw(feat_hw)
+    device = (mask if mask is not None else neighbors[0]).device
+    qids = _tile_query_ids(batch, src.lq // hw, feat_hw, tile_hw).to(device)
+    # Pass 1: union size per tile (bounded memory: a few hundred tiles at a time).
+    step = max(1, (1 << 24) // max(1, qids.shape[1] * src.lk))
+    union = torch.cat([src.rows(qids[i:i + step]).any(dim=1).sum(dim=-1) for i in range(0, len(qids), step)])
+    row_valid = (mask if mask is not None else neighbors[1]).any(dim=-1).flatten()
+    # Pass 2: tiles sorted by union size, packed into chunks of about ``chunk_keys`` gathered keys.
+    order = torch.argsort(union, descending=True)
+    union_sorted = union[order].tolist()
+    chunks: list[TileChunk] = []
+    i = 0
+    while i < len(order):
+        width = max(1, union_sorted[i])
+        n = max(1, chunk_keys // width)
+        sel = order[i:i + n]
+        tq = qids[sel]
+        rows = src.rows(tq)  # (n, Q, Lk)
+        tile_any = rows.any(dim=1)
+        kidx = _union_index(tile_any, width)  # (n, U)
+        sub = torch.gather(rows, 2, kidx[:, None, :].expand(-1, rows.shape[1], -1))
+        sub &= torch.arange(width, device=sub.device) < tile_any.sum(-1)[:, None, None]
+        sample = tq[:, :1] // src.lq  # which batch sample each tile belongs to
+        chunks.append(TileChunk(tq, kidx + sample * src.lk, sub))
+        i += n
+    return TilePlan(batch, src.lq, src.lk, chunks, row_valid)
+
+
+def _chunk_attention(q_flat, k_flat, v_flat, qids, kids, mask, reg_k, reg_v):
+    n, Q = qids.shape
+    q = q_flat[qids].transpose(1, 2)  # (n, H, Q, D)
+    k = k_flat[kids].transpose(1, 2)  # (n, H, U, D)
+    v = v_flat[kids].transpose(1, 2)
+    if reg_k is not None:
+        k = torch.cat([reg_k.expand(n, -1, -1, -1), k], dim=2)
+        v = torch.cat([reg_v.expand(n, -1, -1, -1), v], dim=2)
+        mask = F.pad(mask, (reg_k.shape[2], 0), value=True)
+    else:
+        # Rows with no key: open them so the softmax is defined; the caller zeroes their output.
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+    return out.transpose(1, 2)  # (n, Q, H, D)
+
+
+def tiled_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: TilePlan,
+    reg_k: torch.Tensor | None = None,
+    reg_v: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """q (B, Lq, H, D), k/v (B, Lk, H, D), reg_k/reg_v (1, H, R, D) or None -> (B, Lq, H, D).
+
+    Equal to ``dense_masked_attention`` on the mask the plan was built from. Under autograd each chunk
+    is recomputed in the backward pass, so gathered keys are never stored for every tile at once.
+    """
+    B, Lq, H, D = q.shape
+    if (B, Lq, k.shape[1]) != (plan.batch, plan.num_queries, plan.num_keys):
+        raise ValueError(
+            f"plan was built for B={plan.batch}, Lq={plan.num_queries}, Lk={plan.num_keys}; "
+            f"got B={B}, Lq={Lq}, Lk={k.shape[1]}"
+        )
+    if reg_k is not None and reg_k.shape[2] == 0:
+        reg_k = reg_v = None
+    q_flat, k_flat, v_flat = q.reshape(B * Lq, H, D), k.reshape(-1, H, D), v.reshape(-1, H, D)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, reg_k, reg_v)
+    )
+    outs, ids = [], []
+    for c in plan.chunks:
+        args = (q_flat, k_flat, v_flat, c.query_ids, c.key_ids, c.mask, reg_k, reg_v)
+        out = checkpoint(_chunk_attention, *args, use_reentrant=False) if needs_grad else _chunk_attention(*args)
+        outs.append(out.reshape(-1, H, D))
+        ids.append(c.query_ids.reshape(-1))
+    out = torch.zeros_like(q_flat).index_copy(0, torch.cat(ids), torch.cat(outs))
+    if reg_k is None:
+        out = out * plan.row_valid[:, None, None].to(out.dtype)
+    return out.view(B, Lq, H, D)

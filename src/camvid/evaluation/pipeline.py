@@ -1,0 +1,284 @@
+"""``make eval``: every metric of both papers over one folder of samples, into one results table.
+
+Each metric family runs on its own; a family that cannot run (a weight file missing, no GT videos,
+no multi-view groups, too few videos) keeps its rows marked "not computed" with the reason, and
+the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from camvid.evaluation.camera_accuracy import (
+    CAMERA_METRICS,
+    CameraAccuracyConfig,
+    VideoJob,
+    evaluate_camera_accuracy,
+)
+from camvid.evaluation.geometry_consistency import (
+    AUC_THRESHOLDS,
+    GeometryConsistencyConfig,
+    cross_video_pairs,
+    summarize_pairs,
+    video_pairs,
+)
+from camvid.evaluation.layout import SampleRecord, read_samples
+from camvid.evaluation.sfm import SfmOptions
+from camvid.evaluation.tables import ResultRow, paper_row, write_tables
+from camvid.evaluation.weights import MissingWeights, require_weights
+
+__all__ = ["METRIC_FAMILIES", "run_evaluation"]
+
+log = logging.getLogger(__name__)
+
+METRIC_FAMILIES = ("camera", "geometry", "fvd", "fid_kid", "clip")
+_GEOMETRY_KEYS = [f"RotAUC@{t:g}" for t in AUC_THRESHOLDS] + [f"TransAUC@{t:g}" for t in AUC_THRESHOLDS] + [
+    "Precision", "MatchingScore"]
+
+
+def _groups(records: list[SampleRecord]) -> dict[str, list[SampleRecord]]:
+    groups: dict[str, list[SampleRecord]] = defaultdict(list)
+    for r in records:
+        if r.group is not None:
+            groups[str(r.group)].append(r)
+    return {g: sorted(rs, key=lambda r: r.view) for g, rs in groups.items() if len(rs) >= 2}
+
+
+def _not_computed(metrics: list[str], reason: str, better: str = "") -> list[ResultRow]:
+    return [ResultRow(m, None, note=f"not computed: {reason}", better=better) for m in metrics]
+
+
+def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path) -> tuple[list[ResultRow], dict]:
+    sfm = SfmOptions(**cfg.get("sfm", {}))
+    config = CameraAccuracyConfig(
+        trials=int(cfg.get("trials", 5)), base_seed=int(cfg.get("base_seed", 0)),
+        workers=int(cfg.get("workers", 1)), sfm=sfm, progress=bool(cfg.get("progress", True)),
+        cache_dir=str(out_dir / "cache" / "camera") if cfg.get("cache", True) else None,
+    )
+
+    def jobs(use_gt: bool) -> list[VideoJob]:
+        return [VideoJob(r.sample_id, str(r.gt_video_path if use_gt else r.video_path), r.K[0], r.c2w)
+                for r in records if not use_gt or r.gt_video_path is not None]
+
+    generated = evaluate_camera_accuracy(jobs(False), config, tag="video")
+    reference = None
+    if cfg.get("reference", True) and jobs(True):
+        reference = evaluate_camera_accuracy(jobs(True), config, tag="gt")
+    s, ref = generated["summary"], (reference or {}).get("summary", {})
+    rows = [ResultRow(m, s[m], ref.get(m), better="lower",
+                      note="" if s[m] is not None else "not computed: SfM failed on every video")
+            for m in CAMERA_METRICS]
+    n_failed = s["num_videos_failed"]
+    rows.append(ResultRow("CameraTrialFailureRate", s["trial_failure_rate"], ref.get("trial_failure_rate"),
+                          better="lower", note=f"{s['num_trials']} SfM trials ({config.trials} per video)"))
+    rows.append(ResultRow("CameraVideoFailureRate", s["video_failure_rate"], ref.get("video_failure_rate"),
+                          better="lower", note=f"{n_failed}/{s['num_videos']} videos with no successful trial "
+                          "(counted, not dropped; their errors are absent from the means)"))
+    _write_per_video(out_dir / "camera_per_video.csv", generated["per_video"], (reference or {}).get("per_video"))
+    return rows, {"camera": generated, "camera_reference": reference}
+
+
+def _write_per_video(path: Path, per_video: list[dict], reference: list[dict] | None) -> None:
+    ref = {v["sample_id"]: v for v in reference or []}
+    lines = ["sample_id,trials_ok,trials,RotErr,TransErr,CamMC,gt_trials_ok,gt_RotErr,gt_TransErr,gt_CamMC,failures"]
+    for v in per_video:
+        r = ref.get(v["sample_id"], {})
+        fmt = [("" if x is None else f"{x:.6g}") for x in
+               (v["RotErr"], v["TransErr"], v["CamMC"], r.get("RotErr"), r.get("TransErr"), r.get("CamMC"))]
+        reasons = "; ".join(sorted({t["reason"] for t in v["trials"] if not t["success"]})).replace(",", " ")
+        lines.append(",".join([v["sample_id"], str(v["num_success"]), str(v["num_trials"]), *fmt[:3],
+                               str(r.get("num_success", "")), *fmt[3:], reasons]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _geometry_rows(records: list[SampleRecord], cfg: dict) -> tuple[list[ResultRow], dict]:
+    from hydra.utils import instantiate
+
+    matcher = instantiate(cfg.get("matcher") or {"_target_": "camvid.evaluation.matching.SiftMatcher"})
+    config = GeometryConsistencyConfig(**{k: v for k, v in cfg.items() if k != "matcher"})
+    gen_pairs, gt_pairs = [], []
+    for r in records:
+        gen_pairs += video_pairs(r.load_video(), r.K, r.c2w, matcher, config)
+        gt = r.load_gt_video()
+        if gt is not None:
+            gt_pairs += video_pairs(gt, r.K, r.c2w, matcher, config)
+    gen, ref = summarize_pairs(gen_pairs), summarize_pairs(gt_pairs)
+    rows = []
+    for key in _GEOMETRY_KEYS:
+        if gen["num_pairs"] == 0:
+            rows += _not_computed([key], "no frame pairs with a camera baseline", "higher")
+        else:
+            rows.append(ResultRow(key, gen[key], ref.get(key), better="higher",
+                                  note=f"{gen['num_pairs']} pairs (frame 0 vs t)"))
+    groups = _groups(records)
+    cross = []
+    for members in groups.values():
+        cross += cross_video_pairs([m.load_video() for m in members], [m.K for m in members],
+                                   [m.c2w for m in members], matcher, config)
+    xs = summarize_pairs(cross)
+    for key in _GEOMETRY_KEYS:
+        if not groups:
+            rows += _not_computed([f"x{key}"], "no multi-view groups (meta.json 'group' with >= 2 views)", "higher")
+        elif xs["num_pairs"] == 0:
+            rows += _not_computed([f"x{key}"], "no cross-video frame pairs with a camera baseline", "higher")
+        else:
+            rows.append(ResultRow(f"x{key}", xs[key], better="higher",
+                                  note=f"{xs['num_pairs']} cross-video pairs in {len(groups)} groups"))
+    return rows, {"geometry": gen, "geometry_reference": ref, "geometry_cross_video": xs}
+
+
+def _stack(videos: list[np.ndarray], what: str) -> np.ndarray:
+    shapes = {v.shape for v in videos}
+    if len(shapes) != 1:
+        raise ValueError(f"{what}: videos differ in shape {sorted(shapes)}; FVD needs one size")
+    return np.stack(videos)
+
+
+def _fvd_rows(records: list[SampleRecord], cfg: dict, weights: dict, device: str) -> list[ResultRow]:
+    from camvid.evaluation.networks.i3d import load_i3d, load_stylegan_i3d
+    from camvid.evaluation.quality import FvdScorer
+
+    rows = []
+    with_gt = [r for r in records if r.gt_video_path is not None]
+    for protocol in cfg.get("protocols", ["videogpt", "stylegan"]):
+        name = f"FVD_{protocol}"
+        if len(with_gt) < 2:
+            rows += _not_computed([name], f"needs >= 2 samples with gt.mp4, found {len(with_gt)}", "lower")
+            continue
+        key = "i3d_videogpt" if protocol == "videogpt" else "i3d_stylegan"
+        try:
+            path = require_weights(key, weights.get(key))
+            detector = (load_i3d if protocol == "videogpt" else load_stylegan_i3d)(path, map_location=device)
+            scorer = FvdScorer(protocol, detector, device=device, batch_size=int(cfg.get("batch_size", 8)))
+            fake = scorer.embed(_stack([r.load_video() for r in with_gt], "generated videos"))
+            real = scorer.embed(_stack([r.load_gt_video() for r in with_gt], "GT videos"))
+            from camvid.evaluation.quality import frechet_distance
+
+            rows.append(ResultRow(name, frechet_distance(real, fake), better="lower",
+                                  note=f"{len(with_gt)} videos vs their GT videos"))
+        except (MissingWeights, ValueError) as err:
+            log.warning("%s not computed: %s", name, err)
+            rows += _not_computed([name], str(err), "lower")
+    return rows
+
+
+def _fid_rows(records: list[SampleRecord], cfg: dict, weights: dict, device: str) -> list[ResultRow]:
+    from camvid.evaluation.networks.fid_inception import load_fid_inception
+    from camvid.evaluation.quality import frame_fid_kid
+
+    with_gt = [r for r in records if r.gt_video_path is not None]
+    if not with_gt:
+        return _not_computed(["FID", "KID"], "no gt.mp4 in any sample (the real frame set)", "lower")
+    try:
+        inception = load_fid_inception(require_weights("fid_inception", weights.get("fid_inception")),
+                                       map_location=device)
+        stride = int(cfg.get("frame_stride", 1))
+        fake = np.concatenate([r.load_video()[::stride] for r in with_gt])
+        real = np.concatenate([r.load_gt_video()[::stride] for r in with_gt])
+        res = frame_fid_kid(real, fake, inception, device=device, batch_size=int(cfg.get("batch_size", 32)),
+                            kid_subsets=int(cfg.get("kid_subsets", 100)),
+                            kid_subset_size=int(cfg.get("kid_subset_size", 1000)))
+    except (MissingWeights, ValueError) as err:
+        log.warning("FID/KID not computed: %s", err)
+        return _not_computed(["FID", "KID"], str(err), "lower")
+    note = f"{len(fake)} generated vs {len(real)} GT frames"
+    return [ResultRow("FID", res["FID"], better="lower", note=note),
+            ResultRow("KID", res["KID"], better="lower", note=f"x100, std {res['KID_std']:.3g}; {note}")]
+
+
+def _clip_rows(records: list[SampleRecord], cfg: dict, weights: dict, device: str) -> list[ResultRow]:
+    from camvid.evaluation.quality import ClipScorer
+
+    try:
+        scorer = ClipScorer(require_weights("clip", weights.get("clip")), device=device,
+                            batch_size=int(cfg.get("batch_size", 32)))
+    except MissingWeights as err:
+        log.warning("CLIP metrics not computed: %s", err)
+        return _not_computed(["CLIP-T", "CLIP-F"], str(err), "higher")
+    captioned = [r for r in records if r.caption.strip()]
+    rows = []
+    if captioned:
+        value = float(np.mean([scorer.clip_t(r.load_video(), r.caption) for r in captioned]))
+        rows.append(ResultRow("CLIP-T", value, better="higher", note=f"{len(captioned)} captioned videos"))
+    else:
+        rows += _not_computed(["CLIP-T"], "no sample has a caption", "higher")
+    groups = _groups(records)
+    if groups:
+        value = float(np.mean([scorer.clip_f([m.load_video() for m in g]) for g in groups.values()]))
+        rows.append(ResultRow("CLIP-F", value, better="higher", note=f"{len(groups)} multi-view groups"))
+    else:
+        rows += _not_computed(["CLIP-F"], "no multi-view groups (meta.json 'group' with >= 2 views)", "higher")
+    return rows
+
+
+def _attach_paper(rows: list[ResultRow], row_id: str | None) -> str | None:
+    paper = paper_row(row_id)
+    if paper is None:
+        return None
+    for r in rows:
+        r.paper = paper["metrics"].get(r.metric)
+    return f"{row_id}: {paper['source']}"
+
+
+def _infer_paper_row(records: list[SampleRecord]) -> str | None:
+    rows = {r.meta.get("paper_row") for r in records} - {None}
+    return rows.pop() if len(rows) == 1 else None
+
+
+def _log_wandb(cfg: dict, rows: list[ResultRow], title: str) -> None:
+    import wandb
+
+    run = wandb.init(project=cfg.get("project", "camvid"), entity=cfg.get("entity"), mode=cfg.get("mode", "offline"),
+                     name=cfg.get("name") or title, job_type="eval", reinit="finish_previous")
+    table = wandb.Table(columns=["metric", "ours", "gt_reference", "paper", "note"])
+    for r in rows:
+        table.add_data(r.metric, r.value, r.reference, r.paper, r.note)
+    run.log({"eval/results": table, **{f"eval/{r.metric}": r.value for r in rows if r.value is not None}})
+    run.finish()
+
+
+def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate ``cfg['samples_dir']``; write results.{md,csv,json} to ``cfg['output_dir']``."""
+    samples_dir = Path(cfg["samples_dir"])
+    records = read_samples(samples_dir)
+    out_dir = Path(cfg.get("output_dir") or samples_dir / "eval")
+    families = list(cfg.get("metrics", METRIC_FAMILIES))
+    unknown = sorted(set(families) - set(METRIC_FAMILIES))
+    if unknown:
+        raise ValueError(f"eval.metrics: unknown families {unknown}; choose from {list(METRIC_FAMILIES)}")
+    device = str(cfg.get("device", "cpu"))
+    weights = dict(cfg.get("weights", {}))
+    rows: list[ResultRow] = []
+    details: dict[str, Any] = {}
+    if "camera" in families:
+        camera_rows, camera_details = _camera_rows(records, dict(cfg.get("camera", {})), out_dir)
+        rows += camera_rows
+        details.update(camera_details)
+    if "geometry" in families:
+        geo_rows, geo_details = _geometry_rows(records, dict(cfg.get("geometry", {})))
+        rows += geo_rows
+        details.update(geo_details)
+    if "fvd" in families:
+        rows += _fvd_rows(records, dict(cfg.get("fvd", {})), weights, device)
+    if "fid_kid" in families:
+        rows += _fid_rows(records, dict(cfg.get("fid_kid", {})), weights, device)
+    if "clip" in families:
+        rows += _clip_rows(records, dict(cfg.get("clip", {})), weights, device)
+
+    row_id = cfg.get("paper_row") or _infer_paper_row(records)
+    paper_source = _attach_paper(rows, row_id)
+    title = f"camvid evaluation of {samples_dir} ({len(records)} samples)"
+    extra = {"samples_dir": str(samples_dir), "num_samples": len(records), "paper_row": row_id,
+             "details": json.loads(json.dumps(details, default=lambda o: None))}
+    paths = write_tables(out_dir, rows, extra, title, paper_source)
+    wandb_cfg = dict(cfg.get("wandb") or {})
+    if wandb_cfg.get("enabled"):
+        _log_wandb(wandb_cfg, rows, title)
+    return {"rows": rows, "paths": paths, "markdown": paths["md"].read_text(), "details": details}

@@ -1,0 +1,220 @@
+"""AnimateDiff backbone + CameraCtrl injection: tiny runs on the CPU, full size on ``meta``."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from camvid.models.animatediff import (
+    AnimateDiffT2V,
+    build_animatediff_method,
+    build_unet,
+    convert_official_state_dict,
+    convert_to_official_state_dict,
+    install_pose_adaptor,
+    official_to_ours,
+    ours_to_official,
+)
+from camvid.models.manifests import load_manifest
+
+T, HW = 8, 32  # frames, pixels of the tiny test videos (16x16 latents)
+
+
+def make_batch(B: int = 2, num_views: int = 1, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    c2w = torch.eye(4).repeat(B, T, 1, 1)
+    c2w[:, :, 0, 3] = torch.linspace(0, 1, T)  # dolly to the right
+    c2w[:, :, 2, 3] = torch.rand(B, 1, generator=gen) * torch.linspace(0, 0.5, T)
+    K = torch.tensor([[30.0, 0, HW / 2], [0, 30.0, HW / 2], [0, 0, 1]]).repeat(B, T, 1, 1)
+    return dict(
+        video=torch.rand(B, T, 3, HW, HW, generator=gen) * 2 - 1,
+        K=K,
+        c2w=c2w,
+        caption=[f"a room number {i}" for i in range(B)],
+        cond_index=torch.zeros(B, dtype=torch.long),
+        num_views=num_views,
+    )
+
+
+@pytest.fixture(scope="module")
+def cameractrl() -> AnimateDiffT2V:
+    torch.manual_seed(0)
+    return build_animatediff_method("cameractrl", "tiny", num_frames=T)
+
+
+def run(model: AnimateDiffT2V, batch: dict, t=(10, 700), cond=None) -> torch.Tensor:
+    z = model.encode_video(batch["video"])
+    cond = cond if cond is not None else model.conditions(batch, z)
+    return model.denoise(z, torch.tensor(t), cond)
+
+
+@pytest.mark.parametrize("method", ["animatediff", "cameractrl"])
+def test_tiny_forward_backward_trains_only_new_modules(method):
+    torch.manual_seed(0)
+    model = build_animatediff_method(method, "tiny", num_frames=T)
+    assert not model.image_to_video and model.parameterization == "eps"
+    batch = make_batch()
+    out = run(model, batch)
+    assert out.shape == (2, 12, T, HW // 2, HW // 2) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if method == "cameractrl":
+        assert trainable == {n for n, _ in model.named_parameters() if n.startswith("pose_encoder.") or "qkv_merge" in n}
+    else:
+        assert trainable and all(".motion_modules." in n for n in trainable)
+    for name, p in model.named_parameters():
+        if name in trainable:
+            assert p.grad is not None, name
+        else:
+            assert p.grad is None, f"frozen {name} got a gradient"
+    # qkv_merge starts at zero: its weight still gets a gradient, so CameraCtrl can learn
+    if method == "cameractrl":
+        merge = [p for n, p in model.named_parameters() if "qkv_merge.weight" in n]
+        assert merge and all(float(p.grad.abs().sum()) > 0 for p in merge)
+
+
+def test_zero_init_pose_adaptor_is_bit_identical_and_merge_matters():
+    torch.manual_seed(0)
+    plain = build_unet("tiny", in_channels=12, out_channels=12)
+    adapted = copy.deepcopy(plain)
+    adaptor = install_pose_adaptor(adapted)
+    assert len(adaptor.processors) == 2 * 2 + 3 * 2  # every motion module of the 2-level tiny UNet
+    z = torch.randn(2, 12, T, 16, 16)
+    t = torch.tensor([3, 600])
+    text = torch.randn(2, 5, 64).repeat_interleave(T, 0)
+    features = [torch.randn(2, c, T, 16 // 2**i, 16 // 2**i) for i, c in enumerate((32, 64))]
+    with torch.no_grad():
+        ref = plain(z, t, encoder_hidden_states=text).sample
+        with adaptor.feed(features, T):
+            same = adapted(z, t, encoder_hidden_states=text).sample
+        assert torch.equal(ref, same)
+        for proc, _ in adaptor.processors:
+            torch.nn.init.normal_(proc.qkv_merge.weight, std=0.1)
+        with adaptor.feed(features, T, keep=torch.tensor([True, False])):
+            mixed = adapted(z, t, encoder_hidden_states=text).sample
+        with adaptor.feed(None, T):  # no features: the plain backbone again
+            unfed = adapted(z, t, encoder_hidden_states=text).sample
+    assert torch.equal(mixed[1], ref[1]), "a camera-dropped sample must see the plain backbone"
+    assert not torch.allclose(mixed[0], ref[0], atol=1e-4), "a trained merge must change the output"
+    assert torch.equal(unfed, ref)
+
+
+def test_pose_feature_layout_mismatch_is_reported():
+    unet = build_unet("tiny", in_channels=12, out_channels=12)
+    adaptor = install_pose_adaptor(unet)
+    wrong = [torch.randn(2, 33, T, 16, 16), torch.randn(2, 64, T, 8, 8)]
+    with pytest.raises(ValueError, match="matches neither"), adaptor.feed(wrong, T):
+        pass
+    with pytest.raises(ValueError, match="already has a pose adaptor"):
+        install_pose_adaptor(unet)
+
+
+def test_drop_text_uses_the_empty_caption(cameractrl):
+    batch = make_batch()
+    z = cameractrl.encode_video(batch["video"])
+    cond = cameractrl.conditions(batch, z)
+    with torch.no_grad():
+        dropped = cameractrl.denoise(z, torch.tensor([5, 5]), cond.with_drops(text=torch.tensor([True, False])))
+        empty = cameractrl.conditions(dict(batch, caption=["", batch["caption"][1]]), z)
+        ref = cameractrl.denoise(z, torch.tensor([5, 5]), empty)
+    assert torch.equal(dropped, ref)
+
+
+def test_camera_changes_the_output_once_merge_is_trained(cameractrl):
+    model = copy.deepcopy(cameractrl)
+    with torch.no_grad():
+        for proc, _ in model.pose_adaptor.processors:
+            torch.nn.init.normal_(proc.qkv_merge.weight, std=0.1)
+    batch = make_batch()
+    other = dict(batch, c2w=batch["c2w"].clone())
+    other["c2w"][:, :, 1, 3] += torch.linspace(0, 1, T)  # a different trajectory
+    with torch.no_grad():
+        a, b = run(model, batch), run(model, other)
+        cond = model.conditions(other)
+        dropped = run(model, other, cond=cond.with_drops(camera=torch.tensor([True, True])))
+        base = run(cameractrl, batch)  # zero merge: cameras have no effect
+    assert not torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(dropped, base)
+
+
+def test_invalid_inputs_raise(cameractrl):
+    batch = make_batch()
+    with pytest.raises(ValueError, match="num_views"):
+        cameractrl.conditions(dict(batch, num_views=2))
+    z = torch.randn(1, 12, 33, 4, 4)
+    with pytest.raises(ValueError, match="33 frames"):
+        cameractrl.denoise(z, torch.tensor([1]), cameractrl.conditions(make_batch(B=1)))
+
+
+@pytest.mark.parametrize(
+    "method,attn,words",
+    [("cameractrl", "cross_video", ("attn=cross_video", "model=cameractrl")),
+     ("animatediff", "cross_video", ("attn=cross_video", "model=animatediff")),
+     ("cvd", "temporal", ("model=cvd", "attn=temporal")),
+     ("cvd", "epipolar", ("model=cvd", "attn=epipolar")),
+     ("motionctrl", None, ("model=motionctrl",))],
+)
+def test_invalid_combinations_name_both_options(method, attn, words):
+    with pytest.raises(ValueError) as err:
+        build_animatediff_method(method, "tiny", attn=attn)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+# ----------------------------------------------------------------------------------- full size
+
+
+@pytest.fixture(scope="module")
+def full_cameractrl() -> AnimateDiffT2V:
+    return build_animatediff_method("cameractrl", "full", num_frames=16, image_hw=(256, 384), device="meta")
+
+
+def test_full_size_counts_match_cameractrl(full_cameractrl):
+    model = full_cameractrl
+    assert sum(p.numel() for p in model.unet.parameters()) == 1_295_620_164
+    # the manifest's "motion modules" figure includes the qkv_merge layers inside them
+    motion = sum(p.numel() for n, p in model.unet.named_parameters() if ".motion_modules." in n)
+    assert motion == 436_099_200
+    assert sum(p.numel() for p in model.pose_encoder.parameters()) == 199_262_400
+    assert sum(p.numel() for p in model.trainable_parameters()) == 218_224_000
+
+
+def test_full_unet_matches_the_official_layout_after_mapping(full_cameractrl):
+    ours = {k: tuple(v.shape) for k, v in full_cameractrl.unet.state_dict().items()}
+    official = convert_to_official_state_dict(full_cameractrl.unet.state_dict())
+    manifest = load_manifest("cameractrl-adv3_unet_full")
+    assert set(official) == set(manifest)  # strict: every name, nothing extra
+    assert all(tuple(official[k].shape) == manifest[k].shape for k in manifest)
+    # and back: the official layout renames onto ours exactly
+    back = {official_to_ours(k) for k in manifest} - {None}
+    assert back == set(ours)
+    trainable = {k for k, e in manifest.items() if e.trainable}
+    ours_trainable = {n for n, p in full_cameractrl.unet.named_parameters() if p.requires_grad}
+    assert {o for n in ours_trainable for o in ours_to_official(n)} == trainable
+    processors = load_manifest("cameractrl-adv3_attention_processor_state_dict")
+    assert set(processors) == trainable
+
+
+def test_full_pose_encoder_matches_cameractrl(full_cameractrl):
+    sd = full_cameractrl.pose_encoder.state_dict()
+    manifest = load_manifest("cameractrl-adv3_pose_encoder_state_dict")
+    assert set(sd) == set(manifest)
+    assert all(tuple(sd[k].shape) == manifest[k].shape for k in manifest)
+
+
+def test_key_mapping_round_trips_real_tensors():
+    unet = build_unet("tiny")
+    install_pose_adaptor(unet)
+    ours = unet.state_dict()
+    official = convert_to_official_state_dict(ours)
+    key = "down_blocks.0.motion_modules.1.temporal_transformer.transformer_blocks.0.attention_blocks.1.to_q.weight"
+    assert torch.equal(official[key], ours["down_blocks.0.motion_modules.1.transformer_blocks.0.attn2.to_q.weight"])
+    assert "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.ff_norm.weight" in official
+    back = convert_official_state_dict(official)
+    assert list(back) == list(ours) and all(torch.equal(back[k], ours[k]) for k in ours)
+    unet.load_state_dict(back, strict=True)
+    pe1 = "up_blocks.1.motion_modules.2.temporal_transformer.transformer_blocks.0.attention_blocks.1.pos_encoder.pe"
+    broken = dict(official, **{pe1: official[pe1] + 1})
+    with pytest.raises(ValueError, match="positional tables"):
+        convert_official_state_dict(broken)
