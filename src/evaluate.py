@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main(cfg: DictConfig) -> None:
     from camvid.evaluation.pipeline import run_evaluation
 
-    keys = ("samples_dir", "output_dir", "paper_row", "metrics", "device", "camera", "geometry", "fvd",
+    keys = ("samples_dir", "out_dir", "reference", "paper_row", "metrics", "device", "camera", "geometry", "fvd",
             "fid_kid", "clip", "weights", "wandb")
     settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in keys}

@@ -16,6 +16,7 @@ from camvid.data.layout import list_re10k_clips
 from camvid.data.loader import (
     ClipStream,
     Re10kDirectoryDataset,
+    WebVidDirectoryDataset,
     build_dataloader,
     build_synthetic_dataloader,
     resolve_units,
@@ -200,6 +201,7 @@ def test_skip_batches_resumes_the_same_stream(data):
                                   epoch_length=5, seed=9, epoch=1, skip_batches=skip, num_workers=num_workers)
         return [(tuple(b["key"]), b["video"]) for b in loader]
 
+    assert run(5) == [] and run(7) == []  # resuming at (or past) the end of the epoch
     for workers in (0, 2):
         full, resumed = run(0, workers), run(3, workers)
         assert len(full) == 5 and len(resumed) == 2
@@ -278,3 +280,30 @@ def test_data_prep_scripts_and_synthetic_loader(tmp_path, capsys):
                                         webvid_clips=1, texture_size=32, pairing="cvd_mix", num_frames=4,
                                         height=8, width=8, epoch_length=3)
     assert len(list(loader)) == 3 and (auto / "captions.json").is_file()
+
+
+def test_webvid_mp4_and_frame_folders_agree(tmp_path):
+    write_synthetic_webvid(tmp_path / "png", num_clips=1, num_frames=6, height=16, width=24, seed=2)
+    write_synthetic_webvid(tmp_path / "mp4", num_clips=1, num_frames=6, height=16, width=24, seed=2, video_format="mp4")
+    assert next((tmp_path / "mp4" / "videos").rglob("*.mp4")).is_file()
+    samples = [WebVidDirectoryDataset(tmp_path / fmt, num_frames=4, height=16, width=24, stride_min=1,
+                                      stride_max=1)[0] for fmt in ("png", "mp4")]
+    assert samples[0]["video"].shape == (4, 3, 16, 24) and samples[0]["key"] == samples[1]["key"]
+    assert (samples[0]["video"] - samples[1]["video"]).abs().mean() < 0.1  # mp4 is lossy
+    torch.testing.assert_close(samples[0]["c2w"], torch.eye(4).expand(4, 4, 4))
+    manifest = write_webvid_shards(tmp_path / "mp4", tmp_path / "shards")
+    assert manifest["num_samples"] == 1 and manifest["image_format"] == "jpg"
+
+
+def test_cvd_mix_resumes_with_skip_batches(data):
+    def run(skip):
+        loader = build_dataloader(str(data / "shards" / "train"), pairing="cvd_mix",
+                                  webvid_root=str(data / "shards" / "webvid"), num_frames=2, height=8, width=8,
+                                  stride_max=2, batch_size=1, epoch_length=8, seed=7, skip_batches=skip)
+        return [(b["source"], tuple(b["key"]), b["video"]) for b in loader]
+
+    full, resumed = run(0), run(5)
+    assert len(resumed) == 3 and {s for s, _, _ in full} == {"re10k_fold", "webvid_homography"}
+    for (s1, k1, v1), (s2, k2, v2) in zip(full[5:], resumed):
+        assert (s1, k1) == (s2, k2)
+        torch.testing.assert_close(v1, v2)

@@ -218,3 +218,57 @@ def test_key_mapping_round_trips_real_tensors():
     broken = dict(official, **{pe1: official[pe1] + 1})
     with pytest.raises(ValueError, match="positional tables"):
         convert_official_state_dict(broken)
+
+
+def test_load_official_files_round_trip(tmp_path):
+    """Write a tiny CVD's weights in the official file layouts, load them into a fresh model."""
+    from safetensors.torch import save_file
+
+    from camvid.models.animatediff.checkpoints import load_animatediff_weights
+
+    torch.manual_seed(1)
+    src = build_animatediff_method("cvd", "tiny", num_frames=T)
+    with torch.no_grad():
+        for p in [*src.unet.parameters(), *src.pose_encoder.parameters()]:
+            p.add_(torch.randn_like(p) * 0.01)  # no zero-initialised layer stays trivially equal
+    unet_sd = src.unet.state_dict()
+    official = convert_to_official_state_dict(unet_sd)
+    (tmp_path / "stable-diffusion-v1-5" / "unet").mkdir(parents=True)
+    spatial = {k: v.half() for k, v in unet_sd.items() if ".motion_modules." not in k and ".epi_modules." not in k}
+    save_file(spatial, str(tmp_path / "stable-diffusion-v1-5" / "unet" / "diffusion_pytorch_model.safetensors"))
+    motion = {k: v for k, v in official.items() if ".motion_modules." in k and "qkv_merge" not in k}
+    torch.save({"state_dict": motion}, tmp_path / "v3_sd15_mm.ckpt")
+    torch.save({"pose_encoder_state_dict": src.pose_encoder.state_dict(),
+                "attention_processor_state_dict": {k: v for k, v in official.items() if "qkv_merge" in k}},
+               tmp_path / "CameraCtrl.ckpt")
+    torch.save({"unet_trainable_dict": {k: v for k, v in official.items() if ".epi_modules." in k and "coords" not in k}},
+               tmp_path / "CVD.ckpt")
+
+    torch.manual_seed(2)
+    dst = build_animatediff_method("cvd", "tiny", num_frames=T)
+    assert load_animatediff_weights(dst, tmp_path) == ["stable-diffusion-v1-5", "v3_sd15_mm.ckpt",
+                                                       "CameraCtrl.ckpt", "CVD.ckpt"]
+    got = dst.state_dict()
+    for k, v in src.state_dict().items():  # the frozen text encoder / first stage are fixed by seed
+        tol = 1e-3 * (1 + v.abs().max()) if k.removeprefix("unet.") in spatial else 0  # fp16 file
+        assert torch.allclose(got[k].float(), v.float(), atol=float(tol), rtol=0), k
+
+    motion.pop(next(iter(motion)))
+    torch.save(motion, tmp_path / "v3_sd15_mm.ckpt")
+    with pytest.raises(ValueError, match="v3_sd15_mm.ckpt: 1 missing key"):
+        load_animatediff_weights(dst, tmp_path)
+    (tmp_path / "CVD.ckpt").unlink()
+    (tmp_path / "v3_sd15_mm.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match="CVD.ckpt"):
+        load_animatediff_weights(dst, tmp_path)
+
+
+def test_text_to_video_sampling_needs_no_video():
+    from camvid.diffusion.sampler import sample_video
+
+    torch.manual_seed(0)
+    model = build_animatediff_method("cameractrl", "tiny", num_frames=T, image_hw=(HW, HW))
+    batch = {k: v for k, v in make_batch().items() if k != "video"}
+    videos = sample_video(model, batch, num_steps=2, latent_shape=(2, 12, T, HW // 2, HW // 2),
+                          generator=torch.Generator().manual_seed(0))
+    assert videos.shape == (2, T, 3, HW, HW) and torch.isfinite(videos).all()

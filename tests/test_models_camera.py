@@ -24,9 +24,12 @@ def _full_size(method: str, attn: str | None = None, size: str = "256"):
     with torch.device("meta"):
         vae = AutoencoderKL(block_out_channels=(32,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4)
-        return build_dynamicrafter_method(method, size, attn, first_stage=AutoencoderKLFirstStage(vae=vae),
-                                          text_encoder=HashTextEncoder(dim=1024),
-                                          image_encoder=TinyImageEncoder(dim=1280))
+        first_stage = AutoencoderKLFirstStage(vae=vae)
+        text, image = HashTextEncoder(dim=1024), TinyImageEncoder(dim=1280)
+    model = build_dynamicrafter_method(method, size, attn, first_stage=first_stage, text_encoder=text,
+                                       image_encoder=image, device="meta")
+    assert all(p.is_meta for p in model.parameters())
+    return model
 
 
 def _trainable(model) -> dict[str, tuple[int, ...]]:
@@ -195,3 +198,47 @@ def test_camera_method_input_errors():
         model.denoise(torch.randn(2, 48, 3, 4, 4), torch.tensor([1, 1]), cond)
     with pytest.raises(ValueError, match="cannot be used with a DynamiCrafter"):
         build_dynamicrafter_method("cami2v", "tiny", "cross_video", num_frames=4)
+
+
+@needs_attention
+def test_null_camera_attention_context_is_unconstrained():
+    from camvid.models.base import CameraInputs
+    from camvid.models.camera.context import build_attention_context
+
+    batch = _batch()
+    cams = CameraInputs(K=batch["K"], c2w=batch["c2w"], image_hw=(16, 16), cond_index=batch["cond_index"])
+    plain = build_attention_context("epipolar", cams, None)
+    dropped = build_attention_context("epipolar", cams, torch.tensor([True, False]))
+    geometric, mixed = plain.mask("all", (4, 4)), dropped.mask("all", (4, 4))
+    assert not geometric[0].all()  # the cameras move: the epipolar mask does restrict attention
+    assert mixed[0].all()
+    assert torch.equal(mixed[1], geometric[1])
+    with pytest.raises(ValueError, match="unknown attention option"):
+        build_attention_context("epipolar", cams, None, {"bogus": 1})
+
+
+def test_cami2v_add_into_temporal_attn_and_gradient_checkpointing():
+    torch.manual_seed(0)
+    kw = dict(num_frames=4, unet_overrides=dict(attention_resolutions=(1, 2)))
+    plain = build_dynamicrafter_method("cami2v", "tiny", "temporal", cami2v_add_type="add_into_temporal_attn", **kw)
+    _perturb(plain)
+    ckpt = build_dynamicrafter_method("cami2v", "tiny", "temporal", cami2v_add_type="add_into_temporal_attn",
+                                      gradient_checkpointing=True, **kw)
+    ckpt.load_state_dict(plain.state_dict())
+    batch = _batch()
+    z = plain.encode_video(batch["video"])
+    noise, t = torch.randn_like(z), torch.tensor([10, 700])
+    grads = []
+    for model in (plain, ckpt):
+        for m in model.modules():  # training mode (checkpointing is on) without dropout noise
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        model.train()
+        out = model.denoise(noise, t, model.conditions(batch, z))
+        out.square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+    with pytest.raises(ValueError, match="add_type"):
+        build_dynamicrafter_method("cami2v", "tiny", "temporal", cami2v_add_type="sideways", num_frames=4)

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from camvid.geometry.epipolar import cross_view_band_mask
-from camvid.models.animatediff import AnimateDiffT2V, build_animatediff_method, convert_to_official_state_dict
+from camvid.models.animatediff import (
+    AnimateDiffT2V,
+    build_animatediff_method,
+    build_unet,
+    convert_to_official_state_dict,
+)
 from camvid.models.base import CameraInputs
-from camvid.models.cvd import EpiModule, install_cvd_modules
+from camvid.models.cvd import install_cvd_modules
 from camvid.models.manifests import load_manifest
 
 T, HW = 4, 32
@@ -114,52 +120,51 @@ def test_videos_talk_only_to_their_partner(cvd):
     torch.testing.assert_close(out_swapped, base[order], rtol=1e-5, atol=1e-5)
 
 
-def reference_cross_video(x, module, K, c2w, image_hw, tau):
-    """Obviously-correct EpiAttention: loops over samples, frames and heads with an explicit softmax."""
-    B_T, L, C = x.shape
+def reference_epi_module(x, module, K, c2w, image_hw, tau):
+    """Obviously-correct CVD epi module on (B*T, C, h, w): loops over samples, frames and heads,
+    explicit softmax over the partner frame's cells inside the band, residual added at the end."""
+    BT, C, h, w = x.shape
     B = K.shape[0]
-    h = w = int(math.isqrt(L))
-    heads = module.heads
-    out = torch.zeros_like(x)
-    for s in range(B):
-        p = s ^ 1
-        mask = cross_view_band_mask(K[s:s + 1], c2w[s:s + 1], K[p:p + 1], c2w[p:p + 1], image_hw, (h, w), tau=tau)[0]
-        for t in range(T):
-            xq, xk = x[s * T + t], x[p * T + t]
-            q, k, v = module.to_q(xq), module.to_k(xk), module.to_v(xk)
-            rows = []
-            for head in range(heads):
-                sl = slice(head * C // heads, (head + 1) * C // heads)
-                logits = q[:, sl] @ k[:, sl].T / math.sqrt(C // heads)
-                logits = logits.masked_fill(~mask[t], float("-inf"))
-                att = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # empty band -> zero row
-                rows.append(att @ v[:, sl])
-            out[s * T + t] = module.to_out[0](torch.cat(rows, dim=-1))
-    return out
+    et = module.epi_transformer
+    partner = torch.arange(B) ^ 1
+    # one call over the batch: pseudo lines of coincident cameras are drawn per batch slot
+    masks = cross_view_band_mask(K, c2w, K[partner], c2w[partner], image_hw, (h, w), tau=tau)
+    tokens = et.proj_in(et.norm(x).flatten(2).transpose(1, 2))  # (B*T, hw, C)
+    block = et.transformer_blocks[0]
+    for attn, norm in zip(block.attention_blocks, block.norms):
+        n = norm(tokens)
+        update = torch.zeros_like(tokens)
+        for s in range(B):
+            for t in range(T):
+                q, k, v = attn.to_q(n[s * T + t]), attn.to_k(n[(s ^ 1) * T + t]), attn.to_v(n[(s ^ 1) * T + t])
+                rows = []
+                for head in range(attn.heads):
+                    sl = slice(head * attn.dim_head, (head + 1) * attn.dim_head)
+                    logits = (q[:, sl] @ k[:, sl].T / math.sqrt(attn.dim_head)).masked_fill(~masks[s, t], -math.inf)
+                    rows.append(torch.softmax(logits, dim=-1).nan_to_num(0.0) @ v[:, sl])  # empty band -> 0
+                update[s * T + t] = attn.to_out[0](torch.cat(rows, dim=-1))
+        tokens = tokens + update
+    tokens = tokens + block.ff(block.ff_norm(tokens))
+    return x + et.proj_out(tokens).transpose(1, 2).reshape(BT, C, h, w)
 
 
-def test_masked_cross_video_attention_matches_reference():
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_masked_epi_module_matches_reference(path):
     torch.manual_seed(0)
     batch = pair_batch(P=1, seed=3)
     camera = CameraInputs(K=batch["K"].double(), c2w=batch["c2w"].double(), image_hw=(HW, HW), num_views=2)
-
-    class Host(torch.nn.Module):  # a minimal "UNet" with one block to hang the module on
-        pass
-
-    module = EpiModule(32, heads=2, norm_num_groups=8).double()
-    attention = module.epi_transformer.transformer_blocks[0].attention_blocks[0]
-    from camvid.models.cvd.sync import CrossVideoSync
-
-    sync = CrossVideoSync([module], tau=3.0, masked=True, path="auto", seed=0)
-    x = torch.randn(2 * T, 64, 32, dtype=torch.float64)
-    with sync.bind(camera, 2, T) as geometry:
-        rows = geometry.partner_rows(x.device)
-        got = attention(x, rows, (8, 8), sync.attend)
-        mask = geometry.mask((8, 8))
-    want = reference_cross_video(x, attention, camera.K, camera.c2w, (HW, HW), 3.0)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    unet = build_unet("tiny")
+    sync = install_cvd_modules(unet, tau=3.0, path=path)
+    module = sync.modules[0].double()
+    torch.nn.init.normal_(module.epi_transformer.proj_out.weight, std=0.3)
+    x = torch.randn(2 * T, 32, 8, 8, dtype=torch.float64)
+    with sync.bind(camera, 2, T) as ctx:
+        got = sync.run(module, x)
+        mask = ctx.mask("cross", (8, 8))
+    want = reference_epi_module(x, module, camera.K, camera.c2w, (HW, HW), 3.0)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
     assert 0 < float(mask.float().mean()) < 0.5, "the band must select a strict subset of the partner frame"
-    del Host
+    assert not torch.allclose(got, x)
 
 
 def test_cvd_needs_pairs(cvd):
@@ -168,9 +173,9 @@ def test_cvd_needs_pairs(cvd):
         cvd.conditions(dict(batch, num_views=1))
     z = cvd.encode_video(batch["video"])
     cond = cvd.conditions(batch, z)
+    single = replace(cond, text=cond.text[:1], camera=cond.camera.select(torch.tensor([0])))
     with pytest.raises(ValueError, match="even batch"):
-        cvd.denoise(z[:1], torch.tensor([1]), cond.repeat(1).__class__(**{**cond.__dict__, "text": cond.text[:1],
-                                                                         "camera": cond.camera.select(torch.tensor([0]))}))
+        cvd.denoise(z[:1], torch.tensor([1]), single)
     with pytest.raises(ValueError, match="CrossVideoSync.bind"):
         cvd.unet(z, torch.tensor([1, 1]), encoder_hidden_states=cond.text.repeat_interleave(T, 0))
 
@@ -216,3 +221,70 @@ def test_install_twice_is_refused():
     install_cvd_modules(unet)
     with pytest.raises(ValueError, match="already has epi_modules"):
         install_cvd_modules(unet)
+
+
+def test_training_loss_and_collaborative_sampling_run_on_pairs(cvd):
+    from camvid.diffusion.collaborative import sample_collaborative_video
+    from camvid.diffusion.losses import diffusion_loss
+
+    model = perturbed(cvd)
+    gen = torch.Generator().manual_seed(0)
+    losses = diffusion_loss(model, pair_batch(P=1), generator=gen, cond_dropout={"p_text": 0.5})
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"]) and bool((losses["drop_text"][0::2] == losses["drop_text"][1::2]).all())
+    four = pair_batch(P=2)  # one scene seen by 4 cameras: M = 4 views, denoised pair by pair
+    four["num_views"] = 4
+    four["caption"] = ["scene"] * 4
+    videos = sample_collaborative_video(model, four, num_videos=4, num_steps=2, strategy="partition",
+                                        generator=torch.Generator().manual_seed(0))
+    assert videos.shape == (4, T, 3, HW, HW) and torch.isfinite(videos).all()
+
+
+def test_homography_pairs_band_follows_the_warp(cvd):
+    batch = pair_batch(P=1)
+    batch["c2w"] = torch.eye(4).repeat(2, T, 1, 1)  # WebVid pairs carry identity cameras
+    H = torch.eye(3).repeat(2, T, 1, 1)
+    H[1, :, 0, 2] = torch.arange(T) * 4.0  # view b = view a shifted right by 4 px per frame
+    H[1, :, 1, 2] = -2.0
+    batch["homography"] = H
+    camera = CameraInputs(K=batch["K"], c2w=batch["c2w"], image_hw=(HW, HW), num_views=2)
+    sync = cvd.sync
+    with sync.bind(camera, 2, T, homography=H) as ctx:
+        mask = ctx.mask("cross", (8, 8)).view(2, T, 64, 64)
+    cell = HW / 8
+    for s, sign in ((0, 1.0), (1, -1.0)):  # a -> b follows H, b -> a its inverse
+        for t in range(T):
+            for q in range(64):
+                x = (q % 8 + 0.5) * cell + sign * 4.0 * t
+                y = (q // 8 + 0.5) * cell - sign * 2.0
+                if 0 <= x < HW and 0 <= y < HW:
+                    assert mask[s, t, q, int(y // cell) * 8 + int(x // cell)], (s, t, q)
+    assert float(mask.float().mean()) < 0.5
+    with torch.no_grad():
+        out = run(perturbed(cvd), batch)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="homography must be"), sync.bind(camera, 2, T, homography=H[:1]):
+        pass
+
+
+def test_gradient_checkpointing_keeps_the_injected_modules_exact(cvd):
+    """diffusers checkpoints resnets / spatial transformers only: the pose adaptor and epi hooks run
+    outside the recomputed regions, so gradients with and without checkpointing agree."""
+    model = perturbed(cvd)
+    with torch.no_grad():
+        for proc, _ in model.pose_adaptor.processors:
+            torch.nn.init.normal_(proc.qkv_merge.weight, std=0.1)
+    for p in model.pose_encoder.parameters():
+        p.requires_grad_(True)
+    batch = pair_batch(P=1)
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        if checkpointing:
+            model.unet.enable_gradient_checkpointing()
+        model.unet.train()
+        run(model, batch).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("pose_encoder" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)

@@ -7,7 +7,6 @@ import torch
 
 from camvid.models.dynamicrafter.builder import build_dynamicrafter_method
 from camvid.models.dynamicrafter.image_proj import ImageProjModel, Resampler
-from camvid.models.dynamicrafter.schedule import dynamic_rescale_scales, make_alphas_cumprod
 from camvid.models.dynamicrafter.unet import DynamiCrafterUNet, dynamicrafter_unet_config
 from camvid.models.encoders import (
     AutoencoderKLFirstStage,
@@ -145,16 +144,18 @@ def test_tiny_image_encoder_tokens():
     assert not any(p.requires_grad for p in enc.parameters())
 
 
-def test_schedules():
-    ac = make_alphas_cumprod()
-    betas = 1 - ac / torch.cat([torch.ones(1), ac[:-1]])
-    torch.testing.assert_close(betas[0], torch.tensor(0.00085), rtol=1e-4, atol=0)
-    torch.testing.assert_close(betas[-1], torch.tensor(0.012), rtol=1e-4, atol=0)
-    zsnr = make_alphas_cumprod(zero_terminal_snr=True)
-    assert zsnr[-1] == 0 and torch.isclose(zsnr[0], ac[0])
-    assert (zsnr[1:] < zsnr[:-1]).all()
-    scales = dynamic_rescale_scales()
-    assert scales.shape == (1400,) and scales[0] == 1 and torch.isclose(scales[399], torch.tensor(0.7))
+def test_method_schedules():
+    tiny = build_dynamicrafter_method("dynamicrafter", "tiny", num_frames=2)
+    ac = tiny.alphas_cumprod
+    betas = 1 - ac / torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
+    torch.testing.assert_close(betas[0].item(), 0.00085, rtol=1e-6, atol=0)
+    torch.testing.assert_close(betas[-1].item(), 0.012, rtol=1e-6, atol=0)
+    assert tiny.parameterization == "eps" and not hasattr(tiny, "scale_arr")
+    v = build_dynamicrafter_method("dynamicrafter", "tiny", num_frames=2, parameterization="v", zero_terminal_snr=True,
+                                   dynamic_rescale=True)
+    assert v.alphas_cumprod[-1] == 0 and torch.isclose(v.alphas_cumprod[0], ac[0])
+    assert v.scale_arr.shape == (1000,) and v.scale_arr[0] == 1 and torch.isclose(v.scale_arr[-1], torch.tensor(0.7,
+                                                                                             dtype=torch.float64))
 
 
 def _batch(b=2, t=4, h=16, w=16):
@@ -220,6 +221,7 @@ def test_512_method_is_v_param_zero_snr_fps():
         model = build_dynamicrafter_method("dynamicrafter", "512", first_stage=AutoencoderKLFirstStage(vae=vae),
                                            text_encoder=HashTextEncoder(dim=1024),
                                            image_encoder=TinyImageEncoder(dim=1280))
+    assert all(p.is_meta for p in model.parameters())
     assert model.parameterization == "v" and model.use_dynamic_rescale
     assert model.fs_condition_type == "fps" and model.unet.default_fs == 24
     assert "alphas_cumprod" not in model.state_dict()
@@ -253,3 +255,28 @@ def test_load_pretrained_official_layout(tmp_path):
     torch.save({"model.diffusion_model.nope": torch.zeros(1)}, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match="does not exist"):
         dst.load_pretrained(tmp_path / "wrong.pt")
+
+
+def test_cross_attention_matches_written_formula():
+    """Text attention plus image attention scaled by tanh(alpha) + 1, against plain einsum maths."""
+    from camvid.models.dynamicrafter.blocks import CrossAttention
+
+    torch.manual_seed(0)
+    attn = CrossAttention(16, 12, heads=2, dim_head=8, image_cross_attention=True,
+                          image_cross_attention_scale_learnable=True)
+    with torch.no_grad():
+        attn.alpha.fill_(0.3)
+    x, text, image = torch.randn(3, 5, 16), torch.randn(3, 4, 12), torch.randn(3, 6, 12)
+
+    def heads_attention(q, k, v):
+        q, k, v = (t.view(t.shape[0], t.shape[1], 2, 8).transpose(1, 2) for t in (q, k, v))
+        w = torch.softmax(torch.einsum("bhid,bhjd->bhij", q, k) / 8 ** 0.5, dim=-1)
+        return torch.einsum("bhij,bhjd->bhid", w, v).transpose(1, 2).reshape(3, 5, 16)
+
+    q = attn.to_q(x)
+    expected = heads_attention(q, attn.to_k(text), attn.to_v(text))
+    expected = expected + (torch.tanh(torch.tensor(0.3)) + 1) * heads_attention(q, attn.to_k_ip(image),
+                                                                                attn.to_v_ip(image))
+    torch.testing.assert_close(attn(x, (text, image)), attn.to_out(expected))
+    torch.testing.assert_close(attn(x, (text, None)), attn.to_out(heads_attention(q, attn.to_k(text),
+                                                                                  attn.to_v(text))))

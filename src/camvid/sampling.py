@@ -52,7 +52,7 @@ def resolve_checkpoint(ckpt_path: str | Path | None = None, run_dir: str | Path 
 
 def load_trained_method(ckpt: Path, device: torch.device | str = "cpu") -> tuple[DictConfig, VideoDiffusionModel]:
     """Rebuild the method from the run's resolved config and load the checkpoint's trained weights."""
-    from camvid.models.registry import build_method
+    from camvid.models.registry import build_method, set_trainable
     from camvid.training.checkpoint import WEIGHTS_NAME, load_trainable_state_dict
 
     run_dir = ckpt.parent.parent
@@ -61,7 +61,7 @@ def load_trained_method(ckpt: Path, device: torch.device | str = "cpu") -> tuple
         raise FileNotFoundError(f"{cfg_path}: the run's resolved config is missing (written by src/train.py)")
     cfg = OmegaConf.load(cfg_path)
     method = build_method(cfg)
-    method.freeze_base()
+    set_trainable(method, cfg)
     weights = ckpt / WEIGHTS_NAME
     load_trainable_state_dict(method, load_file(str(weights)), str(weights))
     return cfg, method.to(device).eval()
@@ -143,7 +143,8 @@ def generate(method: VideoDiffusionModel, cfg: DictConfig, batch: dict, *, seed:
     if views > 1:
         B = batch["video"].shape[0]
         shape = tuple(method.encode_video(batch["video"][:1]).shape[1:])
-        collab = OmegaConf.to_container(cfg.model.get("collaborative") or {}, resolve=True)
+        node = cfg.model.get("collaborative")
+        collab = {} if node is None else OmegaConf.to_container(node, resolve=True)
         return sample_collaborative_video(method, batch, num_videos=views, num_steps=num_steps,
                                           guidance=guidance, generator=gen, latent_shape=(B, *shape),
                                           **collab, **settings)

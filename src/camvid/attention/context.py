@@ -123,7 +123,7 @@ class AttentionContext:
         self._check_kind(kind)
         key = ("neighbors", kind, tuple(feat_hw))
         if key not in self._cache:
-            if ("mask", kind, tuple(feat_hw)) in self._cache or (self.mask_fn and not self.neighbors_fn):
+            if self._mask_is_source(kind, feat_hw):
                 self._cache[key] = mask_to_neighbors(self.mask(kind, feat_hw))
             elif self.neighbors_fn is not None:
                 self._cache[key] = self.neighbors_fn(self, kind, tuple(feat_hw))
@@ -141,7 +141,7 @@ class AttentionContext:
     def tile_plan(self, kind: str, feat_hw: tuple[int, int]) -> TilePlan:
         key = ("plan", kind, tuple(feat_hw))
         if key not in self._cache:
-            if ("mask", kind, tuple(feat_hw)) in self._cache:
+            if self._mask_is_source(kind, feat_hw):
                 plan = build_tile_plan(feat_hw, mask=self.mask(kind, feat_hw), tile_hw=self.tile_hw)
             else:
                 index, valid = self.neighbors(kind, feat_hw)
@@ -149,6 +149,10 @@ class AttentionContext:
                                        tile_hw=self.tile_hw)
             self._cache[key] = plan
         return self._cache[key]
+
+    def _mask_is_source(self, kind: str, feat_hw) -> bool:
+        """True when the dense mask is (or will be) the primary form: seeded, or from a custom mask_fn."""
+        return ("mask", kind, tuple(feat_hw)) in self._cache or (self.mask_fn is not None and self.neighbors_fn is None)
 
     def use_sparse(self, kind: str, feat_hw: tuple[int, int], rows: int, num_queries: int, num_keys: int) -> bool:
         if self.path != "auto":

@@ -1,6 +1,6 @@
 """Block-sparse exact attention for band masks (epipolar lines, CVD bands).
 
-Queries are grouped into small spatial tiles (``tile_hw`` cells of one frame, e.g. 2x2). A tile
+Queries are grouped into small spatial tiles (``tile_hw`` cells of one frame, default 4x4). A tile
 gathers one key list: the union of its queries' bands, and runs a dense SDPA over that list with the
 tile's own (Q, U) sub-mask. With ``tile_hw=(1, 1)`` this is the plain per-query gather. Neighbouring
 cells have neighbouring epipolar lines, so the union stays a few times the band of one query while the
@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 __all__ = ["TilePlan", "build_tile_plan", "tiled_sparse_attention", "default_tile_hw"]
 
 # Gathered keys per chunk (tiles x union length), before the feature dimension.
-DEFAULT_CHUNK_KEYS = 1 << 18
+DEFAULT_CHUNK_KEYS = 1 << 15
 
 
 @dataclass
@@ -48,7 +48,7 @@ class TilePlan:
         return sum(c.key_ids.numel() for c in self.chunks)
 
 
-def default_tile_hw(feat_hw: tuple[int, int], target: tuple[int, int] = (2, 2)) -> tuple[int, int]:
+def default_tile_hw(feat_hw: tuple[int, int], target: tuple[int, int] = (4, 4)) -> tuple[int, int]:
     """Largest tile not above ``target`` whose sides divide the feature map."""
     return tuple(max(d for d in range(1, t + 1) if n % d == 0) for n, t in zip(feat_hw, target))
 

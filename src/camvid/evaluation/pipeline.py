@@ -54,7 +54,7 @@ def _not_computed(metrics: list[str], reason: str, better: str = "") -> list[Res
     return [ResultRow(m, None, note=f"not computed: {reason}", better=better) for m in metrics]
 
 
-def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path) -> tuple[list[ResultRow], dict]:
+def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path, reference: bool) -> tuple[list[ResultRow], dict]:
     sfm = SfmOptions(**cfg.get("sfm", {}))
     config = CameraAccuracyConfig(
         trials=int(cfg.get("trials", 5)), base_seed=int(cfg.get("base_seed", 0)),
@@ -68,7 +68,7 @@ def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path) -> tuple
 
     generated = evaluate_camera_accuracy(jobs(False), config, tag="video")
     reference = None
-    if cfg.get("reference", True) and jobs(True):
+    if reference and jobs(True):
         reference = evaluate_camera_accuracy(jobs(True), config, tag="gt")
     s, ref = generated["summary"], (reference or {}).get("summary", {})
     rows = [ResultRow(m, s[m], ref.get(m), better="lower",
@@ -98,7 +98,7 @@ def _write_per_video(path: Path, per_video: list[dict], reference: list[dict] | 
     path.write_text("\n".join(lines) + "\n")
 
 
-def _geometry_rows(records: list[SampleRecord], cfg: dict) -> tuple[list[ResultRow], dict]:
+def _geometry_rows(records: list[SampleRecord], cfg: dict, reference: bool) -> tuple[list[ResultRow], dict]:
     from hydra.utils import instantiate
 
     matcher = instantiate(cfg.get("matcher") or {"_target_": "camvid.evaluation.matching.SiftMatcher"})
@@ -106,7 +106,7 @@ def _geometry_rows(records: list[SampleRecord], cfg: dict) -> tuple[list[ResultR
     gen_pairs, gt_pairs = [], []
     for r in records:
         gen_pairs += video_pairs(r.load_video(), r.K, r.c2w, matcher, config)
-        gt = r.load_gt_video()
+        gt = r.load_gt_video() if reference else None
         if gt is not None:
             gt_pairs += video_pairs(gt, r.K, r.c2w, matcher, config)
     gen, ref = summarize_pairs(gen_pairs), summarize_pairs(gt_pairs)
@@ -245,10 +245,11 @@ def _log_wandb(cfg: dict, rows: list[ResultRow], title: str) -> None:
 
 
 def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate ``cfg['samples_dir']``; write results.{md,csv,json} to ``cfg['output_dir']``."""
+    """Evaluate ``cfg['samples_dir']``; write results.{md,csv,json} to ``cfg['out_dir']``."""
     samples_dir = Path(cfg["samples_dir"])
     records = read_samples(samples_dir)
-    out_dir = Path(cfg.get("output_dir") or samples_dir / "eval")
+    out_dir = Path(cfg.get("out_dir") or samples_dir / "eval")
+    reference = bool(cfg.get("reference", True))
     families = list(cfg.get("metrics", METRIC_FAMILIES))
     unknown = sorted(set(families) - set(METRIC_FAMILIES))
     if unknown:
@@ -258,11 +259,11 @@ def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
     rows: list[ResultRow] = []
     details: dict[str, Any] = {}
     if "camera" in families:
-        camera_rows, camera_details = _camera_rows(records, dict(cfg.get("camera", {})), out_dir)
+        camera_rows, camera_details = _camera_rows(records, dict(cfg.get("camera", {})), out_dir, reference)
         rows += camera_rows
         details.update(camera_details)
     if "geometry" in families:
-        geo_rows, geo_details = _geometry_rows(records, dict(cfg.get("geometry", {})))
+        geo_rows, geo_details = _geometry_rows(records, dict(cfg.get("geometry", {})), reference)
         rows += geo_rows
         details.update(geo_details)
     if "fvd" in families:

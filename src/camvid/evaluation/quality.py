@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,17 @@ class FvdScorer:
         return frechet_distance(self.embed(real), self.embed(fake))
 
 
+class _Precomputed(torch.nn.Module):
+    """Identity "feature extractor": the Inception runs once per frame, FID and KID share its output."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
 @torch.no_grad()
 def frame_fid_kid(real_frames: np.ndarray, fake_frames: np.ndarray, inception: torch.nn.Module,
                   device: str | torch.device = "cpu", batch_size: int = 32, kid_subsets: int = 100,
@@ -119,15 +131,18 @@ def frame_fid_kid(real_frames: np.ndarray, fake_frames: np.ndarray, inception: t
     if n < 2:
         raise ValueError(f"FID/KID need at least 2 frames per set, got {len(real_frames)} and {len(fake_frames)}")
     inception = inception.to(device).eval()
-    fid = FrechetInceptionDistance(feature=inception, normalize=False, reset_real_features=True).to(device)
-    kid = KernelInceptionDistance(feature=inception, subsets=kid_subsets, subset_size=min(kid_subset_size, n),
-                                  normalize=False).to(device)
-    # FID's running sums default to float64, but the extractor's outputs follow its own dtype
+    identity = _Precomputed(int(inception.num_features))
+    fid = FrechetInceptionDistance(feature=identity, normalize=False).to(device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        kid = KernelInceptionDistance(feature=identity, subsets=kid_subsets, subset_size=min(kid_subset_size, n),
+                                      normalize=False).to(device)
     for frames, real in ((real_frames, True), (fake_frames, False)):
         for i in range(0, len(frames), batch_size):
             batch = torch.as_tensor(np.asarray(frames[i : i + batch_size])).permute(0, 3, 1, 2).to(device)
-            fid.update(batch, real=real)
-            kid.update(batch, real=real)
+            features = inception(batch)
+            fid.update(features, real=real)
+            kid.update(features, real=real)
     kid_mean, kid_std = kid.compute()
     return {"FID": float(fid.compute()), "KID": 100.0 * float(kid_mean), "KID_std": 100.0 * float(kid_std)}
 

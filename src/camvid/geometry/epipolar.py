@@ -16,9 +16,11 @@ Conventions (docs/geometry.md):
 - A query whose ray passes through the other camera centre has no line (``F x = 0``); its match
   is the epipole, and it gets a pseudo line through the epipole by the same rule.
 
-Masks are computed in float64 from line parameters, chunk by chunk, so no dense float
-``(B, T, T, hw, hw)`` tensor is ever formed; the sparse neighbour lists are enumerated along each
-line's band and filtered by the very same predicate, so they equal the dense masks exactly.
+Every mask is defined by one float64 predicate over every (query line, key cell) pair, but no
+kernel evaluates it densely: along a feature row the kept cells form one run, whose ends are
+found analytically, certified against the predicate's rounding, and written (dense) or listed
+(sparse) chunk by chunk. No dense float ``(B, T, T, hw, hw)`` tensor is ever formed, and the dense
+and sparse forms equal the predicate, hence each other, bit for bit.
 """
 
 from __future__ import annotations
@@ -53,10 +55,10 @@ __all__ = [
 COINCIDENT_EPS = 1e-6
 # |(a, b)| below this fraction of |l| means x_i sits on the epipole: the line is undefined.
 _DEGENERATE_LINE_RTOL = 1e-10
-# Elements of a float64 temporary per chunk when no better bound is known.
-_MIN_CHUNK_ELEMS = 1 << 18
-# Cells of margin on each end of a band window, far above float64 rounding of its ends.
-_WALK_SLACK = 1e-6
+# (line, feature row) pairs per chunk of the band kernels: bounds their temporaries (~ 100 B each).
+_CHUNK_ROWS = 1 << 15
+# Largest run-pattern lookup table (bool elements); wider grids compare against the run ends instead.
+_MAX_TABLE = 1 << 22
 
 
 # --------------------------------------------------------------------------- validation
@@ -281,7 +283,10 @@ def default_threshold(image_hw: tuple[int, int], feat_hw: tuple[int, int]) -> fl
 
 
 def _within_band(a, b, c, x, y, threshold: float) -> torch.Tensor:
-    """The one predicate every mask uses: ``|a x + b y + c| <= threshold`` (same op order everywhere)."""
+    """The predicate that defines every mask: ``|a x + b y + c| <= threshold``, in this op order.
+
+    The band kernels reproduce it exactly and call it themselves where their certificate fails.
+    """
     d = a * x
     d += b * y
     d += c
@@ -289,116 +294,159 @@ def _within_band(a, b, c, x, y, threshold: float) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- band kernels
+#
+# Along one feature row the float predicate's signed distance ``D(col) = fl(fl(fl(a x_col) +
+# fl(b y)) + c)`` is monotone in the column (each IEEE operation is monotone in each argument and
+# the cell centres x_col increase), so the kept cells of a row form one contiguous run of columns.
+# The kernels find each run's ends analytically from the line, certify them against the rounding
+# of the predicate (see _row_runs), and evaluate the whole row with the predicate itself only where
+# that certificate fails. Runs therefore equal the all-cells predicate bit for bit, for any line,
+# at O(rows) work per line instead of O(cells).
+
+
+def _row_runs(lines: torch.Tensor, image_hw, feat_hw, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last kept column ``(lo, hi)`` of every feature row, float64 (..., h) holding integers.
+
+    ``lines`` (..., 3) float64. An empty row has ``lo == hi + 1``; ``0 <= lo <= w``, ``-1 <= hi < w``.
+    """
+    H, W = image_hw
+    h, w = feat_hw
+    step = W / w
+    a, b, c = (lines[..., k : k + 1] for k in range(3))
+    y = (torch.arange(h, dtype=torch.float64, device=lines.device) + 0.5) * (H / h)
+    # In exact arithmetic s D = |a| x + s (b y + c) rises along the row (s = sign of a). It meets
+    # -threshold and +threshold at cell coordinates u_lo <= u_hi (cell k is centred at u = k),
+    # and the run is [ceil u_lo, floor u_hi]; u = y beta + gamma with per-line beta and gamma.
+    s = torch.where(a < 0, -1.0, 1.0).to(lines.dtype)
+    k1 = -s / (a.abs() * step)
+    beta = b * k1
+    gamma = c * k1
+    gamma -= 0.5
+    thr_k1 = threshold * k1.abs()
+    u_mid = y * beta
+    u_mid += gamma
+    u_lo = (u_mid - thr_k1).clamp_(-0.5, w - 0.5)
+    u_hi = (u_mid + thr_k1).clamp_(-0.5, w - 0.5)
+    lo = torch.ceil(u_lo)
+    hi = torch.floor(u_hi)
+    # Certificate: the cells on both sides of each end lie more than ``tol`` pixels from the band
+    # edge in exact arithmetic (u is clamped half a cell outside the grid, where nothing needs
+    # certifying). ``tol`` is ~500x a bound on the float64 rounding of the predicate and of u for
+    # in-grid cells (~16 ulp of |a| W + |b| H + |c| + threshold), so the float predicate keeps
+    # exactly the cells [lo, hi]. NaN (a bad line) fails the certificate.
+    tol = 1e-12 * (a.abs() * W + b.abs() * H + c.abs() + threshold)
+    half_gap = 0.5 - tol * k1.abs()  # |frac - 1/2| must stay below this
+    ok = (lo - u_lo).sub_(0.5).abs_() < half_gap
+    ok &= (u_hi - hi).sub_(0.5).abs_() < half_gap
+    # A line parallel to the rows (a = 0, e.g. a pure sideways camera motion) has a constant
+    # D = fl(fl(b y) + c) along each row (adding fl(0 x) = +-0 changes nothing): all in or all out.
+    flat = a == 0
+    if bool(flat.any()):
+        flat = flat.expand_as(u_mid)
+        d = b * y
+        d += c
+        inside = d.abs_() <= threshold
+        lo = torch.where(flat, torch.where(inside, 0.0, float(w)), lo)
+        hi = torch.where(flat, torch.where(inside, float(w - 1), -1.0), hi)
+        ok |= flat
+    if not bool(ok.all()):
+        bad = torch.nonzero(~ok, as_tuple=True)
+        xs = (torch.arange(w, dtype=torch.float64, device=lines.device) + 0.5) * step
+        keep = _within_band(a[bad[:-1]], b[bad[:-1]], c[bad[:-1]], xs, y[bad[-1]].unsqueeze(-1), threshold)
+        cols = xs.new_tensor(range(w))
+        lo[bad] = torch.where(keep, cols, float(w)).amin(-1)
+        hi[bad] = torch.where(keep, cols, -1.0).amax(-1)
+    return lo, hi
+
+
+def _row_patterns(w: int, device) -> torch.Tensor:
+    """Bool table ((w + 1)^2, w): row ``lo * (w + 1) + hi + 1`` is the run [lo, hi] of one feature row."""
+    cols = torch.arange(w, device=device)
+    lo = torch.arange(w + 1, device=device).view(-1, 1, 1)
+    hi = torch.arange(-1, w, device=device).view(1, -1, 1)
+    return ((cols >= lo) & (cols <= hi)).view(-1, w)
+
+
+def _chunk_queries(n_lines_per_query: int, h: int) -> int:
+    """Queries per chunk so that per-row temporaries stay near ``_CHUNK_ROWS`` rows."""
+    return max(1, _CHUNK_ROWS // max(1, n_lines_per_query * h))
 
 
 def _fill_dense(out: torch.Tensor, lines: torch.Tensor, image_hw, feat_hw, threshold: float) -> None:
-    """``out`` (Q, hw, S, hw) bool view <- band of ``lines`` (Q, S, hw, 3), in bounded chunks."""
+    """``out`` (Q, hw, S, hw) bool view <- band of ``lines`` (Q, S, hw, 3), row runs chunk by chunk."""
     Q, S, hw, _ = lines.shape
-    centers = feature_cell_centers(image_hw, feat_hw, device=lines.device)
-    x, y = centers[:, 0], centers[:, 1]
-    rows = max(1, _MIN_CHUNK_ELEMS // max(1, S * hw))
+    h, w = feat_hw
+    table = _row_patterns(w, lines.device) if (w + 1) ** 2 * w <= _MAX_TABLE else None
+    cols = torch.arange(w, device=lines.device)
+    chunk = _chunk_queries(S, h)
     for i in range(Q):
-        li = lines[i].transpose(0, 1)  # (hw_query, S, 3)
-        for q0 in range(0, hw, rows):
-            seg = li[q0 : q0 + rows]
-            a, b, c = (seg[..., k : k + 1] for k in range(3))
-            out[i, q0 : q0 + rows] = _within_band(a, b, c, x, y, threshold)
+        for q0 in range(0, hw, chunk):
+            lo, hi = _row_runs(lines[i, :, q0 : q0 + chunk].transpose(0, 1), image_hw, feat_hw, threshold)
+            dst = out[i, q0 : q0 + chunk]  # (n, S, hw)
+            if table is None:  # wide grids: compare every cell with its row's run ends
+                runs = (cols >= lo.long().unsqueeze(-1)) & (cols <= hi.long().unsqueeze(-1))
+                dst.copy_(runs.view(dst.shape))
+                continue
+            pattern = lo.mul_(w + 1).add_(hi).add_(1).long().reshape(-1)
+            if dst.is_contiguous():  # every key frame: gather the row patterns straight into out
+                torch.index_select(table, 0, pattern, out=dst.view(-1, w))
+            else:
+                dst.copy_(table[pattern].view(dst.shape))
 
 
-def _walk_lengths(image_hw, feat_hw, threshold: float) -> tuple[int, int]:
-    """(cells walked per column/row, number of columns/rows walked) for the band enumeration.
-
-    Across the walked axis a band spans ``2 threshold / max(|a|, |b|) <= 2 sqrt(2) threshold``
-    pixels, i.e. at most ``D`` cells, which a window of ``floor(D) + 2`` cells always covers.
-    """
-    H, W = image_hw
-    h, w = feat_hw
-    span = 2 * math.sqrt(2) * threshold / min(H / h, W / w)
-    return int(math.floor(span + 2 * _WALK_SLACK)) + 2, max(h, w)
-
-
-def _band_candidates(lines: torch.Tensor, image_hw, feat_hw, threshold: float):
-    """Cells along each line's band: (..., P) rows, cols and an in-grid flag, P fixed per grid.
-
-    A line closer to horizontal (``|b| >= |a|``) is walked column by column, otherwise row by row;
-    in each column (row) a window of cells around the line's crossing covers the band. The
-    caller filters the candidates with :func:`_within_band`, so they only need to be a superset
-    (``_WALK_SLACK`` cells of margin absorb the rounding of the window ends).
-    """
-    H, W = image_hw
-    h, w = feat_hw
-    n_walk, n_prim = _walk_lengths(image_hw, feat_hw, threshold)
-    a, b, c = (lines[..., k : k + 1] for k in range(3))
-    col_mode = b.abs() >= a.abs()  # (..., 1)
-    major = torch.where(col_mode, b, a)  # |major| >= 1/sqrt(2): no blow-up
-    minor = torch.where(col_mode, a, b)
-    step_prim = torch.where(col_mode, W / w, H / h)
-    step_walk = torch.where(col_mode, H / h, W / w)
-    prim = torch.arange(n_prim, device=lines.device)
-    p = (prim.to(torch.float64) + 0.5) * step_prim  # primary-axis coordinate of each column/row centre
-    crossing = -(minor * p + c) / major
-    low = (crossing - threshold / major.abs()) / step_walk - 0.5
-    first = torch.floor(low - _WALK_SLACK).clamp(-n_walk - 1, n_prim + 1).long()
-    walk = first.unsqueeze(-1) + torch.arange(n_walk, device=lines.device)  # (..., n_prim, n_walk)
-    prim = prim.view(n_prim, 1).expand_as(walk)
-    by_col = col_mode.unsqueeze(-1)
-    rows = torch.where(by_col, walk, prim).flatten(-2)
-    cols = torch.where(by_col, prim, walk).flatten(-2)
-    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    return rows.clamp(0, h - 1), cols.clamp(0, w - 1), inside
-
-
-def _sparse_rows(
-    lines: torch.Tensor, key_frames: torch.Tensor, image_hw, feat_hw, threshold: float
-) -> torch.Tensor:
-    """Sorted key-token indices (-1 padded) of the band of ``lines`` (N, S, 3) with key frames (N, S)."""
-    H, W = image_hw
-    h, w = feat_hw
-    rows, cols, inside = _band_candidates(lines, image_hw, feat_hw, threshold)  # (N, S, P)
-    a, b, c = (lines[..., k : k + 1] for k in range(3))
-    x = (cols.to(torch.float64) + 0.5) * (W / w)
-    y = (rows.to(torch.float64) + 0.5) * (H / h)
-    keep = (inside & _within_band(a, b, c, x, y, threshold)).flatten(1)
-    keys = (key_frames.unsqueeze(-1) * (h * w) + rows * w + cols).flatten(1)
-    count = int(keep.sum(-1).max()) if keys.shape[0] else 0
-    # Compact the kept keys to the front (cumsum positions; rejects go to a dump column), then sort.
-    slot = torch.where(keep, keep.cumsum(-1) - 1, torch.full_like(keys, count))
-    sentinel = torch.iinfo(torch.long).max
-    out = torch.full((keys.shape[0], count + 1), sentinel, dtype=torch.long, device=keys.device)
-    out.scatter_(1, slot, torch.where(keep, keys, torch.full_like(keys, sentinel)))
-    out = out[:, :count].sort(dim=-1).values
-    return torch.where(out == sentinel, torch.full_like(out, -1), out)
+def _query_runs(lines, i, q0, n, image_hw, feat_hw, threshold):
+    """Row runs of queries ``q0 : q0 + n`` of query frame ``i`` of ``lines`` (Q, S, hw, 3): (n, S, h) each."""
+    return _row_runs(lines[i, :, q0 : q0 + n].transpose(0, 1), image_hw, feat_hw, threshold)
 
 
 def _sparse_from_lines(
     lines: torch.Tensor, key_frames: torch.Tensor, image_hw, feat_hw, threshold: float, max_keys: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lines`` (B, Q, S, hw, 3), ``key_frames`` (B, Q, S) -> (index, valid) of shape (B, Q*hw, Kmax)."""
+    """``lines`` (B, Q, S, hw, 3), ``key_frames`` (B, Q, S) ascending in S -> (index, valid) (B, Q*hw, Kmax).
+
+    Two passes over the row runs (count, then write) so that only the output is ever full size.
+    A query's keys are its runs in (key frame, row) order, each run ascending, hence sorted.
+    """
     B, Q, S, hw, _ = lines.shape
-    flat = lines.permute(0, 1, 3, 2, 4).reshape(B, Q * hw, S, 3)
-    frames = key_frames.unsqueeze(2).expand(B, Q, hw, S).reshape(B, Q * hw, S)
-    n_walk, n_prim = _walk_lengths(image_hw, feat_hw, threshold)
-    per_query = S * n_walk * n_prim
-    chunk = max(1, _MIN_CHUNK_ELEMS // per_query)
-    pieces = [
-        [_sparse_rows(flat[bi, q0 : q0 + chunk], frames[bi, q0 : q0 + chunk], image_hw, feat_hw, threshold)
-         for q0 in range(0, Q * hw, chunk)]
-        for bi in range(B)
-    ]
-    kmax = max((p.shape[1] for per_b in pieces for p in per_b), default=0)
+    h, w = feat_hw
+    chunk = _chunk_queries(S, h)
+    blocks = [(bi, i, q0) for bi in range(B) for i in range(Q) for q0 in range(0, hw, chunk)]
+    counts = torch.zeros(B, Q, hw, dtype=torch.float64, device=lines.device)
+    for bi, i, q0 in blocks:
+        lo, hi = _query_runs(lines[bi], i, q0, chunk, image_hw, feat_hw, threshold)
+        counts[bi, i, q0 : q0 + chunk] = (hi - lo).add_(1).clamp_(min=0).sum((-1, -2))
+    counts = counts.long()
+    kmax = int(counts.max()) if counts.numel() else 0
     if max_keys is not None:
         if int(max_keys) < kmax:
             raise ValueError(f"max_keys={max_keys} is smaller than the {kmax} keys some query needs; "
                              "raise max_keys or leave it None")
         kmax = int(max_keys)
-    index = torch.full((B, Q * hw, kmax), -1, dtype=torch.long, device=lines.device)
-    for bi, per_b in enumerate(pieces):
-        q0 = 0
-        for p in per_b:
-            index[bi, q0 : q0 + p.shape[0], : p.shape[1]] = p
-            q0 += p.shape[0]
-    valid = index >= 0
-    return index.clamp_(min=0), valid
+    index = torch.empty(B, Q * hw, kmax, dtype=torch.long, device=lines.device)  # every row is written
+    valid = torch.empty(B, Q * hw, kmax, dtype=torch.bool, device=lines.device)
+    if kmax == 0:
+        return index, valid
+    slots = torch.arange(kmax, device=lines.device)
+    row_starts = torch.arange(h, device=lines.device) * w
+    for bi, i, q0 in blocks:
+        lo, hi = _query_runs(lines[bi], i, q0, chunk, image_hw, feat_hw, threshold)
+        length = (hi - lo).add_(1).clamp_(min=0).long().flatten(1)  # (n, S*h)
+        start = (lo.long() + row_starts).add_(key_frames[bi, i].view(1, -1, 1) * (h * w)).flatten(1)
+        n = start.shape[0]
+        # Slot p of a query holds p + g(run of p), g = first key - first slot of the run. Adding the
+        # jumps of g at each run's first slot and taking a cumulative sum spreads g over its run;
+        # empty runs telescope away, runs starting at the end fall into the dump column kmax.
+        first = length.cumsum(-1).sub_(length)
+        g = start.sub_(first)
+        jumps = torch.diff(g, dim=-1, prepend=torch.zeros_like(g[:, :1]))
+        acc = torch.zeros(n, kmax + 1, dtype=torch.long, device=lines.device)
+        acc.scatter_add_(1, first, jumps)
+        rows = slice(i * hw + q0, i * hw + q0 + n)
+        keys, used = index[bi, rows], valid[bi, rows]
+        torch.cumsum(acc[:, :kmax], -1, out=keys)
+        torch.lt(slots, counts[bi, i, q0 : q0 + n].unsqueeze(-1), out=used)
+        keys.add_(slots).masked_fill_(~used, 0)
+    return index, valid
 
 
 # --------------------------------------------------------------------------- epipolar attention
@@ -453,12 +501,13 @@ def epipolar_mask(
     B, T = K.shape[:2]
     hw = feat_hw[0] * feat_hw[1]
     lines = _clip_lines(K, c2w, image_hw, feat_hw, seed, eps)
-    out = torch.zeros(B, T, hw, T, hw, dtype=torch.bool, device=K.device)
-    if mode == "all":
+    if mode == "all":  # every element is written
+        out = torch.empty(B, T, hw, T, hw, dtype=torch.bool, device=K.device)
         for bi in range(B):
             _fill_dense(out[bi], lines[bi], image_hw, feat_hw, threshold)
     else:
         ref = _ref_indices(ref_index, B, T, K.device)
+        out = torch.zeros(B, T, hw, T, hw, dtype=torch.bool, device=K.device)
         for bi in range(B):
             r = int(ref[bi])
             _fill_dense(out[bi, :, :, r : r + 1], lines[bi, :, r : r + 1], image_hw, feat_hw, threshold)
@@ -518,7 +567,7 @@ def band_mask_from_lines(
 ) -> torch.Tensor:
     """Same-frame band mask (B, T, hw, hw) from per-frame lines (B, T, hw, 3) of query cells."""
     B, T, hw, _ = lines.shape
-    out = torch.zeros(B, T, hw, hw, dtype=torch.bool, device=lines.device)
+    out = torch.empty(B, T, hw, hw, dtype=torch.bool, device=lines.device)  # every element is written
     for bi in range(B):
         _fill_dense(out[bi].unsqueeze(2), lines[bi].unsqueeze(1), image_hw, feat_hw, threshold)
     return out

@@ -120,6 +120,15 @@ class VideoDiffusionModel(nn.Module):
         """Parameters the method trains (the papers freeze the base model)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    #: attribute names of the conditioning encoders (VAE, text and image encoders), which stay frozen
+    #: even when the whole denoiser trains; their features are computed without gradients.
+    encoder_attributes: tuple[str, ...] = (
+        "first_stage_model", "cond_stage_model", "embedder", "first_stage", "text_encoder", "image_encoder",
+    )
+
+    def encoder_modules(self) -> list[nn.Module]:
+        return [m for name in self.encoder_attributes if isinstance(m := getattr(self, name, None), nn.Module)]
+
     def freeze_base(self) -> None:
         """Freeze everything, then unfreeze the method's new modules. Subclasses override."""
         raise NotImplementedError

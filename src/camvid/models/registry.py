@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from camvid.config import check_combination
 from camvid.models.base import VideoDiffusionModel
 
-__all__ = ["build_method", "WEIGHT_SOURCES"]
+__all__ = ["build_method", "set_trainable", "trains_base", "WEIGHT_SOURCES"]
 
 # Where the official weights come from (they cannot be downloaded by the code: place them by hand).
 WEIGHT_SOURCES = {
@@ -21,6 +21,10 @@ WEIGHT_SOURCES = {
         "https://github.com/CollaborativeVideoDiffusion/CVD (CVD.ckpt)"
     ),
 }
+
+
+def _plain(node) -> dict:
+    return {} if node is None else OmegaConf.to_container(node, resolve=True)
 
 
 def _attn_kwargs(attn: DictConfig) -> dict:
@@ -41,7 +45,7 @@ def build_method(cfg: DictConfig) -> VideoDiffusionModel:
         attn_kwargs=_attn_kwargs(cfg.attn),
         num_frames=int(cfg.backbone.num_frames),
         image_hw=(int(cfg.backbone.height), int(cfg.backbone.width)),
-        **OmegaConf.to_container(cfg.backbone.get("kwargs") or {}, resolve=True),
+        **_plain(cfg.backbone.get("kwargs")),
     )
     if family == "dynamicrafter":
         from camvid.models.dynamicrafter import build_dynamicrafter_method as build
@@ -62,3 +66,30 @@ def build_method(cfg: DictConfig) -> VideoDiffusionModel:
             )
         model.load_pretrained(path)
     return model
+
+
+def trains_base(cfg: DictConfig) -> bool:
+    """Whether the base model trains too.
+
+    The papers freeze a *pretrained* base and train only the new modules. A base without pretrained
+    weights (the tiny CPU backbones) is random, and its zero-initialised output layers would pass no
+    gradient to the new modules, so ``model.train_base=auto`` trains everything in that case.
+    """
+    mode = str(cfg.model.get("train_base", "auto"))
+    if mode not in ("auto", "true", "false", "True", "False"):
+        raise ValueError(f"model.train_base={mode}: choose auto, true or false")
+    if mode == "auto":
+        return not cfg.get("pretrained")
+    return mode in ("true", "True")
+
+
+def set_trainable(method: VideoDiffusionModel, cfg: DictConfig) -> bool:
+    """Freeze the base and unfreeze the method's new modules, or train the whole denoiser (see
+    :func:`trains_base`; the conditioning encoders stay frozen). Returns whether the base trains."""
+    method.freeze_base()
+    full = trains_base(cfg)
+    if full:
+        method.requires_grad_(True)
+        for encoder in method.encoder_modules():
+            encoder.requires_grad_(False)
+    return full

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["CheckpointManager", "trainable_state_dict", "load_trainable_state_dict", "find_latest"]
+__all__ = ["CheckpointManager", "trainable_state_dict", "load_trainable_state_dict", "find_latest", "read_step"]
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 WEIGHTS_NAME = "trainable.safetensors"
@@ -52,6 +52,16 @@ def find_latest(ckpt_dir: Path) -> Path | None:
     steps = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
     complete = [(s, p) for s, p in steps if (p / STATE_NAME).is_file()]
     return max(complete)[1] if complete else None
+
+
+def read_step(path: Path) -> int:
+    """The optimizer step a checkpoint directory was written at."""
+    state = Path(path) / STATE_NAME
+    if not state.is_file():
+        raise FileNotFoundError(
+            f"not a camvid checkpoint (no {STATE_NAME}): {path}; pass a step_<N> directory from <run_dir>/checkpoints"
+        )
+    return int(json.loads(state.read_text())["step"])
 
 
 class CheckpointManager:
@@ -110,10 +120,6 @@ class CheckpointManager:
 
     def load(self, path: Path) -> dict:
         path = Path(path)
-        if not (path / STATE_NAME).is_file():
-            raise FileNotFoundError(
-                f"not a camvid checkpoint (no {STATE_NAME}): {path}; pass a step_<N> directory "
-                f"from <run_dir>/checkpoints"
-            )
+        read_step(path)  # a clear error for a directory that is not a checkpoint
         self.accelerator.load_state(str(path))
         return json.loads((path / STATE_NAME).read_text())

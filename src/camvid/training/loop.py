@@ -7,21 +7,24 @@ devices, DDP / DeepSpeed and mixed precision.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
-from camvid.training.data import build_train_loader, prepare_data
+from accelerate.utils import gather_object
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
 from camvid.config import check_combination
 from camvid.diffusion.losses import diffusion_loss
-from camvid.models.registry import build_method
-from camvid.training.checkpoint import CheckpointManager, find_latest
+from camvid.models.registry import build_method, set_trainable
+from camvid.training.checkpoint import CheckpointManager, find_latest, read_step
+from camvid.training.data import build_train_loader, prepare_data
 from camvid.training.distributed import make_accelerator, shared_run_dir
 from camvid.training.logger import build_logger
 from camvid.training.preview import log_preview
@@ -42,35 +45,61 @@ class TrainingObjective(nn.Module):
 
 
 class TrainState:
-    """Per-process state that accelerate checkpoints beside the optimizer: the noise generator."""
+    """Per-process state checkpointed beside the optimizer: each rank's noise generator.
 
-    def __init__(self, device: torch.device, seed: int):
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
+    accelerate writes custom state from the main process only, so every rank's generator state is
+    gathered into the one file and each rank takes its own back on resume.
+    """
+
+    def __init__(self, accelerator, seed: int):
+        self.accelerator = accelerator
+        self.seed = seed
+        self.generator = torch.Generator(device=accelerator.device)
+        self.generator.manual_seed(seed + accelerator.process_index)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        mine = self.generator.get_state()
+        states = gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]
+        return {"generators": states}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        states = state["generators"]
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        if len(states) != world:
+            # A different number of processes cannot continue the old noise streams exactly.
+            warnings.warn(f"checkpoint was written by {len(states)} processes, resuming with {world}: "
+                          "noise generators are re-seeded", stacklevel=2)
+            self.generator.manual_seed(self.seed + 7919 * (rank + 1))
+            return
+        self.generator.set_state(states[rank])
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _batches(loader, skip: int):
-    """Endless batches; the first ``skip`` are drawn and dropped (exact data position on resume)."""
-    drawn = 0
+def _batches(loader, overfit: int = 0):
+    """Endless batches: a loader with an epoch length starts its next epoch when it runs out.
+    ``overfit`` > 0 cycles over the first ``overfit`` batches (debug=overfit)."""
+    if overfit:
+        cached = []
+        for batch in loader:
+            cached.append(batch)
+            if len(cached) == overfit:
+                break
+        while True:
+            yield from cached
+    epoch = 0
     while True:
         got_any = False
         for batch in loader:
             got_any = True
-            drawn += 1
-            if drawn > skip:
-                yield batch
+            yield batch
         if not got_any:
             raise RuntimeError("the training data loader yielded no batch; is the dataset empty?")
+        epoch += 1
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(epoch)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -88,7 +117,10 @@ def train(cfg: DictConfig) -> dict:
     # Same initial weights on every rank; data order and noise differ per rank.
     torch.manual_seed(int(cfg.seed))
     method = build_method(cfg)
-    method.freeze_base()
+    full = set_trainable(method, cfg)
+    if full and is_main:
+        print("model.train_base: no pretrained base weights, so the whole model trains (not only the "
+              "method's new modules); give pretrained=PATH to train only the new modules")
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"model={cfg.model.name}: no trainable parameters after freeze_base()")
@@ -103,20 +135,24 @@ def train(cfg: DictConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
 
-    state = TrainState(accelerator.device, int(cfg.seed) * 1000 + accelerator.process_index)
+    state = TrainState(accelerator, int(cfg.seed) * 1000)
     accelerator.register_for_checkpointing(state)
     ckpt = CheckpointManager(accelerator, method, run_dir / "checkpoints", keep_last=tcfg.keep_last)
 
-    start_step = 0
     resume_from = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else find_latest(run_dir / "checkpoints")
-    if resume_from is not None:
-        start_step = int(ckpt.load(resume_from)["step"])
-        if is_main:
-            print(f"resumed from {resume_from} at step {start_step}")
+    start_step = read_step(resume_from) if resume_from is not None else 0
 
     prepare_data(cfg.data, accelerator)
-    loader = build_train_loader(cfg, rank=accelerator.process_index, world_size=accelerator.num_processes)
-    batches = _batches(loader, skip=start_step * int(tcfg.grad_accum))
+    loader = build_train_loader(cfg, rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                skip_batches=start_step * int(tcfg.grad_accum))
+    batches = _batches(loader, overfit=int(cfg.data.get("overfit_batches") or 0))
+    # Start the data iterator before the RNG states are restored: creating it draws from the global
+    # RNG, which the model's dropout also uses, and resume must continue exactly where it stopped.
+    batches = itertools.chain([next(batches)], batches)
+    if resume_from is not None:
+        ckpt.load(resume_from)
+        if is_main:
+            print(f"resumed from {resume_from} at step {start_step}")
 
     logger = build_logger(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True), is_main,
                           run_name=run_dir.name)

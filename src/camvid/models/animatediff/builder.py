@@ -83,7 +83,7 @@ def build_animatediff_method(
         unet, first_stage, text_encoder,
         camera=None if method == "animatediff" else "cameractrl",
         cvd=method == "cvd", attn_variant=attn, pose_encoder=pose_encoder,
-        attn_kwargs=attn_kwargs, beta_schedule=beta_schedule,
+        attn_kwargs=attn_kwargs, beta_schedule=beta_schedule, image_hw=image_hw,
     )
     if freeze:
         model.freeze_base()

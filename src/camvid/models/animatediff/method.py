@@ -62,6 +62,7 @@ class AnimateDiffT2V(VideoDiffusionModel):
         pose_scale: float = 1.0,
         beta_schedule: str = "linear",
         num_train_timesteps: int = 1000,
+        image_hw: tuple[int, int] | None = None,
     ):
         super().__init__()
         _check_combination(camera, cvd, attn_variant, pose_encoder)
@@ -82,6 +83,7 @@ class AnimateDiffT2V(VideoDiffusionModel):
         self.cvd = cvd
         self.attn_variant = attn_variant
         self.pose_encoder = pose_encoder
+        self.image_hw = None if image_hw is None else (int(image_hw[0]), int(image_hw[1]))
         self.supports = {"text", "camera"} if camera is not None else {"text"}
         self.num_train_timesteps = num_train_timesteps
         self.register_buffer(
@@ -107,10 +109,12 @@ class AnimateDiffT2V(VideoDiffusionModel):
 
     # --------------------------------------------------------------- conditions
     def conditions(self, batch: dict, latents: torch.Tensor | None = None) -> Conditions:
-        video = batch["video"]
         num_views = int(batch.get("num_views", 1))
-        if self.cvd and num_views != 2:
-            raise ValueError(f"CVD runs on video pairs (num_views=2, [a0, b0, a1, b1, ...]); batch has num_views={num_views}")
+        # CVD: groups of M >= 2 views of one scene; denoise itself runs on pairs (M = 2), which
+        # collaborative sampling gathers from larger groups
+        if self.cvd and num_views < 2:
+            raise ValueError(f"CVD runs on groups of views (num_views >= 2, [a0, b0, a1, b1, ...]); "
+                             f"batch has num_views={num_views}")
         if not self.cvd and num_views != 1:
             raise ValueError(f"{self._name()} generates single videos; batch has num_views={num_views}")
         device = self.alphas_cumprod.device
@@ -120,11 +124,24 @@ class AnimateDiffT2V(VideoDiffusionModel):
             camera = CameraInputs(
                 K=batch["K"].to(device),
                 c2w=batch["c2w"].to(device),
-                image_hw=(int(video.shape[-2]), int(video.shape[-1])),
-                cond_index=batch.get("cond_index"),
+                image_hw=self._image_hw(batch),
+                cond_index=None if batch.get("cond_index") is None else batch["cond_index"].to(device),
                 num_views=num_views,
             )
-        return Conditions(text=text, camera=camera, frame_stride=batch.get("frame_stride"))
+        extras = {}
+        if self.cvd and batch.get("homography") is not None:
+            # WebVid homography pairs: the epi modules' band follows the homography, not the cameras
+            extras["homography"] = batch["homography"].to(device)
+        return Conditions(text=text, camera=camera, frame_stride=batch.get("frame_stride"), extras=extras)
+
+    def _image_hw(self, batch: dict) -> tuple[int, int]:
+        """Pixel size the intrinsics refer to: the batch's video, else the size the model was built for
+        (text-to-video sampling batches carry cameras and captions only)."""
+        if batch.get("video") is not None:
+            return int(batch["video"].shape[-2]), int(batch["video"].shape[-1])
+        if self.image_hw is None:
+            raise ValueError("batch has no 'video' and the model has no image_hw: cannot size the Plücker rays")
+        return self.image_hw
 
     def null_text(self, batch_size: int) -> torch.Tensor:
         """Tokens of the empty caption: the null text of classifier-free guidance."""
@@ -135,7 +152,7 @@ class AnimateDiffT2V(VideoDiffusionModel):
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
         if z_t.dim() != 5:
             raise ValueError(f"z_t must be (B, C, T, h, w), got {tuple(z_t.shape)}")
-        b, _, num_frames, h, w = z_t.shape
+        b, _, num_frames = z_t.shape[:3]
         if num_frames > self.unet.config.motion_max_seq_length:
             raise ValueError(
                 f"{num_frames} frames exceed the motion modules' {self.unet.config.motion_max_seq_length} positions"
@@ -158,7 +175,7 @@ class AnimateDiffT2V(VideoDiffusionModel):
             features = self.pose_features(cond.camera, z_t.dtype)
             if cond.drop_camera is not None:
                 keep_camera = ~cond.drop_camera.to(z_t.device)
-        with self._sync_context(cond, b, num_frames, (h, w)):
+        with self._sync_context(cond, b, num_frames):
             with self.pose_adaptor.feed(features, num_frames, keep_camera) if self.pose_adaptor else nullcontext():
                 return self.unet(z_t, t, encoder_hidden_states=tokens).sample
 
@@ -168,13 +185,13 @@ class AnimateDiffT2V(VideoDiffusionModel):
         rays = plucker_rays(camera.K, camera.c2w, height, width).to(dtype)  # (B, T, 6, H, W)
         return list(self.pose_encoder(rays))
 
-    def _sync_context(self, cond: Conditions, batch: int, num_frames: int, latent_hw: tuple[int, int]):
+    def _sync_context(self, cond: Conditions, batch: int, num_frames: int):
         if self.sync is None:
             return nullcontext()
         if cond.camera is None or cond.camera.num_views != 2:
             views = None if cond.camera is None else cond.camera.num_views
             raise ValueError(f"CVD denoises interleaved video pairs (num_views=2); conditions have num_views={views}")
-        return self.sync.bind(cond.camera, batch, num_frames)
+        return self.sync.bind(cond.camera, batch, num_frames, cond.extras.get("homography"))
 
     # ----------------------------------------------------------------- training
     def freeze_base(self) -> None:

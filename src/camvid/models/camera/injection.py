@@ -18,11 +18,13 @@ Which blocks (from the official code, confirmed by the parameter counts of the m
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from einops import rearrange
 from torch import nn
 
-from camvid.models.dynamicrafter.unet import DynamiCrafterUNet
+if TYPE_CHECKING:
+    from camvid.models.dynamicrafter.unet import DynamiCrafterUNet
 
 CAMERA_METHODS = ("motionctrl", "cameractrl", "cami2v")
 # cross-frame attention variants a single-video DynamiCrafter method can use; "temporal" = none
@@ -30,7 +32,7 @@ CAMERA_METHODS = ("motionctrl", "cameractrl", "cami2v")
 DYNAMICRAFTER_ATTN_VARIANTS = ("temporal", "full3d", "epipolar_ref", "epipolar")
 CAMI2V_ADD_TYPES = ("add_to_main_branch", "add_into_temporal_attn")
 # the released CamI2V checkpoints have 4 register tokens (the paper text says 2)
-DEFAULT_ATTN_KWARGS = {"epipolar": {"num_registers": 4}, "epipolar_ref": {"num_registers": 4}}
+DEFAULT_ATTN_KWARGS = {"epipolar": {"num_register_tokens": 4}, "epipolar_ref": {"num_register_tokens": 4}}
 
 
 def _blocks(unet: DynamiCrafterUNet, include_init_attn: bool):
@@ -66,34 +68,25 @@ def add_cameractrl(unet: DynamiCrafterUNet) -> None:
         block.camera_mode = "cameractrl"
 
 
-class EpipolarBranch(nn.Module):
-    """Holds the CamI2V cross-frame attention as ``epipolar.epipolar_attn`` (the checkpoint name)
-    and moves tokens between the temporal block layout ``(B*h*w, T, C)`` and the all-frames layout
-    ``(B, T*h*w, C)`` the attention works in."""
+# attn config keys (conf/attn/*.yaml) -> cross-frame module constructor arguments; the other keys
+# (threshold, path, tau, seed, tile_hw) configure the AttentionContext (camvid.models.camera.context)
+MODULE_KWARGS = {"num_registers": "num_register_tokens", "num_register_tokens": "num_register_tokens",
+                 "dim_head": "dim_head"}
 
-    def __init__(self, dim: int, heads: int, variant: str, attn_kwargs: dict | None = None):
-        super().__init__()
-        try:
-            from camvid.attention import build_cross_frame_attention
-        except ImportError as err:
-            raise ImportError(f"attention variant {variant!r} needs camvid.attention."
-                              f"build_cross_frame_attention, which could not be imported: {err}") from err
-        self.variant = variant
-        kwargs = dict(DEFAULT_ATTN_KWARGS.get(variant, {}))
-        kwargs.update(attn_kwargs or {})
-        self.epipolar_attn = build_cross_frame_attention(variant, dim, heads, **kwargs)
-        out = self.epipolar_attn.to_out[0]
-        nn.init.zeros_(out.weight)
-        nn.init.zeros_(out.bias)
 
-    def forward(self, x: torch.Tensor, h: int, w: int, attention_context) -> torch.Tensor:
-        if attention_context is None:
-            raise ValueError(f"the {self.variant!r} cross-frame attention needs an AttentionContext "
-                             "(cameras) in the UNet camera inputs")
-        t = x.shape[1]
-        tokens = rearrange(x, "(b h w) t c -> b (t h w) c", h=h, w=w)
-        out = self.epipolar_attn(tokens, attention_context, (t, h, w))
-        return rearrange(out, "b (t h w) c -> (b h w) t c", t=t, h=h, w=w)
+def _cross_frame_module(dim: int, heads: int, variant: str, attn_kwargs: dict | None) -> nn.Module:
+    """CamI2V's ``epipolar`` child (``epipolar.epipolar_attn.*`` in the checkpoints), built by
+    ``camvid.attention``; its output projection starts at zero."""
+    try:
+        from camvid.attention import build_cross_frame_attention
+    except ImportError as err:
+        raise ImportError(f"attention variant {variant!r} needs camvid.attention.build_cross_frame_attention, "
+                          f"which could not be imported: {err}") from err
+    kwargs = dict(DEFAULT_ATTN_KWARGS.get(variant, {}))
+    for key, value in (attn_kwargs or {}).items():
+        if key in MODULE_KWARGS:
+            kwargs[MODULE_KWARGS[key]] = value
+    return build_cross_frame_attention(variant, dim, heads, **kwargs)
 
 
 def add_cami2v(unet: DynamiCrafterUNet, attn_variant: str = "epipolar", attn_kwargs: dict | None = None,
@@ -107,7 +100,7 @@ def add_cami2v(unet: DynamiCrafterUNet, attn_variant: str = "epipolar", attn_kwa
         c = _width(block)
         block.pluker_projection = _zero_linear(c)
         if attn_variant != "temporal":
-            block.epipolar = EpipolarBranch(c, block.attn1.heads, attn_variant, attn_kwargs)
+            block.epipolar = _cross_frame_module(c, block.attn1.heads, attn_variant, attn_kwargs)
         block.camera_mode = "cami2v"
         block.cami2v_add_type = add_type
 

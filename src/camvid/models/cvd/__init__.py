@@ -1,15 +1,6 @@
-"""Collaborative Video Diffusion (CVD): cross-video epipolar synchronisation modules for AnimateDiff."""
+"""Collaborative Video Diffusion (CVD): cross-video epipolar synchronisation modules placed after the
+AnimateDiff motion modules. The module itself is ``camvid.attention.CrossVideoSyncModule``."""
 
-from camvid.models.cvd.modules import EpiAttention, EpiModule, EpiTransformer, EpiTransformerBlock
-from camvid.models.cvd.sync import ATTENTION_PATHS, CrossVideoSync, PairGeometry, install_cvd_modules
+from camvid.models.cvd.sync import CrossVideoSync, install_cvd_modules, open_cross_mask
 
-__all__ = [
-    "ATTENTION_PATHS",
-    "CrossVideoSync",
-    "EpiAttention",
-    "EpiModule",
-    "EpiTransformer",
-    "EpiTransformerBlock",
-    "PairGeometry",
-    "install_cvd_modules",
-]
+__all__ = ["CrossVideoSync", "install_cvd_modules", "open_cross_mask"]

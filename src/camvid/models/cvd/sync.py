@@ -1,119 +1,130 @@
 """Hanging CVD's ``epi_modules`` on a diffusers ``UNetMotionModel`` and feeding them the pair cameras.
 
-diffusers' motion blocks run ``resnet -> attention -> motion_module`` per layer and have no slot for
-an extra module, while CVD runs its ``EpiModule`` right after each motion module. So every block gets
-a sibling ``epi_modules`` ModuleList (state-dict keys ``down_blocks.{i}.epi_modules.{j}...``, CVD's
-own names) and a forward hook on ``motion_modules[j]`` passes that module's output through
-``epi_modules[j]``.
+The module itself is ``camvid.attention.CrossVideoSyncModule`` (CVD's ``EpiModule`` layout:
+``epi_transformer.{norm, proj_in, transformer_blocks.0.{attention_blocks.{0,1}, norms.{0,1}, ff,
+ff_norm}, proj_out}``, both attention blocks cross-video, zero-initialised ``proj_out``); this file
+only places it. diffusers' motion blocks run ``resnet -> attention -> motion_module`` per layer and
+have no slot for an extra module, while CVD runs its epi module right after each motion module. So
+every down/up block gets a sibling ``epi_modules`` ModuleList (state-dict keys
+``down_blocks.{i}.epi_modules.{j}...``, CVD's own names) and a forward hook on ``motion_modules[j]``
+adds ``epi_modules[j]``'s residual update to that module's output.
 
-Pairs are interleaved along the batch, [a0, b0, a1, b1, ...] (``num_views = 2``): the partner of
-sample ``s`` is ``s ^ 1``. The hooks read the pair geometry from :meth:`CrossVideoSync.bind`, which
-memoises one mask per feature resolution for the duration of a UNet call.
+Pairs are interleaved along the batch, [a0, b0, a1, b1, ...] (``num_views = 2``). The hooks read the
+cameras from one ``AttentionContext`` per UNet call (:meth:`CrossVideoSync.bind`), which memoises the
+band mask per feature resolution, so all modules of a level share one mask.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from diffusers import UNetMotionModel
 from torch import nn
 
-from camvid.attention.kernels import dense_masked_attention, pad_mask_for_registers
-from camvid.geometry.epipolar import cross_view_band_mask
+from camvid.attention import AttentionContext, CrossVideoSyncModule, build_cross_frame_attention
+from camvid.geometry.homography import homography_band_mask
 from camvid.models.animatediff.unet import motion_module_sites
 from camvid.models.base import CameraInputs
-from camvid.models.cvd.modules import EpiModule
 
-__all__ = ["CrossVideoSync", "PairGeometry", "install_cvd_modules", "ATTENTION_PATHS"]
-
-# The cross-video mask couples one frame with one frame (h*w x h*w per frame pair, 2.4 M booleans at
-# 256x384 level 0), so the dense kernel is exact and small enough at every size: "auto" means dense.
-ATTENTION_PATHS = ("auto", "dense")
+__all__ = ["CrossVideoSync", "install_cvd_modules", "open_cross_mask"]
 
 
-@dataclass
-class PairGeometry:
-    """Cameras of one interleaved pair batch, with the band masks memoised per feature resolution."""
+def open_cross_mask(ctx: AttentionContext, kind: str, feat_hw: tuple[int, int]) -> torch.Tensor:
+    """All-True cross-view mask: the "w/o Epi" ablation (every cell of the partner frame is a key)."""
+    if kind != "cross":
+        raise ValueError(f"the unmasked cross-video ablation only defines the 'cross' mask, not {kind!r}")
+    B, T = ctx.K.shape[:2]
+    hw = feat_hw[0] * feat_hw[1]
+    return torch.ones(B * T, hw, (ctx.num_views - 1) * hw, dtype=torch.bool, device=ctx.K.device)
 
-    camera: CameraInputs
-    batch: int
-    num_frames: int
-    tau: float
-    masked: bool
-    seed: int
-    masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
-    def partner_rows(self, device: torch.device) -> torch.Tensor:
-        """(B*T,) row of the same frame in the partner video, rows ordered (sample, frame)."""
-        samples = torch.arange(self.batch, device=device) ^ 1
-        frames = torch.arange(self.num_frames, device=device)
-        return (samples[:, None] * self.num_frames + frames[None, :]).reshape(-1)
+class _HomographyMask:
+    """``mask_fn`` of an :class:`AttentionContext` for homography pairs: query cell x of sample s
+    attends the partner's cells near a random-direction line through ``H_p H_s^-1 x``."""
 
-    def mask(self, feat_hw: tuple[int, int]) -> torch.Tensor:
-        """(B*T, h*w, h*w) bool: query cell of video a, frame t -> key cells of video b, frame t."""
-        if feat_hw not in self.masks:
-            K, c2w = self.camera.K, self.camera.c2w
-            partner = torch.arange(self.batch, device=K.device) ^ 1
-            mask = cross_view_band_mask(
-                K, c2w, K[partner], c2w[partner], self.camera.image_hw, feat_hw, tau=self.tau, seed=self.seed
-            )
-            self.masks[feat_hw] = mask.reshape(self.batch * self.num_frames, *mask.shape[-2:])
-        return self.masks[feat_hw]
+    def __init__(self, homography: torch.Tensor):
+        self.homography = homography.to(torch.float64)
+
+    def __call__(self, ctx: AttentionContext, kind: str, feat_hw: tuple[int, int]) -> torch.Tensor:
+        if kind != "cross":
+            raise ValueError(f"homography pairs only define the 'cross' mask, not {kind!r}")
+        if ctx.num_views != 2:
+            raise ValueError(f"homography pairs need num_views=2, got {ctx.num_views}")
+        H = self.homography.to(ctx.K.device)
+        partner = torch.arange(H.shape[0], device=H.device) ^ 1
+        to_partner = H[partner] @ torch.linalg.inv(H)  # sample s pixels -> partner pixels
+        mask = homography_band_mask(to_partner, ctx.image_hw, feat_hw, tau=ctx.tau, seed=ctx.seed)
+        return mask.reshape(-1, *mask.shape[-2:])
 
 
 class CrossVideoSync:
     """Handle on the installed ``epi_modules`` (plain object; the modules live inside the UNet)."""
 
-    def __init__(self, modules: list[EpiModule], tau: float, masked: bool, path: str, seed: int):
-        self.modules = modules
+    def __init__(self, tau: float = 3.0, masked: bool = True, path: str = "auto", seed: int = 0):
+        if tau <= 0:
+            raise ValueError(f"cross-video band tau must be > 0 pixels, got {tau}")
+        self.modules: list[CrossVideoSyncModule] = []
         self.tau = tau
         self.masked = masked
         self.path = path
         self.seed = seed
-        self.geometry: PairGeometry | None = None
+        self.context: AttentionContext | None = None
+        self.num_frames = 0
 
     def parameters(self):
         for module in self.modules:
             yield from module.parameters()
 
     @contextmanager
-    def bind(self, camera: CameraInputs, batch: int, num_frames: int):
-        """Make the pair cameras visible to the epi modules for one UNet call."""
+    def bind(self, camera: CameraInputs, batch: int, num_frames: int, homography: torch.Tensor | None = None):
+        """Make the pair cameras visible to the epi modules for one UNet call.
+
+        ``homography`` (B, T, 3, 3), for CVD's WebVid pairs: maps view a's pixels to each sample's
+        pixels (identity on view a). The band then runs along a random-direction line through the
+        warped cell centre (CVD's pseudo-epipolar lines) instead of the epipolar line.
+        """
         if camera.num_views != 2 or batch % 2:
             raise ValueError(
                 f"cross-video synchronisation needs interleaved pairs (num_views=2, even batch); "
                 f"got num_views={camera.num_views}, batch={batch}"
             )
-        if camera.K.shape[:2] != (batch, num_frames):
+        if tuple(camera.K.shape[:2]) != (batch, num_frames):
             raise ValueError(
                 f"pair cameras {tuple(camera.K.shape[:2])} do not match the latents (batch={batch}, frames={num_frames})"
             )
-        self.geometry = PairGeometry(camera, batch, num_frames, self.tau, self.masked, self.seed)
+        mask_fn = None if self.masked else open_cross_mask
+        if homography is not None:
+            if tuple(homography.shape) != (batch, num_frames, 3, 3):
+                raise ValueError(
+                    f"homography must be (B, T, 3, 3) = ({batch}, {num_frames}, 3, 3), got {tuple(homography.shape)}"
+                )
+            if self.masked:
+                mask_fn = _HomographyMask(homography)
+        self.context = AttentionContext.from_camera_inputs(
+            camera, path=self.path, tau=self.tau, seed=self.seed, mask_fn=mask_fn,
+        )
+        self.num_frames = num_frames
         try:
-            yield self.geometry
+            yield self.context
         finally:
-            self.geometry = None
+            self.context = None
 
-    def run(self, module: EpiModule, hidden: torch.Tensor) -> torch.Tensor:
-        geometry = self.geometry
-        if geometry is None:
+    def run(self, module: CrossVideoSyncModule, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` (B*T, C, h, w), a motion module's output -> the same plus the epi update."""
+        if self.context is None:
             raise ValueError("the UNet has CVD epi_modules: call it inside CrossVideoSync.bind(camera, ...)")
-        if hidden.shape[0] != geometry.batch * geometry.num_frames:
+        T = self.num_frames
+        BT, C, h, w = hidden.shape
+        if BT != self.context.batch_size * T:
             raise ValueError(
-                f"motion-module output has {hidden.shape[0]} frames, expected batch*frames = "
-                f"{geometry.batch}*{geometry.num_frames}"
+                f"motion-module output has {BT} frames, expected batch*frames = {self.context.batch_size}*{T}"
             )
-        rows = geometry.partner_rows(hidden.device)
-        return module(hidden, rows, lambda q, k, v, feat_hw: self.attend(q, k, v, feat_hw))
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, feat_hw: tuple[int, int]) -> torch.Tensor:
-        """(B*T, heads, h*w, d) -> same; plain attention when ``masked=False`` (the "w/o Epi" ablation)."""
-        if not self.masked:
-            return dense_masked_attention(q, k, v)
-        mask, row_valid = pad_mask_for_registers(self.geometry.mask(feat_hw).to(q.device), 0)
-        return dense_masked_attention(q, k, v, mask, row_valid)
+        tokens = hidden.reshape(BT // T, T, C, h * w).transpose(2, 3)  # (B, T, hw, C)
+        update = module(tokens, self.context, (h, w))
+        # contiguous: a channels-last-strided sum would steer the next convolutions onto other kernels,
+        # and a zero-initialised module would no longer be an exact identity
+        return hidden + update.transpose(2, 3).reshape(BT, C, h, w).contiguous()
 
 
 def install_cvd_modules(
@@ -129,12 +140,9 @@ def install_cvd_modules(
 
     ``heads`` defaults to the motion modules' head count (8 at full size, as CVD's config).
     """
-    if path not in ATTENTION_PATHS:
-        raise ValueError(f"unknown cross-video attention path {path!r}; expected one of {ATTENTION_PATHS}")
-    if tau <= 0:
-        raise ValueError(f"cross-video band tau must be > 0 pixels, got {tau}")
     heads = heads or unet.config.motion_num_attention_heads
-    sync = CrossVideoSync([], tau, masked, path, seed)
+    sync = CrossVideoSync(tau, masked, path, seed)
+    AttentionContext(path=path)  # rejects an unknown path now, not at the first forward
     for part, i, _ in motion_module_sites(unet):
         block = getattr(unet, part)[i]
         if hasattr(block, "epi_modules"):
@@ -142,7 +150,10 @@ def install_cvd_modules(
         ref = block.motion_modules[0].proj_in.weight
         with torch.device(ref.device):  # build in place: on "meta" nothing is allocated
             block.epi_modules = nn.ModuleList(
-                EpiModule(mm.proj_in.in_features, heads, unet.config.norm_num_groups, max_feat_size)
+                build_cross_frame_attention(
+                    "cross_video", mm.proj_in.in_features, heads,
+                    norm_num_groups=unet.config.norm_num_groups, max_feat_size=max_feat_size,
+                )
                 for mm in block.motion_modules
             ).to(ref.dtype)
         for motion_module, epi in zip(block.motion_modules, block.epi_modules):
@@ -155,7 +166,7 @@ class _AfterMotionModule:
     """Forward hook running one epi module on a motion module's output. An object, not a closure, so
     ``copy.deepcopy`` of the model re-points it at the copied sync handle and epi module."""
 
-    def __init__(self, sync: CrossVideoSync, epi: EpiModule):
+    def __init__(self, sync: CrossVideoSync, epi: CrossVideoSyncModule):
         self.sync = sync
         self.epi = epi
 

@@ -1,18 +1,27 @@
-"""DynamiCrafter image-to-video family (lvdm 3-D UNet) and its camera-controlled methods."""
+"""DynamiCrafter image-to-video family (lvdm 3-D UNet) and its camera-controlled methods.
 
-from camvid.models.dynamicrafter.builder import METHODS, SIZES, build_dynamicrafter_method
-from camvid.models.dynamicrafter.image_proj import ImageProjModel, Resampler
-from camvid.models.dynamicrafter.method import DynamiCrafterI2V
-from camvid.models.dynamicrafter.unet import DynamiCrafterUNet, UNetCamera, dynamicrafter_unet_config
+Names are resolved lazily (PEP 562) so that ``camvid.models.camera`` can use the building blocks
+here without an import cycle through the builder.
+"""
 
-__all__ = [
-    "METHODS",
-    "SIZES",
-    "DynamiCrafterI2V",
-    "DynamiCrafterUNet",
-    "ImageProjModel",
-    "Resampler",
-    "UNetCamera",
-    "build_dynamicrafter_method",
-    "dynamicrafter_unet_config",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "METHODS": "builder",
+    "SIZES": "builder",
+    "build_dynamicrafter_method": "builder",
+    "DynamiCrafterI2V": "method",
+    "DynamiCrafterUNet": "unet",
+    "UNetCamera": "unet",
+    "dynamicrafter_unet_config": "unet",
+    "ImageProjModel": "image_proj",
+    "Resampler": "image_proj",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -238,8 +238,10 @@ class TemporalBasicTransformerBlock(BasicTransformerBlock):
         if f is not None:
             z = z + self.pluker_projection(cond)
         if hasattr(self, "epipolar"):
-            h, w = hw
-            z = z + self.epipolar(cond, h, w, camera.attention_context)
+            # the cross-frame module works on (B, T, h*w, C): all frames' tokens at once
+            frames = rearrange(cond, "(b hw) t c -> b t hw c", hw=hw[0] * hw[1])
+            delta = self.epipolar(frames, camera.attention_context, hw)
+            z = z + rearrange(delta, "b t hw c -> (b hw) t c")
         if self.cami2v_add_type == "add_to_main_branch":
             return z + self.attn1(n) + x
         return self.attn1(n + z) + x

@@ -9,6 +9,8 @@ KL-f8 VAE is read from ``vae_path``; the OpenCLIP ViT-H text/image towers are pa
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -66,7 +68,8 @@ def build_dynamicrafter_method(
     if method != "cami2v" and attn != "temporal":
         raise ValueError(f"Invalid combination: attn={attn} is a CamI2V cross-frame attention but model={method} "
                          "has none; with that model use attn=temporal, or use model=cami2v")
-    with torch.device(device if device is not None else "cpu"):
+    # no device given: keep the caller's default device (e.g. an enclosing ``with torch.device("meta")``)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         return _build(method, size, attn, attn_kwargs, num_frames, image_hw, vae_path, first_stage, text_encoder,
                       image_encoder, pixel_shuffle_factor, unet_overrides, gradient_checkpointing, method_kwargs)
 

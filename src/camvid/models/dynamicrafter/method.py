@@ -21,9 +21,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from camvid.diffusion.schedule import dynamic_rescale_scales, make_alphas_cumprod
 from camvid.geometry import invert_rigid, plucker_rays
 from camvid.models.base import CameraInputs, Conditions, VideoDiffusionModel
-from camvid.models.camera.context import build_attention_context
+from camvid.models.camera.context import build_attention_context, context_kwargs
 from camvid.models.camera.injection import (
     CAMERA_METHODS,
     add_cameractrl,
@@ -32,7 +33,6 @@ from camvid.models.camera.injection import (
     camera_trainable_modules,
 )
 from camvid.models.camera.pose_encoder import CameraPoseEncoder
-from camvid.models.dynamicrafter.schedule import dynamic_rescale_scales, make_alphas_cumprod
 from camvid.models.dynamicrafter.unet import DynamiCrafterUNet, UNetCamera
 
 
@@ -115,6 +115,8 @@ class DynamiCrafterI2V(VideoDiffusionModel):
             self.pose_encoder = pose_encoder
         self.camera = camera
         self.attn_variant = attn_variant if camera == "cami2v" else "temporal"
+        self.attn_kwargs = dict(attn_kwargs or {})
+        context_kwargs(self.attn_kwargs)  # unknown options fail here, not in the first forward
         self.parameterization = parameterization
         self.num_train_timesteps = num_train_timesteps
         self.fs_condition_type = fs_condition_type
@@ -126,8 +128,9 @@ class DynamiCrafterI2V(VideoDiffusionModel):
         elif camera == "cami2v":
             add_cami2v(unet, attn_variant, attn_kwargs, cami2v_add_type)
 
-        self.register_buffer("alphas_cumprod", make_alphas_cumprod(num_train_timesteps, linear_start, linear_end,
-                                                                   zero_terminal_snr), persistent=False)
+        # lvdm's "linear" schedule is linear in sqrt(beta): diffusers' "scaled_linear"
+        self.register_buffer("alphas_cumprod", make_alphas_cumprod(num_train_timesteps, "scaled_linear", linear_start,
+                                                                   linear_end, zero_terminal_snr), persistent=False)
         self.use_dynamic_rescale = dynamic_rescale
         if dynamic_rescale:
             self.register_buffer("scale_arr", dynamic_rescale_scales(num_train_timesteps, base_scale, turning_step),
@@ -277,7 +280,7 @@ class DynamiCrafterI2V(VideoDiffusionModel):
             plucker = plucker * keep.view(b, 1, 1, 1, 1)
         out.pose_features = self.pose_encoder(plucker.to(z_t.dtype))
         if self.attn_variant != "temporal":
-            out.attention_context = build_attention_context(self.attn_variant, camera, drop)
+            out.attention_context = build_attention_context(self.attn_variant, camera, drop, self.attn_kwargs)
         return out
 
 

@@ -1,0 +1,149 @@
+"""Loading the official AnimateDiff / CameraCtrl / CVD weights from local files.
+
+``load_animatediff_weights(model, folder)`` reads whichever of these the folder holds (nothing is
+downloaded; see ``camvid.models.registry.WEIGHT_SOURCES``):
+
+=====================================  ==========================================================
+``stable-diffusion-v1-5/unet/``        SD1.5 spatial UNet (diffusers names = ours)
+``stable-diffusion-v1-5/vae/``         KL-f8 VAE (full size only)
+``stable-diffusion-v1-5/text_encoder/``, ``tokenizer/``  CLIP ViT-L/14 text tower (full size only)
+``v3_sd15_mm.ckpt``                    AnimateDiff v3 motion modules (official names, mapped)
+``CameraCtrl.ckpt``                    ``pose_encoder_state_dict`` + ``attention_processor_state_dict``
+``CVD.ckpt``                           ``unet_trainable_dict`` (the ``epi_modules``)
+=====================================  ==========================================================
+
+Each part is loaded strictly: every key the part needs must be present with its shape, and no key
+of a file may be left unused; a mismatch raises ValueError naming the file and the first keys.
+Values are cast to the model's dtype (released files are often fp16).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from camvid.models.animatediff.key_mapping import convert_official_state_dict
+
+__all__ = ["load_animatediff_weights", "read_state_dict", "load_part"]
+
+SD15_DIR = "stable-diffusion-v1-5"
+MOTION_FILE = "v3_sd15_mm.ckpt"
+CAMERACTRL_FILE = "CameraCtrl.ckpt"
+CVD_FILE = "CVD.ckpt"
+
+
+def read_state_dict(path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` / ``.bin`` / ``.ckpt`` file, optionally the sub-dict ``key``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    if key is not None:
+        if key not in sd:
+            raise ValueError(f"{path}: no {key!r} entry (has {sorted(sd)[:6]})")
+        sd = sd[key]
+    elif "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_part(module: nn.Module, state: dict[str, torch.Tensor], wanted: set[str], source: str) -> None:
+    """Copy ``state`` into the entries ``wanted`` of ``module.state_dict()``; both sets must be equal."""
+    own = module.state_dict()
+    missing = sorted(wanted - set(state))
+    unexpected = sorted(set(state) - wanted)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: {len(missing)} missing key(s) {missing[:3]}, {len(unexpected)} unexpected key(s) "
+            f"{unexpected[:3]}"
+        )
+    bad = [k for k in wanted if tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad:
+        k = bad[0]
+        raise ValueError(f"{source}: {k} has shape {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)}")
+    assign = any(v.is_meta for v in own.values())
+    cast = {k: state[k].to(dtype=own[k].dtype) if own[k].is_floating_point() else state[k] for k in wanted}
+    module.load_state_dict(cast, strict=False, assign=assign)
+
+
+def _keys(unet: nn.Module, predicate) -> set[str]:
+    return {k for k in unet.state_dict() if predicate(k)}
+
+
+def _is_spatial(key: str) -> bool:
+    return ".motion_modules." not in key and ".epi_modules." not in key
+
+
+def _is_motion(key: str) -> bool:
+    return ".motion_modules." in key and ".processor." not in key
+
+
+def load_animatediff_weights(model, folder: Path) -> list[str]:
+    """Load every part found under ``folder`` into ``model`` (an ``AnimateDiffT2V``); returns the parts
+    loaded. A method part (CameraCtrl for camera methods, CVD for ``cvd``) that is absent is an error:
+    its modules would stay at their (zero) initialisation."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"AnimateDiff weights folder not found: {folder}")
+    unet = model.unet
+    loaded = []
+    sd15 = folder / SD15_DIR
+    if sd15.is_dir():
+        _load_sd15(model, sd15)
+        loaded.append(SD15_DIR)
+    if (folder / MOTION_FILE).is_file():
+        state = convert_official_state_dict(read_state_dict(folder / MOTION_FILE))
+        load_part(unet, state, _keys(unet, _is_motion), str(folder / MOTION_FILE))
+        loaded.append(MOTION_FILE)
+    if model.pose_adaptor is not None:
+        path = folder / CAMERACTRL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{model._name()} needs {path} (hehao13/CameraCtrl, CameraCtrl.ckpt)")
+        poses = read_state_dict(path, "pose_encoder_state_dict")
+        load_part(model.pose_encoder, poses, set(model.pose_encoder.state_dict()), f"{path} [pose_encoder_state_dict]")
+        merge = convert_official_state_dict(read_state_dict(path, "attention_processor_state_dict"))
+        load_part(unet, merge, _keys(unet, lambda k: ".processor.qkv_merge." in k),
+                  f"{path} [attention_processor_state_dict]")
+        loaded.append(CAMERACTRL_FILE)
+    if model.sync is not None:
+        path = folder / CVD_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"cvd needs {path} (CollaborativeVideoDiffusion/CVD, CVD.ckpt)")
+        state = read_state_dict(path, "unet_trainable_dict")
+        wanted = {k for k, p in unet.named_parameters() if ".epi_modules." in k}
+        load_part(unet, state, wanted, f"{path} [unet_trainable_dict]")
+        loaded.append(CVD_FILE)
+    if not loaded:
+        raise FileNotFoundError(
+            f"no AnimateDiff weights under {folder}: expected {SD15_DIR}/, {MOTION_FILE}, {CAMERACTRL_FILE} or {CVD_FILE}"
+        )
+    return loaded
+
+
+def _load_sd15(model, folder: Path) -> None:
+    unet_file = _diffusers_weights(folder / "unet")
+    load_part(model.unet, read_state_dict(unet_file), _keys(model.unet, _is_spatial), str(unet_file))
+    first_stage, text = model.first_stage, model.text_encoder
+    if hasattr(first_stage, "vae"):
+        vae_file = _diffusers_weights(folder / "vae")
+        load_part(first_stage.vae, read_state_dict(vae_file), set(first_stage.vae.state_dict()), str(vae_file))
+    if hasattr(text, "text_model"):
+        te_file = _diffusers_weights(folder / "text_encoder", stem="model")
+        state = read_state_dict(te_file)
+        # transformers checkpoints of older versions carry a position_ids buffer we do not keep
+        state.pop("text_model.embeddings.position_ids", None)
+        load_part(text.text_model, state, set(text.text_model.state_dict()), str(te_file))
+        text.load_tokenizer(folder / "tokenizer")
+
+
+def _diffusers_weights(folder: Path, stem: str = "diffusion_pytorch_model") -> Path:
+    for name in (f"{stem}.safetensors", f"{stem}.bin", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no weights in {folder} (expected {stem}.safetensors or .bin)")
