@@ -96,3 +96,26 @@ def test_diffusers_processor_adds_the_cross_frame_update_to_motion_module_attent
     x = tokens.view(B, HW, T, C).transpose(1, 2)
     expected = base + cross(x, ctx, FEAT_HW).transpose(1, 2).reshape(B * HW, T, C)
     torch.testing.assert_close(attn(tokens), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_processor_inside_an_animatediff_motion_module():
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    K, c2w = cameras()
+    torch.manual_seed(2)
+    motion = AnimateDiffTransformer3D(num_attention_heads=HEADS, attention_head_dim=C // HEADS, in_channels=C,
+                                      norm_num_groups=8, positional_embeddings="sinusoidal",
+                                      num_positional_embeddings=T).eval()
+    sample = torch.randn(B * T, C, *FEAT_HW)  # (B*T, C, h, w) as UNetMotionModel passes it
+    with torch.no_grad():
+        base = motion(sample, num_frames=T)
+        attn1 = motion.transformer_blocks[0].attn1
+        slot = ContextSlot(AttentionContext(K=K, c2w=c2w, image_hw=IMAGE_HW))
+        cross = build_cross_frame_attention("epipolar", C, HEADS)
+        attn1.set_processor(CrossFrameAttnProcessor(cross, slot))
+        assert torch.equal(motion(sample, num_frames=T), base)  # zero-initialised: bit-identical
+        randomise_output(cross)
+        changed = motion(sample, num_frames=T)
+    assert torch.isfinite(changed).all() and (changed - base).abs().max() > 1e-4
+    assert any(k.startswith("transformer_blocks.0.attn1.processor.cross_frame.epipolar_attn.")
+               for k in motion.state_dict())

@@ -222,6 +222,10 @@ def test_dynamicrafter_token_layout_round_trip():
     assert tokens.shape == (B * HW, T, C)
     assert torch.equal(tokens[1 * HW + 5], x[1, :, 5])  # row = b * h*w + cell
     assert torch.equal(frames_from_temporal_tokens(tokens, B), x)
+    module = build_cross_frame_attention("full3d", C, HEADS)
+    randomise_output(module)
+    expected = temporal_tokens_from_frames(module(x, None, (h, w)))
+    torch.testing.assert_close(module.forward_temporal_tokens(tokens, None, (h, w)), expected)
 
 
 def _manifest(name: str, prefix: str) -> dict[str, list[int]]:

@@ -68,7 +68,13 @@ class CrossFrameAttention(nn.Module):
     variant: str = ""
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext | None, feat_hw: tuple[int, int]) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(x, ctx, feat_hw)")
+
+    def forward_temporal_tokens(self, x: torch.Tensor, ctx: AttentionContext | None,
+                                feat_hw: tuple[int, int]) -> torch.Tensor:
+        """Same update on DynamiCrafter's temporal-transformer tokens (B*h*w, T, C) -> (B*h*w, T, C)."""
+        batch = x.shape[0] // (feat_hw[0] * feat_hw[1])
+        return temporal_tokens_from_frames(self(frames_from_temporal_tokens(x, batch), ctx, feat_hw))
 
 
 class MultiHeadAttention(nn.Module):
