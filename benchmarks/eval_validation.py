@@ -121,7 +121,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--kinds", nargs="+", default=["forward", "orbit", "truck", "mixed", "pan"])
-    p.add_argument("--conditions", nargs="+", default=["gt", "shuffled", "frozen", "blur1", "blur2", "noise8"])
+    p.add_argument("--conditions", nargs="+", default=["gt", "shuffled", "frozen", "blur1.5", "noise8"])
     p.add_argument("--workers", type=int, default=2, help="workers for the validation run and the scaling sweep")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="keep the samples and results here")

@@ -24,13 +24,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-format", choices=["png", "jpg"], default=None,
                    help="png (lossless, default for re10k) or jpg quality 95 (default for webvid)")
     p.add_argument("--with-depth", action="store_true", help="include depth/<clip_id>.npy when present")
+    p.add_argument("--part", type=int, default=0, help="pack only clips part, part+num_parts, ... (array jobs)")
+    p.add_argument("--num-parts", type=int, default=1)
     p.add_argument("--csv", default="webvid.csv", help="WebVid CSV file name under --root")
     args = p.parse_args(argv)
 
     start = time.perf_counter()
     if args.source == "re10k":
         manifest = write_re10k_shards(args.root, args.split, args.out, args.shard_size,
-                                      args.image_format or "png", args.with_depth)
+                                      args.image_format or "png", args.with_depth,
+                                      part=args.part, num_parts=args.num_parts)
     else:
         manifest = write_webvid_shards(args.root, args.out, args.shard_size, args.image_format or "jpg", args.csv)
     print(f"{manifest['num_samples']} samples in {len(manifest['shards'])} shards under {args.out} "

@@ -87,6 +87,10 @@ def test_band_kernels_equal_all_cells_predicate(image_hw, feat_hw, threshold_cel
     # Each row of index is ascending over its valid entries.
     step = index[..., 1:] - index[..., :-1]
     assert bool((step > 0)[valid[..., 1:]].all())
+    # float32 lines: the predicate promotes them against the float64 cell centres; so must the kernels.
+    lines32 = padded.float()
+    assert torch.equal(band_mask_from_lines(lines32, image_hw, feat_hw, threshold),
+                       brute_force(lines32, image_hw, feat_hw, threshold))
 
 
 def axis_motion_cameras(kind: str, T: int, image_hw):
@@ -118,3 +122,15 @@ def test_epipolar_masks_equal_all_cells_predicate_for_axis_motions(kind, image_h
     index, valid = epipolar_neighbors(K, c2w, image_hw, feat_hw, seed=2)
     rebuilt = neighbors_to_mask(index, valid, T * h * w).view_as(expected)
     assert torch.equal(rebuilt, expected)
+
+
+def test_builders_restore_the_callers_thread_count():
+    K, c2w = axis_motion_cameras("z", 2, (32, 32))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        epipolar_mask(K, c2w, (32, 32), (4, 4))
+        epipolar_neighbors(K, c2w, (32, 32), (4, 4))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -25,6 +25,7 @@ and sparse forms equal the predicate, hence each other, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -307,17 +308,19 @@ def _within_band(a, b, c, x, y, threshold: float) -> torch.Tensor:
 def _row_runs(lines: torch.Tensor, image_hw, feat_hw, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """First and last kept column ``(lo, hi)`` of every feature row, float64 (..., h) holding integers.
 
-    ``lines`` (..., 3) float64. An empty row has ``lo == hi + 1``; ``0 <= lo <= w``, ``-1 <= hi < w``.
+    ``lines`` (..., 3), taken to float64 (as the predicate with float64 cell centres would promote
+    them). An empty row has ``lo == hi + 1``; ``0 <= lo <= w``, ``-1 <= hi < w``.
     """
     H, W = image_hw
     h, w = feat_hw
     step = W / w
+    lines = lines.to(torch.float64)
     a, b, c = (lines[..., k : k + 1] for k in range(3))
     y = (torch.arange(h, dtype=torch.float64, device=lines.device) + 0.5) * (H / h)
     # In exact arithmetic s D = |a| x + s (b y + c) rises along the row (s = sign of a). It meets
     # -threshold and +threshold at cell coordinates u_lo <= u_hi (cell k is centred at u = k),
     # and the run is [ceil u_lo, floor u_hi]; u = y beta + gamma with per-line beta and gamma.
-    s = torch.where(a < 0, -1.0, 1.0).to(lines.dtype)
+    s = torch.where(a < 0, -1.0, 1.0).to(torch.float64)
     k1 = -s / (a.abs() * step)
     beta = b * k1
     gamma = c * k1
@@ -372,8 +375,31 @@ def _chunk_queries(n_lines_per_query: int, h: int) -> int:
     return max(1, _CHUNK_ROWS // max(1, n_lines_per_query * h))
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run the chunk loops on one intra-op thread, then restore the caller's setting.
+
+    The loops issue thousands of small, memory-bound ops; splitting each across threads gains
+    little and adds a synchronisation per op, which on a busy machine waits for a scheduler slice
+    (measured: 2 threads made the 32x32 mask 10-25x slower than 1 on a loaded 2-core host).
+    """
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
 def _fill_dense(out: torch.Tensor, lines: torch.Tensor, image_hw, feat_hw, threshold: float) -> None:
     """``out`` (Q, hw, S, hw) bool view <- band of ``lines`` (Q, S, hw, 3), row runs chunk by chunk."""
+    with _one_thread():
+        _fill_dense_chunks(out, lines, image_hw, feat_hw, threshold)
+
+
+def _fill_dense_chunks(out: torch.Tensor, lines: torch.Tensor, image_hw, feat_hw, threshold: float) -> None:
     Q, S, hw, _ = lines.shape
     h, w = feat_hw
     table = _row_patterns(w, lines.device) if (w + 1) ** 2 * w <= _MAX_TABLE else None
@@ -399,23 +425,41 @@ def _query_runs(lines, i, q0, n, image_hw, feat_hw, threshold):
     return _row_runs(lines[i, :, q0 : q0 + n].transpose(0, 1), image_hw, feat_hw, threshold)
 
 
+def _run_dtype(w: int) -> torch.dtype:
+    """Smallest integer dtype holding a run's first column and length (both in [0, w])."""
+    return torch.uint8 if w <= 255 else torch.int16 if w <= 32767 else torch.int32
+
+
 def _sparse_from_lines(
     lines: torch.Tensor, key_frames: torch.Tensor, image_hw, feat_hw, threshold: float, max_keys: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lines`` (B, Q, S, hw, 3), ``key_frames`` (B, Q, S) ascending in S -> (index, valid) (B, Q*hw, Kmax).
+    """``lines`` (B, Q, S, hw, 3), ``key_frames`` (B, Q, S) ascending in S -> (index, valid) (B, Q*hw, Kmax)."""
+    with _one_thread():
+        return _sparse_chunks(lines, key_frames, image_hw, feat_hw, threshold, max_keys)
 
-    Two passes over the row runs (count, then write) so that only the output is ever full size.
-    A query's keys are its runs in (key frame, row) order, each run ascending, hence sorted.
+
+def _sparse_chunks(
+    lines: torch.Tensor, key_frames: torch.Tensor, image_hw, feat_hw, threshold: float, max_keys: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Body of :func:`_sparse_from_lines`.
+
+    The row runs are found once and kept as small integers (2 bytes per line and row for grids up
+    to 255 wide) until Kmax is known; then the output is written chunk by chunk. A query's keys are
+    its runs in (key frame, row) order, each run ascending, hence sorted.
     """
     B, Q, S, hw, _ = lines.shape
     h, w = feat_hw
     chunk = _chunk_queries(S, h)
-    blocks = [(bi, i, q0) for bi in range(B) for i in range(Q) for q0 in range(0, hw, chunk)]
-    counts = torch.zeros(B, Q, hw, dtype=torch.float64, device=lines.device)
-    for bi, i, q0 in blocks:
-        lo, hi = _query_runs(lines[bi], i, q0, chunk, image_hw, feat_hw, threshold)
-        counts[bi, i, q0 : q0 + chunk] = (hi - lo).add_(1).clamp_(min=0).sum((-1, -2))
-    counts = counts.long()
+    small = _run_dtype(w)
+    blocks = []
+    counts = torch.empty(B, Q, hw, dtype=torch.long, device=lines.device)
+    for bi in range(B):
+        for i in range(Q):
+            for q0 in range(0, hw, chunk):
+                lo, hi = _query_runs(lines[bi], i, q0, chunk, image_hw, feat_hw, threshold)
+                length = (hi - lo).add_(1).clamp_(min=0)
+                counts[bi, i, q0 : q0 + chunk] = length.sum((-1, -2)).long()
+                blocks.append((bi, i, q0, lo.to(small), length.to(small)))
     kmax = int(counts.max()) if counts.numel() else 0
     if max_keys is not None:
         if int(max_keys) < kmax:
@@ -428,10 +472,11 @@ def _sparse_from_lines(
         return index, valid
     slots = torch.arange(kmax, device=lines.device)
     row_starts = torch.arange(h, device=lines.device) * w
-    for bi, i, q0 in blocks:
-        lo, hi = _query_runs(lines[bi], i, q0, chunk, image_hw, feat_hw, threshold)
-        length = (hi - lo).add_(1).clamp_(min=0).long().flatten(1)  # (n, S*h)
+    blocks.reverse()
+    while blocks:
+        bi, i, q0, lo, length = blocks.pop()  # popped: the runs' memory goes as the output fills
         start = (lo.long() + row_starts).add_(key_frames[bi, i].view(1, -1, 1) * (h * w)).flatten(1)
+        length = length.long().flatten(1)  # (n, S*h)
         n = start.shape[0]
         # Slot p of a query holds p + g(run of p), g = first key - first slot of the run. Adding the
         # jumps of g at each run's first slot and taking a cumulative sum spreads g over its run;
