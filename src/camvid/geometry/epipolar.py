@@ -332,11 +332,12 @@ def _row_runs(lines: torch.Tensor, image_hw, feat_hw, threshold: float) -> tuple
     u_hi = (u_mid + thr_k1).clamp_(-0.5, w - 0.5)
     lo = torch.ceil(u_lo)
     hi = torch.floor(u_hi)
-    # Certificate: the cells on both sides of each end lie more than ``tol`` pixels from the band
-    # edge in exact arithmetic (u is clamped half a cell outside the grid, where nothing needs
-    # certifying). ``tol`` is ~500x a bound on the float64 rounding of the predicate and of u for
-    # in-grid cells (~16 ulp of |a| W + |b| H + |c| + threshold), so the float predicate keeps
-    # exactly the cells [lo, hi]. NaN (a bad line) fails the certificate.
+    # Certificate: the in-grid cells on both sides of each end lie more than ``tol`` pixels from
+    # the band edge in exact arithmetic. ``tol`` is ~500x a bound on the float64 rounding of the
+    # predicate and of u for in-grid cells (~16 ulp of |a| W + |b| H + |c| + threshold), so the
+    # float predicate keeps exactly the cells [lo, hi]. An end beyond the grid is clamped to half
+    # a cell outside it, i.e. at least half a cell from every in-grid cell, which passes exactly
+    # when tol is under half a cell (otherwise, a nearly flat line, no row passes). NaN fails.
     tol = 1e-12 * (a.abs() * W + b.abs() * H + c.abs() + threshold)
     half_gap = 0.5 - tol * k1.abs()  # |frac - 1/2| must stay below this
     ok = (lo - u_lo).sub_(0.5).abs_() < half_gap
