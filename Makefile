@@ -49,8 +49,9 @@ train: $(STAMP)  ## python src/train.py $(ARGS), e.g. make train ARGS="model=cam
 sample: $(STAMP)  ## python src/sample.py $(ARGS)
 	$(PY) src/sample.py $(ARGS)
 
-eval: $(STAMP)  ## python src/evaluate.py $(ARGS) (defaults to the demo's samples)
-	$(PY) src/evaluate.py $(ARGS)
+EVAL_SAMPLES ?= $(DEMO_DIR)/samples
+eval: $(STAMP)  ## evaluate a samples folder (default: the demo's): make eval EVAL_SAMPLES=DIR ARGS="metrics=[camera]"
+	$(PY) src/evaluate.py samples_dir=$(EVAL_SAMPLES) $(ARGS)
 
 benchmark: $(STAMP)  ## attention and evaluation benchmarks (writes numbers for docs/performance.md)
 	$(PY) benchmarks/attention.py

@@ -227,6 +227,8 @@ def main():
     ap.add_argument("--max-cost", type=float, default=4e11,
                     help="skip attention cases whose dense score work (L*Lk*C*4 flops) exceeds this")
     ap.add_argument("--max-naive-bytes", type=float, default=8e9, help="skip naive cases whose tensors exceed this")
+    ap.add_argument("--parts", nargs="*", default=["masks", "attention"], choices=["masks", "attention"],
+                    help="measure mask building, attention, or both")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -250,75 +252,85 @@ def main():
             base = {"image_hw": image_hw, "feat_hw": feat_hw, "frames": T, "dim": args.dim, "heads": args.heads,
                     "threads": args.threads, "repeat": args.repeat}
             print(f"\n## {size} level {feat_hw[0]}x{feat_hw[1]} (L = {L} tokens)")
-            res = {}
-            naive_bytes = 2 * T * T * hw * hw * 4  # the float distances and their abs() coexist
-            for what in ("mask_naive", "mask_dense", "mask_sparse"):
-                if what == "mask_naive" and naive_bytes > args.max_naive_bytes:
-                    res[what] = {"error": f"skipped: float distances need {naive_bytes / 1e9:.1f} GB > --max-naive-bytes"}
-                else:
-                    res[what] = child({**base, "what": what}, args.timeout)
-            print("| mask build | time (s) | peak extra RSS | vs naive time | vs naive memory | note |")
-            print("|---|---|---|---|---|---|")
-            nv = res["mask_naive"]
-            for what, label in (("mask_naive", "naive (CamI2V float distances)"),
-                                ("mask_dense", "ours dense epipolar_mask"),
-                                ("mask_sparse", "ours epipolar_neighbors")):
-                r = res[what]
-                if "error" in r:
-                    print(f"| {label} | - | - | - | - | {r['error']} |")
-                    continue
-                ratio_t = f"{nv['time'] / r['time']:.1f}x" if "time" in nv else "-"
-                ratio_m = f"{nv['mem'] / max(r['mem'], 1):.1f}x" if "mem" in nv else "-"
-                note = f"density {r['density']:.3f}" if "density" in r else ""
-                if "agree" in r:
-                    note += f", agrees with ours on {100 * r['agree']:.3f}% of entries"
-                print(f"| {label} | {r['time']:.3f} | {fmt_mem(r['mem'])} | {ratio_t} | {ratio_m} | {note} |")
-
-            cost = L * (L + 4) * args.dim * 4
-            print("\n| attention | mode | time (s) | peak extra RSS | vs naive time | vs naive memory | note |")
-            print("|---|---|---|---|---|---|---|")
-            cases = [("naive", "naive"), ("epipolar", "dense"), ("epipolar", "sparse"), ("epipolar_ref", "dense"),
-                     ("epipolar_ref", "sparse"), ("cross_video", "dense"), ("cross_video", "sparse"),
-                     ("temporal", "dense"), ("full3d", "dense")]
-            compare = f"/tmp/camvid_bench_{os.getpid()}_{size}_{feat_hw[0]}x{feat_hw[1]}"
-            for mode in ("fwd", "fwdbwd"):
-                rows = {}
-                for variant, path in cases:
-                    heavy = variant in ("naive", "epipolar", "full3d")
-                    if heavy and cost > args.max_cost:
-                        rows[(variant, path)] = {"error": f"skipped: {cost / 1e9:.0f} GFLOP dense scores > --max-cost"}
-                        continue
-                    if variant == "naive" and (L * (L + 4) * 4 * 3 > args.max_naive_bytes
-                                               or (mode == "fwdbwd" and L * (L + 4) * 4 * (args.heads + 3)
-                                                   > args.max_naive_bytes)):
-                        rows[(variant, path)] = {"error": "skipped: naive float scores exceed --max-naive-bytes"}
-                        continue
-                    spec = {**base, "what": "attention", "variant": variant, "path": path, "mode": mode,
-                            "compare": compare if mode == "fwd" else None}
-                    rows[(variant, path)] = child(spec, args.timeout)
-                nv = rows[("naive", "naive")]
-                diff = ""
-                if mode == "fwd" and os.path.exists(compare + ".naive.naive.pt"):
-                    ref = torch.load(compare + ".naive.naive.pt")
-                    for p in ("dense", "sparse"):
-                        f = compare + f".epipolar.{p}.pt"
-                        if os.path.exists(f):
-                            diff += f" {p}: max|diff| {(torch.load(f) - ref).abs().max().item():.1e};"
-                            os.remove(f)
-                    os.remove(compare + ".naive.naive.pt")
-                for (variant, path), r in rows.items():
-                    label = "naive (CamI2V)" if variant == "naive" else f"{variant} [{path}]"
-                    if "error" in r:
-                        print(f"| {label} | {mode} | - | - | - | - | {r['error']} |")
-                        continue
-                    same = variant in ("epipolar",) and "time" in nv
-                    ratio_t = f"{nv['time'] / r['time']:.1f}x" if same else "-"
-                    ratio_m = f"{nv['mem'] / max(r['mem'], 1):.1f}x" if same else "-"
-                    note = f"plan {r['plan_time']:.2f}s (once per forward)" if "plan_time" in r else ""
-                    if variant == "epipolar" and diff and mode == "fwd":
-                        note += (";" if note else "") + " vs naive" + diff
-                    print(f"| {label} | {mode} | {r['time']:.3f} | {fmt_mem(r['mem'])} | {ratio_t} | {ratio_m} | {note} |")
+            if "masks" in args.parts:
+                mask_table(base, T, hw, args)
+            if "attention" in args.parts:
+                attention_table(base, L, size, feat_hw, args)
             sys.stdout.flush()
+
+
+def mask_table(base: dict, T: int, hw: int, args) -> None:
+    res = {}
+    naive_bytes = 2 * T * T * hw * hw * 4  # the float distances and their abs() coexist
+    for what in ("mask_naive", "mask_dense", "mask_sparse"):
+        if what == "mask_naive" and naive_bytes > args.max_naive_bytes:
+            res[what] = {"error": f"skipped: float distances need {naive_bytes / 1e9:.1f} GB > --max-naive-bytes"}
+        else:
+            res[what] = child({**base, "what": what}, args.timeout)
+    print("| mask build | time (s) | peak extra RSS | vs naive time | vs naive memory | note |")
+    print("|---|---|---|---|---|---|")
+    nv = res["mask_naive"]
+    for what, label in (("mask_naive", "naive (CamI2V float distances)"),
+                        ("mask_dense", "ours dense epipolar_mask"),
+                        ("mask_sparse", "ours epipolar_neighbors")):
+        r = res[what]
+        if "error" in r:
+            print(f"| {label} | - | - | - | - | {r['error']} |")
+            continue
+        ratio_t = f"{nv['time'] / r['time']:.1f}x" if "time" in nv else "-"
+        ratio_m = f"{nv['mem'] / max(r['mem'], 1):.1f}x" if "mem" in nv else "-"
+        note = f"density {r['density']:.3f}" if "density" in r else ""
+        if "agree" in r:
+            note += f", agrees with ours on {100 * r['agree']:.3f}% of entries"
+        print(f"| {label} | {r['time']:.3f} | {fmt_mem(r['mem'])} | {ratio_t} | {ratio_m} | {note} |")
+
+
+
+def attention_table(base: dict, L: int, size: str, feat_hw, args) -> None:
+    cost = L * (L + 4) * args.dim * 4
+    print("\n| attention | mode | time (s) | peak extra RSS | vs naive time | vs naive memory | note |")
+    print("|---|---|---|---|---|---|---|")
+    cases = [("naive", "naive"), ("epipolar", "dense"), ("epipolar", "sparse"), ("epipolar_ref", "dense"),
+             ("epipolar_ref", "sparse"), ("cross_video", "dense"), ("cross_video", "sparse"),
+             ("temporal", "dense"), ("full3d", "dense")]
+    compare = f"/tmp/camvid_bench_{os.getpid()}_{size}_{feat_hw[0]}x{feat_hw[1]}"
+    for mode in ("fwd", "fwdbwd"):
+        rows = {}
+        for variant, path in cases:
+            heavy = variant in ("naive", "full3d") or (variant == "epipolar" and path == "dense")
+            if heavy and cost > args.max_cost:
+                rows[(variant, path)] = {"error": f"skipped: {cost / 1e9:.0f} GFLOP dense scores > --max-cost"}
+                continue
+            if variant == "naive" and (L * (L + 4) * 4 * 3 > args.max_naive_bytes
+                                       or (mode == "fwdbwd" and L * (L + 4) * 4 * (args.heads + 3)
+                                           > args.max_naive_bytes)):
+                rows[(variant, path)] = {"error": "skipped: naive float scores exceed --max-naive-bytes"}
+                continue
+            spec = {**base, "what": "attention", "variant": variant, "path": path, "mode": mode,
+                    "compare": compare if mode == "fwd" else None}
+            rows[(variant, path)] = child(spec, args.timeout)
+        nv = rows[("naive", "naive")]
+        diff = ""
+        if mode == "fwd" and os.path.exists(compare + ".naive.naive.pt"):
+            ref = torch.load(compare + ".naive.naive.pt")
+            for p in ("dense", "sparse"):
+                f = compare + f".epipolar.{p}.pt"
+                if os.path.exists(f):
+                    diff += f" {p}: max|diff| {(torch.load(f) - ref).abs().max().item():.1e};"
+                    os.remove(f)
+            os.remove(compare + ".naive.naive.pt")
+        for (variant, path), r in rows.items():
+            label = "naive (CamI2V)" if variant == "naive" else f"{variant} [{path}]"
+            if "error" in r:
+                print(f"| {label} | {mode} | - | - | - | - | {r['error']} |")
+                continue
+            same = variant in ("epipolar",) and "time" in nv
+            ratio_t = f"{nv['time'] / r['time']:.1f}x" if same else "-"
+            ratio_m = f"{nv['mem'] / max(r['mem'], 1):.1f}x" if same else "-"
+            note = f"plan {r['plan_time']:.2f}s (once per forward)" if "plan_time" in r else ""
+            if variant == "epipolar" and diff and mode == "fwd":
+                note += (";" if note else "") + " vs naive" + diff
+            print(f"| {label} | {mode} | {r['time']:.3f} | {fmt_mem(r['mem'])} | {ratio_t} | {ratio_m} | {note} |")
 
 
 if __name__ == "__main__":

@@ -119,3 +119,18 @@ def test_processor_inside_an_animatediff_motion_module():
     assert torch.isfinite(changed).all() and (changed - base).abs().max() > 1e-4
     assert any(k.startswith("transformer_blocks.0.attn1.processor.cross_frame.epipolar_attn.")
                for k in motion.state_dict())
+
+
+def test_cross_video_with_a_sideways_partner_horizontal_bands():
+    """Same rotation, partner shifted along x: every cross-view line is horizontal (a = 0)."""
+    K, c2w = cameras(batch=1)
+    K2, c2w2 = K.repeat(2, 1, 1, 1), c2w.repeat(2, 1, 1, 1)
+    c2w2[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])
+    torch.manual_seed(3)
+    module = build_cross_frame_attention("cross_video", C, HEADS, norm_num_groups=8)
+    randomise_output(module)
+    x = torch.randn(2, T, HW, C)
+    outs = [module(x, AttentionContext(K=K2, c2w=c2w2, image_hw=IMAGE_HW, num_views=2, path=p), FEAT_HW)
+            for p in ("dense", "sparse")]
+    assert torch.isfinite(outs[0]).all() and outs[0].abs().max() > 0
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)

@@ -47,8 +47,10 @@ def _cfg(samples, out, **kw):
 
 
 def test_full_table_with_missing_weights(samples, tmp_path):
-    result = run_evaluation(_cfg(samples, tmp_path))
+    result = run_evaluation(_cfg(samples, tmp_path, reference=True))
     rows = {r.metric: r for r in result["rows"]}
+    # the GT videos are scored too (the reference column), by camera SfM and by the matcher
+    assert rows["RotErr"].reference is not None and rows["Precision"].reference is not None
     for m in ("RotErr", "TransErr", "CamMC", "RotAUC@5", "TransAUC@20", "Precision", "MatchingScore",
               "xRotAUC@5", "xPrecision"):
         assert rows[m].value is not None, m
@@ -65,7 +67,8 @@ def test_full_table_with_missing_weights(samples, tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["paper_row"] == "cami2v_t1_cami2v"
     assert (tmp_path / "results.csv").read_text().startswith("metric,value")
-    assert (tmp_path / "camera_per_video.csv").is_file()
+    per_video = (tmp_path / "camera_per_video.csv").read_text().splitlines()
+    assert len(per_video) == 3 and per_video[1].split(",")[6] == "1"  # gt_trials_ok of the first sample
 
 
 def test_unknown_options_fail_clearly(samples, tmp_path):

@@ -54,7 +54,8 @@ def _not_computed(metrics: list[str], reason: str, better: str = "") -> list[Res
     return [ResultRow(m, None, note=f"not computed: {reason}", better=better) for m in metrics]
 
 
-def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path, reference: bool) -> tuple[list[ResultRow], dict]:
+def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path,
+                 reference: bool) -> tuple[list[ResultRow], dict]:
     sfm = SfmOptions(**cfg.get("sfm", {}))
     config = CameraAccuracyConfig(
         trials=int(cfg.get("trials", 5)), base_seed=int(cfg.get("base_seed", 0)),
@@ -67,10 +68,8 @@ def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path, referenc
                 for r in records if not use_gt or r.gt_video_path is not None]
 
     generated = evaluate_camera_accuracy(jobs(False), config, tag="video")
-    reference = None
-    if reference and jobs(True):
-        reference = evaluate_camera_accuracy(jobs(True), config, tag="gt")
-    s, ref = generated["summary"], (reference or {}).get("summary", {})
+    gt_result = evaluate_camera_accuracy(jobs(True), config, tag="gt") if reference and jobs(True) else None
+    s, ref = generated["summary"], (gt_result or {}).get("summary", {})
     rows = [ResultRow(m, s[m], ref.get(m), better="lower",
                       note="" if s[m] is not None else "not computed: SfM failed on every video")
             for m in CAMERA_METRICS]
@@ -80,8 +79,8 @@ def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path, referenc
     rows.append(ResultRow("CameraVideoFailureRate", s["video_failure_rate"], ref.get("video_failure_rate"),
                           better="lower", note=f"{n_failed}/{s['num_videos']} videos with no successful trial "
                           "(counted, not dropped; their errors are absent from the means)"))
-    _write_per_video(out_dir / "camera_per_video.csv", generated["per_video"], (reference or {}).get("per_video"))
-    return rows, {"camera": generated, "camera_reference": reference}
+    _write_per_video(out_dir / "camera_per_video.csv", generated["per_video"], (gt_result or {}).get("per_video"))
+    return rows, {"camera": generated, "camera_reference": gt_result}
 
 
 def _write_per_video(path: Path, per_video: list[dict], reference: list[dict] | None) -> None:
