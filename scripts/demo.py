@@ -33,7 +33,7 @@ def run(stage: str, cmd: list[str], timings: dict, env: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="everything the demo writes goes here")
-    p.add_argument("--steps", type=int, default=300, help="training steps")
+    p.add_argument("--steps", type=int, default=200, help="training steps")
     p.add_argument("--clips", type=int, default=30, help="synthetic clips to render")
     p.add_argument("--samples", type=int, default=4, help="test clips to sample and evaluate")
     p.add_argument("--trials", type=int, default=2, help="SfM trials per video (the paper uses 5)")

@@ -46,9 +46,7 @@ def _data_overrides(model: str, data_root: Path) -> list[str]:
 def test_two_training_steps(model, family, data_root, tmp_path):
     cfg = compose(_overrides(data_root, tmp_path, f"model={model}", f"backbone=tiny_{family}",
                              *_data_overrides(model, data_root)))
-    from camvid.models.registry import build_method
-
-    from camvid.models.registry import set_trainable
+    from camvid.models.registry import build_method, set_trainable
 
     torch.manual_seed(int(cfg.seed))
     initial = build_method(cfg)
@@ -128,3 +126,27 @@ def test_multirun_through_submitit_local(data_root, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for job in ("0", "1"):
         assert find_latest(sweep / job / "checkpoints") is not None, sorted(p.name for p in sweep.rglob("*"))[:50]
+
+
+def test_missing_data_root_is_named_before_training(tmp_path):
+    missing = tmp_path / "no_such_dir"
+    cfg = compose([*TINY, "debug=fast", "model=cameractrl", "backbone=tiny_dynamicrafter", "data=re10k",
+                   f"data.root={missing}", f"paths.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        train(cfg)
+
+
+def test_unknown_config_option_is_named(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "train.py"), "model=nope", "--cfg", "job"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "model/nope" in proc.stderr and "cami2v" in proc.stderr
+
+
+def test_invalid_combination_fails_at_start_up(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "train.py"), "model=cami2v", "attn=cross_video",
+                           "backbone=tiny_dynamicrafter", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "attn=cross_video" in proc.stderr and "model=cami2v" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
