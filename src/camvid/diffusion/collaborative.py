@@ -21,9 +21,9 @@ from dataclasses import replace
 
 import torch
 
-from camvid.diffusion.ddim import ddim_sample, randn
+from camvid.diffusion.ddim import ddim_sample
 from camvid.diffusion.guidance import Guidance, guided_output
-from camvid.diffusion.sampler import make_ddim_schedule, model_device_dtype, prepare_conditions
+from camvid.diffusion.sampler import prepare_conditions, start_sampling
 from camvid.models.base import Conditions, VideoDiffusionModel
 
 PAIR_STRATEGIES = ("exhaustive", "partition")
@@ -110,13 +110,8 @@ def sample_collaborative(model: VideoDiffusionModel, cond: Conditions, *, num_vi
     """Jointly denoise G x M videos; returns latents (G*M, C, T, h, w)."""
     if latent_shape[0] % num_videos:
         raise ValueError(f"latent batch {latent_shape[0]} is not a multiple of num_videos={num_videos}")
-    device, dtype = model_device_dtype(model)
-    schedule = make_ddim_schedule(model, num_steps, spacing=spacing, steps_offset=steps_offset,
-                                  set_alpha_to_one=set_alpha_to_one)
-    if z_T is None:
-        z_T = randn(tuple(latent_shape), generator, device, dtype)
-    elif tuple(z_T.shape) != tuple(latent_shape):
-        raise ValueError(f"z_T has shape {tuple(z_T.shape)}, expected {tuple(latent_shape)}")
+    schedule, z_T = start_sampling(model, latent_shape, num_steps, generator, z_T, spacing=spacing,
+                                   steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one)
     guidance = Guidance.from_config(guidance)
 
     def predict(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

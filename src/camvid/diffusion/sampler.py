@@ -27,6 +27,20 @@ def make_ddim_schedule(model: VideoDiffusionModel, num_steps: int, *, spacing: s
                                set_alpha_to_one=set_alpha_to_one, scale_arr=getattr(model, "scale_arr", None))
 
 
+def start_sampling(model: VideoDiffusionModel, latent_shape: tuple[int, ...], num_steps: int,
+                   generator: torch.Generator | None, z_T: torch.Tensor | None, *, spacing: str,
+                   steps_offset: int, set_alpha_to_one: bool) -> tuple[DDIMSchedule, torch.Tensor]:
+    """The DDIM schedule and the starting noise (drawn, or the given ``z_T`` checked)."""
+    device, dtype = model_device_dtype(model)
+    schedule = make_ddim_schedule(model, num_steps, spacing=spacing, steps_offset=steps_offset,
+                                  set_alpha_to_one=set_alpha_to_one)
+    if z_T is None:
+        z_T = randn(tuple(latent_shape), generator, device, dtype)
+    elif tuple(z_T.shape) != tuple(latent_shape):
+        raise ValueError(f"z_T has shape {tuple(z_T.shape)}, expected {tuple(latent_shape)}")
+    return schedule, z_T
+
+
 def prepare_conditions(model: VideoDiffusionModel, batch_or_conditions: dict | Conditions,
                        latent_shape: tuple[int, ...] | None) -> tuple[Conditions, tuple[int, ...]]:
     """Conditions and the latent shape (B, C, T, h, w) to sample. A batch with a video is encoded
@@ -58,13 +72,8 @@ def sample_latents(model: VideoDiffusionModel, cond: Conditions, *, latent_shape
                    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Guided DDIM from pure noise (or ``z_T``) to clean latents (B, C, T, h, w)."""
     guidance = Guidance.from_config(guidance)
-    device, dtype = model_device_dtype(model)
-    schedule = make_ddim_schedule(model, num_steps, spacing=spacing, steps_offset=steps_offset,
-                                  set_alpha_to_one=set_alpha_to_one)
-    if z_T is None:
-        z_T = randn(tuple(latent_shape), generator, device, dtype)
-    elif tuple(z_T.shape) != tuple(latent_shape):
-        raise ValueError(f"z_T has shape {tuple(z_T.shape)}, expected {tuple(latent_shape)}")
+    schedule, z_T = start_sampling(model, latent_shape, num_steps, generator, z_T, spacing=spacing,
+                                   steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one)
 
     def predict(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return guided_output(model, z, t, cond, guidance)
