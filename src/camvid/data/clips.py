@@ -1,0 +1,229 @@
+"""One clip, wherever it is stored, and the frame-index / resize logic shared by every data set.
+
+A :class:`Clip` knows its key, caption, frame count and (for RealEstate10K) its camera track,
+and decodes only the frames that are asked for. Alignment between frames and pose lines is
+checked once, when the clip is opened: a clip whose frame count differs from its pose-line count
+is rejected with an error naming both files, never silently paired off by position.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from camvid.data.layout import IMAGE_SUFFIXES, Re10kClip, WebVidClip
+from camvid.data.shards import frame_keys, read_video_frames
+from camvid.geometry.cameras import (
+    CameraTrack,
+    normalized_to_pixel_intrinsics,
+    parse_pose_lines,
+    read_pose_file,
+    resize_crop_geometry,
+    resize_crop_intrinsics,
+)
+
+__all__ = [
+    "ClipTooShort",
+    "Clip",
+    "open_re10k_clip",
+    "open_webvid_clip",
+    "open_shard_sample",
+    "choose_stride",
+    "window_indices",
+    "fold_indices",
+    "resize_crop_video",
+    "clip_intrinsics",
+]
+
+
+class ClipTooShort(ValueError):
+    """The clip has fewer frames than the requested window needs."""
+
+
+@dataclass
+class Clip:
+    key: str
+    caption: str
+    num_frames: int
+    track: CameraTrack | None  # None for WebVid clips (no cameras)
+    load: Callable[[Sequence[int]], np.ndarray]  # indices -> (n, H, W, 3) uint8
+    source: str  # "re10k" or "webvid"
+    where: str  # file or shard member, for error messages
+
+    def frames(self, indices: Sequence[int]) -> np.ndarray:
+        bad = [int(i) for i in indices if not 0 <= int(i) < self.num_frames]
+        if bad:
+            raise IndexError(f"{self.where}: frame indices {bad} out of range [0, {self.num_frames})")
+        return self.load(list(indices))
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as err:  # PIL raises several types for corrupt data
+        raise ValueError(f"{where}: cannot decode image ({err})") from None
+
+
+def _read_image(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"frame file missing: {path}")
+    return _decode(path.read_bytes(), str(path))
+
+
+def _stack(frames: list[np.ndarray], where: str) -> np.ndarray:
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise ValueError(f"{where}: frames of one clip differ in size: {sorted(shapes)}")
+    return np.stack(frames)
+
+
+def open_re10k_clip(clip: Re10kClip) -> Clip:
+    """A clip in the RealEstate10K directory layout; checks frames against pose lines."""
+    track = read_pose_file(clip.pose_path)
+    if not clip.frame_dir.is_dir():
+        raise FileNotFoundError(f"frame folder missing for {clip.pose_path}: {clip.frame_dir}")
+    files = sorted(p for p in clip.frame_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) != len(track):
+        raise ValueError(
+            f"{clip.frame_dir}: {len(files)} frame files but {len(track)} pose lines in {clip.pose_path}; "
+            "refusing to pair frames and poses by position"
+        )
+
+    def load(indices: Sequence[int]) -> np.ndarray:
+        return _stack([_read_image(files[i]) for i in indices], str(clip.frame_dir))
+
+    return Clip(clip.clip_id, clip.caption, len(track), track, load, "re10k", str(clip.pose_path))
+
+
+def open_webvid_clip(clip: WebVidClip) -> Clip:
+    """A WebVid clip (mp4 decoded up front; frame folders decoded lazily)."""
+    path = clip.path
+    if path.suffix.lower() == ".mp4":
+        frames = read_video_frames(path)
+        if not frames:
+            raise ValueError(f"{path}: video has no frames")
+
+        def load(indices: Sequence[int]) -> np.ndarray:
+            return _stack([frames[i] for i in indices], str(path))
+
+        return Clip(clip.videoid, clip.caption, len(frames), None, load, "webvid", str(path))
+    if not path.is_dir():
+        raise FileNotFoundError(f"WebVid video {clip.videoid!r}: neither {path}.mp4 nor frame folder {path} exists")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no frames (png/jpg) in {path}")
+
+    def load_files(indices: Sequence[int]) -> np.ndarray:
+        return _stack([_read_image(files[i]) for i in indices], str(path))
+
+    return Clip(clip.videoid, clip.caption, len(files), None, load_files, "webvid", str(path))
+
+
+def open_shard_sample(sample: dict) -> Clip:
+    """A raw WebDataset sample (field -> bytes) written by :mod:`camvid.data.shards`."""
+    key = sample.get("__key__", "<no key>")
+    where = f"{sample.get('__url__', '<shard>')}:{key}"
+    keys = frame_keys(sample)
+    if not keys:
+        raise ValueError(f"{where}: sample has no frames")
+    expected = [f"{t:05d}" for t in range(len(keys))]
+    if [k.split(".")[0] for k in keys] != expected:
+        raise ValueError(f"{where}: frame fields are not numbered 00000..{len(keys) - 1:05d} (a frame is missing)")
+    caption = sample["txt"].decode() if "txt" in sample else ""
+    track = None
+    if "pose.txt" in sample:
+        track = parse_pose_lines(sample["pose.txt"].decode().splitlines(), source=f"{where}.pose.txt")
+        if len(track) != len(keys):
+            raise ValueError(
+                f"{where}: {len(keys)} frames but {len(track)} pose lines; refusing to pair them by position"
+            )
+
+    def load(indices: Sequence[int]) -> np.ndarray:
+        return _stack([_decode(sample[keys[i]], f"{where}.{keys[i]}") for i in indices], where)
+
+    return Clip(key, caption, len(keys), track, load, "re10k" if track is not None else "webvid", where)
+
+
+# --------------------------------------------------------------------------------------------
+# frame windows
+
+
+def choose_stride(
+    num_available: int, span_frames: int, stride_min: int, stride_max: int, rng: np.random.Generator | None,
+    where: str = "clip",
+) -> int:
+    """Stride for ``span_frames`` frames taken every ``stride`` frames out of ``num_available``.
+
+    Drawn uniformly from ``[stride_min, stride_max]`` (``rng=None``: ``stride_max``), then clamped
+    down so the window fits the clip. Raises :class:`ClipTooShort` when even stride 1 does not fit.
+    """
+    if not 1 <= stride_min <= stride_max:
+        raise ValueError(f"frame stride range must satisfy 1 <= stride_min <= stride_max, got [{stride_min}, {stride_max}]")
+    if num_available < span_frames:
+        raise ClipTooShort(f"{where}: has {num_available} frames, needs at least {span_frames}")
+    stride = stride_max if rng is None else int(rng.integers(stride_min, stride_max + 1))
+    if span_frames > 1:
+        stride = min(stride, (num_available - 1) // (span_frames - 1))
+    return max(stride, 1)
+
+
+def window_indices(
+    num_available: int, num_frames: int, stride: int, rng: np.random.Generator | None
+) -> np.ndarray:
+    """``num_frames`` indices ``start + stride * k``; random start (``rng=None``: start 0)."""
+    last_start = num_available - 1 - (num_frames - 1) * stride
+    start = 0 if rng is None else int(rng.integers(0, last_start + 1))
+    return start + stride * np.arange(num_frames)
+
+
+def fold_indices(
+    num_available: int, num_frames: int, stride: int, rng: np.random.Generator | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """CVD folding: a ``2T-1``-frame window cut at its middle frame ``m``; video A runs forward
+    ``m, m+s, ...`` and video B backward ``m, m-s, ...``, so both start on the same frame.
+    ``rng=None`` centres the window in the clip."""
+    reach = (num_frames - 1) * stride
+    lo, hi = reach, num_available - 1 - reach
+    if hi < lo:
+        raise ClipTooShort(f"fold needs {2 * reach + 1} frames at stride {stride}, clip has {num_available}")
+    middle = (lo + hi) // 2 if rng is None else int(rng.integers(lo, hi + 1))
+    steps = stride * np.arange(num_frames)
+    return middle + steps, middle - steps
+
+
+# --------------------------------------------------------------------------------------------
+# resize + crop
+
+
+def resize_crop_video(frames: np.ndarray, out_hw: tuple[int, int]) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, h, w) float32 in [-1, 1], short-side resize + centre crop.
+
+    Same geometry as :func:`camvid.geometry.cameras.resize_crop_geometry`; frames already at the
+    output size pass through untouched (bit-exact round trips).
+    """
+    src_hw = frames.shape[1:3]
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    if tuple(src_hw) != tuple(out_hw):
+        s, top, left = resize_crop_geometry(src_hw, out_hw)
+        new_h = max(out_hw[0], round(src_hw[0] * s))
+        new_w = max(out_hw[1], round(src_hw[1] * s))
+        if (new_h, new_w) != tuple(src_hw):
+            video = F.interpolate(video, size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                  antialias=s < 1).clamp(0, 255)
+        video = video[:, :, top : top + out_hw[0], left : left + out_hw[1]]
+    return video / 127.5 - 1.0
+
+
+def clip_intrinsics(track: CameraTrack, indices: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+    """Pixel K (T, 3, 3) at ``out_hw`` for the selected frames of a clip whose frames are ``src_hw``."""
+    norm = torch.from_numpy(track.intrinsics[indices]).double()
+    K = normalized_to_pixel_intrinsics(norm, width=src_hw[1], height=src_hw[0])
+    return resize_crop_intrinsics(K, src_hw, out_hw)

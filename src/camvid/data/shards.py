@@ -1,0 +1,258 @@
+"""WebDataset shards: one tar member group per clip.
+
+A RealEstate10K sample (key ``<clip_id>``) holds::
+
+    <clip_id>.pose.txt      the clip's pose file, byte for byte
+    <clip_id>.txt           caption (UTF-8)
+    <clip_id>.json          {"num_frames", "image_format", "source": "re10k"}
+    <clip_id>.00000.png     frames, in pose-file order (".jpg" when encoded as JPEG)
+    <clip_id>.depth.npy     optional z-depth (T, H, W)
+
+A WebVid sample holds ``.txt`` (caption), ``.json`` ({"num_frames", "image_format",
+"source": "webvid"}) and the frames. Shards are ``shard-%06d.tar`` beside a ``manifest.json``
+that lists every shard with its sample count.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from camvid.data.layout import IMAGE_SUFFIXES, Re10kClip, WebVidClip, list_re10k_clips, list_webvid_clips
+from camvid.geometry.cameras import read_pose_file
+
+__all__ = [
+    "SHARD_PATTERN",
+    "write_re10k_shards",
+    "write_webvid_shards",
+    "read_manifest",
+    "shard_urls",
+    "frame_keys",
+    "read_video_frames",
+    "iter_tar_samples",
+    "ShardMember",
+    "index_shards",
+]
+
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"frame folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no frames (png/jpg) in {folder}")
+    return files
+
+
+def _encode_frame(path: Path, image_format: str) -> bytes:
+    if image_format == "png" and path.suffix.lower() == ".png":
+        return path.read_bytes()  # lossless and cheaper than re-encoding
+    with Image.open(path) as im:
+        buf = io.BytesIO()
+        if image_format == "png":
+            im.convert("RGB").save(buf, format="PNG", compress_level=1)
+        else:
+            im.convert("RGB").save(buf, format="JPEG", quality=95)
+        return buf.getvalue()
+
+
+def _encode_array(image: np.ndarray, image_format: str) -> bytes:
+    buf = io.BytesIO()
+    if image_format == "png":
+        Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    else:
+        Image.fromarray(image).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def read_video_frames(path: Path) -> list[np.ndarray]:
+    """Frames of an mp4 file or a frame folder as uint8 (H, W, 3) arrays."""
+    path = Path(path)
+    if path.suffix.lower() == ".mp4":
+        if not path.is_file():
+            raise FileNotFoundError(f"video not found: {path}")
+        import imageio.v2 as imageio
+
+        with imageio.get_reader(path) as reader:
+            return [np.asarray(f)[..., :3] for f in reader]
+    return [np.asarray(Image.open(p).convert("RGB")) for p in _frame_files(path)]
+
+
+def _write_shards(samples: Iterable[dict], out: Path, shard_size: int, meta: dict) -> dict:
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    out.mkdir(parents=True, exist_ok=True)
+    shards: list[dict] = []
+    writer = None
+    for sample in samples:
+        if writer is None or shards[-1]["count"] >= shard_size:
+            if writer is not None:
+                writer.close()
+            name = SHARD_PATTERN.format(len(shards))
+            writer = wds.TarWriter(str(out / name))
+            shards.append({"name": name, "count": 0})
+        writer.write(sample)
+        shards[-1]["count"] += 1
+    if writer is not None:
+        writer.close()
+    if not shards:
+        raise ValueError(f"no samples to write into {out}")
+    manifest = {**meta, "num_samples": sum(s["count"] for s in shards), "shards": shards}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _re10k_sample(clip: Re10kClip, image_format: str, with_depth: bool) -> dict:
+    track = read_pose_file(clip.pose_path)  # validates the pose file before it goes into a shard
+    files = _frame_files(clip.frame_dir)
+    if len(files) != len(track):
+        raise ValueError(
+            f"{clip.frame_dir}: {len(files)} frame files but {len(track)} pose lines in {clip.pose_path}; "
+            "frames and poses would be misaligned"
+        )
+    ext = "png" if image_format == "png" else "jpg"
+    sample = {
+        "__key__": clip.clip_id,
+        "pose.txt": clip.pose_path.read_bytes(),
+        "txt": clip.caption.encode(),
+        "json": json.dumps({"num_frames": len(files), "image_format": ext, "source": "re10k"}).encode(),
+    }
+    for t, path in enumerate(files):
+        sample[f"{t:05d}.{ext}"] = _encode_frame(path, image_format)
+    if with_depth and clip.depth_path is not None:
+        buf = io.BytesIO()
+        np.save(buf, np.load(clip.depth_path))
+        sample["depth.npy"] = buf.getvalue()
+    return sample
+
+
+def write_re10k_shards(
+    root: str | Path,
+    split: str,
+    out: str | Path,
+    shard_size: int = 100,
+    image_format: str = "png",
+    with_depth: bool = False,
+    part: int = 0,
+    num_parts: int = 1,
+) -> dict:
+    """Pack one split of a RealEstate10K-layout directory into shards; returns the manifest.
+
+    ``part`` of ``num_parts`` packs every ``num_parts``-th clip starting at ``part`` (SLURM array
+    tasks each write their own shard directory)."""
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"image_format must be 'png' or 'jpg' (quality 95), got {image_format!r}")
+    if not 0 <= part < num_parts:
+        raise ValueError(f"part must be in [0, num_parts), got part={part}, num_parts={num_parts}")
+    clips = list_re10k_clips(root, split)[part::num_parts]
+    if any("." in c.clip_id for c in clips):
+        bad = next(c.clip_id for c in clips if "." in c.clip_id)
+        raise ValueError(f"clip id {bad!r} contains a '.', which WebDataset uses to split keys from fields")
+    samples = (_re10k_sample(c, image_format, with_depth) for c in clips)
+    return _write_shards(samples, Path(out), shard_size, {"source": "re10k", "split": split, "image_format": image_format,
+                                                            "part": part, "num_parts": num_parts})
+
+
+def _webvid_sample(clip: WebVidClip, image_format: str) -> dict:
+    frames = read_video_frames(clip.path)
+    ext = "png" if image_format == "png" else "jpg"
+    sample = {
+        "__key__": clip.videoid,
+        "txt": clip.caption.encode(),
+        "json": json.dumps({"num_frames": len(frames), "image_format": ext, "source": "webvid"}).encode(),
+    }
+    for t, frame in enumerate(frames):
+        sample[f"{t:05d}.{ext}"] = _encode_array(frame, image_format)
+    return sample
+
+
+def write_webvid_shards(
+    root: str | Path, out: str | Path, shard_size: int = 100, image_format: str = "jpg", csv_name: str = "webvid.csv"
+) -> dict:
+    """Pack a WebVid-layout directory (CSV + videos) into shards; returns the manifest."""
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"image_format must be 'png' or 'jpg' (quality 95), got {image_format!r}")
+    clips = list_webvid_clips(root, csv_name)
+    samples = (_webvid_sample(c, image_format) for c in clips)
+    return _write_shards(samples, Path(out), shard_size, {"source": "webvid", "image_format": image_format})
+
+
+def read_manifest(shard_dir: str | Path) -> dict:
+    path = Path(shard_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"shard manifest not found: {path} (write shards with data_prep/make_shards.py)")
+    return json.loads(path.read_text())
+
+
+def shard_urls(shard_dir: str | Path) -> list[str]:
+    """Shard paths listed in the manifest; each must exist."""
+    shard_dir = Path(shard_dir)
+    urls = []
+    for entry in read_manifest(shard_dir)["shards"]:
+        path = shard_dir / entry["name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"shard listed in {shard_dir / 'manifest.json'} is missing: {path}")
+        urls.append(str(path))
+    return urls
+
+
+def frame_keys(sample: dict) -> list[str]:
+    """Frame fields of a decoded-from-tar sample, in frame order (``00000.png``, ``00001.png``, ...)."""
+    keys = [k for k in sample if k[:5].isdigit() and k.endswith((".png", ".jpg"))]
+    return sorted(keys)
+
+
+def iter_tar_samples(url: str) -> Iterator[dict]:
+    """Raw samples of one shard (bytes per field), for inspection and tests."""
+    yield from wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+
+
+@dataclass(frozen=True)
+class ShardMember:
+    """One sample inside a shard, located by byte offsets (random access for map-style data sets)."""
+
+    url: str
+    key: str
+    fields: tuple[tuple[str, int, int], ...]  # (field, data offset, size)
+
+    def load(self) -> dict:
+        sample: dict = {"__key__": self.key, "__url__": self.url}
+        with open(self.url, "rb") as fh:
+            for name, offset, size in self.fields:
+                fh.seek(offset)
+                sample[name] = fh.read(size)
+        return sample
+
+
+def index_shards(urls: list[str]) -> list[ShardMember]:
+    """Scan tar headers (no decoding) and list every sample, in shard order."""
+    members: list[ShardMember] = []
+    for url in urls:
+        groups: dict[str, list[tuple[str, int, int]]] = {}
+        try:
+            with tarfile.open(url) as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    base = info.name.rsplit("/", 1)[-1]
+                    if "." not in base:
+                        continue
+                    key, field = base.split(".", 1)
+                    prefix = info.name[: len(info.name) - len(base)]
+                    groups.setdefault(prefix + key, []).append((field, info.offset_data, info.size))
+        except tarfile.TarError as err:
+            raise ValueError(f"{url}: not a readable tar shard ({err})") from None
+        members.extend(ShardMember(url, key.rsplit("/", 1)[-1], tuple(f)) for key, f in groups.items())
+    if not members:
+        raise ValueError(f"no samples in shards {urls[:3]}{'...' if len(urls) > 3 else ''}")
+    return members
