@@ -17,7 +17,7 @@ NAIVE reference, written here the way the public CamI2V code does it:
   (B, 1, L, R + L), then explicit float attention softmax(q k^T / sqrt(d) + bias) v. Heads are looped
   one at a time so the reference fits in this machine's memory (all heads at once needs
   ``heads`` times the score memory); this favours the reference's peak memory, not ours.
-Ours: ``camvid.geometry.epipolar_mask`` / ``epipolar_neighbors`` for masks and the modules of
+Ours: ``camvid.geometry.epipolar_mask`` / ``epipolar_neighbors`` / ``epipolar_runs`` for masks and the modules of
 ``camvid.attention`` (dense: one SDPA call with a (B, 1, L, R + L) bool mask; sparse: block-sparse
 band gather). "equal outputs" is checked: the max abs difference to the naive output is reported.
 """
@@ -143,6 +143,10 @@ def run_case(spec: dict) -> dict:
     elif what == "mask_sparse":
         t, mem, _ = measure(lambda: geo.epipolar_neighbors(K, c2w, (H, W), (h, w)), rep)
         out = {"time": t, "mem": mem}
+    elif what == "mask_runs":
+        t, mem, r = measure(lambda: geo.epipolar_runs(K, c2w, (H, W), (h, w)), rep)
+        size = sum(x.numel() * x.element_size() for x in (r.start, r.end))
+        out = {"time": t, "mem": mem, "note": f"output {size / 2**20:.0f} MiB ({r.start.dtype} start/end)"}
     else:  # attention: variant:path or naive, fwd or fwdbwd
         variant, path, mode = spec["variant"], spec["path"], spec["mode"]
         views = 2 if variant == "cross_video" else 1
@@ -159,10 +163,13 @@ def run_case(spec: dict) -> dict:
         x = torch.randn(B, T, h * w, C, requires_grad=(mode == "fwdbwd"))
         ctx = AttentionContext(K=Kb, c2w=c2wb, image_hw=(H, W), cond_index=torch.zeros(B, dtype=torch.long),
                                num_views=views, path=path if path != "naive" else "dense")
-        if variant in ("epipolar", "naive"):
-            mask = ctx.mask("all", (h, w))  # built before timing: attention cost only
-        elif variant == "epipolar_ref":
-            ctx.mask("ref", (h, w))
+        # Masks are built before timing (attention cost only), in the form each path reads: the dense
+        # bool mask for the naive reference, the row runs for our epipolar kinds (the dense path
+        # expands them chunk by chunk, the sparse plan lists them), the dense band for cross_video.
+        if variant == "naive":
+            mask = ctx.mask("all", (h, w))
+        elif variant in ("epipolar", "epipolar_ref"):
+            ctx.runs("all" if variant == "epipolar" else "ref", (h, w))
         elif variant == "cross_video":
             ctx.mask("cross", (h, w))
         if path == "sparse":
@@ -262,7 +269,7 @@ def main():
 def mask_table(base: dict, T: int, hw: int, args) -> None:
     res = {}
     naive_bytes = 2 * T * T * hw * hw * 4  # the float distances and their abs() coexist
-    for what in ("mask_naive", "mask_dense", "mask_sparse"):
+    for what in ("mask_naive", "mask_dense", "mask_sparse", "mask_runs"):
         if what == "mask_naive" and naive_bytes > args.max_naive_bytes:
             res[what] = {"error": f"skipped: float distances need {naive_bytes / 1e9:.1f} GB > --max-naive-bytes"}
         else:
@@ -272,14 +279,15 @@ def mask_table(base: dict, T: int, hw: int, args) -> None:
     nv = res["mask_naive"]
     for what, label in (("mask_naive", "naive (CamI2V float distances)"),
                         ("mask_dense", "ours dense epipolar_mask"),
-                        ("mask_sparse", "ours epipolar_neighbors")):
+                        ("mask_sparse", "ours epipolar_neighbors"),
+                        ("mask_runs", "ours epipolar_runs (compact)")):
         r = res[what]
         if "error" in r:
             print(f"| {label} | - | - | - | - | {r['error']} |")
             continue
         ratio_t = f"{nv['time'] / r['time']:.1f}x" if "time" in nv else "-"
         ratio_m = f"{nv['mem'] / max(r['mem'], 1):.1f}x" if "mem" in nv else "-"
-        note = f"density {r['density']:.3f}" if "density" in r else ""
+        note = f"density {r['density']:.3f}" if "density" in r else r.get("note", "")
         if "agree" in r:
             note += f", agrees with ours on {100 * r['agree']:.3f}% of entries"
         print(f"| {label} | {r['time']:.3f} | {fmt_mem(r['mem'])} | {ratio_t} | {ratio_m} | {note} |")

@@ -4,7 +4,12 @@ processor adapter. See docs/performance.md (Attention) for speed and memory."""
 
 from camvid.attention.context import MASK_KINDS, PATHS, AttentionContext
 from camvid.attention.diffusers_adapter import ContextSlot, CrossFrameAttnProcessor
-from camvid.attention.kernels import dense_masked_attention, mask_to_neighbors, pad_mask_for_registers
+from camvid.attention.kernels import (
+    chunked_masked_attention,
+    dense_masked_attention,
+    mask_to_neighbors,
+    pad_mask_for_registers,
+)
 from camvid.attention.registry import VARIANTS, build_cross_frame_attention
 from camvid.attention.sparse import TilePlan, build_tile_plan, tiled_sparse_attention
 from camvid.attention.variants import (
@@ -24,6 +29,7 @@ __all__ = [
     "PATHS",
     "ContextSlot",
     "CrossFrameAttnProcessor",
+    "chunked_masked_attention",
     "dense_masked_attention",
     "mask_to_neighbors",
     "pad_mask_for_registers",

@@ -28,6 +28,8 @@ from camvid.attention.sparse import TilePlan, build_tile_plan
 __all__ = ["AttentionContext", "MASK_KINDS", "PATHS"]
 
 MASK_KINDS = ("all", "ref", "cross")
+# Kinds built from epipolar row runs (camvid.geometry.epipolar_runs); "cross" uses the dense band.
+RUN_KINDS = ("all", "ref")
 PATHS = ("dense", "sparse", "auto")
 # "auto" goes sparse when the dense (B, Lq, Lk) bool mask would exceed this many elements (1 GiB).
 AUTO_DENSE_LIMIT = 1 << 30
@@ -138,6 +140,33 @@ class AttentionContext:
             self._cache[key] = pad_mask_for_registers(self.mask(kind, feat_hw), num_registers)
         return self._cache[key]
 
+    def runs(self, kind: str, feat_hw: tuple[int, int]):
+        """Row runs (``camvid.geometry.EpipolarRuns``) of kind "all" or "ref", memoised.
+
+        The compact exact form of :meth:`mask` for the geometric kinds: ``runs.rows(q0, q1)`` are
+        rows ``q0:q1`` of ``mask(kind, feat_hw)``; about ``2 / w`` of its size.
+        """
+        from camvid.geometry import epipolar as geo
+
+        if kind not in RUN_KINDS:
+            raise ValueError(f"mask kind {kind!r} has no row runs; valid: {', '.join(RUN_KINDS)}")
+        key = ("runs", kind, tuple(feat_hw))
+        if key not in self._cache:
+            self._require_cameras(kind)
+            ref = self.reference_index(self.K.shape[0], self.K.device)
+            self._cache[key] = geo.epipolar_runs(self.K, self.c2w, self.image_hw, tuple(feat_hw), mode=kind,
+                                                 ref_index=ref, threshold=self.threshold, seed=self.seed)
+        return self._cache[key]
+
+    def uses_runs(self, kind: str, feat_hw: tuple[int, int]) -> bool:
+        """True when the dense path expands mask rows chunk by chunk from :meth:`runs`.
+
+        That is the case for the geometric kinds unless the dense mask is the source (seeded with
+        :meth:`put_mask`, already built, or replaced by ``mask_fn``); the rows are equal either way.
+        """
+        return (kind in RUN_KINDS and self.K is not None and self.mask_fn is None
+                and ("mask", kind, tuple(feat_hw)) not in self._cache)
+
     def tile_plan(self, kind: str, feat_hw: tuple[int, int]) -> TilePlan:
         key = ("plan", kind, tuple(feat_hw))
         if key not in self._cache:
@@ -211,13 +240,11 @@ class AttentionContext:
         self._require_cameras(kind)
         B, T = self.K.shape[:2]
         hw = feat_hw[0] * feat_hw[1]
-        if kind == "all":
-            return geo.epipolar_neighbors(self.K, self.c2w, self.image_hw, feat_hw, mode="all",
-                                          threshold=self.threshold, seed=self.seed)
+        if kind == "all":  # the runs are shared with the chunked dense path
+            return self.runs("all", feat_hw).to_neighbors()
         if kind == "ref":
             ref = self.reference_index(B, self.K.device)
-            index, valid = geo.epipolar_neighbors(self.K, self.c2w, self.image_hw, feat_hw, mode="ref",
-                                                  ref_index=ref, threshold=self.threshold, seed=self.seed)
+            index, valid = self.runs("ref", feat_hw).to_neighbors()
             local = index - (ref * hw).view(B, 1, 1)  # key tokens of the reference frame -> its cells
             return torch.where(valid, local, torch.zeros_like(local)), valid
         indices, valids = [], []

@@ -14,14 +14,20 @@ return exactly 0 for it and pass zero gradient through it (``row_valid``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "chunked_masked_attention",
     "dense_masked_attention",
     "mask_to_neighbors",
     "pad_mask_for_registers",
 ]
+
+# Bool mask elements per query chunk of ``chunked_masked_attention`` (16 MiB).
+CHUNK_MASK_ELEMENTS = 1 << 24
 
 def pad_mask_for_registers(mask: torch.Tensor, num_registers: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prepare a (B, Lq, Lk) bool mask for ``dense_masked_attention``.
@@ -58,6 +64,35 @@ def dense_masked_attention(
     if row_valid is not None:
         out = out * row_valid[:, None, :, None].to(out.dtype)
     return out
+
+
+def chunked_masked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rows: Callable[[int, int], torch.Tensor],
+    num_registers: int,
+    chunk_elements: int | None = None,
+) -> torch.Tensor:
+    """``dense_masked_attention`` over query chunks whose mask rows come from ``rows(q0, q1)``.
+
+    q (B, H, Lq, D); k/v (B, H, R + Lk, D) with the ``num_registers`` register tokens first;
+    ``rows(q0, q1)`` returns the (B, q1 - q0, Lk) bool rows of queries ``q0:q1`` (no register
+    columns). Each chunk gets the register columns (or, without registers, its empty rows opened
+    and zeroed) exactly as ``pad_mask_for_registers`` does for the whole mask, so the result is the
+    same function while only one chunk of the (B, Lq, R + Lk) mask exists at a time (about
+    ``chunk_elements`` elements, default ``CHUNK_MASK_ELEMENTS``).
+    """
+    B, _, Lq, _ = q.shape
+    n = max(1, (chunk_elements or CHUNK_MASK_ELEMENTS) // max(1, B * k.shape[2]))
+    if n >= Lq:
+        return dense_masked_attention(q, k, v, *pad_mask_for_registers(rows(0, Lq), num_registers))
+    outs = []
+    for q0 in range(0, Lq, n):
+        q1 = min(Lq, q0 + n)
+        mask, row_valid = pad_mask_for_registers(rows(q0, q1), num_registers)
+        outs.append(dense_masked_attention(q[:, :, q0:q1], k, v, mask, row_valid))
+    return torch.cat(outs, dim=2)
 
 
 def mask_to_neighbors(mask: torch.Tensor, max_keys: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

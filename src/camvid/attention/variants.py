@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camvid.attention.context import AttentionContext
-from camvid.attention.kernels import dense_masked_attention
+from camvid.attention.kernels import chunked_masked_attention, dense_masked_attention
 from camvid.attention.sparse import tiled_sparse_attention
 
 __all__ = [
@@ -128,15 +128,25 @@ class MultiHeadAttention(nn.Module):
             if reg_k is not None:
                 kh = torch.cat([reg_k.expand(N, -1, -1, -1), kh], dim=2)
                 vh = torch.cat([reg_v.expand(N, -1, -1, -1), vh], dim=2)
-            mask = row_valid = None
-            if kind is not None:
-                mask, row_valid = ctx.dense_mask(kind, feat_hw, self.num_register_tokens)
-                if mask.shape != (N, Lq, kh.shape[2]):
-                    raise ValueError(
-                        f"{kind!r} mask at {feat_hw} has shape {tuple(mask.shape)}, expected "
-                        f"{(N, Lq, kh.shape[2])} (rows, queries, registers + keys)"
-                    )
-            out = dense_masked_attention(qh, kh, vh, mask, row_valid).transpose(1, 2)
+            if kind is not None and ctx.uses_runs(kind, feat_hw):
+                # Mask rows are expanded from the memoised row runs one query chunk at a time, so the
+                # (N, Lq, R + Lk) mask never exists as a whole.
+                runs = ctx.runs(kind, feat_hw)
+                shape = (runs.start.shape[0], runs.num_queries, runs.start.shape[2] * feat_hw[0] * feat_hw[1])
+                if shape != (N, Lq, Lk):
+                    raise ValueError(f"{kind!r} mask at {feat_hw} has shape {shape}, expected {(N, Lq, Lk)} "
+                                     "(rows, queries, keys)")
+                out = chunked_masked_attention(qh, kh, vh, runs.rows, self.num_register_tokens).transpose(1, 2)
+            else:
+                mask = row_valid = None
+                if kind is not None:
+                    mask, row_valid = ctx.dense_mask(kind, feat_hw, self.num_register_tokens)
+                    if mask.shape != (N, Lq, kh.shape[2]):
+                        raise ValueError(
+                            f"{kind!r} mask at {feat_hw} has shape {tuple(mask.shape)}, expected "
+                            f"{(N, Lq, kh.shape[2])} (rows, queries, registers + keys)"
+                        )
+                out = dense_masked_attention(qh, kh, vh, mask, row_valid).transpose(1, 2)
         return self.to_out(out.reshape(N, Lq, self.heads * self.dim_head))
 
 

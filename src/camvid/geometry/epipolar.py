@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -44,8 +45,11 @@ __all__ = [
     "default_threshold",
     "epipolar_mask",
     "epipolar_neighbors",
+    "epipolar_runs",
+    "EpipolarRuns",
     "cross_view_band_mask",
     "cross_view_band_neighbors",
+    "cross_view_band_runs",
     "neighbors_to_mask",
     "band_mask_from_lines",
     "band_neighbors_from_lines",
@@ -58,6 +62,9 @@ COINCIDENT_EPS = 1e-6
 _DEGENERATE_LINE_RTOL = 1e-10
 # (line, feature row) pairs per chunk of the band kernels: bounds their temporaries (~ 100 B each).
 _CHUNK_ROWS = 1 << 15
+# (line, feature row) pairs per chunk of the run builder (~ 150 B each): larger chunks mean fewer,
+# longer ops, which is most of its cost.
+_RUNS_CHUNK_ROWS = 1 << 16
 # Largest run-pattern lookup table (bool elements); wider grids compare against the run ends instead.
 _MAX_TABLE = 1 << 22
 
@@ -214,8 +221,13 @@ def pseudo_lines_through(points: torch.Tensor, angles: torch.Tensor) -> torch.Te
         pz = torch.where(pz.abs() < tiny, torch.where(pz < 0, -tiny, tiny), pz)
     else:
         raise ValueError(f"pseudo_lines_through: points must end in 2 or 3 coordinates, got {tuple(points.shape)}")
-    a = torch.cos(angles).to(points.dtype).unsqueeze(-1).expand_as(px)
-    b = torch.sin(angles).to(points.dtype).unsqueeze(-1).expand_as(px)
+    return _lines_through(px, py, pz, torch.cos(angles), torch.sin(angles))
+
+
+def _lines_through(px, py, pz, cos_a, sin_a) -> torch.Tensor:
+    """Body of :func:`pseudo_lines_through` from the directions' cosines and sines (elementwise only)."""
+    a = cos_a.to(px.dtype).unsqueeze(-1).expand_as(px)
+    b = sin_a.to(px.dtype).unsqueeze(-1).expand_as(px)
     c = -(a * px + b * py) / pz
     return torch.stack([a, b, c], dim=-1)
 
@@ -248,17 +260,37 @@ def epipolar_lines(
     H_inf = K_dst @ R @ K_src_inv
     pts_h = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)  # (..., N, 3)
     lines = pts_h @ F.transpose(-1, -2)  # (P..., N, 3)
-    through_homography = pseudo_lines_through(pts_h @ H_inf.transpose(-1, -2), angles)
-    epipole = (K_dst @ t.unsqueeze(-1)).squeeze(-1).unsqueeze(-2).expand_as(lines)
-    through_epipole = pseudo_lines_through(epipole, angles)
+    # Pseudo lines are formed only where they are used (few pairs / queries), elementwise from the
+    # cosines and sines of all angles, so each equals what a full-size evaluation would give.
+    cos_a, sin_a = torch.cos(angles), torch.sin(angles)
 
     ab = lines[..., :2].norm(dim=-1)
     degenerate = ab <= _DEGENERATE_LINE_RTOL * lines.norm(dim=-1)
     safe_ab = torch.where(degenerate, torch.ones_like(ab), ab)
-    lines = torch.where(degenerate.unsqueeze(-1), through_epipole, lines / safe_ab.unsqueeze(-1))
+    lines = lines / safe_ab.unsqueeze(-1)
+    if bool(degenerate.any()):
+        epipole = (K_dst @ t.unsqueeze(-1)).squeeze(-1).unsqueeze(-2)  # (P..., 1, 3)
+        through_epipole = _pseudo_lines_homogeneous(epipole, cos_a, sin_a).expand_as(lines)
+        lines = torch.where(degenerate.unsqueeze(-1), through_epipole, lines)
     coincident = (c2w_src[..., :3, 3] - c2w_dst[..., :3, 3]).norm(dim=-1) <= eps  # (P...)
-    coincident = coincident.unsqueeze(-1).unsqueeze(-1)
-    return torch.where(coincident, through_homography, lines)
+    if bool(coincident.any()):
+        mapped = pts_h @ H_inf.transpose(-1, -2)  # (P..., N, 3)
+        pairs = lines.shape[:-2]
+        sel = torch.broadcast_to(coincident, pairs)
+        lines[sel] = _pseudo_lines_homogeneous(
+            torch.broadcast_to(mapped, lines.shape)[sel],
+            torch.broadcast_to(cos_a, pairs)[sel],
+            torch.broadcast_to(sin_a, pairs)[sel],
+        )
+    return lines
+
+
+def _pseudo_lines_homogeneous(points: torch.Tensor, cos_a: torch.Tensor, sin_a: torch.Tensor) -> torch.Tensor:
+    """:func:`pseudo_lines_through` for homogeneous ``points`` (..., N, 3) from precomputed cos / sin."""
+    px, py, pz = points.unbind(-1)
+    tiny = torch.finfo(points.dtype).eps
+    pz = torch.where(pz.abs() < tiny, torch.where(pz < 0, -tiny, tiny), pz)
+    return _lines_through(px, py, pz, cos_a, sin_a)
 
 
 # --------------------------------------------------------------------------- feature grids
@@ -421,78 +453,165 @@ def _fill_dense_chunks(out: torch.Tensor, lines: torch.Tensor, image_hw, feat_hw
                 dst.copy_(table[pattern].view(dst.shape))
 
 
-def _query_runs(lines, i, q0, n, image_hw, feat_hw, threshold):
-    """Row runs of queries ``q0 : q0 + n`` of query frame ``i`` of ``lines`` (Q, S, hw, 3): (n, S, h) each."""
-    return _row_runs(lines[i, :, q0 : q0 + n].transpose(0, 1), image_hw, feat_hw, threshold)
-
-
 def _run_dtype(w: int) -> torch.dtype:
-    """Smallest integer dtype holding a run's first column and length (both in [0, w])."""
+    """Smallest integer dtype holding a run end (a column in [0, w])."""
     return torch.uint8 if w <= 255 else torch.int16 if w <= 32767 else torch.int32
 
 
-def _sparse_from_lines(
-    lines: torch.Tensor, key_frames: torch.Tensor, image_hw, feat_hw, threshold: float, max_keys: int | None
+def _lines_to_runs(
+    lines: torch.Tensor, image_hw, feat_hw, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lines`` (B, Q, S, hw, 3), ``key_frames`` (B, Q, S) ascending in S -> (index, valid) (B, Q*hw, Kmax)."""
-    with _one_thread():
-        return _sparse_chunks(lines, key_frames, image_hw, feat_hw, threshold, max_keys)
+    """``lines`` (B, Q, S, hw, 3) -> run ends ``(start, end)`` (B, Q*hw, S, h), kept columns [start, end).
 
-
-def _sparse_chunks(
-    lines: torch.Tensor, key_frames: torch.Tensor, image_hw, feat_hw, threshold: float, max_keys: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Body of :func:`_sparse_from_lines`.
-
-    The row runs are found once and kept as small integers (2 bytes per line and row for grids up
-    to 255 wide) until Kmax is known; then the output is written chunk by chunk. A query's keys are
-    its runs in (key frame, row) order, each run ascending, hence sorted.
+    The lines are walked in memory order, ``_RUNS_CHUNK_ROWS`` (line, row) pairs at a time, and the
+    runs stored as small integers, so the build holds the lines, 2 small integers per (line, row)
+    (twice, for the final reordering to query-major) and one chunk of float64 temporaries.
     """
-    B, Q, S, hw, _ = lines.shape
-    h, w = feat_hw
-    chunk = _chunk_queries(S, h)
-    small = _run_dtype(w)
-    blocks = []
-    counts = torch.empty(B, Q, hw, dtype=torch.long, device=lines.device)
-    for bi in range(B):
-        for i in range(Q):
-            for q0 in range(0, hw, chunk):
-                lo, hi = _query_runs(lines[bi], i, q0, chunk, image_hw, feat_hw, threshold)
-                length = (hi - lo).add_(1).clamp_(min=0)
-                counts[bi, i, q0 : q0 + chunk] = length.sum((-1, -2)).long()
-                blocks.append((bi, i, q0, lo.to(small), length.to(small)))
+    with _one_thread():
+        B, Q, S, hw, _ = lines.shape
+        h, w = feat_hw
+        small = _run_dtype(w)
+        flat = lines.reshape(-1, 3)
+        lo_all = torch.empty(flat.shape[0], h, dtype=small, device=lines.device)
+        end_all = torch.empty_like(lo_all)
+        chunk = max(1, _RUNS_CHUNK_ROWS // h)
+        for l0 in range(0, flat.shape[0], chunk):
+            lo, hi = _row_runs(flat[l0 : l0 + chunk], image_hw, feat_hw, threshold)
+            lo_all[l0 : l0 + chunk] = lo
+            end_all[l0 : l0 + chunk] = torch.maximum(hi.add_(1), lo)  # an empty row may come as (w, 0)
+
+        def query_major(runs: torch.Tensor) -> torch.Tensor:
+            return runs.view(B, Q, S, hw, h).transpose(2, 3).reshape(B, Q * hw, S, h)
+
+        return query_major(lo_all), query_major(end_all)
+
+
+def _neighbors_from_runs(
+    start: torch.Tensor, end: torch.Tensor, key_frames: torch.Tensor, feat_hw, max_keys: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs (B, L, S, h) with ``key_frames`` (B, L // hw, S) -> neighbour lists (index, valid) (B, L, Kmax).
+
+    A query's keys are its runs in (key frame, row) order, each run ascending; ``key_frames`` must
+    ascend along S, so the lists come out sorted.
+    """
+    with _one_thread():
+        return _neighbors_from_runs_chunks(start, end, key_frames, feat_hw, max_keys)
+
+
+def _neighbors_from_runs_chunks(start, end, key_frames, feat_hw, max_keys):
+    B, L, S, h = start.shape
+    w = feat_hw[1]
+    hw = h * w
+    device = start.device
+    counts = (end - start).sum((-1, -2), dtype=torch.long)  # end >= start: no wrap-around
     kmax = int(counts.max()) if counts.numel() else 0
     if max_keys is not None:
         if int(max_keys) < kmax:
             raise ValueError(f"max_keys={max_keys} is smaller than the {kmax} keys some query needs; "
                              "raise max_keys or leave it None")
         kmax = int(max_keys)
-    index = torch.empty(B, Q * hw, kmax, dtype=torch.long, device=lines.device)  # every row is written
-    valid = torch.empty(B, Q * hw, kmax, dtype=torch.bool, device=lines.device)
+    index = torch.empty(B, L, kmax, dtype=torch.long, device=device)  # every row is written
+    valid = torch.empty(B, L, kmax, dtype=torch.bool, device=device)
     if kmax == 0:
         return index, valid
-    slots = torch.arange(kmax, device=lines.device)
-    row_starts = torch.arange(h, device=lines.device) * w
-    blocks.reverse()
-    while blocks:
-        bi, i, q0, lo, length = blocks.pop()  # popped: the runs' memory goes as the output fills
-        start = (lo.long() + row_starts).add_(key_frames[bi, i].view(1, -1, 1) * (h * w)).flatten(1)
-        length = length.long().flatten(1)  # (n, S*h)
-        n = start.shape[0]
-        # Slot p of a query holds p + g(run of p), g = first key - first slot of the run. Adding the
-        # jumps of g at each run's first slot and taking a cumulative sum spreads g over its run;
-        # empty runs telescope away, runs starting at the end fall into the dump column kmax.
-        first = length.cumsum(-1).sub_(length)
-        g = start.sub_(first)
-        jumps = torch.diff(g, dim=-1, prepend=torch.zeros_like(g[:, :1]))
-        acc = torch.zeros(n, kmax + 1, dtype=torch.long, device=lines.device)
-        acc.scatter_add_(1, first, jumps)
-        rows = slice(i * hw + q0, i * hw + q0 + n)
-        keys, used = index[bi, rows], valid[bi, rows]
-        torch.cumsum(acc[:, :kmax], -1, out=keys)
-        torch.lt(slots, counts[bi, i, q0 : q0 + n].unsqueeze(-1), out=used)
-        keys.add_(slots).masked_fill_(~used, 0)
+    slots = torch.arange(kmax, device=device)
+    row_starts = torch.arange(h, device=device) * w
+    chunk = max(1, min(hw, _CHUNK_ROWS // max(1, S * h)))
+    for bi in range(B):
+        for r0 in range(0, L, chunk):
+            n = min(chunk, L - r0)
+            # a chunk never crosses a query frame when it divides hw; otherwise gather frames per row
+            frames = key_frames[bi, torch.arange(r0, r0 + n, device=device) // hw]  # (n, S)
+            lo = start[bi, r0 : r0 + n].long()
+            length = (end[bi, r0 : r0 + n].long() - lo).flatten(1)  # (n, S*h)
+            first_key = lo.add_(row_starts).add_(frames.unsqueeze(-1) * hw).flatten(1)
+            # Slot p of a query holds p + g(run of p), g = first key - first slot of the run. Adding the
+            # jumps of g at each run's first slot and taking a cumulative sum spreads g over its run;
+            # empty runs telescope away, runs starting at the end fall into the dump column kmax.
+            first = length.cumsum(-1).sub_(length)
+            g = first_key.sub_(first)
+            jumps = torch.diff(g, dim=-1, prepend=torch.zeros_like(g[:, :1]))
+            acc = torch.zeros(n, kmax + 1, dtype=torch.long, device=device)
+            acc.scatter_add_(1, first, jumps)
+            keys, used = index[bi, r0 : r0 + n], valid[bi, r0 : r0 + n]
+            torch.cumsum(acc[:, :kmax], -1, out=keys)
+            torch.lt(slots, counts[bi, r0 : r0 + n].unsqueeze(-1), out=used)
+            keys.add_(slots).masked_fill_(~used, 0)
     return index, valid
+
+
+def _sparse_from_lines(
+    lines: torch.Tensor, key_frames: torch.Tensor, image_hw, feat_hw, threshold: float, max_keys: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lines`` (B, Q, S, hw, 3), ``key_frames`` (B, Q, S) ascending in S -> (index, valid) (B, Q*hw, Kmax)."""
+    start, end = _lines_to_runs(lines, image_hw, feat_hw, threshold)
+    return _neighbors_from_runs(start, end, key_frames, feat_hw, max_keys)
+
+
+@dataclass(frozen=True, eq=False)  # tensors: compare with to_dense() / torch.equal instead
+class EpipolarRuns:
+    """Compact exact form of a band mask: per (query token, key frame, key row) one run of key columns.
+
+    ``start`` / ``end`` (B, Q*hw, S, h), small integers (uint8 for grids up to 255 wide, else int16):
+    query token ``i*hw + q`` keeps the key cells ``r*w + c`` of key frame ``key_frames[b, i, s]``
+    with ``start <= c < end`` in row ``r`` (empty when ``start == end``). ``key_frames`` (B, Q, S)
+    long, ascending along S; ``num_frames`` key frames exist in all (the dense layouts' key axis).
+    2 bytes (uint8 start and end) per (query, key frame, row) instead of ``w`` for the dense rows.
+    """
+
+    start: torch.Tensor
+    end: torch.Tensor
+    key_frames: torch.Tensor
+    feat_hw: tuple[int, int]
+    num_frames: int
+
+    @property
+    def num_queries(self) -> int:
+        return self.start.shape[1]
+
+    def rows(self, q0: int, q1: int) -> torch.Tensor:
+        """Dense bool rows of query tokens ``q0:q1`` over the runs' own key frames: (B, q1 - q0, S*h*w).
+
+        Key token ``s*hw + k`` is cell k of key frame ``key_frames[b, i, s]`` (for ``mode="all"``
+        this is the (B, T*hw, T*hw) token-layout mask; for ``mode="ref"`` the (B, T*hw, hw) one).
+        """
+        if not 0 <= q0 <= q1 <= self.num_queries:
+            raise ValueError(f"query range [{q0}, {q1}) is outside [0, {self.num_queries}]")
+        B, _, S, h = self.start.shape
+        w = self.feat_hw[1]
+        lo, hi = self.start[:, q0:q1], self.end[:, q0:q1]
+        if (w + 1) ** 2 * w <= _MAX_TABLE:  # gather each row's pattern from a small table
+            pattern = lo.long().mul_(w + 1).add_(hi.long()).reshape(-1)
+            rows = _row_patterns(w, lo.device)[pattern]
+        else:
+            cols = torch.arange(w, device=lo.device)
+            rows = (cols >= lo.unsqueeze(-1).long()) & (cols < hi.unsqueeze(-1).long())
+        return rows.view(B, q1 - q0, S * h * w)
+
+    def to_dense(self) -> torch.Tensor:
+        """The full mask (B, Q, hw, num_frames, hw) (``epipolar_mask`` layout), written chunk by chunk."""
+        B, L, S, h = self.start.shape
+        hw = h * self.feat_hw[1]
+        Q = L // hw
+        every = self.key_frames.new_tensor(range(self.num_frames))
+        contiguous = S == self.num_frames and bool((self.key_frames == every).all())
+        alloc = torch.empty if contiguous else torch.zeros  # "all": every element is written
+        out = alloc(B, Q, hw, self.num_frames, hw, dtype=torch.bool, device=self.start.device)
+        chunk = max(1, min(hw, _CHUNK_ROWS // max(1, S * h)))
+        for i in range(Q):
+            for q0 in range(0, hw, chunk):
+                n = min(chunk, hw - q0)
+                rows = self.rows(i * hw + q0, i * hw + q0 + n).view(B, n, S, hw)
+                if contiguous:
+                    out[:, i, q0 : q0 + n] = rows
+                    continue
+                for bi in range(B):
+                    out[bi, i, q0 : q0 + n, self.key_frames[bi, i]] = rows[bi]
+        return out
+
+    def to_neighbors(self, max_keys: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Neighbour lists (index, valid) (B, Q*hw, Kmax) into the ``num_frames * hw`` key tokens."""
+        return _neighbors_from_runs(self.start, self.end, self.key_frames, self.feat_hw, max_keys)
 
 
 # --------------------------------------------------------------------------- epipolar attention
@@ -581,16 +700,43 @@ def epipolar_neighbors(
     line's band, so it never forms the dense mask.
     """
     _check_mode(mode)
-    image_hw, feat_hw, threshold = _prepare(K, c2w, image_hw, feat_hw, threshold, "epipolar_neighbors")
+    runs = epipolar_runs(K, c2w, image_hw, feat_hw, mode=mode, ref_index=ref_index, threshold=threshold,
+                         seed=seed, eps=eps)
+    return runs.to_neighbors(max_keys)
+
+
+def epipolar_runs(
+    K: torch.Tensor,
+    c2w: torch.Tensor,
+    image_hw: tuple[int, int],
+    feat_hw: tuple[int, int],
+    *,
+    mode: str = "all",
+    ref_index: int | torch.Tensor = 0,
+    threshold: float | None = None,
+    seed: int = 0,
+    eps: float = COINCIDENT_EPS,
+) -> EpipolarRuns:
+    """Compact form of :func:`epipolar_mask` (same arguments): the row runs, never the dense mask.
+
+    ``mode="all"``: runs over every key frame, ``start``/``end`` (B, T*h*w, T, h); ``mode="ref"``:
+    over key frame ``ref_index`` only, (B, T*h*w, 1, h). ``.to_dense()`` equals ``epipolar_mask``,
+    ``.to_neighbors(max_keys)`` equals ``epipolar_neighbors`` and ``.rows(q0, q1)`` expands a chunk of
+    query tokens, all bit for bit (one set of runs underlies every form).
+    """
+    _check_mode(mode)
+    image_hw, feat_hw, threshold = _prepare(K, c2w, image_hw, feat_hw, threshold, "epipolar_runs")
     B, T = K.shape[:2]
-    lines = _clip_lines(K, c2w, image_hw, feat_hw, seed, eps)
+    with _one_thread():  # small ops: one thread is faster on a busy host (see _one_thread)
+        lines = _clip_lines(K, c2w, image_hw, feat_hw, seed, eps)
     if mode == "all":
         key_frames = torch.arange(T, device=K.device).expand(B, T, T)
     else:
         ref = _ref_indices(ref_index, B, T, K.device)
         lines = lines[torch.arange(B, device=K.device), :, ref].unsqueeze(2)
         key_frames = ref.view(B, 1, 1).expand(B, T, 1)
-    return _sparse_from_lines(lines, key_frames, image_hw, feat_hw, threshold, max_keys)
+    start, end = _lines_to_runs(lines, image_hw, feat_hw, threshold)
+    return EpipolarRuns(start, end, key_frames, feat_hw, T)
 
 
 # --------------------------------------------------------------------------- cross-video (CVD)
@@ -680,6 +826,35 @@ def cross_view_band_neighbors(
     tau = _check_threshold(tau, "tau")
     lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_band_neighbors")
     return band_neighbors_from_lines(lines.squeeze(2), image_hw, feat_hw, tau, max_keys)
+
+
+def cross_view_band_runs(
+    K_a: torch.Tensor,
+    c2w_a: torch.Tensor,
+    K_b: torch.Tensor,
+    c2w_b: torch.Tensor,
+    image_hw: tuple[int, int],
+    feat_hw: tuple[int, int],
+    *,
+    tau: float = 3.0,
+    seed: int = 0,
+    eps: float = COINCIDENT_EPS,
+) -> EpipolarRuns:
+    """Row runs of :func:`cross_view_band_mask`: ``start``/``end`` (B, T*h*w, 1, h), key frame t for frame t.
+
+    ``.rows(q0, q1)`` are rows of the band mask in token layout (B, T*h*w, h*w) (``mask.view``),
+    ``.to_neighbors()`` equals :func:`cross_view_band_neighbors`, and ``.to_dense()`` places each
+    frame's band in the diagonal block of a (B, T, h*w, T, h*w) mask.
+    """
+    image_hw = _check_hw(image_hw, "image_hw")
+    feat_hw = _check_hw(feat_hw, "feat_hw")
+    tau = _check_threshold(tau, "tau")
+    with _one_thread():
+        lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_band_runs")
+    B, T = lines.shape[:2]
+    start, end = _lines_to_runs(lines, image_hw, feat_hw, tau)
+    key_frames = torch.arange(T, device=lines.device).view(1, T, 1).expand(B, T, 1)
+    return EpipolarRuns(start, end, key_frames, feat_hw, T)
 
 
 def neighbors_to_mask(index: torch.Tensor, valid: torch.Tensor, num_keys: int) -> torch.Tensor:
