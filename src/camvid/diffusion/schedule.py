@@ -67,9 +67,11 @@ def dynamic_rescale_scales(num_train_timesteps: int = 1000, base_scale: float = 
     ``scale[t]`` before noising, falling linearly from 1 to ``base_scale`` over ``turning_step`` steps."""
     if not 0 < turning_step <= num_train_timesteps:
         raise ValueError(f"turning_step must be in (0, {num_train_timesteps}], got {turning_step}")
-    ramp = torch.linspace(1.0, base_scale, turning_step, dtype=torch.float64)
-    flat = torch.full((num_train_timesteps - turning_step,), base_scale, dtype=torch.float64)
-    return torch.cat([ramp, flat])
+    # built on the CPU explicitly: under an enclosing ``torch.device("meta")`` context torch.linspace
+    # has been seen to come out on the CPU while torch.full follows the context, and cat then fails
+    ramp = torch.linspace(1.0, base_scale, turning_step, dtype=torch.float64, device="cpu")
+    flat = torch.full((num_train_timesteps - turning_step,), base_scale, dtype=torch.float64, device="cpu")
+    return torch.cat([ramp, flat]).to(torch.get_default_device())
 
 
 def check_parameterization(parameterization: str) -> None:
