@@ -150,3 +150,17 @@ def test_invalid_combination_fails_at_start_up(tmp_path):
     assert proc.returncode != 0
     assert "attn=cross_video" in proc.stderr and "model=cami2v" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_wandb_offline_logs_metrics_and_preview_videos(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [o for o in _overrides(data_root, tmp_path, "model=cami2v", "backbone=tiny_dynamicrafter")
+                 if o != "logger=none"]
+    cfg = compose([*overrides, "logger=wandb", "trainer.sample_every=2", "trainer.sample_num=1",
+                   "trainer.sample_steps=2"])
+    assert cfg.logger.name == "wandb"
+    train(cfg)
+    previews = sorted((tmp_path / "previews").glob("*.gif"))
+    assert [p.name for p in previews] == ["step00000002_0.gif"]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
