@@ -6,8 +6,9 @@ import shutil
 
 import nbformat
 import pytest
-from conftest import REPO
 from nbclient import NotebookClient
+
+from conftest import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
