@@ -164,3 +164,12 @@ def test_wandb_offline_logs_metrics_and_preview_videos(data_root, tmp_path, monk
     assert [p.name for p in previews] == ["step00000002_0.gif"]
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_deepspeed_trainer_config_states_the_micro_batch():
+    from camvid.training.distributed import deepspeed_plugin
+
+    cfg = compose(["trainer=deepspeed_zero1", "trainer.batch_size=4", "trainer.grad_accum=2"])
+    ds = deepspeed_plugin(cfg.trainer).deepspeed_config
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
+    assert ds["zero_optimization"]["stage"] == 1 and ds["gradient_clipping"] == cfg.trainer.max_grad_norm

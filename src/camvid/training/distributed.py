@@ -8,20 +8,14 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 
-__all__ = ["make_accelerator", "shared_run_dir"]
+__all__ = ["make_accelerator", "deepspeed_plugin", "shared_run_dir"]
 
 
 def make_accelerator(tcfg) -> Accelerator:
     """``tcfg`` is the ``trainer`` config group."""
     kwargs = {}
     if tcfg.get("distributed") == "deepspeed_zero1":
-        from accelerate.utils import DeepSpeedPlugin
-
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
-            zero_stage=int(tcfg.get("zero_stage", 1)),
-            gradient_accumulation_steps=int(tcfg.grad_accum),
-            gradient_clipping=float(tcfg.max_grad_norm),
-        )
+        kwargs["deepspeed_plugin"] = deepspeed_plugin(tcfg)
     elif tcfg.get("distributed") not in (None, "ddp"):
         raise ValueError(f"trainer.distributed={tcfg.distributed}: choose null, ddp or deepspeed_zero1")
     precision = str(tcfg.precision)
@@ -35,6 +29,21 @@ def make_accelerator(tcfg) -> Accelerator:
             find_unused_parameters=bool(tcfg.get("find_unused_parameters", False)))],
         **kwargs,
     )
+
+
+def deepspeed_plugin(tcfg):
+    """DeepSpeed ZeRO settings from the trainer config (trainer=deepspeed_zero1)."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin(
+        zero_stage=int(tcfg.get("zero_stage", 1)),
+        gradient_accumulation_steps=int(tcfg.grad_accum),
+        gradient_clipping=float(tcfg.max_grad_norm),
+    )
+    # Our loader is not passed through accelerator.prepare (it splits data per rank itself), so
+    # DeepSpeed cannot infer the micro-batch size from it: state it.
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = int(tcfg.batch_size)
+    return plugin
 
 
 def shared_run_dir(accelerator: Accelerator, proposed: Path) -> Path:
