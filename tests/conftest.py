@@ -32,3 +32,20 @@ def compose(overrides: list[str], config_name: str = "train"):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def random_intrinsics(B: int, T: int, image_hw: tuple[int, int], gen):
+    """(B, T, 3, 3) float64 pixel intrinsics: focal 0.8-1.4 x width, slight aspect, principal point
+    a few pixels off centre (random cameras for the geometry tests)."""
+    import torch
+
+    H, W = image_hw
+    f64 = torch.float64
+    f = (0.8 + 0.6 * torch.rand(B, T, generator=gen, dtype=f64)) * W
+    K = torch.zeros(B, T, 3, 3, dtype=f64)
+    K[..., 0, 0] = f
+    K[..., 1, 1] = f * (0.9 + 0.2 * torch.rand(B, T, generator=gen, dtype=f64))
+    K[..., 0, 2] = W / 2 + 4 * torch.randn(B, T, generator=gen, dtype=f64)
+    K[..., 1, 2] = H / 2 + 4 * torch.randn(B, T, generator=gen, dtype=f64)
+    K[..., 2, 2] = 1
+    return K

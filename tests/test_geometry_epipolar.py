@@ -20,6 +20,7 @@ from camvid.geometry import (
     neighbors_to_mask,
     pseudo_line_angles,
 )
+from conftest import random_intrinsics
 
 F64 = torch.float64
 
@@ -48,14 +49,7 @@ def random_cameras(B: int, T: int, image_hw=(64, 64), seed: int = 0, spread: flo
     c2w = torch.eye(4, dtype=F64).repeat(B, T, 1, 1)
     c2w[..., :3, :3] = base.unsqueeze(1) @ wiggle.view(B, T, 3, 3)
     c2w[..., :3, 3] = torch.randn(B, T, 3, generator=gen, dtype=F64) * 0.5
-    f = (0.8 + 0.6 * torch.rand(B, T, generator=gen, dtype=F64)) * W
-    K = torch.zeros(B, T, 3, 3, dtype=F64)
-    K[..., 0, 0] = f
-    K[..., 1, 1] = f * (0.9 + 0.2 * torch.rand(B, T, generator=gen, dtype=F64))
-    K[..., 0, 2] = W / 2 + 4 * torch.randn(B, T, generator=gen, dtype=F64)
-    K[..., 1, 2] = H / 2 + 4 * torch.randn(B, T, generator=gen, dtype=F64)
-    K[..., 2, 2] = 1
-    return K, c2w
+    return random_intrinsics(B, T, (H, W), gen), c2w
 
 
 def project(K, c2w, X):

@@ -16,6 +16,7 @@ from camvid.geometry import (
     epipolar_neighbors,
     epipolar_runs,
 )
+from conftest import random_intrinsics
 
 F64 = torch.float64
 
@@ -37,14 +38,7 @@ def random_cameras(B: int, T: int, image_hw, seed: int, coincident: bool = False
     if coincident:  # frame 1 shares frame 0's centre (pure rotation), the last frame repeats frame 0
         c2w[:, 1, :3, 3] = c2w[:, 0, :3, 3]
         c2w[:, -1] = c2w[:, 0]
-    f = (0.8 + 0.6 * torch.rand(B, T, generator=gen, dtype=F64)) * W
-    K = torch.zeros(B, T, 3, 3, dtype=F64)
-    K[..., 0, 0] = f
-    K[..., 1, 1] = f * (0.9 + 0.2 * torch.rand(B, T, generator=gen, dtype=F64))
-    K[..., 0, 2] = W / 2 + 4 * torch.randn(B, T, generator=gen, dtype=F64)
-    K[..., 1, 2] = H / 2 + 4 * torch.randn(B, T, generator=gen, dtype=F64)
-    K[..., 2, 2] = 1
-    return K, c2w
+    return random_intrinsics(B, T, (H, W), gen), c2w
 
 
 CASES = [
