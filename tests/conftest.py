@@ -49,3 +49,28 @@ def random_intrinsics(B: int, T: int, image_hw: tuple[int, int], gen):
     K[..., 1, 2] = H / 2 + 4 * torch.randn(B, T, generator=gen, dtype=f64)
     K[..., 2, 2] = 1
     return K
+
+
+# --- a tiny synthetic data set and training overrides shared by the training and sampling tests
+TINY = ["backbone.height=32", "backbone.width=32", "backbone.num_frames=8", "logger=none"]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A tiny synthetic data set (RealEstate10K layout + WebVid-like) with shards, made once."""
+    from camvid.training.data import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    prepare_synthetic(root, num_clips=6, num_frames=20, height=40, width=40, seed=0, webvid_clips=3)
+    return root
+
+
+def run_overrides(data_root: Path, out: Path, *extra: str) -> list[str]:
+    return [*TINY, "debug=fast", f"paths.data_dir={data_root.parent}", f"data.root={data_root}",
+            f"paths.output_dir={out}", *extra]
+
+
+def data_overrides(model: str, data_root: Path) -> list[str]:
+    if model != "cvd":
+        return ["data=synthetic"]
+    return ["data=cvd_mix", f"data.re10k_root={data_root}", f"data.webvid_root={data_root}/webvid"]

@@ -14,38 +14,15 @@ from safetensors.torch import load_file
 
 from camvid.training.checkpoint import WEIGHTS_NAME, find_latest
 from camvid.training.loop import train
-from conftest import REPO, compose
-
-TINY = ["backbone.height=32", "backbone.width=32", "backbone.num_frames=8", "logger=none"]
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory) -> Path:
-    """A tiny synthetic data set (RealEstate10K layout + WebVid-like) with shards, made once."""
-    from camvid.training.data import prepare_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic")
-    prepare_synthetic(root, num_clips=6, num_frames=20, height=40, width=40, seed=0, webvid_clips=3)
-    return root
-
-
-def _overrides(data_root: Path, out: Path, *extra: str) -> list[str]:
-    return [*TINY, "debug=fast", f"paths.data_dir={data_root.parent}", f"data.root={data_root}",
-            f"paths.output_dir={out}", *extra]
-
-
-def _data_overrides(model: str, data_root: Path) -> list[str]:
-    if model != "cvd":
-        return ["data=synthetic"]
-    return ["data=cvd_mix", f"data.re10k_root={data_root}", f"data.webvid_root={data_root}/webvid"]
+from conftest import REPO, TINY, compose, data_overrides, run_overrides
 
 
 @pytest.mark.parametrize("model,family", [("dynamicrafter", "dynamicrafter"), ("motionctrl", "dynamicrafter"),
                                           ("cameractrl", "dynamicrafter"), ("cami2v", "dynamicrafter"),
                                           ("cameractrl", "animatediff"), ("cvd", "animatediff")])
 def test_two_training_steps(model, family, data_root, tmp_path):
-    cfg = compose(_overrides(data_root, tmp_path, f"model={model}", f"backbone=tiny_{family}",
-                             *_data_overrides(model, data_root)))
+    cfg = compose(run_overrides(data_root, tmp_path, f"model={model}", f"backbone=tiny_{family}",
+                             *data_overrides(model, data_root)))
     from camvid.models.registry import build_method, set_trainable
 
     torch.manual_seed(int(cfg.seed))
@@ -72,22 +49,22 @@ def _trainable_after(cfg_overrides: list[str]) -> dict[str, torch.Tensor]:
 def test_resume_is_exact(data_root, tmp_path):
     base = ["model=cami2v", "backbone=tiny_dynamicrafter", "data=synthetic", "trainer.ckpt_every=2",
             "trainer.keep_last=5"]
-    straight = _trainable_after(_overrides(data_root, tmp_path / "a", *base, "trainer.max_steps=4"))
-    _trainable_after(_overrides(data_root, tmp_path / "b", *base, "trainer.max_steps=2"))
+    straight = _trainable_after(run_overrides(data_root, tmp_path / "a", *base, "trainer.max_steps=4"))
+    _trainable_after(run_overrides(data_root, tmp_path / "b", *base, "trainer.max_steps=2"))
     # same run directory: resumes automatically from its latest checkpoint
-    resumed = _trainable_after(_overrides(data_root, tmp_path / "b", *base, "trainer.max_steps=4"))
+    resumed = _trainable_after(run_overrides(data_root, tmp_path / "b", *base, "trainer.max_steps=4"))
     assert straight.keys() == resumed.keys()
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
     # and explicitly through ckpt_path into a fresh directory
-    explicit = _trainable_after(_overrides(data_root, tmp_path / "c", *base, "trainer.max_steps=4",
+    explicit = _trainable_after(run_overrides(data_root, tmp_path / "c", *base, "trainer.max_steps=4",
                                            f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'step_00000002'}"))
     for k in straight:
         assert torch.equal(straight[k], explicit[k]), k
 
 
 def test_checkpoint_rotation_keeps_last_k(data_root, tmp_path):
-    cfg = compose(_overrides(data_root, tmp_path, "model=cameractrl", "backbone=tiny_dynamicrafter",
+    cfg = compose(run_overrides(data_root, tmp_path, "model=cameractrl", "backbone=tiny_dynamicrafter",
                              "trainer.max_steps=5", "trainer.ckpt_every=1", "trainer.keep_last=2"))
     train(cfg)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
@@ -104,7 +81,7 @@ def _env() -> dict:
 def test_ddp_two_processes_see_disjoint_samples(data_root, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(REPO / "src" / "train.py"), *_overrides(data_root, out, "model=cami2v",
+           str(REPO / "src" / "train.py"), *run_overrides(data_root, out, "model=cami2v",
                                                        "backbone=tiny_dynamicrafter", "trainer.max_steps=3",
                                                        "trainer.log_sample_keys=true")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
@@ -120,7 +97,7 @@ def test_multirun_through_submitit_local(data_root, tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, str(REPO / "src" / "train.py"), "-m", "hydra/launcher=submitit_local",
            "hydra.launcher.timeout_min=20", f"hydra.sweep.dir={sweep}", "model=cameractrl",
-           "backbone=tiny_dynamicrafter", *[o for o in _overrides(data_root, tmp_path, "seed=1,2")
+           "backbone=tiny_dynamicrafter", *[o for o in run_overrides(data_root, tmp_path, "seed=1,2")
                                             if not o.startswith("paths.output_dir")]]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -154,7 +131,7 @@ def test_invalid_combination_fails_at_start_up(tmp_path):
 
 def test_wandb_offline_logs_metrics_and_preview_videos(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    overrides = [o for o in _overrides(data_root, tmp_path, "model=cami2v", "backbone=tiny_dynamicrafter")
+    overrides = [o for o in run_overrides(data_root, tmp_path, "model=cami2v", "backbone=tiny_dynamicrafter")
                  if o != "logger=none"]
     cfg = compose([*overrides, "logger=wandb", "trainer.sample_every=2", "trainer.sample_num=1",
                    "trainer.sample_steps=2"])

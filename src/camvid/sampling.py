@@ -21,6 +21,7 @@ from camvid.geometry.cameras import (
     w2c_to_c2w,
 )
 from camvid.models.base import VideoDiffusionModel
+from camvid.training.preview import to_uint8_video, write_gif
 
 __all__ = [
     "sampler_settings",
@@ -151,15 +152,8 @@ def generate(method: VideoDiffusionModel, cfg: DictConfig, batch: dict, *, seed:
     return sample_video(method, batch, num_steps=num_steps, guidance=guidance, generator=gen, **settings)
 
 
-def _uint8(video: torch.Tensor) -> np.ndarray:
-    from camvid.training.preview import to_uint8_video
-
-    return to_uint8_video(video)
-
-
 def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel, ckpt: Path) -> list[Path]:
     from camvid.evaluation.layout import write_sample
-    from camvid.training.preview import write_gif
 
     hw = (int(train_cfg.backbone.height), int(train_cfg.backbone.width))
     T = int(train_cfg.backbone.num_frames)
@@ -191,7 +185,7 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
     written = []
     for i, spec in enumerate(specs):
         sid = "sample" if len(specs) == 1 else f"view{i}"
-        frames = _uint8(out[i])
+        frames = to_uint8_video(out[i])
         folder = write_sample(cfg.out_dir, sid, frames, batch["K"][i].numpy(), batch["c2w"][i].numpy(),
                               caption=str(cfg.caption), seed=int(cfg.seed), fps=cfg.fps,
                               meta={"method": train_cfg.model.name, "attn": train_cfg.attn.name,
@@ -205,7 +199,6 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
 def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel, ckpt: Path) -> list[Path]:
     from camvid.data import build_eval_dataset
     from camvid.evaluation.layout import write_sample
-    from camvid.training.preview import write_gif
 
     stride = int(cfg.stride) if cfg.stride is not None else int(train_cfg.data.stride_eval)
     dataset = build_eval_dataset(train_cfg.data, root=cfg.test_data, split=cfg.split, stride=stride)
@@ -219,10 +212,10 @@ def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionMo
         for v in range(out.shape[0]):
             key = batch["key"][v]
             sid = key if views == 1 else f"{key}_view{v % views}"
-            frames = _uint8(out[v])
+            frames = to_uint8_video(out[v])
             folder = write_sample(
                 cfg.out_dir, sid, frames, batch["K"][v].numpy(), batch["c2w"][v].numpy(),
-                caption=batch["caption"][v], seed=int(cfg.seed) + idx, gt_video=_uint8(batch["video"][v]),
+                caption=batch["caption"][v], seed=int(cfg.seed) + idx, gt_video=to_uint8_video(batch["video"][v]),
                 fps=cfg.fps,
                 meta={"method": train_cfg.model.name, "attn": train_cfg.attn.name, "checkpoint": str(ckpt),
                       "frame_stride": int(batch["frame_stride"][v]),

@@ -194,7 +194,7 @@ def train(cfg: DictConfig) -> dict:
         if done % int(tcfg.ckpt_every) == 0 or done == max_steps:
             ckpt.save(done, {"loss": last["loss"], "model": cfg.model.name, "attn": cfg.attn.name})
         if tcfg.sample_every and done % int(tcfg.sample_every) == 0 and is_main:
-            log_preview(accelerator.unwrap_model(objective).method, batch, cfg, run_dir, done, logger)
+            log_preview(method, batch, cfg, run_dir, done, logger)
     pbar.close()
     if seen_keys is not None:
         keys_dir = run_dir / "sample_keys"
