@@ -1,7 +1,11 @@
 """Cross-frame attention variants (temporal, full3d, epipolar_ref, epipolar, cross_video) as
-pluggable modules, their memoised camera masks, exact dense and block-sparse kernels, and a diffusers
-processor adapter. See docs/performance.md (Attention) for speed and memory."""
+pluggable modules, their memoised camera masks, exact dense and block-sparse kernels, a diffusers
+processor adapter, and ``capture`` (attention probabilities of chosen query pixels, for inspection).
+See docs/performance.md (Attention) for speed and memory."""
 
+# ``camvid.attention.capture`` is the function below; its module is imported as
+# ``from camvid.attention.capture import ...``.
+from camvid.attention.capture import AttentionMaps, LayerAttention, Query, attention_layers, capture
 from camvid.attention.context import MASK_KINDS, PATHS, AttentionContext
 from camvid.attention.diffusers_adapter import ContextSlot, CrossFrameAttnProcessor
 from camvid.attention.kernels import (
@@ -24,6 +28,11 @@ from camvid.attention.variants import (
 )
 
 __all__ = [
+    "capture",
+    "attention_layers",
+    "AttentionMaps",
+    "LayerAttention",
+    "Query",
     "AttentionContext",
     "MASK_KINDS",
     "PATHS",

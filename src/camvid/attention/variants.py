@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camvid.attention.capture import active as capture_active
+from camvid.attention.capture import record as capture_record
 from camvid.attention.context import AttentionContext
 from camvid.attention.kernels import chunked_masked_attention, dense_masked_attention
 from camvid.attention.sparse import tiled_sparse_attention
@@ -119,6 +121,8 @@ class MultiHeadAttention(nn.Module):
             reg = self.register_tokens.to(context.dtype)
             reg_k = self._heads(self.to_k(reg)).transpose(1, 2)  # (1, H, R, D)
             reg_v = self._heads(self.to_v(reg)).transpose(1, 2)
+        if capture_active():  # camvid.attention.capture: attention of chosen queries, for inspection
+            capture_record(self, q, k, reg_k, ctx, kind, feat_hw)
         if kind is not None and ctx is None:
             raise ValueError(f"masked attention ({kind!r}) needs an AttentionContext")
         if kind is not None and ctx.use_sparse(kind, feat_hw, N, Lq, Lk):
