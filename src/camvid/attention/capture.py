@@ -14,8 +14,9 @@
 Every cross-frame attention of the package runs through ``MultiHeadAttention.forward``, which hands
 its projected ``q``, ``k`` and register keys to :func:`record` while a capture is active. Only the
 chosen query rows are scored (one ``(heads, keys)`` row per query, in float32, SDPA's ``1/sqrt(d)``
-scale); the mask rows come from the very form the kernel used (row runs, neighbour lists or the
-dense mask, read after the kernel ran so that the capture never changes which path a layer takes),
+scale); the mask rows (or a soft band's additive bias) come from the very form the kernel used (row
+runs, neighbour lists or the dense mask, read after the kernel ran so that the capture never changes
+which path a layer takes),
 so the probabilities are those of the dense, block-sparse or any other path, at full size, and the
 model's outputs stay bit-identical.
 
@@ -44,7 +45,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["capture", "active", "record", "attention_layers", "Query", "LayerAttention", "AttentionMaps", "DIMS"]
+__all__ = ["capture", "active", "record", "attention_layers", "query_position", "keys_to_grid", "Query",
+           "LayerAttention", "AttentionMaps", "DIMS"]
 
 DIMS = ("timestep", "head", "query", "frame", "key_row", "key_col")
 # timestep label of a forward call made outside ``method.denoise``
@@ -91,6 +93,39 @@ def _as_query(q, sample: int) -> Query:
     if len(q) == 4:
         return Query(int(q[1]), float(q[2]), float(q[3]), int(q[0]))
     raise ValueError(f"query {q!r}: give (frame, x, y), (sample, frame, x, y) or a Query")
+
+
+def query_position(query: Query, variant: str, frames: int, feat_hw: tuple[int, int],
+                   image_hw: tuple[int, int]) -> tuple[int, int, tuple[int, int]]:
+    """(attention batch row, query token, (row, col) cell) of ``query`` in a layer of ``variant``.
+
+    ``cross_video`` attends per (video, frame) row over the cells of a frame; the other variants per
+    video over the frame-major cells of all its frames.
+    """
+    r, c = query.cell(image_hw, feat_hw)
+    cell = r * feat_hw[1] + c
+    if variant == "cross_video":
+        return query.sample * frames + query.frame, cell, (r, c)
+    return query.sample, query.frame * feat_hw[0] * feat_hw[1] + cell, (r, c)
+
+
+def keys_to_grid(keys: torch.Tensor, variant: str, frames: int, feat_hw: tuple[int, int],
+                 ref_frames: list[int] | None = None) -> torch.Tensor:
+    """(Q, H, Lk) over an attention call's key tokens -> (Q, H, F, h, w) on the layer's key axis.
+
+    ``epipolar_ref`` keys are the cells of each query's reference frame (``ref_frames``): they are
+    placed at that frame of the clip, the other frames stay zero.
+    """
+    Q, Hs, _ = keys.shape
+    h, w = feat_hw
+    if variant != "epipolar_ref":
+        return keys.reshape(Q, Hs, -1, h, w)
+    if ref_frames is None or len(ref_frames) != Q:
+        raise ValueError("epipolar_ref keys need the reference frame of every query")
+    out = keys.new_zeros(Q, Hs, frames, h, w)
+    for i, ref in enumerate(ref_frames):
+        out[i, :, int(ref)] = keys[i].reshape(Hs, h, w)
+    return out
 
 
 @dataclass
@@ -303,22 +338,16 @@ class _Session:
         return self.image_hw
 
     def _query_tokens(self, layout: _Layout, image_hw, name: str):
-        h, w = layout.feat_hw
-        hw = h * w
         rows, tokens, cells = [], [], []
         for qu in self.queries:
             if not 0 <= qu.sample < layout.batch:
                 raise ValueError(f"query sample {qu.sample} is outside the batch of {layout.batch} of layer {name}")
             if not 0 <= qu.frame < layout.frames:
                 raise ValueError(f"query frame {qu.frame} is outside the {layout.frames} frames of layer {name}")
-            r, c = qu.cell(image_hw, layout.feat_hw)
-            cells.append((r, c))
-            if layout.variant == "cross_video":  # one attention row per (video, frame), queries = cells
-                rows.append(qu.sample * layout.frames + qu.frame)
-                tokens.append(r * w + c)
-            else:  # one attention row per video, queries = frame-major cells
-                rows.append(qu.sample)
-                tokens.append(qu.frame * hw + r * w + c)
+            row, token, cell = query_position(qu, layout.variant, layout.frames, layout.feat_hw, image_hw)
+            rows.append(row)
+            tokens.append(token)
+            cells.append(cell)
         return rows, tokens, torch.tensor(cells, dtype=torch.long)
 
     # ------------------------------------------------------------------ after the kernel
@@ -330,8 +359,10 @@ class _Session:
         info = self.info[name]
         layout = pending.layout
         Q = len(pending.rows)
-        mask = self._mask_rows(info["ctx"], info["kind"], pending)  # (Q, Lk) bool or None
+        mask, bias = self._mask_rows(info["ctx"], info["kind"], pending)  # (Q, Lk) or None each
         logits = pending.logits
+        if bias is not None:  # soft band: an additive bias on the keys, none on the registers
+            logits = logits + bias[:, None, :].to(logits.device)
         if mask is not None:
             logits = logits.masked_fill(~mask[:, None, :].to(logits.device), float("-inf"))
         parts = [logits] if pending.reg_logits is None else [pending.reg_logits, logits]
@@ -351,40 +382,38 @@ class _Session:
             raise RuntimeError(f"layer {name} ran twice in one denoiser call; capture one call at a time")
         steps[pending.timestep_index] = step
 
-    def _mask_rows(self, ctx, kind: str | None, p: _Pending) -> torch.Tensor | None:
-        """The kernel's mask rows of the queries, (Q, Lk) bool; None when the call was unmasked.
+    def _mask_rows(self, ctx, kind: str | None, p: _Pending) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(mask rows (Q, Lk) bool, additive bias rows (Q, Lk) float) of the queries, as the kernel used them.
 
-        Called after the kernel: whichever form it used is cached in the context, and only forms
-        that do not steer the dispatch (row runs, neighbour lists) are ever built here.
+        Called after the kernel, so the form it used (dense mask, soft-band bias, row runs or neighbour
+        lists, all equal where they overlap) is in the context's cache; it is read from there. Only row
+        runs are ever built here: building a dense mask could steer later layers onto another path.
         """
         if kind is None:
-            return None
-        N, Lq = p.key_dims
-        feat_hw = p.layout.feat_hw
-        if ctx.uses_runs(kind, feat_hw):
+            return None, None
+        feat_hw = tuple(p.layout.feat_hw)
+        cached = ctx._cache  # camvid.attention.context memoises every form under (form, kind, feat_hw, ...)
+        pairs = list(zip(p.rows, p.tokens))
+        if ("bias", kind, feat_hw) in cached:
+            bias = cached[("bias", kind, feat_hw)]
+            return None, torch.stack([bias[r, t] for r, t in pairs]).float()
+        if ("mask", kind, feat_hw) in cached or (ctx.mask_fn is not None and ctx.neighbors_fn is None):
+            mask = ctx.mask(kind, feat_hw)
+            return torch.stack([mask[r, t] for r, t in pairs]), None
+        if ("runs", kind, feat_hw) in cached or ctx.uses_runs(kind, feat_hw):
             runs = ctx.runs(kind, feat_hw)
-            return torch.stack([runs.rows(t, t + 1)[r, 0] for r, t in zip(p.rows, p.tokens)])
-        if ctx.use_sparse(kind, feat_hw, N, Lq, p.num_keys):
-            index, valid = ctx.neighbors(kind, feat_hw)
-            out = torch.zeros(len(p.rows), p.num_keys + 1, dtype=torch.bool, device=index.device)
-            for i, (r, t) in enumerate(zip(p.rows, p.tokens)):
-                out[i, torch.where(valid[r, t], index[r, t], p.num_keys)] = True
-            return out[:, : p.num_keys]
-        mask = ctx.mask(kind, feat_hw)
-        return torch.stack([mask[r, t] for r, t in zip(p.rows, p.tokens)])
+            return torch.stack([runs.rows(t, t + 1)[r, 0] for r, t in pairs]), None
+        index, valid = ctx.neighbors(kind, feat_hw)
+        out = torch.zeros(len(pairs), p.num_keys + 1, dtype=torch.bool, device=index.device)
+        for i, (r, t) in enumerate(pairs):
+            out[i, torch.where(valid[r, t], index[r, t], p.num_keys)] = True
+        return out[:, : p.num_keys], None
 
     def _to_grid(self, keys: torch.Tensor, layout: _Layout, rows: list[int]) -> torch.Tensor:
-        """(Q, H', Lk) over the call's key tokens -> (Q, H', F, h, w) on the layer's key axis."""
-        Q, Hs, _ = keys.shape
-        h, w = layout.feat_hw
-        if layout.variant != "epipolar_ref":
-            return keys.reshape(Q, Hs, -1, h, w)
-        # keys are the reference frame's cells: place them at that frame of the clip
-        out = keys.new_zeros(Q, Hs, layout.frames, h, w)
-        ref = layout.ctx.reference_index(layout.batch, torch.device("cpu"))
-        for i, r in enumerate(rows):
-            out[i, :, int(ref[r])] = keys[i].reshape(Hs, h, w)
-        return out
+        ref = None
+        if layout.variant == "epipolar_ref":
+            ref = layout.ctx.reference_index(layout.batch, torch.device("cpu"))[rows].tolist()
+        return keys_to_grid(keys, layout.variant, layout.frames, layout.feat_hw, ref)
 
     # ------------------------------------------------------------------ result
     def build(self) -> AttentionMaps:
