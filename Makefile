@@ -12,7 +12,7 @@ export PYTHONHASHSEED ?= 0
 DEMO_DIR ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-full lint format train sample eval benchmark clean
+.PHONY: help setup demo test test-full lint format train sample eval notebooks benchmark clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,11 @@ sample: $(STAMP)  ## python src/sample.py $(ARGS)
 EVAL_SAMPLES ?= $(DEMO_DIR)/samples
 eval: $(STAMP)  ## evaluate a samples folder (default: the demo's): make eval EVAL_SAMPLES=DIR ARGS="metrics=[camera]"
 	$(PY) src/evaluate.py samples_dir=$(EVAL_SAMPLES) $(ARGS)
+
+NB_OUT ?= outputs/notebooks
+NB_ARGS ?=
+notebooks: $(STAMP)  ## run notebooks/*.ipynb on the demo run -> HTML in outputs/notebooks (NB_ARGS="--run DIR ...")
+	$(PY) scripts/run_notebooks.py --demo $(DEMO_DIR) --out $(NB_OUT) $(NB_ARGS)
 
 benchmark: $(STAMP)  ## attention and evaluation benchmarks (writes numbers for docs/performance.md)
 	$(PY) benchmarks/attention.py
