@@ -15,39 +15,89 @@ __all__ = ["plot_query_bands", "plot_attention_heads", "plot_attention_layers", 
 BAND_RGBA = (0.1, 0.9, 0.3, 0.35)
 
 
-def _figure(rows: int, cols: int, size: float = 1.6):
+GAP = 0.06  # gap between the frames of a strip, as a fraction of the frame width
+
+
+def _rows_figure(rows: int, width_frames: int, frame_hw: tuple[int, int], size: float = 1.6):
+    """One axes per row; each row shows ``width_frames`` frames side by side as one strip image (one
+    image per row instead of one axes per frame keeps large grids quick to draw)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 0.6, rows * size + 0.4), squeeze=False)
+    H, W = frame_hw
+    aspect = H / (W * (width_frames + GAP * (width_frames - 1)))
+    fig_w = min(18.0, size * width_frames + 1.6)
+    row_h = 0.85 * fig_w * aspect  # the strip spans about 85% of the width (labels and colour bar beside it)
+    fig, axes = plt.subplots(rows, 1, figsize=(fig_w, rows * row_h * 1.15 + 0.7), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    return fig, axes
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    return fig, axes[:, 0]
 
 
-def draw_line(ax, line, image_hw: tuple[int, int], **style) -> None:
-    """Draw ``a x + b y + c = 0`` (pixels) across an ``image_hw`` image."""
+def _offset(j: int, W: int) -> float:
+    return j * W * (1 + GAP)
+
+
+def _strip(images: np.ndarray, fill=np.nan) -> np.ndarray:
+    """(F, H, W[, C]) -> (H, F*W + gaps[, C]) with ``fill`` in the gaps."""
+    F, H, W = images.shape[:3]
+    gap = int(round(W * GAP))
+    out = np.full((H, F * W + (F - 1) * gap, *images.shape[3:]), fill, dtype=np.float32)
+    for j in range(F):
+        x0 = j * (W + gap)
+        out[:, x0:x0 + W] = images[j]
+    return out
+
+
+def _clip_line(line, image_hw: tuple[int, int]):
+    """End points of ``a x + b y + c = 0`` inside the ``image_hw`` box, or None when it misses the image."""
     a, b, c = (float(v) for v in line)
     H, W = image_hw
-    if abs(b) >= abs(a):
-        xs = np.array([0.0, W])
-        ys = -(a * xs + c) / b
-    else:
-        ys = np.array([0.0, H])
-        xs = -(b * ys + c) / a
-    ax.plot(xs, ys, **{"color": "yellow", "lw": 0.8, **style})
-    ax.set_xlim(0, W)
+    pts = []
+    if abs(b) > 1e-12:
+        pts += [(x, -(a * x + c) / b) for x in (0.0, float(W))]
+    if abs(a) > 1e-12:
+        pts += [(-(b * y + c) / a, y) for y in (0.0, float(H))]
+    inside = sorted({(round(x, 9), round(y, 9)) for x, y in pts if -1e-6 <= x <= W + 1e-6 and -1e-6 <= y <= H + 1e-6})
+    return None if len(inside) < 2 else (inside[0], inside[-1])
+
+
+def draw_line(ax, line, image_hw: tuple[int, int], x_offset: float = 0.0, **style) -> None:
+    """Draw ``a x + b y + c = 0`` (pixels) across one ``image_hw`` frame placed at ``x_offset``."""
+    ends = _clip_line(line, image_hw)
+    if ends is not None:
+        (x0, y0), (x1, y1) = ends
+        ax.plot([x0 + x_offset, x1 + x_offset], [y0, y1], **{"color": "yellow", "lw": 0.8, **style})
+
+
+def _titles(ax, labels, W: int) -> None:
+    for j, label in enumerate(labels):
+        ax.text(_offset(j, W) + W / 2, -1.5, str(label), ha="center", va="bottom", fontsize=7)
+
+
+def _finish(ax, F: int, H: int, W: int) -> None:
+    ax.set_xlim(0, _offset(F - 1, W) + W)
     ax.set_ylim(H, 0)
 
 
-def _band_overlay(band: torch.Tensor) -> np.ndarray:
-    rgba = np.zeros((*band.shape, 4), dtype=np.float32)
-    rgba[band.numpy()] = BAND_RGBA
+def _band_overlay(bands: torch.Tensor) -> np.ndarray:
+    rgba = np.zeros((*bands.shape, 4), dtype=np.float32)
+    rgba[bands.numpy()] = BAND_RGBA
     return rgba
 
 
-def _mark(ax, query: Query) -> None:
-    ax.plot([query.x], [query.y], marker="+", color="red", ms=9, mew=2)
+def _upsample(cells: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """(..., h, w) key-cell values -> (..., H, W): each pixel shows the cell that covers it."""
+    H, W = image_hw
+    h, w = cells.shape[-2:]
+    return cells.repeat(H // h, axis=-2).repeat(W // w, axis=-1)
+
+
+def _mark(ax, query: Query, x_offset: float = 0.0) -> None:
+    ax.plot([query.x + x_offset], [query.y], marker="+", color="red", ms=9, mew=2)
 
 
 def plot_query_bands(frames: np.ndarray, bands: dict, query: Query, key_frames: list[int] | None = None,
@@ -59,30 +109,34 @@ def plot_query_bands(frames: np.ndarray, bands: dict, query: Query, key_frames: 
     query's time, and ``key_frames`` labels them)."""
     levels = list(bands)
     F, H, W = frames.shape[:3]
-    fig, axes = _figure(len(levels), F)
-    for r, level in enumerate(levels):
+    fig, axes = _rows_figure(len(levels), F, (H, W))
+    strip = _strip(frames.astype(np.float32) / 255.0, fill=1.0)
+    for ax, level in zip(axes, levels):
         qb = bands[level]
+        ax.imshow(strip, interpolation="nearest")
+        overlay = _band_overlay(torch.from_numpy(_upsample(qb.band.numpy(), (H, W))))
+        ax.imshow(_strip(overlay, fill=0.0), interpolation="nearest")
         for j in range(F):
-            ax = axes[r, j]
-            ax.imshow(frames[j], extent=(0, W, H, 0))
-            ax.imshow(_band_overlay(qb.band[j]), extent=(0, W, H, 0), interpolation="nearest")
-            draw_line(ax, qb.lines[j], (H, W))
-            if key_frames is None and j == query.frame:
-                _mark(ax, query)
-            if r == 0:
-                ax.set_title(f"frame {j}" if key_frames is None else f"{key_frames[j]}", fontsize=8)
-        axes[r, 0].set_ylabel(f"{level[0]}x{level[1]}", fontsize=8)
+            draw_line(ax, qb.lines[j], (H, W), _offset(j, W))
+        if key_frames is None:
+            _mark(ax, query, _offset(query.frame, W))
+        _finish(ax, F, H, W)
+        ax.set_ylabel(f"{level[0]}x{level[1]}", fontsize=8)
+    _titles(axes[0], [f"frame {j}" for j in range(F)] if key_frames is None else key_frames, W)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
-def _heat(ax, frame: np.ndarray, heat: np.ndarray, vmax: float):
-    H, W = frame.shape[:2]
-    ax.imshow(frame, extent=(0, W, H, 0))
-    return ax.imshow(heat, cmap="magma", alpha=0.65, vmin=0.0, vmax=max(vmax, 1e-12), extent=(0, W, H, 0),
-                     interpolation="nearest")
+def _heat_row(ax, frames: np.ndarray, heat: np.ndarray, fig):
+    """One strip: the frames with ``heat`` (F, H, W) over them, one colour scale for the row."""
+    F, H, W = frames.shape[:3]
+    ax.imshow(_strip(frames.astype(np.float32) / 255.0, fill=1.0), interpolation="nearest")
+    vmax = max(float(np.nanmax(heat)), 1e-12)
+    im = ax.imshow(np.ma.masked_invalid(_strip(heat)), cmap="magma", alpha=0.65, vmin=0.0, vmax=vmax,
+                   interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
+    _finish(ax, F, H, W)
 
 
 def plot_attention_heads(frames: np.ndarray, layer: LayerAttention, query_index: int, queries: list[Query],
@@ -90,53 +144,42 @@ def plot_attention_heads(frames: np.ndarray, layer: LayerAttention, query_index:
     """One layer: rows = heads and their mean, columns = key frames; the query's attention (per key
     cell) over each frame, one colour scale per row; register share in the row label."""
     probs = layer.probs[timestep_index, :, query_index]  # (head, F, h, w)
-    stacked = torch.cat([probs, probs.mean(0, keepdim=True)])
+    stacked = torch.cat([probs, probs.mean(0, keepdim=True)]).numpy()
     shares = layer.registers[timestep_index, :, query_index].sum(-1)
     labels = [f"head {h}\nreg {float(s):.2f}" for h, s in zip(layer.heads, shares)] + \
              [f"mean\nreg {float(shares.mean()):.2f}"]
     F, H, W = frames.shape[:3]
     h, w = layer.feat_hw
-    fig, axes = _figure(len(stacked), F)
+    fig, axes = _rows_figure(len(stacked), F, (H, W))
     query = queries[query_index]
-    for r, row in enumerate(stacked):
-        vmax = float(row.max())
-        for j in range(F):
-            ax = axes[r, j]
-            im = _heat(ax, frames[j], row[j].numpy(), vmax)
-            if lines is not None:
-                draw_line(ax, lines[j], (H, W), lw=0.6)
-            if key_labels is None and j == query.frame:
-                _mark(ax, query)
-            if r == 0:
-                ax.set_title(f"frame {j}" if key_labels is None else str(key_labels[j]), fontsize=8)
-        axes[r, 0].set_ylabel(labels[r], fontsize=7)
-        fig.colorbar(im, ax=axes[r, -1], fraction=0.05)
-    t = layer.timesteps[timestep_index]
-    fig.suptitle(f"{layer.name} ({layer.variant}, {h}x{w}), t={t}", fontsize=9)
-    fig.tight_layout()
+    for ax, row, label in zip(axes, stacked, labels):
+        _heat_row(ax, frames, _upsample(row, (H, W)), fig)
+        for j in range(F if lines is not None else 0):
+            draw_line(ax, lines[j], (H, W), _offset(j, W), lw=0.6)
+        if key_labels is None:
+            _mark(ax, query, _offset(query.frame, W))
+        ax.set_ylabel(label, fontsize=7)
+    _titles(axes[0], [f"frame {j}" for j in range(F)] if key_labels is None else key_labels, W)
+    fig.suptitle(f"{layer.name} ({layer.variant}, {h}x{w}), t={layer.timesteps[timestep_index]}", fontsize=9)
     return fig
 
 
 def plot_attention_layers(frames: np.ndarray, maps: AttentionMaps, query_index: int = 0,
                           timestep_index: int = -1, key_labels=None):
     """Rows = captured layers (mean over heads), columns = key frames."""
-    F = frames.shape[0]
-    fig, axes = _figure(len(maps), F)
+    F, H, W = frames.shape[:3]
+    fig, axes = _rows_figure(len(maps), F, (H, W))
     query = maps.queries[query_index]
-    for r, layer in enumerate(maps):
-        row = layer.at_image()[timestep_index, :, query_index].mean(0)  # (F, H, W)
-        vmax = float(row.max())
-        for j in range(F):
-            _heat(axes[r, j], frames[j], row[j].numpy(), vmax)
-            if key_labels is None and j == query.frame:
-                _mark(axes[r, j], query)
-            if r == 0:
-                axes[r, j].set_title(f"frame {j}" if key_labels is None else str(key_labels[j]), fontsize=8)
+    for ax, layer in zip(axes, maps):
+        row = layer.probs[timestep_index, :, query_index].mean(0).numpy()  # (F, h, w)
+        _heat_row(ax, frames, _upsample(row, (H, W)), fig)
+        if key_labels is None:
+            _mark(ax, query, _offset(query.frame, W))
         short = layer.name.replace(".transformer_blocks.0", "").replace(".epipolar_attn", "")
-        axes[r, 0].set_ylabel(f"{short}\n{layer.feat_hw[0]}x{layer.feat_hw[1]}", fontsize=6)
+        ax.set_ylabel(f"{short[-28:]}\n{layer.feat_hw[0]}x{layer.feat_hw[1]}", fontsize=6)
+    _titles(axes[0], [f"frame {j}" for j in range(F)] if key_labels is None else key_labels, W)
     fig.suptitle(f"attention of query {query_index} per layer (mean over heads), t={maps.timesteps[timestep_index]}",
                  fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -190,14 +233,13 @@ def plot_videos(videos: dict[str, np.ndarray], max_frames: int = 16):
     """Videos side by side: one row per named (T, H, W, 3) uint8 video, one column per frame."""
     names = list(videos)
     T = min(max_frames, min(len(v) for v in videos.values()))
-    fig, axes = _figure(len(names), T, size=1.2)
-    for r, name in enumerate(names):
-        for j in range(T):
-            axes[r, j].imshow(videos[name][j])
-            if r == 0:
-                axes[r, j].set_title(str(j), fontsize=7)
-        axes[r, 0].set_ylabel(name, fontsize=7)
-    fig.tight_layout()
+    H, W = next(iter(videos.values())).shape[1:3]
+    fig, axes = _rows_figure(len(names), T, (H, W), size=1.2)
+    for ax, name in zip(axes, names):
+        ax.imshow(_strip(videos[name][:T].astype(np.float32) / 255.0, fill=1.0), interpolation="nearest")
+        _finish(ax, T, H, W)
+        ax.set_ylabel(name, fontsize=7)
+    _titles(axes[0], range(T), W)
     return fig
 
 
