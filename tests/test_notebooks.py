@@ -79,7 +79,7 @@ def _run_attention(tmp_path, **params):
 
 def test_attention_notebook_executes_on_a_tiny_run(tiny_runs, tmp_path):
     nb = _run_attention(tmp_path, CAMVID_NB_RUN=str(tiny_runs("cami2v", "epipolar")), CAMVID_NB_STEPS="2",
-                        CAMVID_NB_TIMESTEPS="800,200", CAMVID_NB_QUERY="3,20,12")
+                        CAMVID_NB_TIMESTEPS="500", CAMVID_NB_QUERY="3,20,12")
     text = _stream(nb)
     assert "query Query(frame=3, x=20.0, y=12.0" in text and "captured 4 layers x 2 timesteps" in text
     assert "cami2v/epipolar" in text  # the band-mass table
@@ -97,6 +97,7 @@ def test_attention_notebook_compares_models_and_cross_video(tiny_runs, tmp_path)
     assert "CVD_RUN not set" not in text
 
 
+@pytest.mark.slow  # ~30 s; its helpers are tested quickly below
 def test_cameras_notebook_executes_on_sampled_and_evaluated_videos(tiny_runs, data_root, tmp_path):
     from camvid.evaluation.pipeline import run_evaluation
     from camvid.inspection.notebooks import execute_notebook
