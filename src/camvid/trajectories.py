@@ -33,6 +33,8 @@ __all__ = [
     "load_track",
     "prepare_trajectory",
     "preset_track",
+    "resolve_trajectories",
+    "save_path_picture",
 ]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif")
@@ -150,3 +152,50 @@ def prepare_trajectory(spec: str, out_path: str | Path, target_hw: tuple[int, in
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_re10k(out_path, Cameras(track, target_hw[1], target_hw[0]))
     return out_path
+
+
+def resolve_trajectories(specs: list[str], out_dir: str | Path, num_frames: int, target_hw: tuple[int, int], *,
+                         translation_scale: float | None = None, stride: int = 1, fov_deg: float = 60.0,
+                         seed: int = 0) -> list[str]:
+    """What ``src/sample.py`` passes on for each requested trajectory.
+
+    A preset without a translation scale stays a preset name. Anything else -- a pose file of any
+    layout, a video (annotated by SfM at ``stride``, first ``num_frames`` frames), or a preset with a
+    scale -- is transferred to the target image (``target_hw``: the conditioning image's original
+    size) and written as ``out_dir/trajectories/view<i>.txt``, whose path is returned instead."""
+    from camvid.data.synthetic import TRAJECTORY_KINDS
+
+    resolved = []
+    for i, spec in enumerate(specs):
+        spec = str(spec)
+        if spec in TRAJECTORY_KINDS and translation_scale is None:
+            resolved.append(spec)
+            continue
+        out = Path(out_dir) / "trajectories" / f"view{i}.txt"
+        if spec in TRAJECTORY_KINDS:
+            track = preset_track(spec, num_frames, target_hw, fov_deg, seed + i)
+        elif is_video_source(spec):
+            from camvid.evaluation.annotate import AnnotateOptions
+
+            track = load_track(spec, annotate_options=AnnotateOptions(stride=stride, max_frames=num_frames))
+        elif Path(spec).exists():
+            track = load_track(spec)
+        else:
+            raise ValueError(f"trajectory={spec!r}: not a pose file and not a preset ({', '.join(TRAJECTORY_KINDS)}); "
+                             "no such pose file (any layout) or video")
+        if len(track) < num_frames:
+            raise ValueError(f"trajectory={spec}: {len(track)} cameras, the model generates {num_frames} frames")
+        track = transfer_track(track, target_hw, translation_scale, num_frames)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_re10k(out, Cameras(track, target_hw[1], target_hw[0]))
+        resolved.append(str(out))
+    return resolved
+
+
+def save_path_picture(folder: str | Path, K, c2w, hw: tuple[int, int], label: str) -> Path:
+    """``folder/cameras.png``: the requested camera path of a sample, drawn by the viewer."""
+    from camvid.viz import plot_cameras
+
+    path = Path(folder) / "cameras.png"
+    plot_cameras(c2w, path, labels=[label], K=K, image_hw=hw, title=f"requested cameras: {label}")
+    return path
