@@ -91,3 +91,24 @@ def test_html_viewer(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_plotly)
     with pytest.raises(ImportError, match=r"pip install plotly"):
         plot_cameras_html(track, tmp_path / "w.html")
+
+
+def test_evaluation_draws_requested_vs_recovered(tmp_path):
+    from camvid.evaluation.camera_plots import draw_requested_vs_recovered
+    from camvid.evaluation.layout import read_samples, write_sample
+
+    track = preset_track("orbit", 6, (32, 32))
+    K = np.array([[28.0, 0, 16], [0, 28, 16], [0, 0, 1]])
+    video = np.zeros((6, 32, 32, 3), np.uint8)
+    for sid in ("a", "b"):
+        write_sample(tmp_path / "s", sid, video, K, track.c2w(), "", 0)
+    recovered = track.c2w() * 1.0
+    recovered[:, :3, 3] *= 3  # SfM's scale: the picture normalises both
+    per_video = [
+        {"sample_id": "a", "trials": [{"seed": 0, "success": True, "reason": "", "RotErr": 0.01, "TransErr": 0.02,
+                                       "c2w": recovered.tolist()}]},
+        {"sample_id": "b", "trials": [{"seed": 0, "success": False, "reason": "no reconstruction"}]},
+    ]
+    paths = draw_requested_vs_recovered(read_samples(tmp_path / "s"), per_video, tmp_path / "cams")
+    assert [p.name for p in paths] == ["a.png", "b.png"] and all(p.stat().st_size > 5000 for p in paths)
+    assert draw_requested_vs_recovered(read_samples(tmp_path / "s"), per_video, tmp_path / "c2", max_videos=1)[0].name == "a.png"
