@@ -19,9 +19,7 @@ one root; ``index.json`` is a convenience listing rewritten atomically after eac
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from camvid.fsutil import atomic_write_text
 from camvid.geometry.cameras import (
     CameraTrack,
     invert_rigid,
@@ -146,13 +145,6 @@ def read_video(path: str | Path) -> np.ndarray:
     return np.stack(frames).astype(np.uint8)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _json_ready(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_ready(v) for k, v in value.items()}
@@ -221,7 +213,7 @@ def write_sample(
         "sample_id": sample_id, "caption": str(caption), "seed": int(seed),
         "height": H, "width": W, "num_frames": T, "fps": float(fps), **_json_ready(meta),
     }
-    _atomic_write_text(sample_dir / META_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(sample_dir / META_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
     _update_index(root)
     return sample_dir
 
@@ -232,7 +224,7 @@ def _sample_dirs(root: Path) -> list[Path]:
 
 def _update_index(root: Path) -> None:
     index = {"format": LAYOUT_FORMAT, "version": LAYOUT_VERSION, "samples": [p.name for p in _sample_dirs(root)]}
-    _atomic_write_text(root / INDEX_FILE, json.dumps(index, indent=2) + "\n")
+    atomic_write_text(root / INDEX_FILE, json.dumps(index, indent=2) + "\n")
 
 
 def _read_record(sample_dir: Path) -> SampleRecord:
