@@ -176,21 +176,34 @@ def find_latest(ckpt_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def select_resume_checkpoint(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
-    """Auto-resume: the newest checkpoint that verifies completely, and one warning per skipped one.
-
-    Directories without a manifest that are newer than the chosen checkpoint are reported too (a
-    crash while writing or rotating); older ones are only rotation leftovers and stay quiet.
-    """
-    warnings_: list[str] = []
+def select_resume_checkpoint(ckpt_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """Auto-resume: the newest checkpoint that verifies completely, and ``(directory, problem)`` for
+    each newer one skipped (damaged, or without a manifest after a crash while writing or rotating).
+    Older directories are not looked at: they do not matter once a newer one verifies."""
+    skipped: list[tuple[Path, str]] = []
     for _, path in reversed(_step_dirs(ckpt_dir)):
         try:
             verify_checkpoint(path)
         except CheckpointError as err:
-            warnings_.append(f"skipping checkpoint {path.name}: {err}")
+            skipped.append((path, str(err)))
             continue
-        return path, warnings_
-    return None, warnings_
+        return path, skipped
+    return None, skipped
+
+
+DAMAGED_SUFFIX = ".damaged"
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint out of the ``step_<N>`` namespace (kept for inspection): rotation,
+    find_latest and later resumes no longer see it, and the step can be written again."""
+    target = path.with_name(path.name + DAMAGED_SUFFIX)
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{DAMAGED_SUFFIX}{n}")
+    path.rename(target)
+    return target
 
 
 def read_trainer_state(path: Path) -> dict:
@@ -282,26 +295,32 @@ class CheckpointManager:
         """
         decision: dict = {}
         if self.accelerator.is_main_process:
-            try:
-                if explicit:
-                    verify_checkpoint(Path(explicit))
-                    decision = {"path": str(explicit), "warnings": []}
-                else:
-                    path, warns = select_resume_checkpoint(self.dir)
-                    decision = {"path": str(path) if path else None, "warnings": warns}
-            except CheckpointError as err:
-                decision = {"error": str(err)}
+            decision = self._decide(explicit)
         decision = _broadcast(self.accelerator, decision)
         if "error" in decision:
-            raise CheckpointError(f"ckpt_path={explicit}: {decision['error']}")
-        if self.accelerator.is_main_process:
-            for w in decision["warnings"]:
-                log.warning(w)
-            if decision["warnings"] and decision["path"] is None:
-                log.warning("no intact checkpoint left in %s: training starts from step 0", self.dir)
-            elif decision["warnings"]:
-                log.warning("resuming from the newest intact checkpoint instead: %s", decision["path"])
+            raise CheckpointError(decision["error"])
         return Path(decision["path"]) if decision["path"] else None
+
+    def _decide(self, explicit) -> dict:
+        if explicit:
+            try:
+                verify_checkpoint(Path(explicit))
+            except CheckpointError as err:
+                return {"error": f"ckpt_path={explicit}: {err}"}
+            return {"path": str(explicit)}
+        path, skipped = select_resume_checkpoint(self.dir)
+        if skipped and path is None:
+            # Starting over from step 0 would quietly throw the run away (and rotation would then
+            # delete the new checkpoints before the damaged, higher-numbered ones): stop instead.
+            listing = "\n  ".join(f"{p.name}: {why}" for p, why in skipped)
+            return {"error": f"{self.dir}: no intact checkpoint to resume from:\n  {listing}\nMove the damaged "
+                             "directories away to start this run over, or pass ckpt_path=<another checkpoint>."}
+        for p, why in skipped:
+            moved = _set_aside(p)
+            log.warning("checkpoint %s cannot be resumed and was moved to %s: %s", p.name, moved.name, why)
+        if skipped:
+            log.warning("resuming from the newest intact checkpoint instead: %s", path)
+        return {"path": str(path) if path else None}
 
     def load(self, path: Path) -> dict:
         """Load a verified checkpoint (see :meth:`resolve_resume`) into the accelerator's objects."""
