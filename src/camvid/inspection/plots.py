@@ -10,7 +10,7 @@ import torch
 from camvid.attention import AttentionMaps, LayerAttention, Query
 
 __all__ = ["plot_query_bands", "plot_attention_heads", "plot_attention_layers", "plot_register_share",
-           "plot_band_mass", "plot_videos", "draw_line", "plot_camera_paths", "plot_per_frame"]
+           "plot_band_mass", "plot_videos", "draw_line", "plot_per_frame"]
 
 BAND_RGBA = (0.1, 0.9, 0.3, 0.35)
 
@@ -240,58 +240,6 @@ def plot_videos(videos: dict[str, np.ndarray], max_frames: int = 16):
         _finish(ax, T, H, W)
         ax.set_ylabel(name, fontsize=7)
     _titles(axes[0], range(T), W)
-    return fig
-
-
-def _frustum_lines(c2w: np.ndarray, K: np.ndarray, image_hw: tuple[int, int], depth: float) -> list[np.ndarray]:
-    """Line strips of one camera: centre to the four image corners at ``depth``, the image rectangle,
-    and a tick on the top edge (so roll is visible)."""
-    H, W = image_hw
-    corners = np.array([[0, 0], [W, 0], [W, H], [0, H]], dtype=np.float64)
-    rays = np.linalg.solve(K, np.concatenate([corners, np.ones((4, 1))], 1).T).T * depth
-    pts = rays @ c2w[:3, :3].T + c2w[:3, 3]
-    centre = c2w[:3, 3]
-    top = (pts[0] + pts[1]) / 2 - 0.25 * (pts[3] - pts[0])
-    strips = [np.stack([centre, p]) for p in pts]
-    strips.append(np.concatenate([pts, pts[:1]]))
-    strips.append(np.stack([pts[0], top, pts[1]]))
-    return strips
-
-
-def plot_camera_paths(paths: dict[str, np.ndarray], K: np.ndarray, image_hw: tuple[int, int],
-                      depth: float = 0.15):
-    """Frustums of several (T, 4, 4) camera-to-world paths in one 3-D plot, each in the evaluation's
-    canonical form (relative to its frame 0, furthest camera at distance 1), so an SfM reconstruction
-    of any scale overlays the requested path. OpenCV axes; ``-y`` is drawn upwards."""
-    import matplotlib.pyplot as plt
-
-    from camvid.evaluation.pose_metrics import canonicalize
-
-    fig = plt.figure(figsize=(6.5, 5.5))
-    ax = fig.add_subplot(projection="3d")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    K = np.asarray(K, dtype=np.float64)
-    everything = []
-    for i, (label, c2w) in enumerate(paths.items()):
-        rel = canonicalize(np.asarray(c2w, dtype=np.float64))
-        color = colors[i % len(colors)]
-        for t, pose in enumerate(rel):
-            for strip in _frustum_lines(pose, K, image_hw, depth):
-                xyz = strip * np.array([1, -1, 1])  # y down (OpenCV) -> drawn up
-                ax.plot(xyz[:, 0], xyz[:, 2], xyz[:, 1], color=color, lw=0.7, alpha=0.4 + 0.6 * t / max(1, len(rel) - 1))
-                everything.append(xyz)
-        centres = rel[:, :3, 3] * np.array([1, -1, 1])
-        ax.plot(centres[:, 0], centres[:, 2], centres[:, 1], color=color, lw=1.8, label=label)
-    pts = np.concatenate(everything)
-    mid, span = (pts.max(0) + pts.min(0)) / 2, (pts.max(0) - pts.min(0)).max() / 2 + 1e-3
-    ax.set_xlim(mid[0] - span, mid[0] + span)
-    ax.set_ylim(mid[2] - span, mid[2] + span)
-    ax.set_zlim(mid[1] - span, mid[1] + span)
-    ax.set_xlabel("x")
-    ax.set_ylabel("z (forward)")
-    ax.set_zlabel("-y (up)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
