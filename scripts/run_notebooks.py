@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cvd-run", default="", help="a CVD run for the cross-video section")
     p.add_argument("--samples", help="samples folder (default: <demo>/samples)")
     p.add_argument("--eval", help="its evaluation folder (default: <demo>/eval)")
+    p.add_argument("--image", default="", help="a conditioning image instead of the run's first test clip")
+    p.add_argument("--trajectory", default="orbit", help="camera path for --image: preset or pose file")
     p.add_argument("--steps", type=int, default=10, help="DDIM steps of the captured sampling run")
     p.add_argument("--only", choices=NOTEBOOKS, action="append", help="run only these notebooks")
     p.add_argument("--out", default="outputs/notebooks", help="where the HTML reports go")
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     params = {
         "attention_maps": {"CAMVID_NB_RUN": run, "CAMVID_NB_COMPARE": args.compare, "CAMVID_NB_CVD_RUN": args.cvd_run,
-                           "CAMVID_NB_STEPS": str(args.steps)},
+                           "CAMVID_NB_STEPS": str(args.steps), "CAMVID_NB_IMAGE": args.image,
+                           "CAMVID_NB_TRAJECTORY": args.trajectory},
         "cameras": {"CAMVID_NB_SAMPLES": samples, "CAMVID_NB_EVAL": args.eval or str(demo / "eval")},
         "epipolar_masks": {},
     }

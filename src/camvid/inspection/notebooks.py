@@ -14,6 +14,8 @@ NOTEBOOK_PARAMETERS = {
     "CAMVID_NB_COMPARE": "attention_maps: more runs (comma-separated) for the inside-vs-outside comparison",
     "CAMVID_NB_CVD_RUN": "attention_maps: a CVD run for the cross-video section",
     "CAMVID_NB_CLIP": "attention_maps: clip index of the run's test split",
+    "CAMVID_NB_IMAGE": "attention_maps: a conditioning image instead of a test clip",
+    "CAMVID_NB_TRAJECTORY": "attention_maps: camera path of CAMVID_NB_IMAGE (preset or pose file)",
     "CAMVID_NB_QUERY": "attention_maps: query pixel 'frame,x,y'",
     "CAMVID_NB_STEPS": "attention_maps: DDIM steps of the captured sampling run",
     "CAMVID_NB_TIMESTEPS": "attention_maps: noise levels of the model comparison (comma-separated)",
