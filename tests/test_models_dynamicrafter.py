@@ -256,7 +256,7 @@ def test_load_pretrained_official_layout(tmp_path):
     with pytest.raises(ValueError, match="lacks 1"):
         dst.load_pretrained(tmp_path / "partial.pt")
     torch.save({"model.diffusion_model.nope": torch.zeros(1)}, tmp_path / "wrong.pt")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="do not exist"):
         dst.load_pretrained(tmp_path / "wrong.pt")
 
 

@@ -149,8 +149,10 @@ def _convert_encoders(model, state: dict, path, report: dict) -> dict:
             continue
         module = getattr(model, prefix[:-1])
         if not hasattr(module, "from_official"):
-            # the tiny CPU encoders have no official counterpart: nothing to load them from
-            report[f"skipped:{prefix[:-1]}"] = len(theirs)
+            if set(theirs) == set(module.state_dict()):  # our own layout (a tiny model's checkpoint)
+                out.update({prefix + k: v for k, v in theirs.items()})
+            else:  # official weights a tiny CPU encoder cannot take
+                report[f"skipped:{prefix[:-1]}"] = len(theirs)
             continue
         ours, unused = module.from_official(theirs, f"{path} [{prefix}*]")
         out.update({prefix + k: v for k, v in ours.items()})
