@@ -214,6 +214,12 @@ class AnimateDiffT2V(VideoDiffusionModel):
 
         load_animatediff_weights(self, Path(path))
 
+    def load_method_checkpoint(self, path: str | Path) -> str:
+        """CameraCtrl.ckpt, CVD.ckpt or CameraCtrl's RealEstate10K LoRA over a loaded base."""
+        from camvid.models.animatediff.checkpoints import load_method_file
+
+        return load_method_file(self, Path(path))
+
     def _name(self) -> str:
         return "cvd" if self.cvd else (self.camera or "animatediff")
 
