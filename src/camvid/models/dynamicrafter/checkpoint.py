@@ -64,8 +64,8 @@ def unwrap(raw, path: Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict (or a Lightning checkpoint with 'state_dict'); it looks "
-                         f"like {describe(raw)}")
+        raise ValueError(f"{path}: the file looks like {describe(raw)}; expected a DynamiCrafter model.ckpt or a "
+                         "camera-method checkpoint (a state dict, or a Lightning checkpoint with 'state_dict')")
     return state
 
 
