@@ -11,7 +11,7 @@ from camvid.sampling import run_sampling
 from camvid.training.loop import train
 from conftest import compose, data_overrides, run_overrides
 
-PAIRS = [("animatediff", "animatediff")]
+PAIRS = [("animatediff", "animatediff"), ("motionctrl", "animatediff")]
 
 
 @pytest.mark.parametrize("model,family", PAIRS)
@@ -51,3 +51,38 @@ def test_cvd_checkpoint_is_optional_over_the_cameractrl_base(tmp_path):
     torch.save({"pose_encoder_state_dict": poses, "attention_processor_state_dict": merge}, tmp_path / "CameraCtrl.ckpt")
     assert load_animatediff_weights(model, tmp_path) == ["CameraCtrl.ckpt"]
     assert all(p.eq(0).all() for n, p in model.unet.named_parameters() if ".epi_modules." in n and "proj_out" in n)
+
+
+def test_motionctrl_on_animatediff_starts_as_the_backbone_and_reads_cameras():
+    from camvid.models.animatediff import build_animatediff_method
+    from camvid.models.base import CameraInputs, Conditions
+
+    torch.manual_seed(0)
+    base = build_animatediff_method("animatediff", "tiny", num_frames=4, image_hw=(16, 16))
+    with torch.no_grad():  # the tiny motion modules' zero-initialised outputs would hide everything
+        for name, p in base.unet.named_parameters():
+            if "motion_modules" in name and p.abs().sum() == 0:
+                p.normal_(0, 0.1)
+    ctrl = build_animatediff_method("motionctrl", "tiny", num_frames=4, image_hw=(16, 16))
+    missing, unexpected = ctrl.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(".cc_projection." in k for k in missing) and missing
+    trainable = {n for n, p in ctrl.named_parameters() if p.requires_grad}
+    assert trainable and all(".cc_projection." in n or ".attn2." in n for n in trainable)
+
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 12, 4, 8, 8, generator=gen)
+    c2w = torch.eye(4).expand(2, 4, 4, 4).clone()
+    c2w[:, :, 0, 3] = torch.linspace(0, 1, 4)
+    cam = CameraInputs(K=torch.eye(3).expand(2, 4, 3, 3).clone(), c2w=c2w, image_hw=(16, 16))
+    cond = Conditions(text=base.text_encoder(["a room", "a room"]), camera=cam)
+    t = torch.tensor([500, 500])
+    with torch.no_grad():
+        ref = base.denoise(z, t, Conditions(text=cond.text))
+        out = ctrl.denoise(z, t, cond)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # [I | 0]: the backbone
+        for proc in ctrl.motionctrl.processors:
+            proc.cc_projection.weight.normal_(0, 0.05)
+        moved = ctrl.denoise(z, t, cond)
+        still = ctrl.denoise(z, t, Conditions(text=cond.text, camera=CameraInputs(
+            K=cam.K, c2w=torch.eye(4).expand(2, 4, 4, 4).clone(), image_hw=(16, 16))))
+    assert not torch.allclose(moved, still, atol=1e-4), "the camera must change the output"

@@ -10,7 +10,7 @@ from camvid.models.animatediff.unet import build_unet
 
 __all__ = ["build_animatediff_method", "METHODS", "POSE_ENCODER_CONFIGS"]
 
-METHODS = ("animatediff", "cameractrl", "cvd")
+METHODS = ("animatediff", "cameractrl", "motionctrl", "cvd")
 
 # CameraCtrl's ``pose_encoder_kwargs`` (adv3 config); the tiny one mirrors the tiny UNet's levels.
 POSE_ENCODER_CONFIGS = {
@@ -81,7 +81,7 @@ def build_animatediff_method(
             pose_encoder = CameraPoseEncoder(**cfg)
     model = AnimateDiffT2V(
         unet, first_stage, text_encoder,
-        camera=None if method == "animatediff" else "cameractrl",
+        camera={"animatediff": None, "motionctrl": "motionctrl"}.get(method, "cameractrl"),
         cvd=method == "cvd", attn_variant=attn, pose_encoder=pose_encoder,
         attn_kwargs=attn_kwargs, beta_schedule=beta_schedule, image_hw=image_hw,
     )
