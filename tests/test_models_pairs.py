@@ -11,7 +11,7 @@ from camvid.sampling import run_sampling
 from camvid.training.loop import train
 from conftest import compose, data_overrides, run_overrides
 
-PAIRS = [("animatediff", "animatediff"), ("motionctrl", "animatediff")]
+PAIRS = [("animatediff", "animatediff"), ("motionctrl", "animatediff"), ("cami2v", "animatediff")]
 
 
 @pytest.mark.parametrize("model,family", PAIRS)

@@ -103,6 +103,11 @@ class AnimateDiffT2V(VideoDiffusionModel):
             from camvid.models.animatediff.motionctrl import install_motionctrl
 
             self.motionctrl = install_motionctrl(unet)
+        self.cross_frame = None
+        if not cvd and attn_variant != "temporal":
+            from camvid.models.animatediff.cross_frame import install_cross_frame_modules
+
+            self.cross_frame = install_cross_frame_modules(unet, attn_variant, attn_kwargs)
         self.sync = None
         if cvd:
             from camvid.models.cvd import install_cvd_modules
@@ -184,9 +189,15 @@ class AnimateDiffT2V(VideoDiffusionModel):
             features = self.pose_features(cond.camera, z_t.dtype)
             if cond.drop_camera is not None:
                 keep_camera = ~cond.drop_camera.to(z_t.device)
-        with self._sync_context(cond, b, num_frames), self._motionctrl_context(cond, z_t):
+        with self._sync_context(cond, b, num_frames), self._motionctrl_context(cond, z_t), \
+                self._cross_frame_context(cond, num_frames):
             with self.pose_adaptor.feed(features, num_frames, keep_camera) if self.pose_adaptor else nullcontext():
                 return self.unet(z_t, t, encoder_hidden_states=tokens).sample
+
+    def _cross_frame_context(self, cond: Conditions, num_frames: int):
+        if self.cross_frame is None:
+            return nullcontext()
+        return self.cross_frame.bind(cond.camera, num_frames, cond.drop_camera)
 
     def _motionctrl_context(self, cond: Conditions, z_t: torch.Tensor):
         """MotionCtrl's per-frame relative ``[R|t]`` (12 numbers); zero for a dropped camera."""
@@ -232,7 +243,8 @@ class AnimateDiffT2V(VideoDiffusionModel):
         if self.motionctrl is not None:
             return list(self.motionctrl.parameters())
         if self.pose_adaptor is not None:
-            return list(self.pose_encoder.parameters()) + list(self.pose_adaptor.parameters())
+            extra = list(self.cross_frame.parameters()) if self.cross_frame is not None else []
+            return list(self.pose_encoder.parameters()) + list(self.pose_adaptor.parameters()) + extra
         return [p for name, p in self.unet.named_parameters() if ".motion_modules." in name]
 
     def load_pretrained(self, path: str | Path) -> None:
@@ -247,7 +259,9 @@ class AnimateDiffT2V(VideoDiffusionModel):
         return load_method_file(self, Path(path))
 
     def _name(self) -> str:
-        return "cvd" if self.cvd else (self.camera or "animatediff")
+        if self.cvd:
+            return "cvd"
+        return "cami2v" if self.cross_frame is not None else (self.camera or "animatediff")
 
 
 def _check_combination(camera: str | None, cvd: bool, attn_variant: str, pose_encoder: nn.Module | None) -> None:
@@ -271,6 +285,8 @@ def _check_combination(camera: str | None, cvd: bool, attn_variant: str, pose_en
             f"Invalid combination: attn=cross_video synchronises 2 videos but model={camera or 'animatediff'} "
             "generates single videos; use attn=temporal (or model=cvd)"
         )
+    if not cvd and attn_variant in ("epipolar", "epipolar_ref", "full3d") and camera == "cameractrl":
+        return  # CamI2V's cross-frame attention over CameraCtrl (model=cami2v on AnimateDiff)
     if not cvd and attn_variant != "temporal":
         raise ValueError(
             f"Invalid combination: model={camera or 'animatediff'} on AnimateDiff has no cross-frame camera "
