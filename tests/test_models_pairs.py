@@ -11,7 +11,9 @@ from camvid.sampling import run_sampling
 from camvid.training.loop import train
 from conftest import compose, data_overrides, run_overrides
 
-PAIRS = [("animatediff", "animatediff"), ("motionctrl", "animatediff"), ("cami2v", "animatediff")]
+PAIRS = [("animatediff", "animatediff"),
+         pytest.param("motionctrl", "animatediff", marks=pytest.mark.slow),  # ~1-2 min each on a busy CPU
+         pytest.param("cami2v", "animatediff", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("model,family", PAIRS)
@@ -86,3 +88,27 @@ def test_motionctrl_on_animatediff_starts_as_the_backbone_and_reads_cameras():
         still = ctrl.denoise(z, t, Conditions(text=cond.text, camera=CameraInputs(
             K=cam.K, c2w=torch.eye(4).expand(2, 4, 4, 4).clone(), image_hw=(16, 16))))
     assert not torch.allclose(moved, still, atol=1e-4), "the camera must change the output"
+
+
+def test_cami2v_on_animatediff_starts_as_cameractrl_and_sees_the_masks():
+    from camvid.models.animatediff import build_animatediff_method
+    from camvid.models.base import CameraInputs, Conditions
+
+    torch.manual_seed(0)
+    ctrl = build_animatediff_method("cameractrl", "tiny", num_frames=4, image_hw=(16, 16))
+    ours = build_animatediff_method("cami2v", "tiny", num_frames=4, image_hw=(16, 16))
+    missing, unexpected = ours.load_state_dict(ctrl.state_dict(), strict=False)
+    assert not unexpected and missing and all(".cross_frame_modules." in k for k in missing)
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert any(".cross_frame_modules." in n for n in trainable) and any("pose_encoder" in n for n in trainable)
+    c2w = torch.eye(4).expand(2, 4, 4, 4).clone()
+    c2w[:, :, 0, 3] = torch.linspace(0, 1, 4)
+    K = torch.tensor([[16.0, 0, 8], [0, 16, 8], [0, 0, 1]]).expand(2, 4, 3, 3).clone()
+    cond = Conditions(text=ctrl.text_encoder(["a", "b"]), camera=CameraInputs(K=K, c2w=c2w, image_hw=(16, 16)))
+    z = torch.randn(2, 12, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([300, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(ours.denoise(z, t, cond), ctrl.denoise(z, t, cond))
+    with pytest.raises(ValueError, match="model=cameractrl has no cross-frame camera module for attn=epipolar"):
+        build_animatediff_method("cameractrl", "tiny", attn="epipolar")
+    check_combination(compose(["model=cami2v", "backbone=tiny_animatediff", "attn=epipolar"]))
