@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", default="outputs/demo", help="the `make demo` output folder (defaults of the others)")
     p.add_argument("--run", help="run dir or <run>/checkpoints/step_<N> (default: <demo>/train)")
+    p.add_argument("--released", default="", help="released weights instead of --run: src/sample.py overrides, "
+                   "e.g. 'model=cami2v backbone=dynamicrafter_256 pretrained=PATH method_ckpt=PATH'")
     p.add_argument("--compare", default="", help="more runs, comma-separated, for the inside-vs-outside comparison")
     p.add_argument("--cvd-run", default="", help="a CVD run for the cross-video section")
     p.add_argument("--samples", help="samples folder (default: <demo>/samples)")
@@ -40,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     demo = Path(args.demo)
     run = args.run or str(demo / "train")
     samples = args.samples or str(demo / "samples")
-    missing = [what for what, path in (("run", run), ("samples", samples)) if not (REPO / path).exists()
-               and not Path(path).exists()]
+    needed = [("samples", samples)] + ([] if args.released else [("run", run)])
+    missing = [what for what, path in needed if not (REPO / path).exists() and not Path(path).exists()]
     if missing and (args.only is None or set(args.only) & {"attention_maps", "cameras"}):
         print(f"run_notebooks: {', '.join(missing)} not found ({run}, {samples}): run `make demo` first, or give "
               "--run / --samples", file=sys.stderr)
         return 2
     params = {
-        "attention_maps": {"CAMVID_NB_RUN": run, "CAMVID_NB_COMPARE": args.compare, "CAMVID_NB_CVD_RUN": args.cvd_run,
+        "attention_maps": {"CAMVID_NB_RUN": run, "CAMVID_NB_RELEASED": args.released, "CAMVID_NB_COMPARE": args.compare, "CAMVID_NB_CVD_RUN": args.cvd_run,
                            "CAMVID_NB_STEPS": str(args.steps), "CAMVID_NB_IMAGE": args.image,
                            "CAMVID_NB_TRAJECTORY": args.trajectory},
         "cameras": {"CAMVID_NB_SAMPLES": samples, "CAMVID_NB_EVAL": args.eval or str(demo / "eval")},

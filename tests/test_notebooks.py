@@ -217,3 +217,14 @@ def test_recovered_cameras_come_from_the_evaluation_and_errors_sum_to_its_number
     assert per_frame["TransErr"][0] == 0 and per_frame["TransErr"][2] > 0
     with pytest.raises(ValueError, match="no gt.mp4"):
         recovered_cameras(record, tmp_path / "eval", kind="gt")
+
+
+def test_load_released_composes_the_sample_config_and_names_what_is_missing():
+    from camvid.inspection import load_released
+
+    with pytest.raises(ValueError, match="need model="):
+        load_released("backbone=tiny_dynamicrafter")
+    with pytest.raises(ValueError, match="give pretrained=PATH"):
+        load_released(["model=cami2v", "backbone=tiny_dynamicrafter"], conf_dir=REPO / "conf")
+    with pytest.raises(FileNotFoundError, match="pretrained weights not found"):
+        load_released(["model=cami2v", "backbone=tiny_dynamicrafter", f"pretrained={REPO / 'no.ckpt'}"])

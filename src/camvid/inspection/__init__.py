@@ -11,7 +11,15 @@ from camvid.inspection.bands import (
     layer_band,
     query_bands,
 )
-from camvid.inspection.runs import LoadedRun, clip_frames, clip_from_image, load_run, noised_forward, run_clip
+from camvid.inspection.runs import (
+    LoadedRun,
+    clip_frames,
+    clip_from_image,
+    load_released,
+    load_run,
+    noised_forward,
+    run_clip,
+)
 
 __all__ = [
     "BandMass",
@@ -24,6 +32,7 @@ __all__ = [
     "LoadedRun",
     "clip_frames",
     "clip_from_image",
+    "load_released",
     "load_run",
     "noised_forward",
     "run_clip",

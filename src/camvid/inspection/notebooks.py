@@ -11,6 +11,8 @@ __all__ = ["NOTEBOOK_PARAMETERS", "execute_notebook"]
 # environment variable read by the notebooks' parameter cells -> what it sets
 NOTEBOOK_PARAMETERS = {
     "CAMVID_NB_RUN": "attention_maps: run directory or step_<N> checkpoint",
+    "CAMVID_NB_RELEASED": "attention_maps: released weights instead of RUN: src/sample.py overrides "
+                          "(model=... backbone=... pretrained=... method_ckpt=...)",
     "CAMVID_NB_COMPARE": "attention_maps: more runs (comma-separated) for the inside-vs-outside comparison",
     "CAMVID_NB_CVD_RUN": "attention_maps: a CVD run for the cross-video section",
     "CAMVID_NB_CLIP": "attention_maps: clip index of the run's test split",

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-__all__ = ["LoadedRun", "load_run", "run_clip", "clip_from_image", "clip_frames", "noised_forward"]
+__all__ = ["LoadedRun", "load_run", "load_released", "run_clip", "clip_from_image", "clip_frames", "noised_forward"]
 
 
 @dataclass
@@ -43,6 +43,30 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     ckpt = resolve_checkpoint(ckpt_path=path if (path / STATE_NAME).is_file() else None, run_dir=path)
     cfg, method = load_trained_method(ckpt, device)
     return LoadedRun(cfg, method, ckpt)
+
+
+def load_released(overrides: list[str] | str, device: str | torch.device = "cpu",
+                  conf_dir: str | Path | None = None) -> LoadedRun:
+    """A method from released weights, configured like ``src/sample.py`` without a run directory, e.g.
+    ``["model=cami2v", "backbone=dynamicrafter_256", "pretrained=model.ckpt", "method_ckpt=256_cami2v.pt"]``
+    (docs/models.md). ``conf_dir``: the repository's ``conf/`` (default: next to ``src/``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from camvid.sampling import pretrained_method
+
+    if isinstance(overrides, str):
+        overrides = overrides.split()
+    conf = Path(conf_dir) if conf_dir else Path(__file__).resolve().parents[3] / "conf"
+    if not (conf / "sample.yaml").is_file():
+        raise FileNotFoundError(f"{conf}/sample.yaml not found: pass conf_dir=<repository>/conf")
+    if not any(o.startswith("model=") for o in overrides):
+        raise ValueError(f"released weights need model=... among the overrides, got {overrides}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="sample", overrides=list(overrides))
+    cfg, method, source = pretrained_method(cfg, device)
+    return LoadedRun(cfg, method, Path(source))
 
 
 def run_clip(run: LoadedRun, index: int = 0, split: str = "test", root: str | Path | None = None,
