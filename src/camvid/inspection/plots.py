@@ -9,10 +9,20 @@ import torch
 
 from camvid.attention import AttentionMaps, LayerAttention, Query
 
-__all__ = ["plot_query_bands", "plot_attention_heads", "plot_attention_layers", "plot_register_share",
+__all__ = ["short_name", "plot_query_bands", "plot_attention_heads", "plot_attention_layers", "plot_register_share",
            "plot_band_mass", "plot_videos", "draw_line", "plot_per_frame"]
 
 BAND_RGBA = (0.1, 0.9, 0.3, 0.35)
+# module-path pieces every layer of a family shares: dropped from labels
+_NOISE = ("model.diffusion_model.", "unet.", ".transformer_blocks.0.epipolar.epipolar_attn", ".epi_transformer",
+          ".transformer_blocks.0")
+
+
+def short_name(name: str) -> str:
+    """A layer's module path without the parts every layer of its family shares, for labels."""
+    for piece in _NOISE:
+        name = name.replace(piece, "")
+    return name.replace(".attention_blocks.", " attn ")
 
 
 GAP = 0.06  # gap between the frames of a strip, as a fraction of the frame width
@@ -160,7 +170,8 @@ def plot_attention_heads(frames: np.ndarray, layer: LayerAttention, query_index:
             _mark(ax, query, _offset(query.frame, W))
         ax.set_ylabel(label, fontsize=7)
     _titles(axes[0], [f"frame {j}" for j in range(F)] if key_labels is None else key_labels, W)
-    fig.suptitle(f"{layer.name} ({layer.variant}, {h}x{w}), t={layer.timesteps[timestep_index]}", fontsize=9)
+    fig.suptitle(f"{short_name(layer.name)} ({layer.variant}, {h}x{w}), t={layer.timesteps[timestep_index]}",
+                 fontsize=9)
     return fig
 
 
@@ -175,8 +186,7 @@ def plot_attention_layers(frames: np.ndarray, maps: AttentionMaps, query_index: 
         _heat_row(ax, frames, _upsample(row, (H, W)), fig)
         if key_labels is None:
             _mark(ax, query, _offset(query.frame, W))
-        short = layer.name.replace(".transformer_blocks.0", "").replace(".epipolar_attn", "")
-        ax.set_ylabel(f"{short[-28:]}\n{layer.feat_hw[0]}x{layer.feat_hw[1]}", fontsize=6)
+        ax.set_ylabel(f"{short_name(layer.name)}\n{layer.feat_hw[0]}x{layer.feat_hw[1]}", fontsize=6)
     _titles(axes[0], [f"frame {j}" for j in range(F)] if key_labels is None else key_labels, W)
     fig.suptitle(f"attention of query {query_index} per layer (mean over heads), t={maps.timesteps[timestep_index]}",
                  fontsize=9)
@@ -190,14 +200,14 @@ def plot_register_share(maps: AttentionMaps):
     share = maps.register_share().mean((2, 3)).numpy()  # (layer, timestep)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.35 * len(maps) + 2.2))
     im = left.imshow(share, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(1e-6, float(share.max())))
-    left.set_yticks(range(len(maps)), [f"{n.feat_hw[0]}x{n.feat_hw[1]} {i}" for i, n in enumerate(maps)],
+    left.set_yticks(range(len(maps)), [f"{short_name(n.name)} {n.feat_hw[0]}x{n.feat_hw[1]}" for n in maps],
                     fontsize=6)
     left.set_xticks(range(len(maps.timesteps)), [str(t) for t in maps.timesteps], fontsize=6, rotation=90)
     left.set_xlabel("timestep t (denoiser call)")
     left.set_title("share of attention on register tokens", fontsize=9)
     fig.colorbar(im, ax=left)
     for i, layer in enumerate(maps):
-        right.plot(maps.timesteps, share[i], marker=".", lw=0.8, label=f"{i}: {layer.feat_hw[0]}x{layer.feat_hw[1]}")
+        right.plot(maps.timesteps, share[i], marker=".", lw=0.8, label=short_name(layer.name))
     right.set_xlabel("timestep t")
     right.set_ylabel("register share")
     if len(maps.timesteps) > 1 and maps.timesteps[0] > maps.timesteps[-1]:
@@ -221,7 +231,8 @@ def plot_band_mass(rows: list[dict]):
     ax.bar(x, regs, bottom=inside + outside, color="tab:purple", label="registers")
     ax.scatter(x, [r["chance"] for r in rows], marker="_", s=120, color="black", zorder=3,
                label="band share of keys (chance)")
-    ax.set_xticks(x, [f"{r['model']}\n{r['level'][0]}x{r['level'][1]}" for r in rows], fontsize=6, rotation=90)
+    ax.set_xticks(x, [f"{r['model']} {short_name(r['layer'])} {r['level'][0]}x{r['level'][1]}" for r in rows],
+                  fontsize=6, rotation=90)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("attention mass")
     ax.legend(fontsize=7, loc="upper right")
