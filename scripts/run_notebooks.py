@@ -4,8 +4,8 @@
     python scripts/run_notebooks.py --run RUN_DIR --compare RUN_A,RUN_B --cvd-run CVD_RUN_DIR \
         --samples SAMPLES_DIR --eval EVAL_DIR --out outputs/notebooks
 
-Reports: <out>/attention_maps.html, <out>/cameras.html, <out>/epipolar_masks.html. The notebooks in
-notebooks/ are not modified (they stay without outputs in git).
+Reports: <out>/attention_maps.html, <out>/cameras.html, <out>/epipolar_masks.html (+ the figure it saves).
+The notebooks in notebooks/ are not modified (they stay without outputs in git).
 """
 
 from __future__ import annotations
@@ -55,13 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         "cameras": {"CAMVID_NB_SAMPLES": samples, "CAMVID_NB_EVAL": args.eval or str(demo / "eval")},
         "epipolar_masks": {},
     }
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     failed = []
     for name in args.only or NOTEBOOKS:
         html = out / f"{name}.html"
         print(f"=== {name}.ipynb -> {html}", flush=True)
         try:
-            execute_notebook(REPO / "notebooks" / f"{name}.ipynb", params[name], repo=REPO, html=html)
+            # run inside the report folder: files a notebook writes (epipolar_masks.png) land beside its report
+            execute_notebook(REPO / "notebooks" / f"{name}.ipynb", params[name], repo=REPO, html=html, cwd=out)
         except CellExecutionError as err:
             failed.append(name)
             print(f"{name}: a cell failed (the report shows where):\n{str(err)[-2000:]}", file=sys.stderr)

@@ -30,8 +30,9 @@ NOTEBOOK_PARAMETERS = {
 
 
 def execute_notebook(path: str | Path, params: dict[str, str] | None = None, *, repo: str | Path,
-                     html: str | Path | None = None, timeout: int = 1800):
-    """Execute ``path`` top to bottom in a fresh kernel whose working directory is ``repo``.
+                     html: str | Path | None = None, cwd: str | Path | None = None, timeout: int = 1800):
+    """Execute ``path`` top to bottom in a fresh kernel (working directory ``cwd``, default ``repo``;
+    the notebooks resolve relative paths against ``repo``, passed as ``CAMVID_REPO``).
 
     ``params``: ``CAMVID_NB_*`` variables (see :data:`NOTEBOOK_PARAMETERS`). Writes the executed
     notebook as HTML to ``html`` (also when a cell fails, so the report shows the error) and returns the
@@ -46,7 +47,9 @@ def execute_notebook(path: str | Path, params: dict[str, str] | None = None, *, 
     nb = nbformat.read(str(path), as_version=4)
     env = {**os.environ, "CAMVID_REPO": str(Path(repo).resolve()), "MPLBACKEND": "module://matplotlib_inline.backend_inline",
            **{k: str(v) for k, v in (params or {}).items()}}
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(repo)}})
+    workdir = Path(cwd or repo)
+    workdir.mkdir(parents=True, exist_ok=True)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
     try:
         client.execute(env=env)
     finally:
