@@ -204,3 +204,14 @@ def test_resume_mismatch_warn_resumes_with_a_warning(trained, data_root, tmp_pat
     assert any("trainer.batch_size: checkpoint 1, now 2" in r.getMessage() for r in caplog.records)
     state = json.loads((run / "checkpoints" / "step_00000005" / STATE_NAME).read_text())
     assert state["resume"]["batch_size"] == 2  # the new checkpoint records the new settings
+
+
+def test_checkpoint_files_follow_the_umask(trained):
+    import stat
+
+    from camvid.fsutil import dir_mode, file_mode
+
+    ckpt = trained / "checkpoints" / STEP4
+    assert stat.S_IMODE(ckpt.stat().st_mode) == dir_mode()
+    for f in ckpt.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == file_mode(), f.name

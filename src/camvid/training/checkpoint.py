@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from camvid.fsutil import atomic_write_text, fsync_dir
+from camvid.fsutil import atomic_write_text, dir_mode, file_mode, fsync_dir
 
 __all__ = ["CheckpointManager", "CheckpointError", "trainable_state_dict", "load_trainable_state_dict",
            "find_latest", "read_step", "read_trainer_state", "verify_checkpoint", "is_complete", "list_checkpoints",
@@ -93,9 +93,16 @@ def _files(directory: Path) -> list[Path]:
 
 
 def write_manifest(directory: Path, step: int) -> Path:
-    """Hash every file of ``directory`` and write the manifest, durably, as the last file."""
+    """Hash every file of ``directory`` and write the manifest, durably, as the last file.
+
+    Every file also gets the umask's mode: safetensors writes its files 0600, which would make the
+    checkpoint unreadable to collaborators on shared storage.
+    """
     entries = {}
+    for d in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
+        os.chmod(d, dir_mode())
     for f in _files(directory):
+        os.chmod(f, file_mode())
         with f.open("rb") as fh:
             os.fsync(fh.fileno())  # the manifest must never reach the disk before the data it vouches for
         entries[f.relative_to(directory).as_posix()] = {"size": f.stat().st_size, "sha256": _sha256(f)}
