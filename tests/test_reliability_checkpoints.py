@@ -215,3 +215,15 @@ def test_checkpoint_files_follow_the_umask(trained):
     assert stat.S_IMODE(ckpt.stat().st_mode) == dir_mode()
     for f in ckpt.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == file_mode(), f.name
+
+
+def test_sampling_refuses_a_damaged_checkpoint_naming_the_file(trained, tmp_path):
+    from camvid.sampling import resolve_checkpoint
+
+    run = _copy(trained, tmp_path)
+    _truncate(run / "checkpoints" / STEP4 / WEIGHTS_NAME)
+    with pytest.raises(CheckpointError, match=WEIGHTS_NAME):
+        resolve_checkpoint(ckpt_path=run / "checkpoints" / STEP4)
+    with pytest.raises(CheckpointError, match=WEIGHTS_NAME):
+        resolve_checkpoint(run_dir=run)
+    assert resolve_checkpoint(ckpt_path=run / "checkpoints" / STEP2) == run / "checkpoints" / STEP2

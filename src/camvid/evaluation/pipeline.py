@@ -33,6 +33,7 @@ from camvid.evaluation.layout import GT_VIDEO_FILE, SampleRecord, read_samples, 
 from camvid.evaluation.sfm import SfmOptions
 from camvid.evaluation.tables import ResultRow, paper_row, write_tables
 from camvid.evaluation.weights import MissingWeights, require_weights
+from camvid.fsutil import atomic_write_text
 
 __all__ = ["METRIC_FAMILIES", "run_evaluation"]
 
@@ -104,7 +105,7 @@ def _write_failures(path: Path, unusable: dict[str, str], records: list[SampleRe
         if r.gt_problem:
             lines.append(f"{r.sample_id},{GT_VIDEO_FILE},{r.gt_problem.replace(',', ' ')}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -119,7 +120,7 @@ def _write_per_video(path: Path, per_video: list[dict], reference: list[dict] | 
         lines.append(",".join([v["sample_id"], str(v["num_success"]), str(v["num_trials"]), *fmt[:3],
                                str(r.get("num_success", "")), *fmt[3:], reasons]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _geometry_rows(records: list[SampleRecord], cfg: dict, reference: bool) -> tuple[list[ResultRow], dict]:

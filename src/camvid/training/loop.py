@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from camvid.config import check_combination
 from camvid.diffusion.losses import diffusion_loss
+from camvid.fsutil import atomic_write_text
 from camvid.models.registry import build_method, set_trainable
 from camvid.training.checkpoint import CheckpointManager, find_latest, read_trainer_state
 from camvid.training.data import build_train_loader, prepare_data
@@ -123,7 +124,7 @@ def _train(cfg: DictConfig) -> dict:
     if is_main:
         resolved = OmegaConf.to_yaml(cfg, resolve=True)
         print(resolved)
-        (run_dir / "config_resolved.yaml").write_text(resolved)
+        atomic_write_text(run_dir / "config_resolved.yaml", resolved)
 
     # Same initial weights on every rank; data order and noise differ per rank.
     torch.manual_seed(int(cfg.seed))
@@ -218,7 +219,7 @@ def _train(cfg: DictConfig) -> dict:
     if seen_keys is not None:
         keys_dir = run_dir / "sample_keys"
         keys_dir.mkdir(exist_ok=True)
-        (keys_dir / f"rank_{accelerator.process_index}.json").write_text(json.dumps(seen_keys))
+        atomic_write_text(keys_dir / f"rank_{accelerator.process_index}.json", json.dumps(seen_keys))
     accelerator.wait_for_everyone()
     logger.finish()
     accelerator.end_training()
