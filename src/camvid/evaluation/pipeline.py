@@ -20,6 +20,7 @@ from camvid.evaluation.camera_accuracy import (
     CameraAccuracyConfig,
     VideoJob,
     evaluate_camera_accuracy,
+    failed_video_result,
     summarize_camera_results,
 )
 from camvid.evaluation.geometry_consistency import (
@@ -89,9 +90,7 @@ def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path,
 
 def _count_unusable(result: dict, unusable: dict[str, str], trials: int) -> dict:
     """Unusable videos join the camera results as videos whose every trial failed, with the reason."""
-    failed = [{"sample_id": sid, "num_frames": 0, "num_trials": trials, "num_success": 0,
-               "trials": [{"seed": None, "success": False, "registered": 0, "reason": reason}] * trials,
-               **{m: None for m in CAMERA_METRICS}} for sid, reason in unusable.items()]
+    failed = [failed_video_result(sid, trials, reason) for sid, reason in unusable.items()]
     per_video = sorted(result["per_video"] + failed, key=lambda v: v["sample_id"])
     return {"summary": summarize_camera_results(per_video), "per_video": per_video}
 

@@ -329,13 +329,22 @@ class CheckpointManager:
             log.warning("resuming from the newest intact checkpoint instead: %s", path)
         return {"path": str(path) if path else None}
 
-    def load(self, path: Path) -> dict:
-        """Load a verified checkpoint (see :meth:`resolve_resume`) into the accelerator's objects."""
+    def load(self, path: Path, exact: bool = True) -> dict:
+        """Load a verified checkpoint (see :meth:`resolve_resume`) into the accelerator's objects.
+
+        ``exact=False`` (resume_mismatch=warn with more processes than wrote the checkpoint): a rank
+        without saved RNG states starts them fresh, with a warning, instead of stopping.
+        """
         path = Path(path)
         state = read_trainer_state(path)
         rank = self.accelerator.process_index
         rng_file = path / RNG_STATE_PATTERN.format(rank=rank)
-        expected_rng = _read_rng_states(rng_file)
+        if not exact and not rng_file.is_file():
+            log.warning("%s: missing (no such rank in the run that wrote the checkpoint); this rank's RNG "
+                        "states start fresh", rng_file)
+            expected_rng = None
+        else:
+            expected_rng = _read_rng_states(rng_file)
         try:
             self.accelerator.load_state(str(path))
         except CheckpointError:
@@ -346,7 +355,7 @@ class CheckpointManager:
             raise CheckpointError(
                 f"{path}: the checkpoint's files are intact but cannot be loaded into this run "
                 f"({type(err).__name__}: {err})", path) from err
-        if not torch.equal(torch.get_rng_state(), expected_rng["torch_manual_seed"]):
+        if expected_rng is not None and not torch.equal(torch.get_rng_state(), expected_rng["torch_manual_seed"]):
             raise CheckpointError(f"{rng_file}: the RNG states were not restored by accelerate; "
                                   "resume would not continue the run exactly", rng_file)
         return state

@@ -155,11 +155,11 @@ def _train(cfg: DictConfig) -> dict:
     # what exact resume depends on: recorded in every checkpoint, compared when resuming
     fingerprint = run_fingerprint(cfg, accelerator.num_processes)
     resume_from = ckpt.resolve_resume(cfg.get("ckpt_path"))  # verified; auto-resume falls back past bad ones
-    start_step = 0
+    start_step, changed = 0, []
     if resume_from is not None:
         resumed_state = read_trainer_state(resume_from)
-        check_resume_compatible(resumed_state, fingerprint, str(cfg.get("resume_mismatch") or "error"),
-                                resume_from)
+        changed = check_resume_compatible(resumed_state, fingerprint, str(cfg.get("resume_mismatch") or "error"),
+                                          resume_from)
         start_step = int(resumed_state["step"])
 
     loader = build_train_loader(cfg, rank=accelerator.process_index, world_size=accelerator.num_processes,
@@ -169,7 +169,7 @@ def _train(cfg: DictConfig) -> dict:
     # RNG, which the model's dropout also uses, and resume must continue exactly where it stopped.
     batches = itertools.chain([next(batches)], batches)
     if resume_from is not None:
-        ckpt.load(resume_from)
+        ckpt.load(resume_from, exact=not changed)
         if is_main:
             print(f"resumed from {resume_from} at step {start_step}")
 
