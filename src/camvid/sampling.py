@@ -22,6 +22,7 @@ from camvid.geometry.cameras import (
 )
 from camvid.models.base import VideoDiffusionModel
 from camvid.training.preview import to_uint8_video, write_gif
+from camvid.trajectories import resolve_trajectories, save_path_picture
 
 __all__ = [
     "sampler_settings",
@@ -170,8 +171,12 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
         if not cfg.image:
             raise ValueError(f"model={train_cfg.model.name} is image-to-video: give image=PATH")
         image, src_hw = load_image(cfg.image, hw)
+    # pose files / videos / scaled presets -> a path transferred to this image (camvid.trajectories)
+    paths = resolve_trajectories(specs, cfg.out_dir, T, src_hw or hw, translation_scale=cfg.get("trajectory_scale"),
+                                 stride=int(cfg.get("trajectory_stride", 1)), fov_deg=cfg.fov_deg,
+                                 seed=cfg.trajectory_seed)
     cams = [trajectory_cameras(s, T, hw, src_hw=src_hw, fov_deg=cfg.fov_deg, seed=cfg.trajectory_seed + i)
-            for i, s in enumerate(specs)]
+            for i, s in enumerate(paths)]
     video = torch.zeros(len(specs), T, 3, *hw)
     if image is not None:
         video[:, 0] = image
@@ -193,6 +198,7 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
                                     "checkpoint": str(ckpt), "trajectory": spec,
                                     "group": "single" if len(specs) > 1 else None, "view": i})
         write_gif(folder / "video.gif", frames, fps=cfg.fps)
+        save_path_picture(folder, batch["K"][i].numpy(), batch["c2w"][i].numpy(), hw, str(spec))
         written.append(folder)
     return written
 
@@ -223,6 +229,7 @@ def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionMo
                       "group": key if views > 1 else None, "view": v % views},
             )
             write_gif(folder / "video.gif", frames, fps=cfg.fps)
+            save_path_picture(folder, batch["K"][v].numpy(), batch["c2w"][v].numpy(), tuple(frames.shape[1:3]), sid)
             written.append(folder)
     return written
 

@@ -85,6 +85,10 @@ def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path,
                           better="lower", note=f"{n_failed}/{s['num_videos']} videos with no successful trial "
                           "(counted, not dropped; their errors are absent from the means)"))
     _write_per_video(out_dir / "camera_per_video.csv", generated["per_video"], (gt_result or {}).get("per_video"))
+    if int(cfg.get("plots", 16)) > 0:  # requested vs recovered cameras, out_dir/cameras/<sample>.png
+        from camvid.evaluation.camera_plots import draw_requested_vs_recovered
+
+        draw_requested_vs_recovered(records, generated["per_video"], out_dir / "cameras", int(cfg.get("plots", 16)))
     return rows, {"camera": generated, "camera_reference": gt_result}
 
 
