@@ -159,6 +159,7 @@ def test_the_shipped_configs_are_valid(data_root, tmp_path):
     ("eval", ["samples_dir=DIR/missing"], "samples_dir=.*missing: must be an existing directory"),
     ("sample", ["run_dir=DIR", "fov_deg=200"], "fov_deg=200: must be a number > 0.0 and < 180.0"),
     ("sample", ["run_dir=DIR", "num_samples=many"], "num_samples=many: must be an integer >= 1"),
+    ("sample", ["run_dir=DIR", "trajectory_scale=-1"], "trajectory_scale=-1: must be a number > 0.0"),
     ("sample", [], "ckpt_path=null and run_dir=null"),
 ])
 def test_sample_and_eval_options_are_validated(config, overrides, message, tmp_path):

@@ -235,6 +235,8 @@ SAMPLE_RULES: list[Rule] = [
     Rule("eta", number(0.0), nullable=True),
     Rule("fov_deg", number(0.0, 180.0, lo_open=True, hi_open=True)),
     Rule("trajectory_seed", integer(0)),
+    Rule("trajectory_scale", number(0.0, lo_open=True), nullable=True),
+    Rule("trajectory_stride", integer(1)),
     Rule("fps", number(0.0, lo_open=True)),
     Rule("split", text),
 ]

@@ -302,7 +302,11 @@ class CheckpointManager:
         """
         decision: dict = {}
         if self.accelerator.is_main_process:
-            decision = self._decide(explicit)
+            try:
+                decision = self._decide(explicit)
+            except Exception as err:  # never leave the other ranks waiting in the broadcast
+                decision = {"error": f"{self.dir}: choosing the checkpoint to resume failed: "
+                                     f"{type(err).__name__}: {err}"}
         decision = _broadcast(self.accelerator, decision)
         if "error" in decision:
             raise CheckpointError(decision["error"])
@@ -339,12 +343,16 @@ class CheckpointManager:
         state = read_trainer_state(path)
         rank = self.accelerator.process_index
         rng_file = path / RNG_STATE_PATTERN.format(rank=rank)
+        expected_rng, problem = None, None
         if not exact and not rng_file.is_file():
             log.warning("%s: missing (no such rank in the run that wrote the checkpoint); this rank's RNG "
                         "states start fresh", rng_file)
-            expected_rng = None
         else:
-            expected_rng = _read_rng_states(rng_file)
+            try:
+                expected_rng = _read_rng_states(rng_file)
+            except CheckpointError as err:
+                problem = err
+        _agree(self.accelerator, problem)  # every rank stops, or none: nothing is loaded on any rank
         try:
             self.accelerator.load_state(str(path))
         except CheckpointError:
@@ -355,10 +363,29 @@ class CheckpointManager:
             raise CheckpointError(
                 f"{path}: the checkpoint's files are intact but cannot be loaded into this run "
                 f"({type(err).__name__}: {err})", path) from err
+        problem = None
         if expected_rng is not None and not torch.equal(torch.get_rng_state(), expected_rng["torch_manual_seed"]):
-            raise CheckpointError(f"{rng_file}: the RNG states were not restored by accelerate; "
-                                  "resume would not continue the run exactly", rng_file)
+            problem = CheckpointError(f"{rng_file}: the RNG states were not restored by accelerate; "
+                                      "resume would not continue the run exactly", rng_file)
+        _agree(self.accelerator, problem)
         return state
+
+
+def _agree(accelerator, problem: CheckpointError | None) -> None:
+    """Raise on every rank if any rank has a problem (a rank raising alone would hang the others)."""
+    if accelerator.num_processes == 1:
+        if problem is not None:
+            raise problem
+        return
+    from accelerate.utils import gather_object
+
+    problems = gather_object([None if problem is None else (accelerator.process_index, str(problem))])
+    failed = [p for p in problems if p is not None]
+    if problem is not None:
+        raise problem
+    if failed:
+        rank, message = failed[0]
+        raise CheckpointError(f"rank {rank}: {message}")
 
 
 def _read_rng_states(path: Path) -> dict:

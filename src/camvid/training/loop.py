@@ -179,7 +179,8 @@ def _train(cfg: DictConfig) -> dict:
         print(f"run dir: {run_dir}\ntrainable parameters: {n_train:,} of {n_total:,}")
     max_steps = int(tcfg.max_steps)
     pbar = tqdm(total=max_steps, initial=start_step, disable=not is_main, desc="train", dynamic_ncols=True)
-    last = {"loss": math.nan}
+    # a resumed run that is already at max_steps reports the checkpoint's loss, not nan
+    last = {"loss": float(resumed_state.get("loss", math.nan)) if resume_from is not None else math.nan}
     t0, samples_seen = time.perf_counter(), 0
     # optional data audit: which samples each rank trained on (DDP sharding check, debugging)
     seen_keys: list[list[str]] | None = [] if tcfg.get("log_sample_keys") else None
