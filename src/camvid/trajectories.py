@@ -56,15 +56,17 @@ def source_aspect(intrinsics) -> np.ndarray:
     return k[..., 1] / k[..., 0]
 
 
-def adapt_intrinsics(intrinsics, target_hw: tuple[int, int]) -> np.ndarray:
+def adapt_intrinsics(intrinsics, target_hw: tuple[int, int], source_hw: tuple[int, int] | None = None) -> np.ndarray:
     """(T, 4) normalised intrinsics of the source frames -> normalised intrinsics for a target image
     of ``target_hw = (height, width)``, by an exact short-side resize and centre crop of the source
-    camera. Pixels are square in the target (``fx' * W = fy' * H``) by construction."""
+    camera. Pixels are square in the target (``fx' * W = fy' * H``) by construction. ``source_hw``
+    (``pose_source_hw=[H,W]``) gives the source frame's size when its pixels are not square."""
     k = np.asarray(intrinsics, dtype=np.float64)
     Ht, Wt = (float(v) for v in target_hw)
     if Ht <= 0 or Wt <= 0:
         raise ValueError(f"target size must be positive, got {target_hw}")
-    aspect = source_aspect(k)  # source frame in units of its height: (W_s, H_s) = (aspect, 1)
+    # source frame in units of its height: (W_s, H_s) = (aspect, 1)
+    aspect = source_aspect(k) if source_hw is None else np.full(k.shape[:-1], source_hw[1] / source_hw[0])
     f = k[..., 1]  # focal length in source heights (= fx * W_s with square pixels)
     s = np.maximum(Ht, Wt / aspect)  # scale so the source covers the target
     left = (aspect * s - Wt) / 2
@@ -90,7 +92,7 @@ def rescale_translation(c2w, scale: float | None) -> np.ndarray:
 
 
 def transfer_track(track: CameraTrack, target_hw: tuple[int, int], translation_scale: float | None = None,
-                   num_frames: int | None = None) -> CameraTrack:
+                   num_frames: int | None = None, source_hw: tuple[int, int] | None = None) -> CameraTrack:
     """The path of ``track`` for a new image of ``target_hw`` (height, width): see the module doc."""
     if num_frames is not None:
         if num_frames < 1 or num_frames > len(track):
@@ -102,7 +104,7 @@ def transfer_track(track: CameraTrack, target_hw: tuple[int, int], translation_s
     header = f"camvid transfer of {track.url or 'a camera path'} to {target_hw[1]}x{target_hw[0]}"
     if translation_scale is not None:
         header += f" scale={translation_scale:g}"
-    return CameraTrack(header, track.timestamps.copy(), adapt_intrinsics(track.intrinsics, target_hw),
+    return CameraTrack(header, track.timestamps.copy(), adapt_intrinsics(track.intrinsics, target_hw, source_hw),
                        c2w_to_w2c(rel)[:, :3, :])
 
 
@@ -156,13 +158,14 @@ def prepare_trajectory(spec: str, out_path: str | Path, target_hw: tuple[int, in
 
 def resolve_trajectories(specs: list[str], out_dir: str | Path, num_frames: int, target_hw: tuple[int, int], *,
                          translation_scale: float | None = None, stride: int = 1, fov_deg: float = 60.0,
-                         seed: int = 0) -> list[str]:
+                         seed: int = 0, source_hw: tuple[int, int] | None = None) -> list[str]:
     """What ``src/sample.py`` passes on for each requested trajectory.
 
     A preset without a translation scale stays a preset name. Anything else -- a pose file of any
     layout, a video (annotated by SfM at ``stride``, first ``num_frames`` frames), or a preset with a
     scale -- is transferred to the target image (``target_hw``: the conditioning image's original
-    size) and written as ``out_dir/trajectories/view<i>.txt``, whose path is returned instead."""
+    size) and written as ``out_dir/trajectories/view<i>.txt``, whose path is returned instead.
+    ``source_hw`` is the size of the video a pose file was recorded on (default: from square pixels)."""
     from camvid.data.synthetic import TRAJECTORY_KINDS
 
     resolved = []
@@ -184,8 +187,13 @@ def resolve_trajectories(specs: list[str], out_dir: str | Path, num_frames: int,
             raise ValueError(f"trajectory={spec!r}: not a pose file and not a preset ({', '.join(TRAJECTORY_KINDS)}); "
                              "no such pose file (any layout) or video")
         if len(track) < num_frames:
-            raise ValueError(f"trajectory={spec}: {len(track)} cameras, the model generates {num_frames} frames")
-        track = transfer_track(track, target_hw, translation_scale, num_frames)
+            hint = ""
+            if is_video_source(spec):
+                hint = (f" (frames that failed to register are left out: see `python data_prep/annotate_poses.py "
+                        f"{spec} --stride {stride} --max-frames {num_frames}`; --interpolate fills them)")
+            raise ValueError(f"trajectory={spec}: {len(track)} cameras, the model generates {num_frames} frames{hint}")
+        track = transfer_track(track, target_hw, translation_scale, num_frames,
+                               source_hw if Path(spec).is_file() and not is_video_source(spec) else None)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_re10k(out, Cameras(track, target_hw[1], target_hw[0]))
         resolved.append(str(out))
