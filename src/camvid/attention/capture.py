@@ -251,13 +251,13 @@ class _Pending:
     tokens: list[int]  # query token of each query
     layout: _Layout
     cells: torch.Tensor
-    key_dims: tuple[int, int]  # (N, Lq) of the call, for the mask lookup
     num_keys: int
+    ctx: object  # the call's AttentionContext (held only until the kernel has run)
+    kind: str | None
 
 
 class _Session:
-    def __init__(self, model: nn.Module, selected, heads, timesteps, queries: list[Query], image_hw):
-        self.model = model
+    def __init__(self, selected, heads, timesteps, queries: list[Query], image_hw):
         self.heads = None if heads is None else [int(h) for h in heads]
         self.timestep_filter = None if timesteps is None else {int(t) for t in timesteps}
         self.queries = queries
@@ -324,9 +324,9 @@ class _Session:
                 reg_logits.append(torch.einsum("hd,hrd->hr", qv, rk) * scale)
         self.pending[id(module)] = _Pending(
             self.current, torch.stack(logits), torch.stack(reg_logits) if reg_logits else None, rows, tokens,
-            layout, cells, (N, Lq), k.shape[1])
+            layout, cells, k.shape[1], ctx, kind)
         self.info[name] = {"variant": layout.variant, "feat_hw": layout.feat_hw, "image_hw": image_hw,
-                           "heads": heads, "kind": kind, "ctx": ctx}
+                           "heads": heads}
 
     def _image_hw(self, layout: _Layout, name: str) -> tuple[int, int]:
         ctx = layout.ctx
@@ -356,10 +356,9 @@ class _Session:
         if pending is None:
             return
         name, _ = self.by_module[id(module)]
-        info = self.info[name]
         layout = pending.layout
         Q = len(pending.rows)
-        mask, bias = self._mask_rows(info["ctx"], info["kind"], pending)  # (Q, Lk) or None each
+        mask, bias = self._mask_rows(pending.ctx, pending.kind, pending)  # (Q, Lk) or None each
         logits = pending.logits
         if bias is not None:  # soft band: an additive bias on the keys, none on the registers
             logits = logits + bias[:, None, :].to(logits.device)
@@ -458,7 +457,7 @@ def capture(model: nn.Module, layers: Sequence[str | int] | str | None = None, h
         raise ValueError(f"{type(model).__name__} has no cross-frame attention (epipolar, epipolar_ref, full3d "
                          "or cross_video) to capture; a Plücker-only or temporal model has none")
     selected = _select(found, layers)
-    session = _Session(model, selected, heads, timesteps, queries, image_hw)
+    session = _Session(selected, heads, timesteps, queries, image_hw)
     parents = {id(p): p for _, _, p in selected}
     for parent in parents.values():
         session.handles.append(parent.register_forward_pre_hook(session.parent_pre_hook, with_kwargs=True))
@@ -482,4 +481,5 @@ def capture(model: nn.Module, layers: Sequence[str | int] | str | None = None, h
             handle.remove()
         if callable(denoise):
             del model.denoise
+        session.layouts.clear()  # drop the last contexts (their cached masks) with the session
         session.build()
