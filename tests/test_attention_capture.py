@@ -190,3 +190,19 @@ def test_capture_during_sampling_tracks_the_denoiser_timesteps():
 
 def method_heads(method, name):
     return dict(method.named_modules())[name].heads
+
+
+def test_capture_during_a_training_step_leaves_gradients_unchanged():
+    module = make_module("epipolar")
+    x = torch.randn(B, T, HW, C, generator=torch.Generator().manual_seed(4))
+
+    def grads():
+        module.zero_grad()
+        module(x, make_ctx("epipolar", "sparse"), FEAT_HW).square().sum().backward()
+        return [p.grad.clone() for p in module.parameters()]
+
+    reference = grads()
+    with capture(module, queries=QUERIES) as maps:
+        captured = grads()
+    assert all(torch.equal(a, b) for a, b in zip(reference, captured))
+    assert not maps[maps.layers[0]].probs.requires_grad

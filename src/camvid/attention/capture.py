@@ -291,6 +291,7 @@ class _Session:
         self.layouts[id(parent)] = _Layout(parent.variant, B, T, tuple(int(v) for v in feat_hw), ctx)
 
     # ------------------------------------------------------------------ scoring
+    @torch.no_grad()  # inspection only: nothing joins the autograd graph of a training step
     def record(self, module, q, k, reg_k, ctx, kind) -> None:
         entry = self.by_module.get(id(module))
         if entry is None:
@@ -351,6 +352,7 @@ class _Session:
         return rows, tokens, torch.tensor(cells, dtype=torch.long)
 
     # ------------------------------------------------------------------ after the kernel
+    @torch.no_grad()
     def finish(self, module) -> None:
         pending = self.pending.pop(id(module), None)
         if pending is None:
