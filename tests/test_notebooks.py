@@ -191,7 +191,7 @@ def test_band_mass_splits_every_query_into_inside_outside_and_registers():
 def test_recovered_cameras_come_from_the_evaluation_and_errors_sum_to_its_numbers(tmp_path):
     from camvid.evaluation.layout import read_samples, write_sample
     from camvid.evaluation.pose_metrics import camera_errors
-    from camvid.inspection.cameras import per_frame_errors, recovered_cameras
+    from camvid.inspection.cameras import per_frame_errors, pick_sample, recovered_cameras
 
     rng = np.random.default_rng(0)
     T = 5
@@ -217,6 +217,12 @@ def test_recovered_cameras_come_from_the_evaluation_and_errors_sum_to_its_number
     assert per_frame["TransErr"][0] == 0 and per_frame["TransErr"][2] > 0
     with pytest.raises(ValueError, match="no gt.mp4"):
         recovered_cameras(record, tmp_path / "eval", kind="gt")
+    # the notebook's default sample: the first one whose generated video SfM recovered
+    write_sample(tmp_path / "samples", "a0", np.zeros((T, 32, 32, 3), np.uint8), np.repeat(K[None], T, 0), gt,
+                 caption="", seed=0)
+    records = read_samples(tmp_path / "samples")
+    assert [r.sample_id for r in records] == ["a0", "s0"]
+    assert pick_sample(records, results).sample_id == "s0" and pick_sample(records, None).sample_id == "a0"
 
 
 def test_load_released_composes_the_sample_config_and_names_what_is_missing():

@@ -17,7 +17,7 @@ import numpy as np
 from camvid.evaluation.layout import SampleRecord
 from camvid.evaluation.pose_metrics import cammc_errors, canonicalize, rotation_errors, translation_errors
 
-__all__ = ["RecoveredCameras", "recovered_cameras", "per_frame_errors", "evaluation_results"]
+__all__ = ["RecoveredCameras", "recovered_cameras", "per_frame_errors", "evaluation_results", "pick_sample"]
 
 
 @dataclass
@@ -84,3 +84,15 @@ def per_frame_errors(est_c2w: np.ndarray, gt_c2w: np.ndarray) -> dict[str, np.nd
     return {"RotErr": rotation_errors(est[:, :3, :3], gt[:, :3, :3]),
             "TransErr": translation_errors(est[:, :3, 3], gt[:, :3, 3]),
             "CamMC": cammc_errors(est, gt)}
+
+
+def pick_sample(records: list[SampleRecord], results: dict | None) -> SampleRecord:
+    """The first sample whose generated video the evaluation's SfM recovered (the most to look at),
+    else the first sample."""
+    if not records:
+        raise ValueError("the samples folder holds no sample")
+    for record in records:
+        found = _from_results(results, record.sample_id, "video") if results else None
+        if found is not None and found.c2w is not None:
+            return record
+    return records[0]
