@@ -47,6 +47,8 @@ def execute_notebook(path: str | Path, params: dict[str, str] | None = None, *, 
     nb = nbformat.read(str(path), as_version=4)
     env = {**os.environ, "CAMVID_REPO": str(Path(repo).resolve()), "MPLBACKEND": "module://matplotlib_inline.backend_inline",
            **{k: str(v) for k, v in (params or {}).items()}}
+    if env.get("PYTHONPATH"):  # the kernel starts elsewhere (cwd): keep a relative PYTHONPATH=src working
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     workdir = Path(cwd or repo)
     workdir.mkdir(parents=True, exist_ok=True)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
