@@ -112,3 +112,17 @@ def test_cami2v_on_animatediff_starts_as_cameractrl_and_sees_the_masks():
     with pytest.raises(ValueError, match="model=cameractrl has no cross-frame camera module for attn=epipolar"):
         build_animatediff_method("cameractrl", "tiny", attn="epipolar")
     check_combination(compose(["model=cami2v", "backbone=tiny_animatediff", "attn=epipolar"]))
+
+
+@pytest.mark.parametrize("model,random", [("cami2v", True), ("motionctrl", False), ("cameractrl", False)])
+def test_conditioning_frame_follows_the_model_config(model, random, data_root, tmp_path):
+    """rand_cond_frame: CamI2V trains on a random conditioning frame, MotionCtrl / CameraCtrl on frame 0
+    (the released CamI2V-repo configs)."""
+    from camvid.training.data import build_train_loader
+
+    cfg = compose(run_overrides(data_root, tmp_path, f"model={model}", "backbone=tiny_dynamicrafter",
+                                "data=synthetic", "trainer.batch_size=4"))
+    assert cfg.model.rand_cond_frame is random
+    loader = iter(build_train_loader(cfg, rank=0, world_size=1))
+    cond = torch.cat([next(loader)["cond_index"] for _ in range(3)])
+    assert bool((cond != 0).any()) is random
