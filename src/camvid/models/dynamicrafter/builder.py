@@ -93,9 +93,17 @@ def build_dynamicrafter_method(
         raise ValueError(f"Invalid combination: attn={attn} is a CamI2V cross-frame attention but model={method} "
                          "has none; with that model use attn=temporal, or use model=cami2v")
     check_weight_files(method, size, pretrained, method_ckpt)
-    # the pretrained trunk gets meta parameters (real buffers) and is materialised by the load;
-    # no device given: keep the caller's default device (e.g. an enclosing ``with torch.device("meta")``)
-    lazy = pretrained is not None and size != "tiny" and str(device) != "meta"
+    if pretrained is not None and size != "tiny" and tokenizer_path is not None and text_encoder is None:
+        from pathlib import Path
+
+        from camvid.models.openclip import check_tokenizer
+
+        check_tokenizer(Path(tokenizer_path))
+    # no device given: keep the caller's default device (e.g. an enclosing ``with torch.device("meta")``,
+    # a dry run that builds and loads manifest-shaped files without memory)
+    dry_run = str(device if device is not None else torch.get_default_device()) == "meta"
+    # the pretrained trunk gets meta parameters (real buffers) and is materialised by the load
+    lazy = pretrained is not None and size != "tiny" and not dry_run
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = _build(method, size, attn, attn_kwargs, num_frames, image_hw, vae_path, first_stage, text_encoder,
                        image_encoder, pixel_shuffle_factor, unet_overrides, gradient_checkpointing, method_kwargs,
@@ -104,7 +112,7 @@ def build_dynamicrafter_method(
         model.load_weights(pretrained, kind="base")
     if method_ckpt is not None:
         model.load_weights(method_ckpt, kind="method")
-    if str(device) != "meta":
+    if not dry_run:
         from camvid.models.dynamicrafter.checkpoint import meta_tensors
 
         left = meta_tensors(model)
