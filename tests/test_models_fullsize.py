@@ -17,10 +17,10 @@ from camvid.models.dynamicrafter.image_proj import resampler_config
 from camvid.models.dynamicrafter.unet import dynamicrafter_unet_config
 from camvid.models.manifests import load_manifest
 from camvid.models.openclip import (
-    OpenCLIPImageEncoder,
-    OpenCLIPTextEncoder,
     UNUSED_IMAGE_KEYS,
     UNUSED_TEXT_KEYS,
+    OpenCLIPImageEncoder,
+    OpenCLIPTextEncoder,
     convert_to_official,
 )
 

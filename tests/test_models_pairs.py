@@ -161,7 +161,7 @@ def test_cvd_on_dynamicrafter_starts_as_cameractrl_and_couples_the_pair():
         assert ref.abs().mean() > 1e-3
         torch.testing.assert_close(cvd.denoise(z, t, cvd.conditions(batch)), ref)
         for epi in cvd.unet.epi_modules:  # open the zero-initialised outputs: the partner now matters
-            for name, p in epi.named_parameters():
+            for p in epi.parameters():
                 if p.abs().sum() == 0 and p.ndim == 2:
                     p.normal_(0, 0.05)
         out = cvd.denoise(z, t, cvd.conditions(batch))
