@@ -310,3 +310,24 @@ def test_headline_command_gets_past_model_construction(tmp_path):
     with pytest.raises(FileNotFoundError, match="merges.txt"):
         build_method(compose(["model=cami2v", f"pretrained={tmp_path / 'model.ckpt'}",
                               f"backbone.kwargs.tokenizer_path={tmp_path / 'nowhere'}", "logger=none"]))
+
+
+@pytest.mark.parametrize("model,option", [("cvd", {"band": "soft"}), ("cami2v", {"grid": "cami2v_release"})])
+def test_released_masks_follow_the_method_checkpoint(model, option):
+    """CVD.ckpt was trained with the soft band, the released CamI2V checkpoints with their own mask
+    grid: ``released_masks=auto`` switches them on whenever such a file is loaded."""
+    from camvid.models.camera.context import CONTEXT_KWARGS
+    from camvid.models.registry import released_mask_kwargs
+
+    assert released_mask_kwargs(model, None) == {}  # training from scratch keeps the config's masks
+    assert released_mask_kwargs(model, "method.ckpt", "false") == {}
+    assert released_mask_kwargs("cameractrl", "method.ckpt") == {}
+    with pytest.raises(ValueError, match="released_masks=sometimes"):
+        released_mask_kwargs(model, "method.ckpt", "sometimes")
+    [key] = option
+    if key in CONTEXT_KWARGS:
+        assert released_mask_kwargs(model, "method.ckpt") == option
+        assert released_mask_kwargs(model, None, "true") == option
+    else:  # the attention module without the option: said, not silently ignored
+        with pytest.warns(UserWarning, match=f"no \\['{key}'\\] option"):
+            assert released_mask_kwargs(model, "method.ckpt") == {}
