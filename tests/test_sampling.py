@@ -84,6 +84,27 @@ def test_multi_view_model_samples_one_video_per_trajectory(runs, tmp_path):
     assert torch.is_tensor(trajectory_cameras("pan", 8, (32, 32))[1])
 
 
+def test_camera_path_of_one_clip_applied_to_another_image(runs, data_root, tmp_path):
+    """Trajectory transfer: a square clip's pose file on a wide image, rescaled; a picture of the path."""
+    from PIL import Image
+
+    frame = sorted((data_root / "train" / "frames").glob("*/00000.png"))[0]
+    wide = tmp_path / "wide.png"
+    Image.open(frame).resize((96, 40)).save(wide)
+    pose_file = sorted((data_root / "train").glob("*.txt"))[-1]
+    cfg = _sample_cfg(f"run_dir={runs['cami2v']}", f"image={wide}", f"trajectory={pose_file}",
+                      "trajectory_scale=0.5", f"out_dir={tmp_path / 'out'}")
+    [folder] = run_sampling(cfg)
+    assert (folder / "cameras.png").stat().st_size > 5000
+    moved = read_pose_file(tmp_path / "out" / "trajectories" / "view0.txt")
+    np.testing.assert_allclose(moved.intrinsics[:, 0] * 96, moved.intrinsics[:, 1] * 40, rtol=1e-8)
+    track = read_pose_file(folder / "cameras.txt")
+    c2w = track.c2w()
+    assert np.linalg.norm(c2w[:, :3, 3], axis=-1).max() == pytest.approx(0.5, rel=1e-5)
+    # square pixels at the generation resolution too (32 x 32 from a 96 x 40 image)
+    np.testing.assert_allclose(track.intrinsics[:, 0], track.intrinsics[:, 1], rtol=0.02)
+
+
 # ----------------------------------------------------------------------------- issue 7: sampler fixes
 
 

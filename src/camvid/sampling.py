@@ -22,6 +22,7 @@ from camvid.geometry.cameras import (
 )
 from camvid.models.base import VideoDiffusionModel
 from camvid.training.preview import to_uint8_video, write_gif
+from camvid.trajectories import resolve_trajectories, save_path_picture
 
 __all__ = [
     "sampler_settings",
@@ -36,18 +37,19 @@ __all__ = [
 
 def resolve_checkpoint(ckpt_path: str | Path | None = None, run_dir: str | Path | None = None) -> Path:
     """A ``step_<N>`` directory: the one given, or the latest of ``run_dir``."""
-    from camvid.training.checkpoint import STATE_NAME, find_latest
+    from camvid.training.checkpoint import STATE_NAME, WEIGHTS_NAME, find_latest, verify_checkpoint
 
     if ckpt_path:
         ckpt = Path(ckpt_path)
         if not (ckpt / STATE_NAME).is_file():
             raise FileNotFoundError(f"ckpt_path={ckpt}: not a checkpoint directory (no {STATE_NAME})")
-        return ckpt
-    if not run_dir:
-        raise ValueError("give ckpt_path=<run>/checkpoints/step_<N> or run_dir=<run>")
-    ckpt = find_latest(Path(run_dir) / "checkpoints")
-    if ckpt is None:
-        raise FileNotFoundError(f"run_dir={run_dir}: no checkpoint under {Path(run_dir) / 'checkpoints'}")
+    else:
+        if not run_dir:
+            raise ValueError("give ckpt_path=<run>/checkpoints/step_<N> or run_dir=<run>")
+        ckpt = find_latest(Path(run_dir) / "checkpoints")
+        if ckpt is None:
+            raise FileNotFoundError(f"run_dir={run_dir}: no checkpoint under {Path(run_dir) / 'checkpoints'}")
+    verify_checkpoint(ckpt, files=[WEIGHTS_NAME])  # complete and intact, or an error naming the file
     return ckpt
 
 
@@ -226,10 +228,15 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
         if not cfg.image:
             raise ValueError(f"model={train_cfg.model.name} is image-to-video: give image=PATH")
         image, src_hw = load_image(cfg.image, hw)
+    # pose files / videos / scaled presets -> a path transferred to this image (camvid.trajectories);
+    # a transferred file's normalised intrinsics refer to the image (``target``), a preset's to ``hw``
     pose_hw = cfg.get("pose_source_hw")
-    cams = [trajectory_cameras(s, T, hw, src_hw=None if pose_hw is None else tuple(pose_hw), fov_deg=cfg.fov_deg,
-                               seed=cfg.trajectory_seed + i)
-            for i, s in enumerate(specs)]
+    target = src_hw or hw
+    paths = resolve_trajectories(specs, cfg.out_dir, T, target, translation_scale=cfg.get("trajectory_scale"),
+                                 stride=int(cfg.get("trajectory_stride", 1)), fov_deg=cfg.fov_deg,
+                                 seed=cfg.trajectory_seed, source_hw=None if pose_hw is None else tuple(pose_hw))
+    cams = [trajectory_cameras(p, T, hw, src_hw=target, fov_deg=cfg.fov_deg, seed=cfg.trajectory_seed + i)
+            for i, p in enumerate(paths)]
     if views > 1 and cfg.get("reverse_second", False):
         cams[1] = reverse_trajectory(*cams[1])
     video = torch.zeros(len(specs), T, 3, *hw)
@@ -254,6 +261,7 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
                                     "checkpoint": str(ckpt), "trajectory": spec,
                                     "group": "single" if len(specs) > 1 else None, "view": i})
         write_gif(folder / "video.gif", frames, fps=cfg.fps)
+        save_path_picture(folder, batch["K"][i].numpy(), batch["c2w"][i].numpy(), hw, str(spec))
         written.append(folder)
     return written
 
@@ -284,6 +292,7 @@ def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionMo
                       "group": key if views > 1 else None, "view": v % views},
             )
             write_gif(folder / "video.gif", frames, fps=cfg.fps)
+            save_path_picture(folder, batch["K"][v].numpy(), batch["c2w"][v].numpy(), tuple(frames.shape[1:3]), sid)
             written.append(folder)
     return written
 
