@@ -12,6 +12,8 @@ along the batch, ``[a0, b0, a1, b1, ...]``, as in the AnimateDiff CVD; the masks
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -35,16 +37,18 @@ class _AfterTemporalTransformer:
         return rearrange(self.sync.run(self.epi, frames), "(b t) c h w -> b c t h w", b=b, t=t)
 
 
-def install_cvd_on_dynamicrafter(unet, tau: float = 3.0, masked: bool = True, path: str = "auto",
-                                 heads: int | None = None, seed: int = 0, max_feat_size: int = 64,
-                                 **context_options) -> CrossVideoSync:
-    """Hang one sync module after every temporal transformer of ``unet`` (a ``DynamiCrafterUNet``)."""
+def install_cvd_on_dynamicrafter(unet, heads: int | None = None, max_feat_size: int = 64,
+                                 **options) -> CrossVideoSync:
+    """Hang one sync module after every temporal transformer of ``unet`` (a ``DynamiCrafterUNet``).
+    ``options``: the ``attn=cross_video`` keys :class:`CrossVideoSync` takes (tau, masked, path, seed, ...)."""
     from camvid.models.dynamicrafter.blocks import TemporalTransformer
 
-    if context_options:
-        raise ValueError(f"unknown cross_video options {sorted(context_options)}; valid: tau, masked, path, seed")
-    sync = CrossVideoSync(tau, masked, path, seed)
-    AttentionContext(path=path)  # an unknown path fails now, not in the first forward
+    valid = [p for p in inspect.signature(CrossVideoSync.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown cross_video options {unknown}; valid: {', '.join(valid)}, heads, max_feat_size")
+    sync = CrossVideoSync(**options)
+    AttentionContext(path=sync.path)  # an unknown path fails now, not in the first forward
     sites = [m for name, m in unet.named_modules()
              if isinstance(m, TemporalTransformer) and not name.startswith("init_attn")]
     modules = []
