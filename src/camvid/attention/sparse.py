@@ -203,11 +203,15 @@ def build_tile_plan_from_runs(
     device = start.device
     tile_hw = tile_hw or default_tile_hw(feat_hw)
     qids = _tile_query_ids(N, Lq // hw, feat_hw, tile_hw).to(device)  # (tiles, Q) into N*Lq
-    lo = start.reshape(N * Lq, S * h)
-    hi = end.reshape(N * Lq, S * h)
+    small = torch.int16  # columns fit (w <= 32767); small integers keep the passes below cheap
+    lo = start.reshape(N * Lq, S * h).to(small)
+    hi = end.reshape(N * Lq, S * h).to(small)
     # Hull per (tile, segment, row); empty runs must not widen it.
-    tlo = torch.where(lo[qids] < hi[qids], lo[qids], w).amin(1).long()  # (tiles, S*h)
-    thi = torch.where(lo[qids] < hi[qids], hi[qids], 0).amax(1).long()
+    tlo_q, thi_q = lo[qids], hi[qids]  # (tiles, Q, S*h)
+    empty = tlo_q >= thi_q
+    tlo = tlo_q.masked_fill(empty, w).amin(1).long()  # (tiles, S*h)
+    thi = thi_q.masked_fill_(empty, 0).amax(1).long()
+    del tlo_q, thi_q, empty
     length = (thi - tlo).clamp_(min=0)
     union = length.sum(-1)
     row_valid = (hi > lo).any(-1)
@@ -226,14 +230,13 @@ def build_tile_plan_from_runs(
         slots = torch.arange(width, device=device).expand(len(sel), -1)
         g = torch.searchsorted(ends, slots.contiguous(), right=True).clamp_(max=S * h - 1)
         used = slots < ends[:, -1:]
-        offset = slots - (ends - ln).gather(1, g)
-        col = first_col.gather(1, g) + offset
+        col = first_col.gather(1, g) + slots - (ends - ln).gather(1, g)
         keys = torch.where(used, seg_first.expand(len(sel), -1).gather(1, g) + col, 0)
         tq = qids[sel]
-        qlo = lo[tq].long().gather(2, g.unsqueeze(1).expand(-1, tq.shape[1], -1))  # (n, Q, U)
-        qhi = hi[tq].long().gather(2, g.unsqueeze(1).expand(-1, tq.shape[1], -1))
-        c = col.unsqueeze(1)
-        sub = (qlo <= c) & (c < qhi) & used.unsqueeze(1)
+        gq = g.unsqueeze(1).expand(-1, tq.shape[1], -1)
+        c = col.masked_fill_(~used, -1).to(small).unsqueeze(1)  # padding slots: column -1, never kept
+        sub = lo[tq].gather(2, gq) <= c
+        sub &= hi[tq].gather(2, gq) > c
         sample = tq[:, :1] // Lq
         # padding slots point at key 0 of the tile's own sample (masked out, any valid index works)
         chunks.append(TileChunk(tq, keys + sample * (S * hw), sub))
