@@ -132,7 +132,7 @@ def naive_attention(x, attn, mask):
     H, D, R = attn.heads, attn.dim_head, attn.num_register_tokens
     context = torch.cat([attn.register_tokens.expand(B, -1, -1), x], 1) if R else x
     q, k, v = attn.to_q(x), attn.to_k(context), attn.to_v(context)
-    bias = torch.zeros(B, 1, L, R + L).masked_fill(~torch.nn.functional.pad(mask, (R, 0), value=True)[:, None],
+    bias = torch.zeros(B, 1, L, R + L, device=x.device).masked_fill(~torch.nn.functional.pad(mask, (R, 0), value=True)[:, None],
                                                    float("-inf"))
     outs = []
     for i in range(H):

@@ -327,3 +327,22 @@ def test_default_hard_band_leaves_no_level_mostly_empty():
             assert empty(default) < 0.5, (seed, feat_hw, empty(default))
             if feat_hw == (4, 4):
                 assert empty(fixed) > empty(default)
+
+
+def test_generic_block_sparse_path_equals_the_fused_cpu_kernel():
+    """The device-agnostic chunk path (used on CUDA) gives the fused CPU kernel's values and gradients."""
+    from camvid.attention import blocksparse
+
+    start, end = _empty_row_runs()
+    plan = build_tile_plan_from_runs(start, end, (2, 3), tile_hw=(1, 3), chunk_keys=5)
+    g = torch.Generator().manual_seed(2)
+    for R in (0, 2):
+        q, k, v = (torch.randn(12 + (R if i else 0), 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+                   for i in range(3))
+        fused = blocksparse._BlockSparseAttention.apply(q, k, v, R, plan)
+        generic = blocksparse._generic(q, k, v, R, plan)
+        torch.testing.assert_close(generic, fused)
+        w = torch.randn(fused.shape, generator=g, dtype=torch.float64)
+        for a, b in zip(torch.autograd.grad((fused * w).sum(), (q, k, v)),
+                        torch.autograd.grad((generic * w).sum(), (q, k, v))):
+            torch.testing.assert_close(a, b)

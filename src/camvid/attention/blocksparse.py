@@ -48,12 +48,26 @@ class _Workspace:
         return buf[:numel].view(shape)
 
 
-def _gather(ws, name, src, idx, n):
-    """Rows ``idx`` (n*X,) of ``src`` (tokens, H, D) -> (n, H, X, D), a strided view of a reused buffer."""
-    _, H, D = src.shape
-    out = ws.get(name, idx.numel(), H * D)
-    torch.index_select(src.view(src.shape[0], H * D), 0, idx, out=out)
-    return out.view(n, -1, H, D).transpose(1, 2)
+def _gather_kv(ws, kv, idx, n):
+    """Rows ``idx`` of the packed (tokens, 2, H, D) key/value tensor -> k, v (n, H, X, D) strided views."""
+    _, _, H, D = kv.shape
+    out = ws.get("kv", idx.numel(), 2 * H * D)
+    torch.index_select(kv.view(kv.shape[0], -1), 0, idx, out=out)
+    out = out.view(n, -1, 2, H, D)
+    return out[:, :, 0].transpose(1, 2), out[:, :, 1].transpose(1, 2)
+
+
+def _tile_order(plan):
+    """All query ids in chunk order and each chunk's [start, end) in it (chunks are consecutive there)."""
+    cached = getattr(plan, "_tile_order", None)
+    if cached is None:
+        ids = torch.cat([c.query_ids.reshape(-1) for c in plan.chunks])
+        bounds, at = [], 0
+        for c in plan.chunks:
+            bounds.append((at, at + c.query_ids.numel()))
+            at += c.query_ids.numel()
+        cached = plan._tile_order = (ids, bounds)
+    return cached
 
 
 def _chunk_inputs(chunk, R: int, dtype):
@@ -78,50 +92,89 @@ def _chunk_inputs(chunk, R: int, dtype):
 
 
 class _BlockSparseAttention(torch.autograd.Function):
+    """Queries are permuted once into chunk order, so each chunk reads and writes one contiguous slice
+    of them (no per-chunk query gather or output scatter); keys and values are packed side by side
+    and gathered with one ``index_select`` per chunk."""
+
     @staticmethod
     def forward(ctx, q, k_ext, v_ext, R, plan):
         # q (Nq, H, D); k_ext / v_ext (R + Nk, H, D): the R register tokens first, then the keys
         Nq, H, D = q.shape
-        out = q.new_zeros(Nq, H, D)
-        lse = q.new_zeros(Nq, H)
+        ids, bounds = _tile_order(plan)
+        qs = q.index_select(0, ids)  # (Nq', H, D) in chunk order
+        kv = torch.stack([k_ext, v_ext], dim=1)  # (R + Nk, 2, H, D)
+        out_s = q.new_empty(qs.shape)
+        lse_s = q.new_empty(qs.shape[:2])
         ws = _Workspace(q)
-        for c in plan.chunks:
+        for c, (a, b) in zip(plan.chunks, bounds):
             n, Q = c.query_ids.shape
-            qflat = c.query_ids.reshape(-1)
             kids, bias = _chunk_inputs(c, R, q.dtype)
-            o, l = _flash(_gather(ws, "q", q, qflat, n), _gather(ws, "k", k_ext, kids, n),
-                          _gather(ws, "v", v_ext, kids, n), attn_mask=bias)
-            out.index_copy_(0, qflat, o.transpose(1, 2).reshape(n * Q, H, D))
-            lse.index_copy_(0, qflat, l.transpose(1, 2).reshape(n * Q, H))
+            kg, vg = _gather_kv(ws, kv, kids, n)
+            o, l = _flash(qs[a:b].view(n, Q, H, D).transpose(1, 2), kg, vg, attn_mask=bias)
+            out_s[a:b].view(n, Q, H, D).copy_(o.transpose(1, 2))
+            lse_s[a:b].view(n, Q, H).copy_(l.transpose(1, 2))
+        out = q.new_zeros(Nq, H, D).index_copy_(0, ids, out_s)
         ctx.plan, ctx.R = plan, R
-        ctx.save_for_backward(q, k_ext, v_ext, out, lse)
+        ctx.save_for_backward(q, k_ext, v_ext, out_s, lse_s)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k_ext, v_ext, out, lse = ctx.saved_tensors
+        q, k_ext, v_ext, out_s, lse_s = ctx.saved_tensors
         plan, R = ctx.plan, ctx.R
         Nq, H, D = q.shape
-        dout = dout.contiguous()
-        dq = torch.zeros_like(q)
-        dk = torch.zeros_like(k_ext)
-        dv = torch.zeros_like(v_ext)
+        ids, bounds = _tile_order(plan)
+        qs = q.index_select(0, ids)
+        dos = dout.index_select(0, ids)
+        kv = torch.stack([k_ext, v_ext], dim=1)
+        dq_s = torch.empty_like(qs)
+        dkv = torch.zeros_like(kv)
         ws = _Workspace(q)
-        for c in plan.chunks:
+        for c, (a, b) in zip(plan.chunks, bounds):
             n, Q = c.query_ids.shape
-            qflat = c.query_ids.reshape(-1)
             kids, bias = _chunk_inputs(c, R, q.dtype)
-            qg = _gather(ws, "q", q, qflat, n)
-            kg = _gather(ws, "k", k_ext, kids, n)
-            vg = _gather(ws, "v", v_ext, kids, n)
-            og = _gather(ws, "o", out, qflat, n)
-            dog = _gather(ws, "do", dout, qflat, n)
-            lg = lse.index_select(0, qflat).view(n, Q, H).transpose(1, 2).contiguous()
-            gq, gk, gv = _flash_backward(dog, qg, kg, vg, og, lg, 0.0, False, attn_mask=bias)
-            dq.index_copy_(0, qflat, gq.transpose(1, 2).reshape(n * Q, H, D))
-            dk.index_add_(0, kids, gk.transpose(1, 2).reshape(-1, H, D))
-            dv.index_add_(0, kids, gv.transpose(1, 2).reshape(-1, H, D))
-        return dq, dk, dv, None, None
+            kg, vg = _gather_kv(ws, kv, kids, n)
+
+            def view(t):
+                return t[a:b].view(n, Q, H, D).transpose(1, 2)
+
+            lg = lse_s[a:b].view(n, Q, H).transpose(1, 2).contiguous()
+            gq, gk, gv = _flash_backward(view(dos), view(qs), kg, vg, view(out_s), lg, 0.0, False, attn_mask=bias)
+            dq_s[a:b].view(n, Q, H, D).copy_(gq.transpose(1, 2))
+            gkv = ws.get("gkv", kids.numel(), 2, H, D)
+            gkv[:, 0].view(n, -1, H, D).copy_(gk.transpose(1, 2))
+            gkv[:, 1].view(n, -1, H, D).copy_(gv.transpose(1, 2))
+            dkv.index_add_(0, kids, gkv)
+        dq = torch.zeros_like(q).index_copy_(0, ids, dq_s)
+        return dq, dkv[:, 0], dkv[:, 1], None, None
+
+
+def _chunk_sdpa(q, k_ext, v_ext, qflat, kids, bias, n):
+    """One chunk through ``F.scaled_dot_product_attention`` (devices without the CPU fused kernel)."""
+    Q = qflat.numel() // n
+    H, D = q.shape[1:]
+    qg = q.index_select(0, qflat).view(n, Q, H, D).transpose(1, 2)
+    kg = k_ext.index_select(0, kids).view(n, -1, H, D).transpose(1, 2)
+    vg = v_ext.index_select(0, kids).view(n, -1, H, D).transpose(1, 2)
+    empty = torch.isinf(bias).all(-1, keepdim=True)  # rows with no key: open them, zero them after
+    o = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias.masked_fill(empty, 0.0))
+    o = o.masked_fill(empty, 0.0)
+    return o.transpose(1, 2).reshape(n * Q, H, D)
+
+
+def _generic(q, k_ext, v_ext, R, plan):
+    """Autograd through SDPA per chunk, each chunk recomputed in the backward pass (checkpoint)."""
+    from torch.utils.checkpoint import checkpoint
+
+    Nq, H, D = q.shape
+    outs, ids = [], []
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_ext, v_ext))
+    for c in plan.chunks:
+        kids, bias = _chunk_inputs(c, R, q.dtype)
+        args = (q, k_ext, v_ext, c.query_ids.reshape(-1), kids, bias, c.query_ids.shape[0])
+        outs.append(checkpoint(_chunk_sdpa, *args, use_reentrant=False) if grad else _chunk_sdpa(*args))
+        ids.append(c.query_ids.reshape(-1))
+    return q.new_zeros(Nq, H, D).index_copy(0, torch.cat(ids), torch.cat(outs))
 
 
 def block_sparse_attention(q, k, v, plan, reg_k=None, reg_v=None):
@@ -137,5 +190,8 @@ def block_sparse_attention(q, k, v, plan, reg_k=None, reg_v=None):
     if R:
         kf = torch.cat([reg_k[0].transpose(0, 1).to(k.dtype), kf], dim=0)
         vf = torch.cat([reg_v[0].transpose(0, 1).to(v.dtype), vf], dim=0)
-    out = _BlockSparseAttention.apply(qf, kf.contiguous(), vf.contiguous(), R, plan)
+    if q.device.type == "cpu":
+        out = _BlockSparseAttention.apply(qf, kf.contiguous(), vf.contiguous(), R, plan)
+    else:  # CUDA: the fused CPU kernel does not exist there (FlexAttention is the fast GPU path)
+        out = _generic(qf, kf.contiguous(), vf.contiguous(), R, plan)
     return out.view(B, Lq, H, D)
