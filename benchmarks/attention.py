@@ -161,12 +161,11 @@ def public_attention(x, context, attn, mask):
 def run_case(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    from camvid.attention import AttentionContext, build_cross_frame_attention
     from camvid.geometry import epipolar as geo
 
     H, W = spec["image_hw"]
     h, w = spec["feat_hw"]
-    T, C, heads = spec["frames"], spec["dim"], spec["heads"]
+    T = spec["frames"]
     K, c2w = cameras(T, (H, W))
     what, rep = spec["what"], spec["repeat"]
     out: dict = {}

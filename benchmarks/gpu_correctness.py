@@ -53,11 +53,11 @@ def correctness(device, frames=16):
                     p.normal_(0, 0.02)
         x = torch.randn(views, frames, 1024, 320, device=device)
 
-        def ctx(path):
+        def ctx(path, Kb=Kb, c2wb=c2wb, views=views):
             return AttentionContext(K=Kb, c2w=c2wb, image_hw=(256, 256), num_views=views, path=path,
                                     cond_index=torch.zeros(views, dtype=torch.long, device=device))
 
-        def run(c):
+        def run(c, x=x, module=module):
             xi = x.clone().requires_grad_()
             module.zero_grad()
             y = module(xi, c, feat_hw)

@@ -322,8 +322,10 @@ def test_default_hard_band_leaves_no_level_mostly_empty():
         for feat_hw in [(32, 32), (16, 16), (8, 8), (4, 4)]:
             fixed = AttentionContext(K=K, c2w=c2w, image_hw=(256, 256), num_views=2, tau=3.0)
             default = AttentionContext(K=K, c2w=c2w, image_hw=(256, 256), num_views=2)
-            empty = lambda c: 1.0 - float(c.runs("cross", feat_hw).rows(0, feat_hw[0] * feat_hw[1]).any(-1)  # noqa: E731
-                                          .float().mean())
+
+            def empty(c, feat_hw=feat_hw):
+                return 1.0 - float(c.runs("cross", feat_hw).rows(0, feat_hw[0] * feat_hw[1]).any(-1).float().mean())
+
             assert empty(default) < 0.5, (seed, feat_hw, empty(default))
             if feat_hw == (4, 4):
                 assert empty(fixed) > empty(default)
@@ -346,3 +348,19 @@ def test_generic_block_sparse_path_equals_the_fused_cpu_kernel():
         for a, b in zip(torch.autograd.grad((fused * w).sum(), (q, k, v)),
                         torch.autograd.grad((generic * w).sum(), (q, k, v))):
             torch.testing.assert_close(a, b)
+
+
+def test_auto_path_choice():
+    K, c2w = cameras(2, (64, 64))
+    ctx = AttentionContext(K=K, c2w=c2w, image_hw=(64, 64), num_views=2)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert ctx.choose_path("all", (8, 8), 1, 192, 192, cpu) == "dense"  # small: one SDPA call
+    assert ctx.choose_path("all", (32, 32), 1, 16384, 16384, cpu) == "sparse"  # 32x32 x 16 frames
+    assert ctx.choose_path("ref", (32, 32), 1, 16384, 1024, cpu) == "dense"  # few keys per row
+    assert ctx.choose_path("all", (8, 8), 1, 192, 192, cuda) == "flex"  # decided from the device type only
+    soft = AttentionContext(K=K, c2w=c2w, image_hw=(64, 64), num_views=2, band="soft")
+    assert soft.choose_path("cross", (8, 8), 6, 64, 64, cuda) == "bias"
+    stored = AttentionContext(K=K, c2w=c2w, image_hw=(64, 64), path="flex")
+    stored.put_mask("all", (8, 8), torch.ones(2, 192, 192, dtype=torch.bool))
+    with pytest.raises(ValueError, match="path='flex' builds its block mask from row runs"):
+        stored.choose_path("all", (8, 8), 2, 192, 192, cpu)

@@ -110,9 +110,9 @@ class _BlockSparseAttention(torch.autograd.Function):
             n, Q = c.query_ids.shape
             kids, bias = _chunk_inputs(c, R, q.dtype)
             kg, vg = _gather_kv(ws, kv, kids, n)
-            o, l = _flash(qs[a:b].view(n, Q, H, D).transpose(1, 2), kg, vg, attn_mask=bias)
+            o, lse_c = _flash(qs[a:b].view(n, Q, H, D).transpose(1, 2), kg, vg, attn_mask=bias)
             out_s[a:b].view(n, Q, H, D).copy_(o.transpose(1, 2))
-            lse_s[a:b].view(n, Q, H).copy_(l.transpose(1, 2))
+            lse_s[a:b].view(n, Q, H).copy_(lse_c.transpose(1, 2))
         out = q.new_zeros(Nq, H, D).index_copy_(0, ids, out_s)
         ctx.plan, ctx.R = plan, R
         ctx.save_for_backward(q, k_ext, v_ext, out_s, lse_s)
@@ -135,7 +135,7 @@ class _BlockSparseAttention(torch.autograd.Function):
             kids, bias = _chunk_inputs(c, R, q.dtype)
             kg, vg = _gather_kv(ws, kv, kids, n)
 
-            def view(t):
+            def view(t, a=a, b=b, n=n, Q=Q):
                 return t[a:b].view(n, Q, H, D).transpose(1, 2)
 
             lg = lse_s[a:b].view(n, Q, H).transpose(1, 2).contiguous()

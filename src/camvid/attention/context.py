@@ -36,6 +36,10 @@ GRIDS = ("camvid", "cami2v_release")
 # On the CPU, "auto" takes the block-sparse kernel when a mask has more (query, key) pairs than
 # this; below it one dense SDPA call is cheaper than the sparse bookkeeping (docs/performance.md).
 AUTO_SPARSE_PAIRS = 1 << 23
+# ... and each query row has at least this many keys: with few keys (epipolar_ref, cross_video up to
+# 64x64 cells) a tile's key list is short and the fused kernel's per-tile overhead outweighs the
+# skipped pairs (measured in docs/performance.md), so one dense SDPA call is faster.
+AUTO_SPARSE_KEYS = 8192
 
 
 @dataclass
@@ -287,7 +291,8 @@ class AttentionContext:
 
             if flex_available():
                 return "flex"
-        return "sparse" if rows * num_queries * num_keys > AUTO_SPARSE_PAIRS else "dense"
+        large = rows * num_queries * num_keys > AUTO_SPARSE_PAIRS and num_keys >= AUTO_SPARSE_KEYS
+        return "sparse" if large else "dense"
 
     # ------------------------------------------------------------------ builders (camvid.geometry)
     def _check_kind(self, kind: str) -> None:
