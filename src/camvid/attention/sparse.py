@@ -1,15 +1,15 @@
-"""Block-sparse exact attention for band masks (epipolar lines, CVD bands).
+"""Tile plans for the exact block-sparse attention of band masks (epipolar lines, CVD bands).
 
-Queries are grouped into small spatial tiles (``tile_hw`` cells of one frame, default 4x4). A tile
-gathers one key list: the union of its queries' bands, and runs a dense SDPA over that list with the
-tile's own (Q, U) sub-mask. With ``tile_hw=(1, 1)`` this is the plain per-query gather. Neighbouring
-cells have neighbouring epipolar lines, so the union stays a few times the band of one query while the
-gathered keys are shared by the whole tile, and the score computation is a real matrix product.
+Queries are grouped into small spatial tiles (``tile_hw`` cells of one frame, default 4x8). A tile
+gathers one key list (for plans from row runs: per key frame and key row, the hull of its queries'
+runs; from a mask or neighbour lists: the union of its queries' keys) and carries its exact (Q, U)
+sub-mask. Neighbouring cells have neighbouring epipolar lines, so the list stays a few times the
+band of one query while the gathered keys are shared by the whole tile.
 
-Tiles are sorted by union size and packed into chunks whose gathered keys stay under a fixed number
-of elements, so padding is small and memory is bounded. The plan (which keys each tile gathers, and
-the sub-masks) depends only on the cameras and the feature size: ``AttentionContext`` builds it once
-and every layer and head reuses it.
+Tiles are sorted by list length and packed into chunks whose gathered keys stay under a fixed number
+of elements, so padding is small and memory is bounded. The plan depends only on the cameras and the
+feature size: ``AttentionContext`` builds it once per forward and level, every layer and head reuses
+it, and ``camvid.attention.blocksparse`` computes it (one fused attention call per chunk).
 """
 
 from __future__ import annotations
