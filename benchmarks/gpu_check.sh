@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of the attention paths and the CamI2V training step, in one go (< 8 minutes on one GPU).
+# GPU check of the attention paths and the CamI2V training step, in one go (step limits sum to 7.3 min).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      # default OUT_DIR: $OUT, else benchmarks/results/gpu_<time>
 #
@@ -28,21 +28,21 @@ log "python: $($PY -c 'import torch,sys; print(sys.version.split()[0], "torch", 
 nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv >> "$OUT_DIR/gpu_check.log" 2>&1 || true
 
 log "1/3 correctness and block sparsity"
-timeout 150 "$PY" benchmarks/gpu_correctness.py > "$OUT_DIR/correctness.md" 2>> "$OUT_DIR/gpu_check.log" \
+timeout 110 "$PY" benchmarks/gpu_correctness.py > "$OUT_DIR/correctness.md" 2>> "$OUT_DIR/gpu_check.log" \
   || log "correctness step failed or timed out (rc=$?)"
 
 log "2/3 attention benchmark 256x256"
-timeout 150 "$PY" benchmarks/attention.py --sizes 256x256 --levels 32x32 16x16 --parts attention \
-  --paths dense sparse flex --repeat 3 --max-cost 3e12 --timeout 140 --out "$OUT_DIR/attention_256.md" \
+timeout 120 "$PY" benchmarks/attention.py --sizes 256x256 --levels 32x32 16x16 --parts attention \
+  --paths dense sparse flex --repeat 3 --max-cost 3e12 --timeout 100 --out "$OUT_DIR/attention_256.md" \
   > /dev/null 2>> "$OUT_DIR/gpu_check.log" || log "attention 256x256 failed or timed out (rc=$?)"
 log "2/3 attention benchmark 512x320"
-timeout 150 "$PY" benchmarks/attention.py --sizes 512x320 --levels 40x64 20x32 --parts attention \
-  --paths dense sparse flex --repeat 3 --max-cost 3e12 --timeout 140 --out "$OUT_DIR/attention_512.md" \
+timeout 120 "$PY" benchmarks/attention.py --sizes 512x320 --levels 40x64 20x32 --parts attention \
+  --paths dense sparse flex --repeat 3 --max-cost 3e12 --timeout 100 --out "$OUT_DIR/attention_512.md" \
   > /dev/null 2>> "$OUT_DIR/gpu_check.log" || log "attention 512x320 failed or timed out (rc=$?)"
 
 log "3/3 CamI2V training step (benchmarks/backbone.py)"
 if [ -f benchmarks/backbone.py ]; then
-  timeout 120 "$PY" benchmarks/backbone.py speed --backbone dynamicrafter_256 --models dynamicrafter,cami2v \
+  timeout 90 "$PY" benchmarks/backbone.py speed --backbone dynamicrafter_256 --models dynamicrafter,cami2v \
     --phase training --frames 16 --batch 1 --steps 3 --repeat 2 --precision bf16 --device cuda \
     > "$OUT_DIR/backbone.md" 2>> "$OUT_DIR/gpu_check.log" || log "backbone step failed or timed out (rc=$?)"
 else
