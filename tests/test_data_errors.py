@@ -78,6 +78,7 @@ def test_bad_samples_inside_good_shards_are_skipped_and_counted(root):
     missing_frame = {k: v for k, v in good[1].items() if k != "00004.png"} | {"__key__": "noframe"}
     short = {k: v for k, v in good[2].items() if not k[:5].isdigit() or int(k[:5]) < 2} | {"__key__": "short"}
     short["pose.txt"] = b"\n".join(good[2]["pose.txt"].splitlines()[:3]) + b"\n"
+    short["json"] = short["json"].replace(b'"num_frames": 8', b'"num_frames": 2')
     with wds.TarWriter(url) as writer:
         for sample in [broken_pose, *good, missing_frame, short]:
             writer.write(sample)
@@ -90,7 +91,7 @@ def test_bad_samples_inside_good_shards_are_skipped_and_counted(root):
     assert stream.skipped == 3
     text = " ".join(str(w.message) for w in caught)
     assert "badpose" in text and "malformed pose line" in text
-    assert "noframe" in text and "a frame is missing" in text
+    assert "noframe" in text and "json says 8 frames but the sample holds 7" in text
     assert "short" in text and "needs at least 4" in text
 
 

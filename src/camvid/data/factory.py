@@ -133,6 +133,8 @@ def loader_kwargs(data_cfg: Mapping, *, train: bool = True) -> dict:
         shuffle_buffer=int(_get(data_cfg, "shuffle_buffer", 100)),
         epoch_length=data_cfg.get("epoch_length"),
         train=train,
+        max_skip_fraction=float(_get(data_cfg, "max_skip_fraction", 0.1)),
+        skip_check_min_samples=int(_get(data_cfg, "skip_check_min_samples", 100)),
     )
     if webvid_root is not None:
         kwargs["webvid_root"] = webvid_root

@@ -3,7 +3,8 @@ collate samples into the batch layout of :mod:`camvid.models.base`.
 
 Per-sample layout (``V`` = number of views: no view dim for single videos, 2 for pairs)::
 
-    video         ([V,] T, 3, H, W) float32 in [-1, 1]
+    video         ([V,] T, 3, H, W) uint8 (streams; normalised to [-1, 1] on the device by
+                  camvid.data.batches.to_device; map-style data sets return float32 [-1, 1])
     K             ([V,] T, 3, 3)   float32 pixel intrinsics at (H, W)
     c2w           ([V,] T, 4, 4)   float32, relative to the conditioning frame
     cond_index    ([V,])           long
@@ -128,7 +129,7 @@ def homography_pair(clip: Clip, spec: SampleSpec, rng: np.random.Generator) -> d
     gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
     H = random_homography_sequence(gen, spec.homography_strength, spec.out_hw, spec.num_frames)
     # Warp in [0, 1] so pixels pulled from outside the frame come out black, as in the paper's figures.
-    warped = warp_images((single["video"] + 1) / 2, H.float()) * 2 - 1
+    warped = warp_images(single["video"].float() / 255, H.float()).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
     view_a = {k: single[k] for k in ("video", "K", "c2w", "cond_index", "frame_stride", "frame_indices")}
     view_b = {**view_a, "video": warped}
     if clip.track is not None:  # a RealEstate10K clip used as WebVid-style content: drop its cameras

@@ -40,6 +40,9 @@ __all__ = [
     "iter_tar_samples",
     "ShardMember",
     "index_shards",
+    "ShardRef",
+    "shard_refs",
+    "read_shard",
 ]
 
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -191,19 +194,107 @@ def read_manifest(shard_dir: str | Path) -> dict:
     path = Path(shard_dir) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"shard manifest not found: {path} (write shards with data_prep/make_shards.py)")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise ValueError(f"{path}: expected {{'shards': [{{'name', 'count'}}, ...], ...}}")
+    return manifest
 
 
-def shard_urls(shard_dir: str | Path) -> list[str]:
-    """Shard paths listed in the manifest; each must exist."""
+@dataclass(frozen=True)
+class ShardRef:
+    """A shard and the number of samples its manifest promises (``None``: unknown)."""
+
+    url: str
+    count: int | None = None
+
+
+def shard_refs(shard_dir: str | Path) -> list[ShardRef]:
+    """Shards listed in the manifest; each must exist."""
     shard_dir = Path(shard_dir)
-    urls = []
+    refs = []
     for entry in read_manifest(shard_dir)["shards"]:
         path = shard_dir / entry["name"]
         if not path.is_file():
             raise FileNotFoundError(f"shard listed in {shard_dir / 'manifest.json'} is missing: {path}")
-        urls.append(str(path))
-    return urls
+        count = entry.get("count")
+        refs.append(ShardRef(str(path), int(count) if count is not None else None))
+    return refs
+
+
+def shard_urls(shard_dir: str | Path) -> list[str]:
+    """Shard paths listed in the manifest; each must exist."""
+    return [ref.url for ref in shard_refs(shard_dir)]
+
+
+_END_OF_ARCHIVE = 1024  # two zero blocks close every tar that was written to the end
+
+
+def read_shard(ref: ShardRef):
+    """Samples of one shard (``{"__key__", "__url__", field: bytes}``) interleaved with
+    :class:`~camvid.data.health.SkipEvent` records for what could not be read.
+
+    A tar cut short (an interrupted copy) reads without error in Python's tarfile when the cut
+    falls on a 512-byte boundary; the missing end-of-archive marker gives it away. Then the last
+    sample, which may be missing fields, is dropped, and every sample the manifest promised but
+    the tar no longer holds is counted too. An unreadable shard counts all its samples.
+    """
+    from camvid.data.health import SkipEvent
+
+    url, expected = ref.url, ref.count
+    yielded, group, problem, end = 0, None, None, None
+    try:
+        fh = open(url, "rb")
+    except OSError as err:
+        yield SkipEvent("unreadable_shard", url, f"{url}: shard listed in the manifest cannot be read ({err})",
+                        max(expected or 1, 1))
+        return
+    with fh:
+        try:
+            with tarfile.open(fileobj=fh, mode="r:") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    base = info.name.rsplit("/", 1)[-1]
+                    if "." not in base:
+                        continue
+                    key, field = base.split(".", 1)
+                    data = tar.extractfile(info).read()
+                    if len(data) != info.size:
+                        raise tarfile.ReadError("unexpected end of data")
+                    if group is None or group["__key__"] != key:
+                        if group is not None:
+                            yield group
+                            yielded += 1
+                        group = {"__key__": key, "__url__": url}
+                    group[field] = data
+                end = tar.offset
+        except (tarfile.TarError, OSError, EOFError) as err:
+            problem = str(err)
+        if problem is None:
+            fh.seek(end)
+            tail = fh.read(_END_OF_ARCHIVE)
+            if len(tail) < _END_OF_ARCHIVE or any(tail):
+                problem = "no end-of-archive marker: the file was cut short"
+    if problem is not None and group is None:
+        yield SkipEvent("unreadable_shard", url, f"{url}: not a readable tar shard ({problem})",
+                        max(expected or 1, 1))
+        return
+    dropped = 0
+    if problem is not None:
+        yield SkipEvent("truncated_shard", url,
+                        f"{url}:{group['__key__']}: dropped the last sample of a truncated shard ({problem})")
+        dropped = 1
+    elif group is not None:
+        yield group
+        yielded += 1
+    if expected is not None and yielded + dropped < expected:
+        missing = expected - yielded - dropped
+        yield SkipEvent("truncated_shard", url,
+                        f"{url}: manifest lists {expected} samples, the tar holds {yielded + dropped}"
+                        + (f" ({problem})" if problem else ""), missing)
 
 
 def frame_keys(sample: dict) -> list[str]:

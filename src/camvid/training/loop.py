@@ -21,6 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from camvid.config import check_combination
+from camvid.data.batches import to_device
+from camvid.data.health import format_report, gather_report, report_metrics
 from camvid.diffusion.losses import diffusion_loss
 from camvid.models.registry import build_method, set_trainable
 from camvid.training.checkpoint import CheckpointManager, find_latest, read_step
@@ -75,7 +77,7 @@ class TrainState:
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return to_device(batch, device)  # uint8 video from the loader is normalised on the device
 
 
 def _batches(loader, overfit: int = 0):
@@ -161,6 +163,7 @@ def train(cfg: DictConfig) -> dict:
     max_steps = int(tcfg.max_steps)
     pbar = tqdm(total=max_steps, initial=start_step, disable=not is_main, desc="train", dynamic_ncols=True)
     last = {"loss": math.nan}
+    data_report = None  # skipped samples, summed over workers and ranks at every log step
     t0, samples_seen = time.perf_counter(), 0
     # optional data audit: which samples each rank trained on (DDP sharding check, debugging)
     seen_keys: list[list[str]] | None = [] if tcfg.get("log_sample_keys") else None
@@ -189,8 +192,11 @@ def train(cfg: DictConfig) -> dict:
             elapsed = time.perf_counter() - t0
             last["samples_per_s"] = samples_seen / max(elapsed, 1e-9)
             logger.log({f"train/{k}": v for k, v in last.items()}, step=done)
+            data_report = gather_report(loader, accelerator)
+            logger.log(report_metrics(data_report), step=done)
         pbar.update(1)
-        pbar.set_postfix(loss=f"{last['loss']:.4f}")
+        pbar.set_postfix(loss=f"{last['loss']:.4f}",
+                         skipped=sum(data_report["skipped"].values()) if data_report else 0)
         if done % int(tcfg.ckpt_every) == 0 or done == max_steps:
             ckpt.save(done, {"loss": last["loss"], "model": cfg.model.name, "attn": cfg.attn.name})
         if tcfg.sample_every and done % int(tcfg.sample_every) == 0 and is_main:
@@ -200,9 +206,13 @@ def train(cfg: DictConfig) -> dict:
         keys_dir = run_dir / "sample_keys"
         keys_dir.mkdir(exist_ok=True)
         (keys_dir / f"rank_{accelerator.process_index}.json").write_text(json.dumps(seen_keys))
+    data_report = gather_report(loader, accelerator)
+    if is_main:
+        print(f"data: {format_report(data_report)}")
     accelerator.wait_for_everyone()
     logger.finish()
     accelerator.end_training()
     latest = find_latest(run_dir / "checkpoints")
     return {"run_dir": str(run_dir), "step": max_steps, "loss": last["loss"],
-            "checkpoint": str(latest) if latest else None, "trainable_parameters": n_train}
+            "checkpoint": str(latest) if latest else None, "trainable_parameters": n_train,
+            "data_skipped": data_report}
