@@ -372,11 +372,11 @@ class ClipStream(IterableDataset):
         if self.epoch_length is not None and own_epoch:
             remaining = self._share(self.epoch_length, worker, num_workers) - skip
             if remaining <= 0:
-                return iter(())  # with_epoch(0) would mean "no limit"
+                return _with_final_report(iter(()), {ident: counter})  # with_epoch(0) would mean "no limit"
             pipeline = pipeline.with_epoch(nbatches=remaining)
             if not self.resampled:
                 pipeline.repetitions = 1  # a finite pass is not repeated to fill the epoch
-        return iter(pipeline)
+        return _with_final_report(iter(pipeline), {ident: counter}) if own_epoch else iter(pipeline)
 
     def __iter__(self) -> Iterator[dict]:
         return self.iter_worker(*self._worker())
@@ -426,6 +426,19 @@ class MixedStream(IterableDataset):
             batch["source"] = "re10k_fold" if choice == 0 else "webvid_homography"
             served += 1
             yield batch
+        counters = dict([self.first._counter(worker), self.second._counter(worker)])
+        yield from _with_final_report(iter(()), counters)
+
+
+HEALTH_ONLY = "__health_only__"
+
+
+def _with_final_report(batches: Iterator[dict], counters: dict[str, SkipCounter]) -> Iterator[dict]:
+    """The batches, then one item carrying only the final skip counts: samples skipped after a
+    worker's last batch would otherwise never reach the main process (StreamLoader drops the item;
+    it comes after the worker's last batch, so the round-robin order of batches is unchanged)."""
+    yield from batches
+    yield {HEALTH_ONLY: True, HEALTH_KEY: {ident: c.report() for ident, c in counters.items()}}
 
 
 class _MapDataset(Dataset):
@@ -496,7 +509,8 @@ class StreamLoader(DataLoader):
             if snapshots:
                 self.health.update(snapshots)
                 self.health.check()
-            yield batch
+            if not batch.pop(HEALTH_ONLY, False):
+                yield batch
 
 
 def build_dataloader(
