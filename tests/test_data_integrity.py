@@ -235,4 +235,4 @@ def test_training_reports_skips_in_its_summary(data_root, tmp_path):
     report = summary["data_skipped"]
     assert set(report["skipped"]) == {"no_cameras"} and report["skipped"]["no_cameras"] >= 1
     assert report["shards"] == {url: report["skipped"]["no_cameras"]}
-    assert report["samples"] >= len(samples)
+    assert report["samples"] >= report["skipped"]["no_cameras"] + 2  # two steps trained on good samples

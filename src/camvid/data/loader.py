@@ -438,7 +438,13 @@ def _with_final_report(batches: Iterator[dict], counters: dict[str, SkipCounter]
     worker's last batch would otherwise never reach the main process (StreamLoader drops the item;
     it comes after the worker's last batch, so the round-robin order of batches is unchanged)."""
     yield from batches
-    yield {HEALTH_ONLY: True, HEALTH_KEY: {ident: c.report() for ident, c in counters.items()}}
+    if get_worker_info() is not None:  # in the main process StreamLoader reads the counters directly
+        yield {HEALTH_ONLY: True, HEALTH_KEY: {ident: c.report() for ident, c in counters.items()}}
+
+
+def _local_reports(dataset) -> dict[str, dict]:
+    streams = [dataset.first, dataset.second] if isinstance(dataset, MixedStream) else [dataset]
+    return {ident: c.report() for st in streams for ident, c in getattr(st, "counters", {}).items()}
 
 
 class _MapDataset(Dataset):
@@ -511,6 +517,9 @@ class StreamLoader(DataLoader):
                 self.health.check()
             if not batch.pop(HEALTH_ONLY, False):
                 yield batch
+        if self.num_workers == 0:
+            self.health.update(_local_reports(self.dataset))
+            self.health.check()
 
 
 def build_dataloader(
