@@ -13,9 +13,9 @@ __all__ = ["normalize_video", "to_device"]
 
 
 def normalize_video(video: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]; float input is returned unchanged (already normalised)."""
+    """uint8 [0, 255] -> contiguous float32 [-1, 1]; float input is returned unchanged (already normalised)."""
     if video.dtype == torch.uint8:
-        return video.float().div_(127.5).sub_(1.0)
+        return video.float().div_(127.5).sub_(1.0).contiguous()
     return video
 
 

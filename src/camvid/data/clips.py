@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from camvid.data.decode import decode_image
+from camvid.data.decode import decode_frames, decode_image
 from camvid.data.layout import IMAGE_SUFFIXES, Re10kClip, WebVidClip
 from camvid.data.shards import frame_keys, read_video_frames
 from camvid.geometry.cameras import (
@@ -224,7 +224,10 @@ def open_shard_sample(sample: dict) -> Clip:
         raise BadSample(f"{where}: json says source=webvid but the sample carries pose.txt", "metadata")
 
     def load(indices: Sequence[int]) -> np.ndarray:
-        return _stack([_decode(sample[keys[i]], f"{where}.{keys[i]}") for i in indices], where)
+        try:
+            return decode_frames([(sample[keys[i]], f"{where}.{keys[i]}") for i in indices])
+        except ValueError as err:
+            raise BadSample(str(err), "corrupt_image") from None
 
     return Clip(key, caption, len(keys), track, load, meta["source"], where)
 
@@ -283,7 +286,8 @@ def fold_indices(
 def resize_crop_video(frames: np.ndarray, out_hw: tuple[int, int]) -> torch.Tensor:
     """(T, H, W, 3) uint8 -> (T, 3, h, w) **uint8**, short-side resize + centre crop.
 
-    Workers ship uint8 (4x less than float32 through the worker queues); the training loop
+    Workers ship uint8 (4x less than float32 through the worker queues) in a channel-last memory
+    layout (a permuted view of the decoded frames); the training loop
     normalises to [-1, 1] on the device (:func:`camvid.data.batches.normalize_video`). Same
     geometry as :func:`camvid.geometry.cameras.resize_crop_geometry`; frames already at the output
     size pass through untouched (bit-exact round trips).
@@ -298,7 +302,9 @@ def resize_crop_video(frames: np.ndarray, out_hw: tuple[int, int]) -> torch.Tens
             video = F.interpolate(video.float(), size=(new_h, new_w), mode="bilinear", align_corners=False,
                                   antialias=s < 1).round_().clamp_(0, 255).to(torch.uint8)
         video = video[:, :, top : top + out_hw[0], left : left + out_hw[1]]
-    return video.contiguous()
+    # A strided view, not a copy: making (T, H, W, 3) frames channel-first costs more than decoding a
+    # frame; collate keeps the strides and the copy to contiguous happens on the device (to_device).
+    return video
 
 
 def clip_intrinsics(track: CameraTrack, indices: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:

@@ -13,7 +13,7 @@ import io
 import numpy as np
 from PIL import Image
 
-__all__ = ["decode_image", "decode_with", "DECODERS", "jpeg_backend"]
+__all__ = ["decode_image", "decode_frames", "decode_with", "DECODERS", "jpeg_backend"]
 
 try:  # optional fast path; PIL is always there
     import simplejpeg as _simplejpeg
@@ -54,12 +54,46 @@ def jpeg_backend() -> str:
     return "simplejpeg" if _simplejpeg is not None else "pil"
 
 
+_SIMPLE_COLORSPACES = ("YCbCr", "Gray", "RGB")  # others (CMYK, YCCK) go to PIL
+
+
+def _jpeg_shape(data: bytes) -> tuple[int, int] | None:
+    """(H, W) when simplejpeg will decode ``data`` to RGB, else None (PIL's turn)."""
+    if _simplejpeg is None or data[:2] != _JPEG_MAGIC:
+        return None
+    h, w, colorspace, _ = _simplejpeg.decode_jpeg_header(data)  # ValueError: corrupt header
+    return (h, w) if colorspace in _SIMPLE_COLORSPACES else None
+
+
 def decode_image(data: bytes) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from PNG/JPEG bytes; raises on corrupt data."""
-    if _simplejpeg is not None and data[:2] == _JPEG_MAGIC:
-        try:
-            return _simple(data)
-        except ValueError:
-            # simplejpeg refuses some valid files (e.g. CMYK); PIL decides whether the data is corrupt
-            pass
+    """(H, W, 3) uint8 RGB from PNG/JPEG bytes; raises on corrupt data (simplejpeg in strict mode:
+    a damaged JPEG is an error, never a half-grey frame)."""
+    if _jpeg_shape(data) is not None:
+        return _simple(data)
     return _pil(data)
+
+
+def decode_frames(frames: list[tuple[bytes, str]]) -> np.ndarray:
+    """(n, H, W, 3) uint8 from ``(bytes, where)`` pairs. JPEG frames are decoded straight into one
+    array (no stacking copy); ``ValueError`` names the frame that fails or differs in size."""
+    out = None
+    for i, (data, where) in enumerate(frames):
+        try:
+            shape = _jpeg_shape(data)
+            if out is not None and shape is not None:
+                if shape != out.shape[1:3]:
+                    raise ValueError(f"frame size {shape} differs from the clip's {out.shape[1:3]}")
+                _simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out[i])
+                continue
+            image = _simple(data) if shape is not None else _pil(data)
+        except Exception as err:  # decoders raise several types for corrupt data
+            raise ValueError(f"{where}: cannot decode image ({err})") from None
+        if out is None:
+            out = np.empty((len(frames), *image.shape), dtype=np.uint8)
+        elif image.shape != out.shape[1:]:
+            raise ValueError(f"{where}: cannot decode image (frame size {image.shape[:2]} differs from the "
+                             f"clip's {out.shape[1:3]})")
+        out[i] = image
+    if out is None:
+        raise ValueError("no frames to decode")
+    return out

@@ -153,6 +153,21 @@ def make_sample(clip: Clip, spec: SampleSpec, rng: np.random.Generator, pairing:
 _STRING_FIELDS = ("caption", "key")
 
 
+def _stack_video(values: list[torch.Tensor], views: int) -> torch.Tensor:
+    """Stack ``video`` in its channel-last memory layout (a plain copy, not a transposing one),
+    straight into shared memory inside a DataLoader worker, so the batch crosses to the main
+    process without another copy (as torch's default_collate does)."""
+    hwc = [v.movedim(-3, -1) for v in values]  # (..., H, W, 3): contiguous for decoded frames
+    shape = (len(hwc), *hwc[0].shape)
+    out = None
+    if torch.utils.data.get_worker_info() is not None:
+        numel = int(np.prod(shape))
+        storage = hwc[0]._typed_storage()._new_shared(numel, device=hwc[0].device)
+        out = hwc[0].new(storage).resize_(*shape)
+    stacked = torch.stack(hwc, out=out).movedim(-1, -3)
+    return stacked.flatten(0, 1) if views > 1 else stacked
+
+
 def collate(samples: list[dict]) -> dict:
     """Stack samples into the batch layout of :mod:`camvid.models.base`; pairs are interleaved
     ``[a0, b0, a1, b1, ...]``."""
@@ -171,6 +186,8 @@ def collate(samples: list[dict]) -> dict:
         values = [s[name] for s in samples]
         if name in _STRING_FIELDS:
             batch[name] = [v for vs in values for v in vs] if views > 1 else list(values)
+        elif name == "video":
+            batch[name] = _stack_video(values, views)
         else:
             stacked = torch.stack(values)
             batch[name] = stacked.flatten(0, 1) if views > 1 else stacked
