@@ -46,8 +46,11 @@ def test_malformed_pose_line_names_file_and_line(root):
     ds = Re10kDirectoryDataset(root, "train", num_frames=2, height=H, width=W, stride_min=1, stride_max=1)
     with pytest.raises(ValueError, match=r"syn0001000001.txt:4: malformed pose line"):
         ds[1]
-    with pytest.raises(ValueError, match="malformed pose line"):
-        write_re10k_shards(root, "train", root / "shards")
+    # sharding skips the clip, names it in the manifest and goes on
+    with pytest.warns(UserWarning, match="syn0001000001.txt:4: malformed pose line"):
+        manifest = write_re10k_shards(root, "train", root / "shards")
+    assert manifest["num_samples"] == 2 and [s["clip"] for s in manifest["skipped"]] == ["syn0001000001"]
+    assert not list((root / "shards").glob(".*"))  # no temporary files left behind
 
 
 def test_missing_frame_file_is_never_paired_by_position(root):

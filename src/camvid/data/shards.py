@@ -15,10 +15,13 @@ that lists every shard with its sample count.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import os
 import tarfile
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,32 +94,63 @@ def read_video_frames(path: Path) -> list[np.ndarray]:
     return [np.asarray(Image.open(p).convert("RGB")) for p in _frame_files(path)]
 
 
-def _write_shards(samples: Iterable[dict], out: Path, shard_size: int, meta: dict) -> dict:
+def _write_shards(clips: list, build, out: Path, shard_size: int, meta: dict) -> dict:
+    """Write the samples of ``clips`` (``build(clip)`` -> sample) into shards under ``out``.
+
+    A clip whose sample cannot be built (missing or unaligned frames, a malformed pose file, an
+    undecodable video) is skipped and listed in the manifest's ``skipped`` with the error; the run
+    goes on. Each tar is written under a temporary name and renamed when complete, and the manifest
+    comes last, so an interrupted run never leaves a tar the loader would read."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict] = []
-    writer = None
-    for sample in samples:
-        if writer is None or shards[-1]["count"] >= shard_size:
-            if writer is not None:
-                writer.close()
-            name = SHARD_PATTERN.format(len(shards))
-            writer = wds.TarWriter(str(out / name))
-            shards.append({"name": name, "count": 0})
-        writer.write(sample)
-        shards[-1]["count"] += 1
-    if writer is not None:
-        writer.close()
+    skipped: list[dict] = []
+    writer, tmp = None, None
+
+    def close():
+        if writer is not None:
+            writer.close()
+            os.replace(tmp, out / shards[-1]["name"])
+
+    try:
+        for clip in clips:
+            try:
+                sample = build(clip)
+            except (ValueError, FileNotFoundError, OSError) as err:
+                skipped.append({"clip": getattr(clip, "clip_id", getattr(clip, "videoid", str(clip))),
+                                "reason": getattr(err, "reason", type(err).__name__), "message": str(err)})
+                warnings.warn(f"skipping clip: {err}", stacklevel=2)
+                continue
+            if writer is None or shards[-1]["count"] >= shard_size:
+                close()
+                name = SHARD_PATTERN.format(len(shards))
+                tmp = out / f".{name}.tmp-{os.getpid()}"
+                writer = wds.TarWriter(str(tmp))
+                shards.append({"name": name, "count": 0})
+            writer.write(sample)
+            shards[-1]["count"] += 1
+        close()
+        writer = None
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
     if not shards:
-        raise ValueError(f"no samples to write into {out}")
-    manifest = {**meta, "num_samples": sum(s["count"] for s in shards), "shards": shards}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        first = f"; first error: {skipped[0]['message']}" if skipped else ""
+        raise ValueError(f"no samples to write into {out}: {len(skipped)} clip(s) skipped{first}")
+    manifest = {**meta, "num_samples": sum(s["count"] for s in shards), "shards": shards, "skipped": skipped}
+    tmp_manifest = out / f".manifest.json.tmp-{os.getpid()}"
+    tmp_manifest.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp_manifest, out / "manifest.json")
     return manifest
 
 
 def _re10k_sample(clip: Re10kClip, image_format: str, with_depth: bool) -> dict:
-    track = read_pose_file(clip.pose_path)  # validates the pose file before it goes into a shard
+    from camvid.data.clips import check_track  # clips imports this module
+
+    track = check_track(read_pose_file(clip.pose_path), str(clip.pose_path))  # validated before it is shipped
     files = _frame_files(clip.frame_dir)
     if len(files) != len(track):
         raise ValueError(
@@ -161,8 +195,8 @@ def write_re10k_shards(
     if any("." in c.clip_id for c in clips):
         bad = next(c.clip_id for c in clips if "." in c.clip_id)
         raise ValueError(f"clip id {bad!r} contains a '.', which WebDataset uses to split keys from fields")
-    samples = (_re10k_sample(c, image_format, with_depth) for c in clips)
-    return _write_shards(samples, Path(out), shard_size, {"source": "re10k", "split": split, "image_format": image_format,
+    build = functools.partial(_re10k_sample, image_format=image_format, with_depth=with_depth)
+    return _write_shards(clips, build, Path(out), shard_size, {"source": "re10k", "split": split, "image_format": image_format,
                                                             "part": part, "num_parts": num_parts})
 
 
@@ -186,8 +220,8 @@ def write_webvid_shards(
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg' (quality 95), got {image_format!r}")
     clips = list_webvid_clips(root, csv_name)
-    samples = (_webvid_sample(c, image_format) for c in clips)
-    return _write_shards(samples, Path(out), shard_size, {"source": "webvid", "image_format": image_format})
+    build = functools.partial(_webvid_sample, image_format=image_format)
+    return _write_shards(clips, build, Path(out), shard_size, {"source": "webvid", "image_format": image_format})
 
 
 def read_manifest(shard_dir: str | Path) -> dict:
