@@ -14,7 +14,7 @@ import torch
 import webdataset as wds
 
 from camvid.data.health import TooManySkips, format_report, merge_reports
-from camvid.data.loader import build_dataloader, resolve_units
+from camvid.data.loader import build_dataloader
 from camvid.data.shards import ShardRef, read_shard, shard_urls, write_re10k_shards
 from camvid.data.synthetic_writer import write_synthetic_re10k
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import random
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,7 +46,15 @@ from camvid.data.clips import BadSample, Clip, open_re10k_clip, open_shard_sampl
 from camvid.data.health import HEALTH_KEY, DataHealth, SkipCounter, SkipEvent
 from camvid.data.layout import Re10kClip, WebVidClip, list_re10k_clips, list_webvid_clips
 from camvid.data.samples import PAIRINGS, SampleSpec, collate, make_sample
-from camvid.data.shards import ShardMember, ShardRef, index_shards, read_manifest, read_shard, shard_refs, shard_urls
+from camvid.data.shards import (
+    ShardMember,
+    ShardRef,
+    index_shards,
+    read_manifest,
+    read_shard,
+    shard_refs,
+    shard_urls,
+)
 
 __all__ = [
     "ClipStream",
@@ -270,8 +277,7 @@ class ClipStream(IterableDataset):
                 mine = self.units[self.rank :: self.world_size][worker::num_workers]
                 if self.spec.train:
                     _seeded(self.seed, self.rank, worker, self.epoch, tag="order").shuffle(mine)
-                for unit in mine:
-                    yield unit
+                yield from mine
 
         return source
 
