@@ -74,6 +74,7 @@ def evaluate_video(job: VideoJob, seeds: list[int], options: SfmOptions) -> dict
                  "reason": trial.reason}
         if trial.success:
             entry.update(camera_errors(trial.c2w, job.gt_c2w))
+            entry["c2w"] = np.round(trial.c2w, 8).tolist()  # the recovered path, for requested-vs-recovered plots
         trials.append(entry)
     ok = [t for t in trials if t["success"]]
     result = {"sample_id": job.sample_id, "num_frames": len(frames), "trials": trials,

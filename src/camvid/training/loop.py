@@ -25,11 +25,13 @@ from camvid.data.batches import to_device
 from camvid.data.health import format_report, gather_report, report_metrics
 from camvid.diffusion.losses import diffusion_loss
 from camvid.models.registry import build_method, set_trainable
-from camvid.training.checkpoint import CheckpointManager, find_latest, read_step
+from camvid.training.checkpoint import CheckpointManager, find_latest, read_trainer_state
 from camvid.training.data import build_train_loader, prepare_data
 from camvid.training.distributed import make_accelerator, shared_run_dir
-from camvid.training.logger import build_logger
+from camvid.training.logger import build_logger, finish_runs_on_exit
 from camvid.training.preview import log_preview
+from camvid.training.resume import check_resume_compatible, run_fingerprint
+from camvid.validation import validate_train_config
 
 __all__ = ["TrainingObjective", "TrainState", "train"]
 
@@ -105,7 +107,16 @@ def _batches(loader, overfit: int = 0):
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train per ``cfg`` (the composed ``conf/train.yaml``); returns a summary dict."""
+    """Train per ``cfg`` (the composed ``conf/train.yaml``); returns a summary dict.
+
+    However training ends (an error, Ctrl-C, SIGTERM), an open W&B run is finished with the exit code.
+    """
+    with finish_runs_on_exit():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict:
+    validate_train_config(cfg)  # types, ranges, paths: before anything is built
     check_combination(cfg)
     tcfg = cfg.trainer
     accelerator = make_accelerator(tcfg)
@@ -141,10 +152,17 @@ def train(cfg: DictConfig) -> dict:
     accelerator.register_for_checkpointing(state)
     ckpt = CheckpointManager(accelerator, method, run_dir / "checkpoints", keep_last=tcfg.keep_last)
 
-    resume_from = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else find_latest(run_dir / "checkpoints")
-    start_step = read_step(resume_from) if resume_from is not None else 0
-
     prepare_data(cfg.data, accelerator)
+    # what exact resume depends on: recorded in every checkpoint, compared when resuming
+    fingerprint = run_fingerprint(cfg, accelerator.num_processes)
+    resume_from = ckpt.resolve_resume(cfg.get("ckpt_path"))  # verified; auto-resume falls back past bad ones
+    start_step = 0
+    if resume_from is not None:
+        resumed_state = read_trainer_state(resume_from)
+        check_resume_compatible(resumed_state, fingerprint, str(cfg.get("resume_mismatch") or "error"),
+                                resume_from)
+        start_step = int(resumed_state["step"])
+
     loader = build_train_loader(cfg, rank=accelerator.process_index, world_size=accelerator.num_processes,
                                 skip_batches=start_step * int(tcfg.grad_accum))
     batches = _batches(loader, overfit=int(cfg.data.get("overfit_batches") or 0))
@@ -198,7 +216,8 @@ def train(cfg: DictConfig) -> dict:
         pbar.set_postfix(loss=f"{last['loss']:.4f}",
                          skipped=sum(data_report["skipped"].values()) if data_report else 0)
         if done % int(tcfg.ckpt_every) == 0 or done == max_steps:
-            ckpt.save(done, {"loss": last["loss"], "model": cfg.model.name, "attn": cfg.attn.name})
+            ckpt.save(done, {"loss": last["loss"], "model": cfg.model.name, "attn": cfg.attn.name,
+                             "resume": fingerprint})
         if tcfg.sample_every and done % int(tcfg.sample_every) == 0 and is_main:
             log_preview(method, batch, cfg, run_dir, done, logger)
     pbar.close()
@@ -213,6 +232,9 @@ def train(cfg: DictConfig) -> dict:
     logger.finish()
     accelerator.end_training()
     latest = find_latest(run_dir / "checkpoints")
-    return {"run_dir": str(run_dir), "step": max_steps, "loss": last["loss"],
-            "checkpoint": str(latest) if latest else None, "trainable_parameters": n_train,
-            "data_skipped": data_report}
+    summary = {"run_dir": str(run_dir), "step": max_steps, "loss": last["loss"],
+               "checkpoint": str(latest) if latest else None, "trainable_parameters": n_train,
+               "data_skipped": data_report}
+    if is_main:  # one summary line per run, not one per process
+        print(f"done: {summary}", flush=True)
+    return summary
