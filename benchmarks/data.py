@@ -9,7 +9,9 @@ count W in ``--workers``:
   the loader's decoder) in max(W, 1) processes, nothing else.
 
 ``ratio`` = loader / decode limit; the loader's other work (tar reading, batching, moving uint8
-tensors between processes) is what it loses. Each number is the best of ``--repeats`` rounds, the
+tensors between processes) is what it loses. CPU ms per clip (all processes of each side; for the
+loader the workers' start-up is included) gives the same comparison independent of how much of the
+machine other programs leave: ``CPU ratio`` = decode CPU / loader CPU. Each number is the best of ``--repeats`` rounds, the
 rounds interleaved so that load from other programs affects both sides alike. A decoder table
 compares PIL, simplejpeg and PyTurboJPEG (where installed) decoding the same frames in one process.
 
@@ -25,6 +27,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -83,37 +86,46 @@ def write_clips(out: Path, num_clips: int, shard_size: int, seed: int = 0) -> li
     return clips
 
 
-def _decode_clip(frames: list[bytes]) -> int:
+def _decode_clip(frames: list[bytes]) -> float:
+    """Decode one clip; returns the CPU seconds it took in this process."""
     from camvid.data.decode import decode_image
 
-    return sum(decode_image(f).shape[0] for f in frames)
+    start = time.process_time()
+    for f in frames:
+        decode_image(f)
+    return time.process_time() - start
 
 
-def decode_limit(clips: list[list[bytes]], processes: int, n: int, pool=None) -> float:
-    """clips/s decoding ``n`` clips (cycling through ``clips``) in ``processes`` processes."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def decode_limit(clips: list[list[bytes]], processes: int, n: int, pool=None) -> tuple[float, float]:
+    """(clips/s, CPU ms per clip) decoding ``n`` clips (cycling through ``clips``) in ``processes`` processes."""
     work = [clips[i % len(clips)] for i in range(n)]
     start = time.perf_counter()
-    if pool is None:
-        for frames in work:
-            _decode_clip(frames)
-    else:
-        pool.map(_decode_clip, work, chunksize=1)
-    return n / (time.perf_counter() - start)
+    cpu = sum(pool.map(_decode_clip, work, chunksize=1) if pool is not None else map(_decode_clip, work))
+    return n / (time.perf_counter() - start), 1e3 * cpu / n
 
 
-def loader_rate(shards: Path, workers: int, n: int) -> float:
-    """clips/s of the training stream over ``n`` batches of one clip, after its first batch."""
+def loader_rate(shards: Path, workers: int, n: int) -> tuple[float, float]:
+    """(clips/s, CPU ms per clip over the main process and its workers) of the training stream over
+    ``n`` batches of one clip, after its first batch (worker start-up is not throughput; the CPU
+    figure includes it, and the first clip, since worker CPU is only known once they exit)."""
     from camvid.data.loader import build_dataloader
 
     loader = build_dataloader(str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1,
                               batch_size=1, num_workers=workers, shuffle_buffer=1, epoch_length=n + 1, seed=1)
+    cpu0, kids0 = time.process_time(), _children_cpu()
     it = iter(loader)
-    next(it)  # worker start-up and the first shard open are not throughput
+    next(it)
     start = time.perf_counter()
-    got = sum(1 for _ in it)
+    got = sum(1 for _ in it)  # the epoch ends: workers exit and are joined
     rate = got / (time.perf_counter() - start)
     del it
-    return rate
+    cpu = (time.process_time() - cpu0) + (_children_cpu() - kids0)
+    return rate, 1e3 * cpu / (got + 1)
 
 
 def decoders(clips: list[list[bytes]], n: int) -> dict[str, float | str]:
@@ -158,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         shards = Path(tmp) / "shards"
         clips = write_clips(shards, args.clips, shard_size=4)
         size_kb = np.mean([len(f) for c in clips for f in c]) / 1024
-        best = {w: {"loader": 0.0, "decode": 0.0} for w in args.workers}
+        best = {w: {"loader": 0.0, "decode": 0.0, "loader_cpu_ms": 1e9, "decode_cpu_ms": 1e9} for w in args.workers}
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         pools = {w: ctx.Pool(w) for w in args.workers if w > 1}
         try:
@@ -166,24 +178,29 @@ def main(argv: list[str] | None = None) -> dict:
                 pool.map(_decode_clip, clips[:len(pool._pool)])  # start and warm the processes
             for _ in range(args.repeats):
                 for w in args.workers:
-                    best[w]["decode"] = max(best[w]["decode"], decode_limit(clips, max(w, 1), args.batches,
-                                                                            pools.get(w)))
-                    best[w]["loader"] = max(best[w]["loader"], loader_rate(shards, w, args.batches))
+                    rate, cpu = decode_limit(clips, max(w, 1), args.batches, pools.get(w))
+                    best[w]["decode"], best[w]["decode_cpu_ms"] = max(best[w]["decode"], rate), min(
+                        best[w]["decode_cpu_ms"], cpu)
+                    rate, cpu = loader_rate(shards, w, args.batches)
+                    best[w]["loader"], best[w]["loader_cpu_ms"] = max(best[w]["loader"], rate), min(
+                        best[w]["loader_cpu_ms"], cpu)
         finally:
             for pool in pools.values():
                 pool.terminate()
         dec = decoders(clips, 8 * FRAMES)
 
-    rows = [{"workers": w, "decode_processes": max(w, 1), **best[w], "ratio": best[w]["loader"] / best[w]["decode"]}
-            for w in args.workers]
+    rows = [{"workers": w, "decode_processes": max(w, 1), **best[w], "ratio": best[w]["loader"] / best[w]["decode"],
+             "cpu_ratio": best[w]["decode_cpu_ms"] / best[w]["loader_cpu_ms"]} for w in args.workers]
     result = {"clip": f"{FRAMES}x{SIZE}x{SIZE} JPEG q95, {size_kb:.0f} KB/frame", "decoder": jpeg_backend(),
               "cpus": os.cpu_count(), "python": platform.python_version(), "rows": rows,
               "decoders_frames_per_s": dec}
     print(f"clips: {result['clip']}; loader decoder: {result['decoder']}; {result['cpus']} CPUs; "
           f"best of {args.repeats} interleaved rounds of {args.batches} clips")
-    print(f"{'workers':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6}")
+    print(f"{'workers':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6}   "
+          f"{'loader CPU ms/clip':>18} {'decode CPU ms/clip':>18} {'CPU ratio':>9}")
     for r in rows:
-        print(f"{r['workers']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f}")
+        print(f"{r['workers']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f}   "
+              f"{r['loader_cpu_ms']:>18.1f} {r['decode_cpu_ms']:>18.1f} {r['cpu_ratio']:>9.2f}")
     print("JPEG decoders, one process, same frames (frames/s, ratio to PIL):")
     pil = dec.get("pil")
     for name, v in dec.items():
