@@ -17,6 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch.utils.data import get_worker_info
+
+from camvid.data.batches import shared_uint8
 from camvid.data.decode import decode_frames, decode_image
 from camvid.data.layout import IMAGE_SUFFIXES, Re10kClip, WebVidClip
 from camvid.data.shards import frame_keys, read_video_frames
@@ -102,7 +105,7 @@ class Clip:
     caption: str
     num_frames: int
     track: CameraTrack | None  # None for WebVid clips (no cameras)
-    load: Callable[[Sequence[int]], np.ndarray]  # indices -> (n, H, W, 3) uint8
+    load: Callable[[Sequence[int]], np.ndarray | torch.Tensor]  # indices -> (n, H, W, 3) uint8
     source: str  # "re10k" or "webvid"
     where: str  # file or shard member, for error messages
 
@@ -224,8 +227,11 @@ def open_shard_sample(sample: dict) -> Clip:
         raise BadSample(f"{where}: json says source=webvid but the sample carries pose.txt", "metadata")
 
     def load(indices: Sequence[int]) -> np.ndarray:
+        # in a DataLoader worker, decode straight into shared memory: the batch then crosses to the
+        # main process without being copied again
+        alloc = shared_uint8 if get_worker_info() is not None else None
         try:
-            return decode_frames([(sample[keys[i]], f"{where}.{keys[i]}") for i in indices])
+            return decode_frames([(sample[keys[i]], f"{where}.{keys[i]}") for i in indices], alloc)
         except ValueError as err:
             raise BadSample(str(err), "corrupt_image") from None
 
@@ -292,8 +298,9 @@ def resize_crop_video(frames: np.ndarray, out_hw: tuple[int, int]) -> torch.Tens
     geometry as :func:`camvid.geometry.cameras.resize_crop_geometry`; frames already at the output
     size pass through untouched (bit-exact round trips).
     """
-    src_hw = frames.shape[1:3]
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    src_hw = tuple(frames.shape[1:3])
+    video = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    video = video.permute(0, 3, 1, 2)
     if tuple(src_hw) != tuple(out_hw):
         s, top, left = resize_crop_geometry(src_hw, out_hw)
         new_h = max(out_hw[0], round(src_hw[0] * s))

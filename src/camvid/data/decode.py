@@ -73,10 +73,13 @@ def decode_image(data: bytes) -> np.ndarray:
     return _pil(data)
 
 
-def decode_frames(frames: list[tuple[bytes, str]]) -> np.ndarray:
+def decode_frames(frames: list[tuple[bytes, str]], alloc=None):
     """(n, H, W, 3) uint8 from ``(bytes, where)`` pairs. JPEG frames are decoded straight into one
-    array (no stacking copy); ``ValueError`` names the frame that fails or differs in size."""
-    out = None
+    array (no stacking copy); ``ValueError`` names the frame that fails or differs in size.
+
+    ``alloc(shape) -> (array, result)`` supplies the output buffer (e.g. a numpy view of a tensor in
+    shared memory, returning the tensor as ``result``); default: a numpy array."""
+    out = result = None
     for i, (data, where) in enumerate(frames):
         try:
             shape = _jpeg_shape(data)
@@ -89,11 +92,12 @@ def decode_frames(frames: list[tuple[bytes, str]]) -> np.ndarray:
         except Exception as err:  # decoders raise several types for corrupt data
             raise ValueError(f"{where}: cannot decode image ({err})") from None
         if out is None:
-            out = np.empty((len(frames), *image.shape), dtype=np.uint8)
+            shape = (len(frames), *image.shape)
+            out, result = alloc(shape) if alloc is not None else (np.empty(shape, dtype=np.uint8), None)
         elif image.shape != out.shape[1:]:
             raise ValueError(f"{where}: cannot decode image (frame size {image.shape[:2]} differs from the "
                              f"clip's {out.shape[1:3]})")
         out[i] = image
     if out is None:
         raise ValueError("no frames to decode")
-    return out
+    return out if result is None else result

@@ -350,6 +350,12 @@ class ClipStream(IterableDataset):
     @staticmethod
     def _with_health(batch: dict, ident: str, counter: SkipCounter) -> dict:
         batch[HEALTH_KEY] = {ident: counter.report()}  # running counts; StreamLoader pops them
+        if get_worker_info() is not None:
+            # Small tensors travel inside the pickle as numpy arrays: each tensor would otherwise get
+            # its own shared-memory segment, which costs more than the data (StreamLoader converts back).
+            for name, value in batch.items():
+                if isinstance(value, torch.Tensor) and name != "video":
+                    batch[name] = value.numpy()
         return batch
 
     def iter_worker(self, worker: int, num_workers: int, worker_skip: int | None = None) -> Iterator[dict]:
@@ -506,17 +512,24 @@ class WebVidDirectoryDataset(_MapDataset):
         super().__init__(list_webvid_clips(root, csv_name), spec, pairing, seed)
 
 
+def _as_is(batch):
+    return batch  # batches are built in the workers; numpy fields become tensors in StreamLoader
+
+
 class StreamLoader(DataLoader):
     """A DataLoader over a stream whose batches carry their worker's skip counts: it pops them
     (``batch["data_health"]``) into ``self.health`` (a :class:`DataHealth`, summed over workers)
     and stops the run when the sum exceeds ``max_skip_fraction``."""
 
     def __init__(self, dataset, *, health: DataHealth, **kwargs):
-        super().__init__(dataset, batch_size=None, **kwargs)
+        super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
         self.health = health
 
     def __iter__(self):
         for batch in super().__iter__():
+            for name, value in batch.items():
+                if isinstance(value, np.ndarray):
+                    batch[name] = torch.from_numpy(value)
             snapshots = batch.pop(HEALTH_KEY, None)
             if snapshots:
                 self.health.update(snapshots)

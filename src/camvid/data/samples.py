@@ -158,6 +158,8 @@ def _stack_video(values: list[torch.Tensor], views: int) -> torch.Tensor:
     straight into shared memory inside a DataLoader worker, so the batch crosses to the main
     process without another copy (as torch's default_collate does)."""
     hwc = [v.movedim(-3, -1) for v in values]  # (..., H, W, 3): contiguous for decoded frames
+    if len(hwc) == 1 and views == 1 and hwc[0].is_shared():
+        return values[0].unsqueeze(0)  # decoded straight into shared memory: nothing to copy
     shape = (len(hwc), *hwc[0].shape)
     out = None
     if torch.utils.data.get_worker_info() is not None:
