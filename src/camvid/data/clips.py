@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from torch.utils.data import get_worker_info
 
 from camvid.data.batches import shared_uint8
