@@ -244,3 +244,17 @@ def test_configs_train_from_prepared_shards(prepared, webvid, tmp_path, data, mo
         summary = train(cfg)
     assert summary["step"] == 2 and np.isfinite(summary["loss"])
     assert sum(summary["data_skipped"]["skipped"].values()) == 0
+
+
+def test_evaluation_reads_the_prepared_test_split(prepared):
+    from camvid.data.factory import build_eval_dataset
+    from conftest import compose
+
+    root, originals = prepared
+    cfg = compose(["data=re10k", f"data.root={root / 'shards'}", "backbone.height=32", "backbone.width=48",
+                   "backbone.num_frames=8"])
+    ds = build_eval_dataset(cfg.data, split="test", stride=2)
+    assert len(ds) == 2
+    sample = ds[0]
+    assert sample["video"].dtype == torch.float32 and sample["video"].shape == (8, 3, H, W)
+    assert sample["frame_indices"].tolist() == list(range(0, 16, 2))

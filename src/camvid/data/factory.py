@@ -28,6 +28,7 @@ from camvid.data.loader import (
     Re10kDirectoryDataset,
     ShardMapDataset,
     WebVidDirectoryDataset,
+    _shard_dirs,
     build_dataloader,
 )
 from camvid.data.shards import write_re10k_shards
@@ -189,11 +190,11 @@ def build_eval_dataset(data_cfg: Mapping, root: str | None = None, split: str = 
     return ShardMapDataset(_shard_dir(root_path, split), **common)
 
 
-def _shard_dir(root: Path, split: str) -> Path:
-    for cand in (root, root / split, root / "shards" / split, root / "shards"):
-        if (cand / "manifest.json").is_file():
-            return cand
+def _shard_dir(root: Path, split: str) -> list[Path]:
+    dirs = _shard_dirs(root, split)  # a manifest, or the part-* folders of a prepared split
+    if dirs is not None:
+        return dirs
     raise FileNotFoundError(
         f"no data under {root}: expected pose files in {root / split} or a shard manifest.json in "
-        f"{root}, {root / split} or {root / 'shards' / split}"
+        f"{root}, {root / split} or {root / 'shards' / split} (or in their part-* folders)"
     )

@@ -493,13 +493,15 @@ class Re10kDirectoryDataset(_MapDataset):
 
 
 class ShardMapDataset(_MapDataset):
-    """Map-style access to shards (RealEstate10K or WebVid) through an index of tar offsets."""
+    """Map-style access to shards (RealEstate10K or WebVid) through an index of tar offsets.
+    ``shard_dir`` is one folder with a manifest or a list of them (the ``part-*`` of a prepared split)."""
 
-    def __init__(self, shard_dir: str | Path, num_frames: int = 16, height: int = 256, width: int = 256,
+    def __init__(self, shard_dir: str | Path | list, num_frames: int = 16, height: int = 256, width: int = 256,
                  stride_min: int = 8, stride_max: int = 8, train: bool = False, random_cond: bool = True,
                  pairing: str = "none", homography_strength: float = 1.0, seed: int = 0):
         spec = SampleSpec(num_frames, height, width, stride_min, stride_max, train, random_cond, homography_strength)
-        super().__init__(index_shards(shard_urls(shard_dir)), spec, pairing, seed)
+        dirs = shard_dir if isinstance(shard_dir, list | tuple) else [shard_dir]
+        super().__init__(index_shards([u for d in dirs for u in shard_urls(d)]), spec, pairing, seed)
 
 
 class WebVidDirectoryDataset(_MapDataset):
