@@ -124,7 +124,7 @@ def test_frames_land_on_their_own_pose_rows(prepared):
             assert err[FIRST + t] < 4.0  # lossy mp4 + JPEG, same frame
         # cameras are the pose rows of the release file, not identity
         assert not torch.allclose(batch["c2w"][0, 1], torch.eye(4), atol=1e-4)
-        assert batch["caption"][0] == ("" if key.endswith("6") else "caption of clip 6".replace("6", key[-1]))
+        assert batch["caption"][0] == ("" if key.endswith("6") else f"caption of clip {int(key[-1])}")
 
 
 def test_killed_prep_resumes_without_writing_anything_twice(prepared, tmp_path):
@@ -258,3 +258,21 @@ def test_evaluation_reads_the_prepared_test_split(prepared):
     sample = ds[0]
     assert sample["video"].dtype == torch.float32 and sample["video"].shape == (8, 3, H, W)
     assert sample["frame_indices"].tolist() == list(range(0, 16, 2))
+
+
+def test_invalid_pose_rows_are_skipped_before_any_video_is_read(prepared, tmp_path):
+    root, _ = prepared
+    release = tmp_path / "release"
+    (release / "train").mkdir(parents=True)
+    src = sorted((root / "release" / "train").glob("*.txt"))[2]
+    lines = src.read_text().splitlines()
+    nums = lines[5].split()
+    nums[7:19] = ["0"] * 12  # zero rotation and translation
+    lines[5] = " ".join(nums)
+    (release / "train" / src.name).write_text("\n".join(lines) + "\n")
+    summary = re10k_prep.main(["--release", str(release), "--videos", str(root / "videos"), "--out",
+                               str(tmp_path / "out"), "--splits", "train", "--min-frames", "8"])["train"]
+    assert summary["written"] == 0 and summary["skipped"] == {"bad_pose": 1}
+    assert f"{src.name}:6: invalid pose row: rotation is not orthonormal" in summary["examples"][0]
+    with pytest.raises(ValueError, match="all 0 shard.* hold no samples"):
+        build_dataloader(str(tmp_path / "out"), num_frames=8, height=H, width=W)

@@ -132,8 +132,10 @@ def run_part(
     todo = []
     for job in jobs:
         done = folder / "done" / f"{SHARD_NAME.format(job[1])[:-4]}.json"
-        if done.is_file() and (not (rec := json.loads(done.read_text()))["name"] or (folder / rec["name"]).is_file()):
-            records[job[1]] = rec
+        record = json.loads(done.read_text()) if done.is_file() else None
+        # done: its record exists and so does its tar (a record of a shard whose clips were all skipped has no tar)
+        if record is not None and (record["name"] is None or (folder / record["name"]).is_file()):
+            records[job[1]] = record
         else:
             todo.append(job)
     resumed = len(records)

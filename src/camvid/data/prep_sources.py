@@ -106,12 +106,11 @@ def _jpeg(image: np.ndarray) -> bytes:
 
 def build_re10k_sample(clip: Re10kRelease) -> PrepResult:
     """One RealEstate10K clip -> sample; raises :class:`PrepSkip` with the reason."""
-    raw = Path(clip.pose_path).read_bytes()
-    lines = raw.decode().splitlines()
     try:
-        track = check_track(parse_pose_lines(lines, source=clip.pose_path), clip.pose_path)
-    except (BadSample, ValueError) as err:
-        raise PrepSkip("bad_pose", str(err)) from None
+        raw = Path(clip.pose_path).read_bytes()
+        track = check_track(parse_pose_lines(raw.decode().splitlines(), source=clip.pose_path), clip.pose_path)
+    except (BadSample, ValueError, OSError) as err:  # UnicodeDecodeError is a ValueError
+        raise PrepSkip("bad_pose", f"{clip.pose_path}: {err}" if clip.pose_path not in str(err) else str(err)) from None
     if len(track) < clip.min_frames:
         raise PrepSkip("too_short", f"{clip.pose_path}: {len(track)} pose rows, fewer than --min-frames {clip.min_frames}")
     vid = youtube_id(track.url)
