@@ -236,3 +236,28 @@ def test_training_reports_skips_in_its_summary(data_root, tmp_path):
     assert set(report["skipped"]) == {"no_cameras"} and report["skipped"]["no_cameras"] >= 1
     assert report["shards"] == {url: report["skipped"]["no_cameras"]}
     assert report["samples"] >= report["skipped"]["no_cameras"] + 2  # two steps trained on good samples
+
+
+def test_one_bad_shard_drawn_early_does_not_stop_a_large_run():
+    from camvid.data.health import check_report
+
+    early = {"samples": 150, "skipped": {"unreadable_shard": 100}, "shards": {"s7.tar": 100}, "examples": [],
+             "largest_event": 100}
+    check_report(early, max_skip_fraction=0.1, min_samples=100)  # 67% of a tiny sample: no verdict yet
+    later = dict(early, samples=2100)
+    check_report(later, max_skip_fraction=0.1, min_samples=100)  # 4.8%
+    bad = dict(later, skipped={"unreadable_shard": 300}, shards={"s7.tar": 200, "s9.tar": 100})
+    with pytest.raises(TooManySkips, match=r"300 of 2100 samples skipped .* Worst shards: s7.tar \(200\), s9.tar"):
+        check_report(bad, max_skip_fraction=0.1, min_samples=100)
+
+
+def test_a_stream_of_only_bad_samples_stops_in_its_worker(source, tmp_path):
+    out = _shards(source, tmp_path, shard_size=4)
+    for url in shard_urls(out):
+        _rewrite(url, [{k: v for k, v in s.items() if k != "pose.txt"} for s in _samples(url)])
+    loader = build_dataloader(str(out), num_frames=2, height=H, width=W, batch_size=1, num_workers=1,
+                              skip_check_min_samples=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(TooManySkips, match=r"no usable sample at all.*no_cameras"):
+            next(iter(loader))

@@ -6,10 +6,12 @@ snapshot of them with every batch (``batch["data_health"]``), so counts from wor
 reach the main process without shared state. :class:`DataHealth` (main process) keeps the latest
 snapshot of each worker and sums them; :func:`merge_reports` sums the reports of several ranks.
 
-Both ends enforce ``max_skip_fraction``: once ``min_samples`` samples have been attempted, a
-skip fraction above it stops the run with an error naming the worst shards (a worker checks its
-own counts, which also ends a stream in which every sample is bad and that would otherwise never
-yield a batch; the main process checks the sum).
+The main process enforces ``max_skip_fraction`` on the sums: once enough samples have been
+attempted, a larger skipped fraction stops the run with an error naming the worst shards. "Enough"
+is ``min_samples`` and at least 20 times the largest single skip event: shards are drawn whole, so
+one unreadable 100-sample shard drawn first must not stop a run over thousands of good ones. A
+worker stops on its own only when none of its first ``min_samples`` attempted samples was usable
+(a stream in which every sample is bad would otherwise never yield a batch).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class SkipEvent:
 
 
 def _empty_report() -> dict:
-    return {"samples": 0, "skipped": {}, "shards": {}, "examples": []}
+    return {"samples": 0, "skipped": {}, "shards": {}, "examples": [], "largest_event": 0}
 
 
 class SkipCounter:
@@ -76,6 +78,7 @@ class SkipCounter:
         self.reasons: Counter = Counter()
         self.shards: Counter = Counter()
         self.examples: list[str] = []
+        self.largest_event = 0
 
     @property
     def skipped(self) -> int:
@@ -88,15 +91,17 @@ class SkipCounter:
         reason = event.reason if event.reason in SKIP_REASONS else "other"
         self.reasons[reason] += event.count
         self.shards[event.shard] += event.count
+        self.largest_event = max(self.largest_event, event.count)
         if len(self.examples) < self.max_examples:
             self.examples.append(f"[{reason}] {event.message}")
         warnings.warn(f"skipping {event.count} sample(s) ({reason}): {event.message} "
                       f"({self.skipped} skipped so far on {self.where})", stacklevel=2)
-        check_report(self.report(), self.max_skip_fraction, self.min_samples, where=self.where)
+        if self.used == 0 and self.skipped >= self.min_samples:
+            raise _too_many(self.report(), self.max_skip_fraction, f"{self.where} (no usable sample at all)")
 
     def report(self) -> dict:
         return {"samples": self.used + self.skipped, "skipped": dict(self.reasons), "shards": dict(self.shards),
-                "examples": list(self.examples)}
+                "examples": list(self.examples), "largest_event": self.largest_event}
 
 
 def merge_reports(reports) -> dict:
@@ -110,6 +115,7 @@ def merge_reports(reports) -> dict:
         shards.update(rep["shards"])
         out["examples"].extend(rep["examples"][: max(0, 5 - len(out["examples"]))])
     out["skipped"], out["shards"] = dict(skipped), dict(shards)
+    out["largest_event"] = max([int(rep.get("largest_event", 0)) for rep in reports] + [0])
     return out
 
 
@@ -121,10 +127,16 @@ def check_report(report: dict, max_skip_fraction: float, min_samples: int = 32, 
     """Raise :class:`TooManySkips` when more than ``max_skip_fraction`` of at least ``min_samples``
     attempted samples were skipped; the message names the worst shards and example errors."""
     skipped, attempted = _total_skipped(report), report["samples"]
-    if attempted < min_samples or skipped <= max_skip_fraction * attempted:
+    enough = max(min_samples, 20 * int(report.get("largest_event", 0)))
+    if attempted < enough or skipped <= max_skip_fraction * attempted:
         return
+    raise _too_many(report, max_skip_fraction, where)
+
+
+def _too_many(report: dict, max_skip_fraction: float, where: str) -> TooManySkips:
+    skipped, attempted = _total_skipped(report), report["samples"]
     worst = sorted(report["shards"].items(), key=lambda kv: -kv[1])[:5]
-    raise TooManySkips(
+    return TooManySkips(
         f"{where}: {skipped} of {attempted} samples skipped ({skipped / attempted:.0%}), more than "
         f"data.max_skip_fraction={max_skip_fraction}. By reason: {report['skipped']}. Worst shards: "
         + ", ".join(f"{name} ({n})" for name, n in worst)
