@@ -138,6 +138,8 @@ def loader_kwargs(data_cfg: Mapping, *, train: bool = True) -> dict:
         train=train,
         max_skip_fraction=float(_get(data_cfg, "max_skip_fraction", 0.1)),
         skip_check_min_samples=int(_get(data_cfg, "skip_check_min_samples", 100)),
+        # the conditioning frame of a training clip: random (CamI2V) or frame 0 (model.rand_cond_frame)
+        random_cond=bool(_get(data_cfg, "random_cond", True)),
     )
     if webvid_root is not None:
         kwargs["webvid_root"] = webvid_root
