@@ -276,3 +276,18 @@ def test_invalid_pose_rows_are_skipped_before_any_video_is_read(prepared, tmp_pa
     assert f"{src.name}:6: invalid pose row: rotation is not orthonormal" in summary["examples"][0]
     with pytest.raises(ValueError, match="all 0 shard.* hold no samples"):
         build_dataloader(str(tmp_path / "out"), num_frames=8, height=H, width=W)
+
+
+def test_frames_deep_in_a_long_video_are_found_after_a_seek(tmp_path):
+    from camvid.data.video import TimestampsOutOfRange, frames_at_timestamps
+
+    frames = [np.full((16, 16, 3), 2 * k, dtype=np.uint8) for k in range(120)]  # frame k has grey level 2k
+    _encode_mp4(tmp_path / "long.mp4", frames)  # 4 s at 30 fps, keyframes every 250 frames by default
+    for first in (3, 95):  # from the start (no seek), and 3.2 s in (seek to a keyframe first)
+        wanted = [(first + i) * 1_000_000 // 30 + JITTER_US for i in range(10)]
+        got = frames_at_timestamps(tmp_path / "long.mp4", wanted)
+        levels = [float(f.mean()) / 2 for f in got.frames]
+        assert np.allclose(levels, range(first, first + 10), atol=1.0), levels
+        assert got.errors_us.max() < 5_000
+    with pytest.raises(TimestampsOutOfRange, match="after the last frame"):
+        frames_at_timestamps(tmp_path / "long.mp4", [3_900_000, 9_000_000])

@@ -83,12 +83,42 @@ def frames_at_timestamps(path: str | Path, timestamps_us, short_side: int | None
     """
     path = Path(path)
     wanted = np.asarray(timestamps_us, dtype=np.float64) / 1e6
+    if len(wanted) == 0:
+        raise ValueError(f"{path}: no timestamps wanted")
+    # RealEstate10K clips sit anywhere in videos minutes long: seek to a keyframe shortly before the
+    # first wanted time instead of decoding from the start; fall back to the start if the seek lands
+    # after it or finds nothing.
+    start = float(wanted.min()) - SEEK_MARGIN_S
+    if start > 0:
+        try:
+            return _frames_at(path, wanted, short_side, tolerance_us, seek_to=start)
+        except _SeekMissed:
+            pass
+    return _frames_at(path, wanted, short_side, tolerance_us, seek_to=None)
+
+
+SEEK_MARGIN_S = 2.0
+
+
+class _SeekMissed(Exception):
+    pass
+
+
+def _frames_at(path: Path, wanted: np.ndarray, short_side, tolerance_us, seek_to: float | None) -> ExtractedFrames:
     order = np.argsort(wanted, kind="stable")
     chosen: list[np.ndarray | None] = [None] * len(wanted)
     errors = np.zeros(len(wanted))
     container, stream = _open(path)
     fps = float(stream.average_rate or stream.guessed_rate or 30)
     tol = (tolerance_us / 1e6) if tolerance_us is not None else 1.5 / fps
+    if seek_to is not None:
+        import av
+
+        try:
+            container.seek(int(seek_to / stream.time_base), stream=stream, backward=True, any_frame=False)
+        except av.FFmpegError:
+            container.close()
+            raise _SeekMissed() from None
     size = None
     prev = prev_rgb = None  # (frame, time) before the current one, its RGB once computed
     pos = 0
@@ -99,6 +129,8 @@ def frames_at_timestamps(path: str | Path, timestamps_us, short_side: int | None
                 size = short_side_size(frame.height, frame.width, short_side)
             if first_time is None:
                 first_time = t
+                if seek_to is not None and t > wanted[order[0]]:
+                    raise _SeekMissed()
                 if wanted[order[0]] < t - tol:
                     raise TimestampsOutOfRange(
                         f"{path}: wanted time {wanted[order[0]]:.3f} s is before the first frame ({t:.3f} s)")
@@ -118,6 +150,8 @@ def frames_at_timestamps(path: str | Path, timestamps_us, short_side: int | None
                 break
             prev, prev_rgb = (frame, t), cur_rgb
         if first_time is None:
+            if seek_to is not None:
+                raise _SeekMissed()
             raise VideoError(f"{path}: no decodable frames")
         if pos < len(order):  # wanted times after the last frame: the last frame, if close enough
             last_frame, last_t = prev
