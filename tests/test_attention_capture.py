@@ -206,3 +206,30 @@ def test_capture_during_a_training_step_leaves_gradients_unchanged():
         captured = grads()
     assert all(torch.equal(a, b) for a, b in zip(reference, captured))
     assert not maps[maps.layers[0]].probs.requires_grad
+
+
+def test_capture_follows_the_soft_cross_video_band():
+    module = make_module("cross_video")
+    x = torch.randn(B, T, HW, C, generator=torch.Generator().manual_seed(3))
+    reference = module(x, make_ctx("cross_video", "dense", band="soft"), FEAT_HW)
+    inputs = {}
+    layers = attention_layers(module)
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=name: inputs.setdefault(n, a[:2]) and None)
+             for name, m in module.named_modules() if name in layers]
+    with capture(module, queries=QUERIES) as maps:
+        out = module(x, make_ctx("cross_video", "dense", band="soft"), FEAT_HW)
+    for hk in hooks:
+        hk.remove()
+    assert torch.equal(out, reference)
+    bias = make_ctx("cross_video", "dense", band="soft").bias("cross", FEAT_HW).double()
+    for name in layers:
+        attn, layer = dict(module.named_modules())[name], maps[name]
+        q = attn.to_q(inputs[name][0]).double().view(*inputs[name][0].shape[:2], HEADS, -1)
+        k = attn.to_k(inputs[name][1]).double().view(*inputs[name][1].shape[:2], HEADS, -1)
+        assert bool(layer.mask.all())  # a soft band hides no key
+        for i, qu in enumerate(maps.queries):
+            r, c = qu.cell(IMAGE_HW, FEAT_HW)
+            row, token = qu.sample * T + qu.frame, r * W_ + c
+            logits = torch.einsum("hd,lhd->hl", q[row, token], k[row]) / math.sqrt(attn.dim_head) + bias[row, token]
+            torch.testing.assert_close(layer.probs[0, :, i].reshape(HEADS, -1).double(), torch.softmax(logits, -1),
+                                       atol=1e-5, rtol=1e-4)

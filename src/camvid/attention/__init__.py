@@ -1,6 +1,6 @@
 """Cross-frame attention variants (temporal, full3d, epipolar_ref, epipolar, cross_video) as
-pluggable modules, their memoised camera masks, exact dense and block-sparse kernels, a diffusers
-processor adapter, and ``capture`` (attention probabilities of chosen query pixels, for inspection).
+pluggable modules, their memoised camera masks, exact dense, block-sparse and FlexAttention kernels, a
+diffusers processor adapter, and ``capture`` (attention probabilities of chosen query pixels, for inspection).
 See docs/performance.md (Attention) for speed and memory."""
 
 # ``camvid.attention.capture`` is the function below; its module is imported as
