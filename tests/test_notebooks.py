@@ -136,8 +136,10 @@ def _clip_cameras(B=2, T=3, hw=(48, 64)):
     return K, c2w
 
 
-@pytest.mark.parametrize("variant,views", [("epipolar", 1), ("epipolar_ref", 1), ("full3d", 1), ("cross_video", 2)])
-def test_bands_are_the_models_mask_rows(variant, views):
+@pytest.mark.parametrize("variant,views,options", [
+    ("epipolar", 1, {}), ("epipolar_ref", 1, {}), ("full3d", 1, {}), ("cross_video", 2, {}),
+    ("epipolar", 1, {"grid": "cami2v_release", "threshold": 3.0}), ("cross_video", 2, {"tau": 2.5, "seed": 3})])
+def test_bands_are_the_models_mask_rows(variant, views, options):
     from camvid.attention import AttentionContext, Query
     from camvid.attention.capture import query_position
     from camvid.inspection import band_rows, query_bands
@@ -146,10 +148,10 @@ def test_bands_are_the_models_mask_rows(variant, views):
     image_hw, feat_hw = (48, 64), (6, 8)
     cond = torch.tensor([0, 2])
     queries = [Query(1, 30.0, 20.0, 0), Query(2, 5.0, 40.0, 1)]
-    band = band_rows(K, c2w, image_hw, feat_hw, variant, queries, cond_index=cond, num_views=views)
+    band = band_rows(K, c2w, image_hw, feat_hw, variant, queries, cond_index=cond, num_views=views, **options)
     kind = {"epipolar": "all", "full3d": "all", "epipolar_ref": "ref", "cross_video": "cross"}[variant]
-    mask = AttentionContext(K=K, c2w=c2w, image_hw=image_hw, cond_index=cond, num_views=views,
-                            path="dense").mask(kind, feat_hw)
+    mask = AttentionContext(K=K, c2w=c2w, image_hw=image_hw, cond_index=cond, num_views=views, path="dense",
+                            **options).mask(kind, feat_hw)
     for i, qu in enumerate(queries):
         row, token, _ = query_position(qu, variant, 3, feat_hw, image_hw)
         got = band[i] if variant != "epipolar_ref" else band[i, int(cond[qu.sample])]
@@ -157,12 +159,14 @@ def test_bands_are_the_models_mask_rows(variant, views):
         if variant == "epipolar_ref":
             assert band[i].flatten(1).any(1).sum() <= 1  # only the reference frame holds the band
     # the drawn line passes through the cells of the band: every band cell centre is near the line
-    qb = query_bands(K, c2w, image_hw, [feat_hw], queries[0], variant=variant, cond_index=cond, num_views=views)
+    qb = query_bands(K, c2w, image_hw, [feat_hw], queries[0], variant=variant, cond_index=cond, num_views=views,
+                     **options)
     line, cells = qb[feat_hw].lines[-1], qb[feat_hw].band[-1].nonzero()
     if len(cells):
         centres = (cells.double() + 0.5) * torch.tensor([image_hw[0] / feat_hw[0], image_hw[1] / feat_hw[1]])
         dist = (line[0] * centres[:, 1] + line[1] * centres[:, 0] + line[2]).abs()
-        assert float(dist.max()) <= 0.5 * (8.0**2 + 8.0**2) ** 0.5 + 1e-6
+        width = options.get("threshold", options.get("tau", 0.5 * (8.0**2 + 8.0**2) ** 0.5))
+        assert float(dist.max()) <= width + 0.5 + 1e-6  # (+ half a pixel: the release grid's offset)
 
 
 def test_band_mass_splits_every_query_into_inside_outside_and_registers():
@@ -234,3 +238,16 @@ def test_load_released_composes_the_sample_config_and_names_what_is_missing():
         load_released(["model=cami2v", "backbone=tiny_dynamicrafter"], conf_dir=REPO / "conf")
     with pytest.raises(FileNotFoundError, match="pretrained weights not found"):
         load_released(["model=cami2v", "backbone=tiny_dynamicrafter", f"pretrained={REPO / 'no.ckpt'}"])
+
+
+def test_band_options_are_the_runs_mask_settings():
+    from omegaconf import OmegaConf
+
+    from camvid.inspection import band_options, band_rows
+
+    cfg = OmegaConf.create({"attn": {"name": "cross_video", "threshold": None, "tau": 2.0, "grid": "camvid",
+                                     "path": "auto", "band": "soft"}})
+    assert band_options(cfg) == {"tau": 2.0, "grid": "camvid"}
+    K, c2w = _clip_cameras()
+    with pytest.raises(ValueError, match="unknown band option"):
+        band_rows(K, c2w, (48, 64), (6, 8), "epipolar", [], path="dense")

@@ -3,10 +3,12 @@ of a query pixel, how much captured attention falls inside them, and the figures
 is captured by :func:`camvid.attention.capture`."""
 
 from camvid.inspection.bands import (
+    BAND_OPTIONS,
     BandMass,
     QueryBand,
     band_mass,
     band_mass_rows,
+    band_options,
     band_rows,
     layer_band,
     query_bands,
@@ -22,10 +24,12 @@ from camvid.inspection.runs import (
 )
 
 __all__ = [
+    "BAND_OPTIONS",
     "BandMass",
     "QueryBand",
     "band_mass",
     "band_mass_rows",
+    "band_options",
     "band_rows",
     "layer_band",
     "query_bands",

@@ -15,31 +15,44 @@ import torch
 from camvid.attention import AttentionContext, LayerAttention, Query
 from camvid.attention.capture import keys_to_grid, query_position
 
-__all__ = ["QueryBand", "band_rows", "query_bands", "layer_band", "BandMass", "band_mass", "band_mass_rows"]
+__all__ = ["BAND_OPTIONS", "band_options", "QueryBand", "band_rows", "query_bands", "layer_band", "BandMass", "band_mass", "band_mass_rows"]
 
 # the mask kind that defines "the band" of each attention variant
 BAND_KIND = {"epipolar": "all", "full3d": "all", "epipolar_ref": "ref", "cross_video": "cross"}
+# attention options (conf/attn/*.yaml) that shape a run's bands
+BAND_OPTIONS = ("threshold", "tau", "grid", "seed")
 
 
-def _context(K, c2w, image_hw, cond_index, num_views, threshold, tau, seed) -> AttentionContext:
+def band_options(cfg) -> dict:
+    """The options of a run's config (``cfg.attn``) that shape its bands: threshold, tau, grid, seed."""
+    attn = cfg.get("attn") or {}
+    return {k: attn[k] for k in BAND_OPTIONS if k in attn and attn[k] is not None}
+
+
+def _context(K, c2w, image_hw, cond_index, num_views, options: dict) -> AttentionContext:
     B = K.shape[0]
+    unknown = sorted(set(options) - set(BAND_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown band option(s) {unknown}; valid: {', '.join(BAND_OPTIONS)}")
     cond_index = torch.zeros(B, dtype=torch.long) if cond_index is None else torch.as_tensor(cond_index).long()
+    # always the hard band: a soft (bias) band has no inside, and its width is the hard band's default
     return AttentionContext(K=K.double(), c2w=c2w.double(), image_hw=tuple(image_hw), cond_index=cond_index,
-                            num_views=num_views, threshold=threshold, tau=tau, seed=seed, path="sparse")
+                            num_views=num_views, path="sparse", **options)
 
 
 def band_rows(K: torch.Tensor, c2w: torch.Tensor, image_hw: tuple[int, int], feat_hw: tuple[int, int],
               variant: str, queries: list[Query], *, cond_index=None, num_views: int = 1,
-              threshold: float | None = None, tau: float = 3.0, seed: int = 0) -> torch.Tensor:
+              **options) -> torch.Tensor:
     """(query, frame, h, w) bool: the band of each query on the key axis of a ``variant`` layer.
 
     ``K`` (B, T, 3, 3) pixel intrinsics at ``image_hw`` and ``c2w`` (B, T, 4, 4) of the clips the
-    queries' ``sample`` indexes (for ``cross_video``: groups of ``num_views`` videos).
+    queries' ``sample`` indexes (for ``cross_video``: groups of ``num_views`` videos). ``options``:
+    :data:`BAND_OPTIONS` as the run was trained with (:func:`band_options`).
     """
     if variant not in BAND_KIND:
         raise ValueError(f"no epipolar band for attention variant {variant!r}; valid: {', '.join(BAND_KIND)}")
     kind = BAND_KIND[variant]
-    ctx = _context(K, c2w, image_hw, cond_index, num_views, threshold, tau, seed)
+    ctx = _context(K, c2w, image_hw, cond_index, num_views, options)
     B, T = K.shape[:2]
     hw = feat_hw[0] * feat_hw[1]
     rows = []
@@ -76,18 +89,19 @@ class QueryBand:
 
 def query_bands(K: torch.Tensor, c2w: torch.Tensor, image_hw: tuple[int, int], levels: list[tuple[int, int]],
                 query: Query, *, variant: str = "epipolar", cond_index=None, num_views: int = 1,
-                threshold: float | None = None, tau: float = 3.0, seed: int = 0) -> dict[tuple[int, int], QueryBand]:
+                **options) -> dict[tuple[int, int], QueryBand]:
     """The epipolar line and band of ``query`` in every key frame (every partner video for
     ``cross_video``), at every feature level in ``levels``."""
     from camvid.geometry.epipolar import epipolar_lines, feature_cell_centers, pseudo_line_angles
 
     B, T = K.shape[:2]
     K, c2w = K.double(), c2w.double()
+    seed, grid = int(options.get("seed", 0)), str(options.get("grid", "camvid"))
     out = {}
     for feat_hw in levels:
         feat_hw = tuple(int(v) for v in feat_hw)
         r, c = query.cell(image_hw, feat_hw)
-        center = feature_cell_centers(image_hw, feat_hw)[r * feat_hw[1] + c]
+        center = feature_cell_centers(image_hw, feat_hw, grid=grid)[r * feat_hw[1] + c]
         b, i = query.sample, query.frame
         if variant == "cross_video":
             group = b - b % num_views
@@ -98,7 +112,7 @@ def query_bands(K: torch.Tensor, c2w: torch.Tensor, image_hw: tuple[int, int], l
             angles = pseudo_line_angles((B, T, T), seed, symmetric_last_two=True)[b, i]  # as the clip's mask
             lines = epipolar_lines(K[b, i], c2w[b, i], K[b], c2w[b], center[None], angles)
         band = band_rows(K, c2w, image_hw, feat_hw, variant, [query], cond_index=cond_index, num_views=num_views,
-                         threshold=threshold, tau=tau, seed=seed)[0]
+                         **options)[0]
         out[feat_hw] = QueryBand(feat_hw, (r, c), (float(center[0]), float(center[1])), lines[:, 0], band)
     return out
 
