@@ -11,6 +11,11 @@ latent implies. Two consequences:
 * the sampler reproduces the conditioning frame exactly (DDIM of an exact x0 returns it), so the
   training loss on that frame is zero and the network spends its capacity on the other frames.
 
+``first_frame="replace_residual"`` does the same and also reads an x0-predicting network's output as
+the *change* from the conditioning frame (x0 = conditioning latent + output, every frame): an untrained
+network then predicts the conditioning frame repeated, a sharp still video, and training only has to
+learn how the view moves, not how to copy the frame through the UNet.
+
 Stable Video Diffusion style models and several camera-control I2V codebases keep the first frame
 clean the same way; for the tiny CPU models it is what lets a few hundred steps learn motion.
 """
@@ -21,14 +26,14 @@ import torch
 
 from camvid.diffusion.schedule import check_parameterization, eps_from_x0, v_from_x0_eps
 
-FIRST_FRAME_MODES = ("concat", "replace")
+FIRST_FRAME_MODES = ("concat", "replace", "replace_residual")
 
 
 def check_first_frame_mode(mode: str) -> None:
     if mode not in FIRST_FRAME_MODES:
         raise ValueError(f"first_frame={mode!r}: choose one of {FIRST_FRAME_MODES} ('concat' = DynamiCrafter, "
                          "the conditioning frame only as concatenated channels; 'replace' = also keep it clean in "
-                         "the noisy latent)")
+                         "the noisy latent; 'replace_residual' = also predict x0 as a change from that frame)")
 
 
 def _frame_mask(z_t: torch.Tensor, cond_index: torch.Tensor) -> torch.Tensor:
@@ -65,3 +70,8 @@ def exact_conditioning_output(output: torch.Tensor, z_t: torch.Tensor, t: torch.
         eps = eps_from_x0(z_t, x0, t, alphas_cumprod)
         exact = eps if parameterization == "eps" else v_from_x0_eps(x0, eps, t, alphas_cumprod)
     return torch.where(mask, exact.to(output.dtype), output)
+
+
+def add_conditioning_residual(output: torch.Tensor, cond_latent: torch.Tensor) -> torch.Tensor:
+    """x0 of every frame = the conditioning latent (B, C, h, w) + the network's output (B, C, T, h, w)."""
+    return output + cond_latent.to(output.dtype).unsqueeze(2)

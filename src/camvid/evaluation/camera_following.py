@@ -219,3 +219,99 @@ def score_videos(generated: Sequence[np.ndarray], gt: Sequence[np.ndarray], dept
                                        "psnr_per_frame": np.nanmean([w[2] for w in wrong], axis=0).tolist()}
         out.append(row)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# over a samples folder (``make eval``)
+
+FOLLOWING_METRICS = ("CamFollowPSNR", "CamFollowL1", "CamFollowPSNR_static", "CamFollowPSNR_wrong_traj",
+                     "FirstFramePSNR")
+
+
+def conditioning_depth(data_root, split: str, clip_id: str, frame_index: int, out_hw: tuple[int, int]) -> np.ndarray | None:
+    """The z-depth of one frame of a RealEstate10K-layout clip (the synthetic data writes
+    ``<split>/depth/<clip>.npy``), resized and centre-cropped like its frames (nearest neighbour, so
+    no depth is invented across an edge); None when the data set has no depth."""
+    import torch
+    import torch.nn.functional as F
+
+    from camvid.data.layout import depth_path
+    from camvid.geometry.cameras import resize_crop_geometry
+
+    path = depth_path(data_root, split, clip_id)
+    if not path.is_file():
+        return None
+    depth = np.load(path, mmap_mode="r")[int(frame_index)].astype(np.float32)
+    src_hw = depth.shape
+    if tuple(src_hw) != tuple(out_hw):
+        s, top, left = resize_crop_geometry(src_hw, out_hw)
+        new_h, new_w = max(out_hw[0], round(src_hw[0] * s)), max(out_hw[1], round(src_hw[1] * s))
+        d = F.interpolate(torch.from_numpy(depth)[None, None], size=(new_h, new_w), mode="nearest")[0, 0]
+        depth = d[top:top + out_hw[0], left:left + out_hw[1]].numpy()
+    return depth
+
+
+def evaluate_samples(records, out_dir) -> tuple[list, dict]:
+    """Rows of the results table and the per-video details for the sample folders ``records``
+    (:class:`camvid.evaluation.layout.SampleRecord`); each needs ``gt.mp4`` and ``depth.npy``."""
+    import json
+    from pathlib import Path
+
+    from camvid.evaluation.tables import ResultRow
+
+    usable = [r for r in records if r.gt_video_path is not None and (r.path / DEPTH_FILE).is_file()]
+    if not usable:
+        note = f"not computed: needs {DEPTH_FILE} and gt.mp4 in the sample folders (synthetic test data)"
+        return [ResultRow(m, None, note=note, better="lower" if m.endswith("L1") else "higher")
+                for m in FOLLOWING_METRICS], {}
+    gen, gt, depths, Ks, c2ws, ids = [], [], [], [], [], []
+    for r in usable:
+        gen.append(r.load_video())
+        gt.append(r.load_gt_video())
+        depths.append(np.load(r.path / DEPTH_FILE).astype(np.float32))
+        Ks.append(r.K)
+        c2ws.append(r.c2w)
+        ids.append(r.sample_id)
+    cond_index = int(usable[0].meta.get("cond_index", 0))
+    per_video = score_videos(gen, gt, depths, Ks, c2ws, cond_index=cond_index)
+    for sid, row in zip(ids, per_video):
+        row["sample_id"] = sid
+
+    def mean(key: str, field: str) -> float | None:
+        vals = [v[key][field] for v in per_video if key in v and math.isfinite(v[key][field])]
+        return float(np.mean(vals)) if vals else None
+
+    n = f"{len(usable)}/{len(records)} videos, frames 1..T-1, co-visible pixels"
+    first = [v["first_frame_psnr"] for v in per_video]
+    rows = [
+        ResultRow("CamFollowPSNR", mean("generated", "psnr"), mean("gt", "psnr"), better="higher",
+                  note=f"conditioning frame warped into each camera with exact depth; {n}"),
+        ResultRow("CamFollowL1", mean("generated", "l1"), mean("gt", "l1"), better="lower", note=n),
+        ResultRow("CamFollowPSNR_static", mean("static", "psnr"), mean("gt", "psnr"), better="higher",
+                  note="reference: the conditioning frame repeated (ignores the camera)"),
+        ResultRow("CamFollowPSNR_wrong_traj", mean("wrong_trajectory", "psnr"), None, better="lower",
+                  note="reference: the generated videos scored against the other videos' trajectories"
+                  if len(usable) > 1 else "not computed: needs >= 2 videos"),
+        ResultRow("FirstFramePSNR", float(np.mean(first)), None, better="higher",
+                  note="generated frame 0 against the conditioning image"),
+    ]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "camera_following_per_video.json").write_text(json.dumps(per_video, indent=1))
+    return rows, {"camera_following": per_video}
+
+
+def save_conditioning_depth(folder, data_root, split: str, batch: dict, index: int) -> bool:
+    """Write ``DEPTH_FILE`` into a sample folder for video ``index`` of an evaluation batch when the
+    test data has depth (the synthetic set); returns whether it did."""
+    if "frame_indices" not in batch:
+        return False
+    from pathlib import Path
+
+    cond = int(batch["cond_index"][index])
+    hw = tuple(batch["video"].shape[-2:])
+    depth = conditioning_depth(data_root, split, str(batch["key"][index]), int(batch["frame_indices"][index][cond]), hw)
+    if depth is None:
+        return False
+    np.save(Path(folder) / DEPTH_FILE, depth)
+    return True

@@ -21,7 +21,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from camvid.diffusion.i2v import check_first_frame_mode, exact_conditioning_output, replace_conditioning_frame
+from camvid.diffusion.i2v import (
+    add_conditioning_residual,
+    check_first_frame_mode,
+    exact_conditioning_output,
+    replace_conditioning_frame,
+)
 from camvid.diffusion.schedule import check_parameterization, dynamic_rescale_scales, make_alphas_cumprod
 from camvid.geometry import invert_rigid, plucker_rays
 from camvid.models.base import CameraInputs, Conditions, VideoDiffusionModel
@@ -101,9 +106,12 @@ class DynamiCrafterI2V(VideoDiffusionModel):
             raise ValueError(f"camera={camera!r}: choose None or one of {', '.join(CAMERA_METHODS)}")
         check_parameterization(parameterization)
         check_first_frame_mode(first_frame)
-        if first_frame == "replace" and dynamic_rescale:
+        if first_frame != "concat" and dynamic_rescale:
             raise ValueError("first_frame='replace' does not support dynamic_rescale (the clean latent's scale "
                              "would depend on t); use one or the other")
+        if first_frame == "replace_residual" and parameterization != "x0":
+            raise ValueError(f"first_frame='replace_residual' reads the output as a change of x0: it needs "
+                             f"parameterization='x0', got {parameterization!r}")
         if fs_condition_type not in ("frame_stride", "fps"):
             raise ValueError(f"fs_condition_type must be 'frame_stride' or 'fps', got {fs_condition_type!r}")
         needs_pose = camera in ("cameractrl", "cami2v")
@@ -257,7 +265,7 @@ class DynamiCrafterI2V(VideoDiffusionModel):
             raise ValueError(f"the image projector makes tokens for {image.shape[1]} frames, the latent has {frames}")
         concat = _tile(cond.extras["cond_latent"], b).to(z_t.dtype)
         z_in = z_t
-        if self.first_frame == "replace":
+        if self.first_frame != "concat":
             cond_index = _tile(cond.extras["cond_index"], b)
             z_in = replace_conditioning_frame(z_t, concat, cond_index)
         x = torch.cat([z_in, concat.unsqueeze(2).expand(-1, -1, frames, -1, -1)], dim=1)
@@ -266,7 +274,9 @@ class DynamiCrafterI2V(VideoDiffusionModel):
         if self.camera is not None:
             camera = self._unet_camera(cond.camera, _flags(cond.drop_camera, b, device), z_t)
         out = self.unet(x, t, text.to(z_t.dtype), image, fs, camera)
-        if self.first_frame == "replace":
+        if self.first_frame == "replace_residual":
+            out = add_conditioning_residual(out, concat)
+        if self.first_frame != "concat":
             out = exact_conditioning_output(out, z_t, t, concat, cond_index, self.alphas_cumprod, self.parameterization)
         return out
 
