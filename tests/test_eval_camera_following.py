@@ -88,3 +88,17 @@ def test_bad_inputs_name_the_problem(rendered):
         score_video(frames, frames[0], depth[:-1], K, c2w)
     with pytest.raises(ValueError, match="poses"):
         score_video(frames, frames[0], depth, K, c2w[:-1])
+
+
+def test_sfm_upscale_scales_intrinsics_with_the_pixels():
+    from camvid.evaluation.sfm import SfmOptions, upscale_frames
+
+    frames = np.random.default_rng(0).integers(0, 255, (2, 8, 10, 3), dtype=np.uint8)
+    K = np.array([[12.0, 0, 5.0], [0, 11.0, 4.0], [0, 0, 1]])
+    big, K4 = upscale_frames(frames, K, 4)
+    assert big.shape == (2, 32, 40, 3)
+    point = np.array([0.3, -0.2, 2.0])
+    small_px, big_px = K @ point, K4 @ point
+    np.testing.assert_allclose(big_px[:2] / big_px[2], 4 * small_px[:2] / small_px[2])
+    with pytest.raises(ValueError, match="upscale"):
+        SfmOptions(upscale=0)
