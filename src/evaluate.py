@@ -26,12 +26,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     from camvid.evaluation.pipeline import run_evaluation
+    from camvid.training.logger import finish_runs_on_exit
+    from camvid.validation import validate_eval_config
 
+    validate_eval_config(cfg)  # types, ranges, paths: before any video is read
     keys = ("samples_dir", "out_dir", "reference", "paper_row", "metrics", "device", "camera", "geometry", "fvd",
             "fid_kid", "clip", "weights", "wandb")
     settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in keys}
-    result = run_evaluation(settings)
+    with finish_runs_on_exit():  # the W&B results run (wandb.enabled) is finished even on failure
+        result = run_evaluation(settings)
     print(result["markdown"])
     for kind, path in result["paths"].items():
         print(f"{kind}: {path}")

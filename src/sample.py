@@ -27,7 +27,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     from camvid.sampling import run_sampling
+    from camvid.validation import validate_sample_config
 
+    validate_sample_config(cfg)  # types, ranges, paths: before the model is built
     written = run_sampling(cfg)
     print(f"wrote {len(written)} sample(s) under {cfg.out_dir}")
     for path in written:

@@ -28,8 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def main(cfg: DictConfig) -> float:
     from camvid.training.loop import train
 
-    summary = train(cfg)
-    print(f"done: {summary}")
+    summary = train(cfg)  # prints the one "done:" line (rank 0); raises, so the exit code is non-zero, on failure
     # the return value is what Hydra's sweepers optimise
     return float(summary["loss"])
 

@@ -69,6 +69,8 @@ def test_full_table_with_missing_weights(samples, tmp_path):
     assert (tmp_path / "results.csv").read_text().startswith("metric,value")
     per_video = (tmp_path / "camera_per_video.csv").read_text().splitlines()
     assert len(per_video) == 3 and per_video[1].split(",")[6] == "1"  # gt_trials_ok of the first sample
+    # requested vs recovered cameras of every video, drawn by the trajectory viewer
+    assert len(list((tmp_path / "cameras").glob("*.png"))) == 2
 
 
 def test_unknown_options_fail_clearly(samples, tmp_path):

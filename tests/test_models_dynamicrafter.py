@@ -208,8 +208,11 @@ def test_builder_rejects_bad_options():
         build_dynamicrafter_method("dynamicrafter", "1024")
     with pytest.raises(ValueError, match="Invalid combination: attn=full3d"):
         build_dynamicrafter_method("cameractrl", "tiny", attn="full3d")
-    with pytest.raises(ValueError, match="vae_path"):
-        build_dynamicrafter_method("dynamicrafter", "256")
+    # a missing base file fails before the 2.6 B-parameter model is built, naming where to get it
+    with pytest.raises(FileNotFoundError, match="huggingface.co/Doubiiu/DynamiCrafter "):
+        build_dynamicrafter_method("dynamicrafter", "256", pretrained="/nonexistent/model.ckpt")
+    with pytest.raises(FileNotFoundError, match="MuteApo/CamI2V"):
+        build_dynamicrafter_method("cami2v", "tiny", method_ckpt="/nonexistent/256_cami2v.pt")
 
 
 def test_512_method_is_v_param_zero_snr_fps():
@@ -253,7 +256,7 @@ def test_load_pretrained_official_layout(tmp_path):
     with pytest.raises(ValueError, match="lacks 1"):
         dst.load_pretrained(tmp_path / "partial.pt")
     torch.save({"model.diffusion_model.nope": torch.zeros(1)}, tmp_path / "wrong.pt")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="do not exist"):
         dst.load_pretrained(tmp_path / "wrong.pt")
 
 

@@ -86,6 +86,7 @@ def test_ddp_two_processes_see_disjoint_samples(data_root, tmp_path):
                                                        "trainer.log_sample_keys=true")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("done: ") == 1, "one summary line for the run, from rank 0 only"
     seen = [json.loads((out / "sample_keys" / f"rank_{r}.json").read_text()) for r in range(2)]
     assert all(len(s) == 3 for s in seen)
     keys = [{k for batch in s for k in batch} for s in seen]

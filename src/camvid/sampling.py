@@ -22,6 +22,7 @@ from camvid.geometry.cameras import (
 )
 from camvid.models.base import VideoDiffusionModel
 from camvid.training.preview import to_uint8_video, write_gif
+from camvid.trajectories import resolve_trajectories, save_path_picture
 
 __all__ = [
     "sampler_settings",
@@ -36,18 +37,19 @@ __all__ = [
 
 def resolve_checkpoint(ckpt_path: str | Path | None = None, run_dir: str | Path | None = None) -> Path:
     """A ``step_<N>`` directory: the one given, or the latest of ``run_dir``."""
-    from camvid.training.checkpoint import STATE_NAME, find_latest
+    from camvid.training.checkpoint import STATE_NAME, WEIGHTS_NAME, find_latest, verify_checkpoint
 
     if ckpt_path:
         ckpt = Path(ckpt_path)
         if not (ckpt / STATE_NAME).is_file():
             raise FileNotFoundError(f"ckpt_path={ckpt}: not a checkpoint directory (no {STATE_NAME})")
-        return ckpt
-    if not run_dir:
-        raise ValueError("give ckpt_path=<run>/checkpoints/step_<N> or run_dir=<run>")
-    ckpt = find_latest(Path(run_dir) / "checkpoints")
-    if ckpt is None:
-        raise FileNotFoundError(f"run_dir={run_dir}: no checkpoint under {Path(run_dir) / 'checkpoints'}")
+    else:
+        if not run_dir:
+            raise ValueError("give ckpt_path=<run>/checkpoints/step_<N> or run_dir=<run>")
+        ckpt = find_latest(Path(run_dir) / "checkpoints")
+        if ckpt is None:
+            raise FileNotFoundError(f"run_dir={run_dir}: no checkpoint under {Path(run_dir) / 'checkpoints'}")
+    verify_checkpoint(ckpt, files=[WEIGHTS_NAME])  # complete and intact, or an error naming the file
     return ckpt
 
 
@@ -86,12 +88,32 @@ def load_image(path: str | Path, hw: tuple[int, int]) -> tuple[torch.Tensor, tup
     return x, src_hw
 
 
+def pose_source_hw(intrinsics: np.ndarray, hw: tuple[int, int],
+                   override: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (height, width) of the video a pose file's normalised intrinsics refer to.
+
+    RealEstate10K intrinsics have square pixels, ``fx * W = fy * H``, so ``W / H = fy / fx``: the
+    source aspect. Its scale does not matter (normalised intrinsics), so the source is taken with
+    the generation height. ``override`` (``pose_source_hw=[H,W]``) wins.
+    """
+    if override is not None:
+        if len(override) != 2 or min(int(v) for v in override) < 1:
+            raise ValueError(f"pose_source_hw={list(override)}: give [height, width] in pixels")
+        return int(override[0]), int(override[1])
+    fx, fy = float(np.median(intrinsics[:, 0])), float(np.median(intrinsics[:, 1]))
+    if fx <= 0 or fy <= 0:
+        raise ValueError(f"pose file intrinsics fx={fx}, fy={fy}: must be positive")
+    return hw[0], max(1, round(hw[0] * fy / fx))
+
+
 def trajectory_cameras(spec: str, num_frames: int, hw: tuple[int, int], *, src_hw: tuple[int, int] | None = None,
                        fov_deg: float = 60.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(K (T, 3, 3) pixels at ``hw``, c2w (T, 4, 4) relative to frame 0) from a pose file or a preset.
 
-    A RealEstate10K pose file's normalised intrinsics refer to the source frames (``src_hw``, the
-    conditioning image's original size; ``hw`` if unknown), then follow the resize and centre crop.
+    A RealEstate10K pose file's normalised intrinsics refer to the video the poses came from (its
+    size: ``src_hw`` when given, else the square-pixel aspect of :func:`pose_source_hw`), then
+    follow the resize and centre crop of the data path to ``hw``. A warning is issued when the
+    result does not have square pixels.
     """
     from camvid.data.synthetic import TRAJECTORY_KINDS, default_intrinsics, make_trajectory
 
@@ -101,9 +123,15 @@ def trajectory_cameras(spec: str, num_frames: int, hw: tuple[int, int], *, src_h
         if len(track) < num_frames:
             raise ValueError(f"{path}: {len(track)} poses, the model generates {num_frames} frames")
         track = track.subset(range(num_frames))
-        src = src_hw or hw
+        src = pose_source_hw(track.intrinsics, hw, src_hw)
         K = normalized_to_pixel_intrinsics(torch.from_numpy(track.intrinsics), src[1], src[0])
         K = resize_crop_intrinsics(K, src, hw)
+        fx, fy = float(K[0, 0, 0]), float(K[0, 1, 1])
+        if abs(fx - fy) > 0.01 * max(fx, fy):
+            import warnings
+
+            warnings.warn(f"{path}: intrinsics at {hw[0]}x{hw[1]} have non-square pixels (fx {fx:.1f} px, fy "
+                          f"{fy:.1f} px) with the source size {src[0]}x{src[1]}; check pose_source_hw", stacklevel=2)
         c2w = w2c_to_c2w(torch.from_numpy(track.w2c))
     elif spec in TRAJECTORY_KINDS:
         c2w = torch.from_numpy(make_trajectory(spec, num_frames, seed))
@@ -111,6 +139,35 @@ def trajectory_cameras(spec: str, num_frames: int, hw: tuple[int, int], *, src_h
     else:
         raise ValueError(f"trajectory={spec!r}: not a pose file and not a preset ({', '.join(TRAJECTORY_KINDS)})")
     return K.float(), relative_poses(c2w.double(), 0).float()
+
+
+def merged_guidance(cfg: DictConfig, override=None) -> dict:
+    """The model's guidance with the keys of ``override`` replaced (``guidance.camera_scale=1``
+    changes that key only; the image/text scale and rescale keep the model's values)."""
+    guidance = OmegaConf.to_container(cfg.model.guidance, resolve=True)
+    if override is None:
+        return guidance
+    if OmegaConf.is_config(override):
+        override = OmegaConf.to_container(override, resolve=True)
+    if not isinstance(override, dict):
+        raise ValueError(f"guidance={override!r}: give keys, e.g. guidance.camera_scale=1")
+    override = {k: v for k, v in override.items() if v is not None}
+    unknown = sorted(set(override) - set(guidance))
+    if unknown:
+        raise ValueError(f"guidance keys {unknown} are unknown; the model's guidance has {sorted(guidance)}")
+    return {**guidance, **override}
+
+
+def collaborative_settings(cfg: DictConfig, override=None) -> dict:
+    """CVD multi-view settings (model ``collaborative``: strategy, partitions, recurrent steps),
+    updated by the sample-time ``collaborative`` keys."""
+    node = cfg.model.get("collaborative")
+    settings = {} if node is None else OmegaConf.to_container(node, resolve=True)
+    if override:
+        if OmegaConf.is_config(override):
+            override = OmegaConf.to_container(override, resolve=True)
+        settings.update({k: v for k, v in override.items() if v is not None})
+    return settings
 
 
 def sampler_settings(cfg: DictConfig, steps: int | None = None, eta: float | None = None) -> dict:
@@ -125,7 +182,7 @@ def sampler_settings(cfg: DictConfig, steps: int | None = None, eta: float | Non
 
 @torch.no_grad()
 def generate(method: VideoDiffusionModel, cfg: DictConfig, batch: dict, *, seed: int, steps: int | None = None,
-             eta: float | None = None, guidance=None) -> torch.Tensor:
+             eta: float | None = None, guidance=None, collaborative=None) -> torch.Tensor:
     """Sample the videos of ``batch`` (single videos, or groups of views for multi-view methods) with
     the method's guidance and sampler settings of ``cfg`` (a training config) unless overridden."""
     from camvid.diffusion.collaborative import sample_collaborative_video
@@ -133,10 +190,7 @@ def generate(method: VideoDiffusionModel, cfg: DictConfig, batch: dict, *, seed:
 
     device = next(method.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    if guidance is None:
-        guidance = OmegaConf.to_container(cfg.model.guidance, resolve=True)
-    elif OmegaConf.is_config(guidance):
-        guidance = OmegaConf.to_container(guidance, resolve=True)
+    guidance = merged_guidance(cfg, guidance)
     settings = sampler_settings(cfg, steps, eta)
     num_steps = settings.pop("steps")
     gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -144,12 +198,17 @@ def generate(method: VideoDiffusionModel, cfg: DictConfig, batch: dict, *, seed:
     if views > 1:
         B = batch["video"].shape[0]
         shape = tuple(method.encode_video(batch["video"][:1]).shape[1:])
-        node = cfg.model.get("collaborative")
-        collab = {} if node is None else OmegaConf.to_container(node, resolve=True)
+        collab = collaborative_settings(cfg, collaborative)
         return sample_collaborative_video(method, batch, num_videos=views, num_steps=num_steps,
                                           guidance=guidance, generator=gen, latent_shape=(B, *shape),
                                           **collab, **settings)
     return sample_video(method, batch, num_steps=num_steps, guidance=guidance, generator=gen, **settings)
+
+
+def reverse_trajectory(K: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trajectory played backwards, relative to its new first frame (the public CVD inference
+    samples the second video of a pair along the reversed trajectory)."""
+    return K.flip(0), relative_poses(c2w.flip(0).double(), 0).float()
 
 
 def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel, ckpt: Path) -> list[Path]:
@@ -169,8 +228,17 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
         if not cfg.image:
             raise ValueError(f"model={train_cfg.model.name} is image-to-video: give image=PATH")
         image, src_hw = load_image(cfg.image, hw)
-    cams = [trajectory_cameras(s, T, hw, src_hw=src_hw, fov_deg=cfg.fov_deg, seed=cfg.trajectory_seed + i)
-            for i, s in enumerate(specs)]
+    # pose files / videos / scaled presets -> a path transferred to this image (camvid.trajectories);
+    # a transferred file's normalised intrinsics refer to the image (``target``), a preset's to ``hw``
+    pose_hw = cfg.get("pose_source_hw")
+    target = src_hw or hw
+    paths = resolve_trajectories(specs, cfg.out_dir, T, target, translation_scale=cfg.get("trajectory_scale"),
+                                 stride=int(cfg.get("trajectory_stride", 1)), fov_deg=cfg.fov_deg,
+                                 seed=cfg.trajectory_seed, source_hw=None if pose_hw is None else tuple(pose_hw))
+    cams = [trajectory_cameras(p, T, hw, src_hw=target, fov_deg=cfg.fov_deg, seed=cfg.trajectory_seed + i)
+            for i, p in enumerate(paths)]
+    if views > 1 and cfg.get("reverse_second", False):
+        cams[1] = reverse_trajectory(*cams[1])
     video = torch.zeros(len(specs), T, 3, *hw)
     if image is not None:
         video[:, 0] = image
@@ -181,7 +249,8 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
         "caption": [str(cfg.caption)] * len(specs), "key": [f"view{i}" for i in range(len(specs))],
         "num_views": len(specs),
     }
-    out = generate(method, train_cfg, batch, seed=cfg.seed, steps=cfg.steps, eta=cfg.eta, guidance=cfg.guidance)
+    out = generate(method, train_cfg, batch, seed=cfg.seed, steps=cfg.steps, eta=cfg.eta, guidance=cfg.guidance,
+                   collaborative=cfg.get("collaborative"))
     written = []
     for i, spec in enumerate(specs):
         sid = "sample" if len(specs) == 1 else f"view{i}"
@@ -192,6 +261,7 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
                                     "checkpoint": str(ckpt), "trajectory": spec,
                                     "group": "single" if len(specs) > 1 else None, "view": i})
         write_gif(folder / "video.gif", frames, fps=cfg.fps)
+        save_path_picture(folder, batch["K"][i].numpy(), batch["c2w"][i].numpy(), hw, str(spec))
         written.append(folder)
     return written
 
@@ -208,7 +278,7 @@ def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionMo
     for idx in range(n):
         batch = dataset.collate([dataset[idx]])
         out = generate(method, train_cfg, batch, seed=int(cfg.seed) + idx, steps=cfg.steps, eta=cfg.eta,
-                       guidance=cfg.guidance)
+                       guidance=cfg.guidance, collaborative=cfg.get("collaborative"))
         views = int(batch.get("num_views", 1))
         for v in range(out.shape[0]):
             key = batch["key"][v]
@@ -225,15 +295,32 @@ def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionMo
             write_gif(folder / "video.gif", frames, fps=cfg.fps)
             if views == 1:  # exact depth of the conditioning frame, for the camera-following metric
                 save_conditioning_depth(folder, cfg.test_data, cfg.split, batch, v)
+            save_path_picture(folder, batch["K"][v].numpy(), batch["c2w"][v].numpy(), tuple(frames.shape[1:3]), sid)
             written.append(folder)
     return written
 
 
+def pretrained_method(cfg: DictConfig, device) -> tuple[DictConfig, VideoDiffusionModel, str]:
+    """No run directory: the method of ``cfg.model`` on ``cfg.backbone`` from the released files
+    (``pretrained=`` base, optional ``method_ckpt=``). ``cfg`` serves as the training config."""
+    from camvid.models.registry import build_method
+
+    if not cfg.get("pretrained"):
+        raise ValueError(f"model={cfg.model.name} without run_dir/ckpt_path samples released weights: give "
+                         "pretrained=PATH (the base checkpoint) and, for a camera method, method_ckpt=PATH")
+    method = build_method(cfg)
+    source = str(cfg.get("method_ckpt") or cfg.pretrained)
+    return cfg, method.to(device).eval(), source
+
+
 def run_sampling(cfg: DictConfig) -> list[Path]:
     """Entry point of ``src/sample.py``."""
-    ckpt = resolve_checkpoint(cfg.ckpt_path, cfg.run_dir)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    train_cfg, method = load_trained_method(ckpt, device)
+    if cfg.get("model") is not None and not (cfg.ckpt_path or cfg.run_dir):
+        train_cfg, method, ckpt = pretrained_method(cfg, device)
+    else:
+        ckpt = resolve_checkpoint(cfg.ckpt_path, cfg.run_dir)
+        train_cfg, method = load_trained_method(ckpt, device)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     if cfg.test_data:
         return _batch_mode(cfg, train_cfg, method, ckpt)

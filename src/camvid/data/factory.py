@@ -32,6 +32,7 @@ from camvid.data.loader import (
 )
 from camvid.data.shards import write_re10k_shards
 from camvid.data.synthetic_writer import ensure_synthetic_dataset
+from camvid.fsutil import share_like_umask
 
 __all__ = ["loader_pairing", "prepare_dataset", "loader_kwargs", "build_train_dataloader", "build_eval_dataset"]
 
@@ -65,7 +66,8 @@ def _atomic_shards(root: Path, split: str) -> None:
     if (target / "manifest.json").is_file() or not (root / split).is_dir():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{split}.", dir=target.parent))
+    # mkdtemp makes a 0700 directory: give it the umask's mode so collaborators can read it once renamed
+    tmp = share_like_umask(tempfile.mkdtemp(prefix=f".{split}.", dir=target.parent))
     try:
         write_re10k_shards(root, split, tmp, shard_size=16, with_depth=False)
         try:

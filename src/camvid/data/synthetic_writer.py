@@ -19,6 +19,7 @@ from PIL import Image
 
 from camvid.data import synthetic
 from camvid.data.layout import FRAME_NAME, WEBVID_COLUMNS, depth_path, frame_dir
+from camvid.fsutil import share_like_umask
 from camvid.geometry.cameras import CameraTrack, write_pose_file
 
 __all__ = [
@@ -242,7 +243,8 @@ def ensure_synthetic_dataset(
         # About two texels per pixel at 1.5 m: enough detail, without 512-texel build times for tiny renders.
         texture_size = int(min(512, max(64, 2 ** np.ceil(np.log2(2 * max(height, width))))))
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    # mkdtemp makes a 0700 directory: give it the umask's mode so collaborators can read it once renamed
+    tmp = share_like_umask(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         write_synthetic_re10k(tmp, num_clips, num_frames, height, width, seed=seed, texture_size=texture_size)
         if webvid_clips:

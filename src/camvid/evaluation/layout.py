@@ -19,9 +19,7 @@ one root; ``index.json`` is a convenience listing rewritten atomically after eac
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from camvid.fsutil import atomic_write_text
 from camvid.geometry.cameras import (
     CameraTrack,
     invert_rigid,
@@ -47,6 +46,8 @@ __all__ = [
     "read_video",
     "write_sample",
     "read_samples",
+    "video_problem",
+    "screen_videos",
 ]
 
 LAYOUT_FORMAT = "camvid-samples"
@@ -76,6 +77,7 @@ class SampleRecord:
     width: int
     fps: float
     meta: dict[str, Any] = field(default_factory=dict)
+    gt_problem: str | None = None  # set by screen_videos: gt.mp4 exists but cannot be used
 
     @property
     def video_path(self) -> Path:
@@ -84,7 +86,7 @@ class SampleRecord:
     @property
     def gt_video_path(self) -> Path | None:
         gt = self.path / GT_VIDEO_FILE
-        return gt if gt.is_file() else None
+        return gt if gt.is_file() and self.gt_problem is None else None
 
     @property
     def group(self) -> str | None:
@@ -130,6 +132,47 @@ def write_video(path: str | Path, video: np.ndarray, fps: float = 8.0) -> None:
         writer.close()
 
 
+def video_problem(path: Path, num_frames: int, hw: tuple[int, int]) -> str | None:
+    """Why the video at ``path`` cannot be scored against ``num_frames`` cameras at ``hw``, or None.
+
+    Decodes the whole file: a header can look fine and the stream still be cut short.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return f"{path.name}: missing"
+    if path.stat().st_size == 0:
+        return f"{path.name}: empty file (0 bytes)"
+    try:
+        video = read_video(path)
+    except Exception as err:  # ffmpeg's reasons vary by container and codec; keep the first line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return f"{path.name}: unreadable ({type(err).__name__}: {first[:200]})"
+    T, H, W = video.shape[:3]
+    if T < 2:
+        return f"{path.name}: {T} frame; every metric needs at least 2"
+    if T != num_frames:
+        return f"{path.name}: {T} frames but {num_frames} camera poses in {CAMERAS_FILE}"
+    if (H, W) != tuple(hw):
+        return f"{path.name}: {H}x{W} frames but {META_FILE} says {hw[0]}x{hw[1]}"
+    return None
+
+
+def screen_videos(records: list[SampleRecord]) -> dict[str, str]:
+    """Check every sample's video and gt.mp4; ``{sample_id: reason}`` of unusable generated videos.
+    An unusable gt.mp4 is set aside on its record (``gt_problem``): the sample then counts as one
+    without a GT video (no reference numbers, not in the FVD / FID real set)."""
+    failed = {}
+    for r in records:
+        hw = (r.height, r.width)
+        problem = video_problem(r.video_path, r.num_frames, hw)
+        if problem:
+            failed[r.sample_id] = problem
+        gt = r.path / GT_VIDEO_FILE
+        if gt.is_file():
+            r.gt_problem = video_problem(gt, r.num_frames, hw)
+    return failed
+
+
 def read_video(path: str | Path) -> np.ndarray:
     import imageio.v2 as imageio
 
@@ -144,13 +187,6 @@ def read_video(path: str | Path) -> np.ndarray:
     if not frames:
         raise ValueError(f"{path}: video has no frames")
     return np.stack(frames).astype(np.uint8)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _json_ready(value: Any) -> Any:
@@ -221,7 +257,7 @@ def write_sample(
         "sample_id": sample_id, "caption": str(caption), "seed": int(seed),
         "height": H, "width": W, "num_frames": T, "fps": float(fps), **_json_ready(meta),
     }
-    _atomic_write_text(sample_dir / META_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(sample_dir / META_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
     _update_index(root)
     return sample_dir
 
@@ -232,7 +268,7 @@ def _sample_dirs(root: Path) -> list[Path]:
 
 def _update_index(root: Path) -> None:
     index = {"format": LAYOUT_FORMAT, "version": LAYOUT_VERSION, "samples": [p.name for p in _sample_dirs(root)]}
-    _atomic_write_text(root / INDEX_FILE, json.dumps(index, indent=2) + "\n")
+    atomic_write_text(root / INDEX_FILE, json.dumps(index, indent=2) + "\n")
 
 
 def _read_record(sample_dir: Path) -> SampleRecord:

@@ -20,6 +20,8 @@ from camvid.evaluation.camera_accuracy import (
     CameraAccuracyConfig,
     VideoJob,
     evaluate_camera_accuracy,
+    failed_video_result,
+    summarize_camera_results,
 )
 from camvid.evaluation.geometry_consistency import (
     AUC_THRESHOLDS,
@@ -28,10 +30,11 @@ from camvid.evaluation.geometry_consistency import (
     summarize_pairs,
     video_pairs,
 )
-from camvid.evaluation.layout import SampleRecord, read_samples
+from camvid.evaluation.layout import GT_VIDEO_FILE, SampleRecord, read_samples, screen_videos
 from camvid.evaluation.sfm import SfmOptions
 from camvid.evaluation.tables import ResultRow, paper_row, write_tables
 from camvid.evaluation.weights import MissingWeights, require_weights
+from camvid.fsutil import atomic_write_text
 
 __all__ = ["METRIC_FAMILIES", "run_evaluation"]
 
@@ -55,7 +58,7 @@ def _not_computed(metrics: list[str], reason: str, better: str = "") -> list[Res
 
 
 def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path,
-                 reference: bool) -> tuple[list[ResultRow], dict]:
+                 reference: bool, unusable: dict[str, str] | None = None) -> tuple[list[ResultRow], dict]:
     sfm = SfmOptions(**cfg.get("sfm", {}))
     config = CameraAccuracyConfig(
         trials=int(cfg.get("trials", 5)), base_seed=int(cfg.get("base_seed", 0)),
@@ -68,6 +71,8 @@ def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path,
                 for r in records if not use_gt or r.gt_video_path is not None]
 
     generated = evaluate_camera_accuracy(jobs(False), config, tag="video")
+    if unusable:
+        generated = _count_unusable(generated, unusable, config.trials)
     gt_result = evaluate_camera_accuracy(jobs(True), config, tag="gt") if reference and jobs(True) else None
     s, ref = generated["summary"], (gt_result or {}).get("summary", {})
     rows = [ResultRow(m, s[m], ref.get(m), better="lower",
@@ -80,7 +85,31 @@ def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path,
                           better="lower", note=f"{n_failed}/{s['num_videos']} videos with no successful trial "
                           "(counted, not dropped; their errors are absent from the means)"))
     _write_per_video(out_dir / "camera_per_video.csv", generated["per_video"], (gt_result or {}).get("per_video"))
+    if int(cfg.get("plots", 16)) > 0:  # requested vs recovered cameras, out_dir/cameras/<sample>.png
+        from camvid.evaluation.camera_plots import draw_requested_vs_recovered
+
+        draw_requested_vs_recovered(records, generated["per_video"], out_dir / "cameras", int(cfg.get("plots", 16)))
     return rows, {"camera": generated, "camera_reference": gt_result}
+
+
+def _count_unusable(result: dict, unusable: dict[str, str], trials: int) -> dict:
+    """Unusable videos join the camera results as videos whose every trial failed, with the reason."""
+    failed = [failed_video_result(sid, trials, reason) for sid, reason in unusable.items()]
+    per_video = sorted(result["per_video"] + failed, key=lambda v: v["sample_id"])
+    return {"summary": summarize_camera_results(per_video), "per_video": per_video}
+
+
+def _write_failures(path: Path, unusable: dict[str, str], records: list[SampleRecord]) -> Path:
+    """video_failures.csv: every video left out of the metrics, and why."""
+    lines = ["sample_id,file,reason"]
+    for sid, reason in sorted(unusable.items()):
+        lines.append(f"{sid},video.mp4,{reason.replace(',', ' ')}")
+    for r in records:
+        if r.gt_problem:
+            lines.append(f"{r.sample_id},{GT_VIDEO_FILE},{r.gt_problem.replace(',', ' ')}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def _write_per_video(path: Path, per_video: list[dict], reference: list[dict] | None) -> None:
@@ -94,7 +123,7 @@ def _write_per_video(path: Path, per_video: list[dict], reference: list[dict] | 
         lines.append(",".join([v["sample_id"], str(v["num_success"]), str(v["num_trials"]), *fmt[:3],
                                str(r.get("num_success", "")), *fmt[3:], reasons]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _geometry_rows(records: list[SampleRecord], cfg: dict, reference: bool) -> tuple[list[ResultRow], dict]:
@@ -246,8 +275,19 @@ def _log_wandb(cfg: dict, rows: list[ResultRow], title: str) -> None:
 def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
     """Evaluate ``cfg['samples_dir']``; write results.{md,csv,json} to ``cfg['out_dir']``."""
     samples_dir = Path(cfg["samples_dir"])
-    records = read_samples(samples_dir)
+    all_records = read_samples(samples_dir)
     out_dir = Path(cfg.get("out_dir") or samples_dir / "eval")
+    # One broken video never ends the run: it is left out of every metric, counted as a failed video
+    # (camera), and named with its reason in video_failures.csv and camera_per_video.csv.
+    unusable = screen_videos(all_records)
+    records = [r for r in all_records if r.sample_id not in unusable]
+    if not records:
+        listing = "\n  ".join(f"{sid}: {why}" for sid, why in sorted(unusable.items()))
+        raise ValueError(f"{samples_dir}: no usable video among {len(all_records)} samples:\n  {listing}")
+    for sid, why in sorted(unusable.items()):
+        log.warning("sample %s left out of every metric: %s", sid, why)
+    failures_csv = (_write_failures(out_dir / "video_failures.csv", unusable, all_records)
+                    if unusable or any(r.gt_problem for r in all_records) else None)
     reference = bool(cfg.get("reference", True))
     families = list(cfg.get("metrics", METRIC_FAMILIES))
     unknown = sorted(set(families) - set(METRIC_FAMILIES))
@@ -258,7 +298,8 @@ def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
     rows: list[ResultRow] = []
     details: dict[str, Any] = {}
     if "camera" in families:
-        camera_rows, camera_details = _camera_rows(records, dict(cfg.get("camera", {})), out_dir, reference)
+        camera_rows, camera_details = _camera_rows(records, dict(cfg.get("camera", {})), out_dir, reference,
+                                                   unusable)
         rows += camera_rows
         details.update(camera_details)
     if "camera_following" in families:  # synthetic data: exact depth (camvid.evaluation.camera_following)
@@ -280,10 +321,18 @@ def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
 
     row_id = cfg.get("paper_row") or _infer_paper_row(records)
     paper_source = _attach_paper(rows, row_id)
-    title = f"camvid evaluation of {samples_dir} ({len(records)} samples)"
-    extra = {"samples_dir": str(samples_dir), "num_samples": len(records), "paper_row": row_id,
+    if unusable:
+        rows.append(ResultRow("UnusableVideos", float(len(unusable)), better="lower",
+                              note=f"of {len(all_records)} samples: left out of every metric (camera: counted "
+                              "as failed videos); reasons in video_failures.csv"))
+    title = f"camvid evaluation of {samples_dir} ({len(all_records)} samples)"
+    extra = {"samples_dir": str(samples_dir), "num_samples": len(all_records), "paper_row": row_id,
+             "unusable_videos": unusable,
+             "unusable_gt_videos": {r.sample_id: r.gt_problem for r in all_records if r.gt_problem},
              "details": json.loads(json.dumps(details, default=lambda o: None))}
     paths = write_tables(out_dir, rows, extra, title, paper_source)
+    if failures_csv is not None:
+        paths["video_failures"] = failures_csv
     wandb_cfg = dict(cfg.get("wandb") or {})
     if wandb_cfg.get("enabled"):
         _log_wandb(wandb_cfg, rows, title)

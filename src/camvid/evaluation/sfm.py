@@ -65,6 +65,10 @@ class SfmTrial:
     num_frames: int
     reason: str = ""
     c2w: np.ndarray | None = None  # (T, 4, 4) float64, SfM world frame and scale
+    # every registered frame's pose (NaN rows for the others) and the reconstruction's pixel K,
+    # also for a partial reconstruction (pose annotation reports and keeps what registered)
+    frame_c2w: np.ndarray | None = None
+    K: np.ndarray | None = None
 
 
 def frame_name(index: int) -> str:
@@ -88,12 +92,14 @@ def _simple_pinhole_params(K: np.ndarray) -> str:
     return ",".join(repr(float(v)) for v in (K[0, 0], K[0, 2], K[1, 2]))
 
 
-def extract_features(image_dir: Path, database: Path, K: np.ndarray, options: SfmOptions) -> None:
+def extract_features(image_dir: Path, database: Path, K: np.ndarray | None, options: SfmOptions) -> None:
+    """SIFT into ``database``; ``K=None`` leaves the focal length to COLMAP's prior (to be refined)."""
     import pycolmap
 
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = "SIMPLE_PINHOLE"
-    reader.camera_params = _simple_pinhole_params(K)
+    if K is not None:
+        reader.camera_params = _simple_pinhole_params(K)
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.num_threads = options.num_threads
     extraction.use_gpu = options.use_gpu
@@ -138,7 +144,8 @@ def _match(database: Path, options: SfmOptions, seed: int) -> None:
         )
 
 
-def _map(database: Path, image_dir: Path, out_dir: Path, options: SfmOptions, seed: int) -> dict:
+def _map(database: Path, image_dir: Path, out_dir: Path, options: SfmOptions, seed: int,
+         refine_focal_length: bool = False) -> dict:
     import pycolmap
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +161,7 @@ def _map(database: Path, image_dir: Path, out_dir: Path, options: SfmOptions, se
         mapper.global_positioning.use_gpu = options.use_gpu
         mapper.retriangulation.random_seed = seed
         ba = mapper.bundle_adjustment
-        ba.refine_focal_length = False
+        ba.refine_focal_length = refine_focal_length
         ba.refine_principal_point = False
         ba.refine_extra_params = False
         ba.ceres.use_gpu = options.use_gpu
@@ -163,17 +170,17 @@ def _map(database: Path, image_dir: Path, out_dir: Path, options: SfmOptions, se
     pipeline = pycolmap.IncrementalPipelineOptions()
     pipeline.num_threads = options.num_threads
     pipeline.random_seed = seed
-    pipeline.ba_refine_focal_length = False
+    pipeline.ba_refine_focal_length = refine_focal_length
     pipeline.ba_refine_principal_point = False
     pipeline.ba_refine_extra_params = False
     pipeline.ba_use_gpu = options.use_gpu
     return pycolmap.incremental_mapping(database, image_dir, out_dir, pipeline)
 
 
-def _poses_from(reconstructions: dict, num_frames: int) -> tuple[np.ndarray | None, int]:
-    """c2w of every frame from the largest model; frames outside it leave the poses incomplete."""
+def _poses_from(reconstructions: dict, num_frames: int) -> tuple[np.ndarray | None, int, np.ndarray | None]:
+    """c2w of the frames in the largest model (NaN rows for the others), their count, the model's K."""
     if not reconstructions:
-        return None, 0
+        return None, 0, None
     best = max(reconstructions.values(), key=lambda rec: rec.num_reg_images())
     names = {frame_name(i): i for i in range(num_frames)}
     c2w = np.full((num_frames, 4, 4), np.nan)
@@ -185,11 +192,12 @@ def _poses_from(reconstructions: dict, num_frames: int) -> tuple[np.ndarray | No
         w2c[:3, :] = image.cam_from_world().matrix()
         c2w[names[image.name]] = np.linalg.inv(w2c)
         registered += 1
-    return (c2w if registered == num_frames else None), registered
+    K = next(iter(best.cameras.values())).calibration_matrix() if best.cameras else None
+    return c2w, registered, K
 
 
 def run_trial(image_dir: Path, features_db: Path, work_dir: Path, num_frames: int, seed: int,
-              options: SfmOptions) -> SfmTrial:
+              options: SfmOptions, refine_focal_length: bool = False) -> SfmTrial:
     """Match and map once with ``seed``; a trial succeeds only when every frame is registered."""
     import pycolmap
 
@@ -199,31 +207,37 @@ def run_trial(image_dir: Path, features_db: Path, work_dir: Path, num_frames: in
     pycolmap.set_random_seed(seed)
     try:
         _match(database, options, seed)
-        reconstructions = _map(database, image_dir, work_dir / "model", options, seed)
+        reconstructions = _map(database, image_dir, work_dir / "model", options, seed, refine_focal_length)
     except Exception as err:  # pycolmap raises RuntimeError subclasses on degenerate input
         return SfmTrial(seed, False, 0, num_frames, reason=f"pycolmap error: {err}")
-    c2w, registered = _poses_from(reconstructions, num_frames)
-    if c2w is None:
+    c2w, registered, K = _poses_from(reconstructions, num_frames)
+    if registered < num_frames:
         reason = "no reconstruction" if registered == 0 else f"registered {registered}/{num_frames} frames"
-        return SfmTrial(seed, False, registered, num_frames, reason=reason)
-    return SfmTrial(seed, True, registered, num_frames, c2w=c2w)
+        return SfmTrial(seed, False, registered, num_frames, reason=reason, frame_c2w=c2w, K=K)
+    return SfmTrial(seed, True, registered, num_frames, c2w=c2w, frame_c2w=c2w, K=K)
 
 
-def upscale_frames(frames: np.ndarray, K: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+def upscale_frames(frames: np.ndarray, K: np.ndarray | None, factor: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Frames resized ``factor`` times (bicubic) and the intrinsics that go with them (pixel centres
-    at +0.5 scale exactly: focal lengths and principal point times ``factor``)."""
+    at +0.5 scale exactly: focal lengths and principal point times ``factor``; None stays None).
+    Intrinsics an SfM trial estimates are then in the upscaled pixels."""
     from PIL import Image
 
     T, H, W = frames.shape[:3]
     big = np.stack([np.asarray(Image.fromarray(f).resize((W * factor, H * factor), Image.BICUBIC)) for f in frames])
+    if K is None:
+        return big, None
     K = np.array(K, dtype=np.float64)
     K[:2] *= factor
     return big, K
 
 
-def run_sfm(frames: np.ndarray, K: np.ndarray, seeds: list[int], options: SfmOptions | None = None,
+def run_sfm(frames: np.ndarray, K: np.ndarray | None, seeds: list[int], options: SfmOptions | None = None,
             work_dir: str | Path | None = None) -> list[SfmTrial]:
-    """All trials of one video: (T, H, W, 3) uint8 frames, (3, 3) pixel intrinsics of the clip."""
+    """All trials of one video: (T, H, W, 3) uint8 frames, (3, 3) pixel intrinsics of the clip.
+
+    ``K=None`` estimates the focal length (COLMAP's prior, refined by bundle adjustment); the
+    principal point stays at the image centre."""
     options = options or SfmOptions()
     frames = np.asarray(frames)
     if options.upscale > 1:
@@ -237,7 +251,8 @@ def run_sfm(frames: np.ndarray, K: np.ndarray, seeds: list[int], options: SfmOpt
         features_db.unlink(missing_ok=True)
         extract_features(image_dir, features_db, K, options)
         return [
-            run_trial(image_dir, features_db, root / f"trial_{i}", len(frames), seed, options)
+            run_trial(image_dir, features_db, root / f"trial_{i}", len(frames), seed, options,
+                      refine_focal_length=K is None)
             for i, seed in enumerate(seeds)
         ]
     finally:

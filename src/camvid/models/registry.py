@@ -34,15 +34,42 @@ def _attn_kwargs(attn: DictConfig) -> dict:
     return kw
 
 
+# The masks the released method checkpoints were trained with (issue 7): CVD's soft additive band
+# and CamI2V's mask grid (cell centres half a pixel from ours). ``released_masks=auto`` switches
+# them on whenever that method's released checkpoint is loaded with method_ckpt=.
+RELEASED_MASKS = {"cvd": {"band": "soft"}, "cami2v": {"grid": "cami2v_release"}}
+
+
+def released_mask_kwargs(model: str, method_ckpt, mode="auto") -> dict:
+    mode = str(mode)
+    if mode not in ("auto", "true", "false", "True", "False"):
+        raise ValueError(f"released_masks={mode}: choose auto, true or false")
+    if mode in ("false", "False") or (mode == "auto" and not method_ckpt):
+        return {}
+    from camvid.models.camera.context import CONTEXT_KWARGS
+
+    wanted = RELEASED_MASKS.get(model, {})
+    missing = [k for k in wanted if k not in CONTEXT_KWARGS]
+    if missing:
+        import warnings
+
+        warnings.warn(f"released_masks: this camvid.attention has no {missing} option yet; the masks of the "
+                      f"released {model} checkpoint are not reproduced", stacklevel=2)
+    return {k: v for k, v in wanted.items() if k in CONTEXT_KWARGS}
+
+
 def build_method(cfg: DictConfig) -> VideoDiffusionModel:
     """Instantiate the method selected by ``cfg.model`` on ``cfg.backbone`` with ``cfg.attn``."""
     check_combination(cfg)
     family = cfg.backbone.family
+    attn_kwargs = _attn_kwargs(cfg.attn)
+    attn_kwargs.update(released_mask_kwargs(str(cfg.model.name), cfg.get("method_ckpt"),
+                                            cfg.get("released_masks", "auto")))
     kwargs = dict(
         method=cfg.model.name,
         size=str(cfg.backbone.size),
         attn=cfg.attn.variant,
-        attn_kwargs=_attn_kwargs(cfg.attn),
+        attn_kwargs=attn_kwargs,
         num_frames=int(cfg.backbone.num_frames),
         image_hw=(int(cfg.backbone.height), int(cfg.backbone.width)),
         **_plain(cfg.backbone.get("kwargs")),
@@ -53,19 +80,34 @@ def build_method(cfg: DictConfig) -> VideoDiffusionModel:
         from camvid.models.animatediff import build_animatediff_method as build
     else:
         raise ValueError(f"backbone.family={family}: unknown; choose dynamicrafter or animatediff")
-    model = build(**kwargs)
-
-    pretrained = cfg.get("pretrained")
+    pretrained = cfg.get("pretrained") or None
+    method_ckpt = cfg.get("method_ckpt") or None
+    if family == "dynamicrafter":
+        # the builder checks both files first, builds the pretrained trunk on meta and loads it
+        return build(**kwargs, pretrained=_existing(pretrained, family, cfg), method_ckpt=method_ckpt)
     if pretrained:
-        path = Path(str(pretrained))
-        if not path.exists():
-            raise FileNotFoundError(
-                f"pretrained weights not found: {path} (backbone={cfg.backbone.size} {family}). "
-                f"Download them from {WEIGHT_SOURCES[family]} and place them there, set "
-                f"CAMVID_WEIGHTS / pretrained=PATH, or use backbone=tiny_{family} to train from scratch."
-            )
-        model.load_pretrained(path)
+        _existing(pretrained, family, cfg)  # before the 8.7 GB full-size build
+    if method_ckpt and not Path(str(method_ckpt)).is_file():
+        raise FileNotFoundError(f"method_ckpt={method_ckpt}: file not found ({WEIGHT_SOURCES[family]})")
+    model = build(**kwargs)
+    if pretrained:
+        model.load_pretrained(Path(str(pretrained)))
+    if method_ckpt:
+        model.load_method_checkpoint(Path(str(method_ckpt)))
     return model
+
+
+def _existing(pretrained, family: str, cfg: DictConfig) -> str | None:
+    if not pretrained:
+        return None
+    path = Path(str(pretrained))
+    if not path.exists():
+        raise FileNotFoundError(
+            f"pretrained weights not found: {path} (backbone={cfg.backbone.size} {family}). "
+            f"Download them from {WEIGHT_SOURCES[family]} and place them there, set "
+            f"CAMVID_WEIGHTS / pretrained=PATH, or use backbone=tiny_{family} to train from scratch."
+        )
+    return str(path)
 
 
 def trains_base(cfg: DictConfig) -> bool:

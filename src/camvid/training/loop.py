@@ -22,12 +22,15 @@ from tqdm.auto import tqdm
 
 from camvid.config import check_combination
 from camvid.diffusion.losses import diffusion_loss
+from camvid.fsutil import atomic_write_text
 from camvid.models.registry import build_method, set_trainable
-from camvid.training.checkpoint import CheckpointManager, find_latest, read_step
+from camvid.training.checkpoint import CheckpointManager, find_latest, read_trainer_state
 from camvid.training.data import build_train_loader, prepare_data
 from camvid.training.distributed import make_accelerator, shared_run_dir
-from camvid.training.logger import build_logger
+from camvid.training.logger import build_logger, finish_runs_on_exit
 from camvid.training.preview import log_preview
+from camvid.training.resume import check_resume_compatible, run_fingerprint
+from camvid.validation import validate_train_config
 
 __all__ = ["TrainingObjective", "TrainState", "train"]
 
@@ -103,7 +106,16 @@ def _batches(loader, overfit: int = 0):
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train per ``cfg`` (the composed ``conf/train.yaml``); returns a summary dict."""
+    """Train per ``cfg`` (the composed ``conf/train.yaml``); returns a summary dict.
+
+    However training ends (an error, Ctrl-C, SIGTERM), an open W&B run is finished with the exit code.
+    """
+    with finish_runs_on_exit():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict:
+    validate_train_config(cfg)  # types, ranges, paths: before anything is built
     check_combination(cfg)
     tcfg = cfg.trainer
     accelerator = make_accelerator(tcfg)
@@ -112,7 +124,7 @@ def train(cfg: DictConfig) -> dict:
     if is_main:
         resolved = OmegaConf.to_yaml(cfg, resolve=True)
         print(resolved)
-        (run_dir / "config_resolved.yaml").write_text(resolved)
+        atomic_write_text(run_dir / "config_resolved.yaml", resolved)
 
     # Same initial weights on every rank; data order and noise differ per rank.
     torch.manual_seed(int(cfg.seed))
@@ -139,10 +151,17 @@ def train(cfg: DictConfig) -> dict:
     accelerator.register_for_checkpointing(state)
     ckpt = CheckpointManager(accelerator, method, run_dir / "checkpoints", keep_last=tcfg.keep_last)
 
-    resume_from = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else find_latest(run_dir / "checkpoints")
-    start_step = read_step(resume_from) if resume_from is not None else 0
-
     prepare_data(cfg.data, accelerator)
+    # what exact resume depends on: recorded in every checkpoint, compared when resuming
+    fingerprint = run_fingerprint(cfg, accelerator.num_processes)
+    resume_from = ckpt.resolve_resume(cfg.get("ckpt_path"))  # verified; auto-resume falls back past bad ones
+    start_step, changed = 0, []
+    if resume_from is not None:
+        resumed_state = read_trainer_state(resume_from)
+        changed = check_resume_compatible(resumed_state, fingerprint, str(cfg.get("resume_mismatch") or "error"),
+                                          resume_from)
+        start_step = int(resumed_state["step"])
+
     loader = build_train_loader(cfg, rank=accelerator.process_index, world_size=accelerator.num_processes,
                                 skip_batches=start_step * int(tcfg.grad_accum))
     batches = _batches(loader, overfit=int(cfg.data.get("overfit_batches") or 0))
@@ -150,7 +169,7 @@ def train(cfg: DictConfig) -> dict:
     # RNG, which the model's dropout also uses, and resume must continue exactly where it stopped.
     batches = itertools.chain([next(batches)], batches)
     if resume_from is not None:
-        ckpt.load(resume_from)
+        ckpt.load(resume_from, exact=not changed)
         if is_main:
             print(f"resumed from {resume_from} at step {start_step}")
 
@@ -160,7 +179,8 @@ def train(cfg: DictConfig) -> dict:
         print(f"run dir: {run_dir}\ntrainable parameters: {n_train:,} of {n_total:,}")
     max_steps = int(tcfg.max_steps)
     pbar = tqdm(total=max_steps, initial=start_step, disable=not is_main, desc="train", dynamic_ncols=True)
-    last = {"loss": math.nan}
+    # a resumed run that is already at max_steps reports the checkpoint's loss, not nan
+    last = {"loss": float(resumed_state.get("loss", math.nan)) if resume_from is not None else math.nan}
     t0, samples_seen = time.perf_counter(), 0
     # optional data audit: which samples each rank trained on (DDP sharding check, debugging)
     seen_keys: list[list[str]] | None = [] if tcfg.get("log_sample_keys") else None
@@ -192,17 +212,21 @@ def train(cfg: DictConfig) -> dict:
         pbar.update(1)
         pbar.set_postfix(loss=f"{last['loss']:.4f}")
         if done % int(tcfg.ckpt_every) == 0 or done == max_steps:
-            ckpt.save(done, {"loss": last["loss"], "model": cfg.model.name, "attn": cfg.attn.name})
+            ckpt.save(done, {"loss": last["loss"], "model": cfg.model.name, "attn": cfg.attn.name,
+                             "resume": fingerprint})
         if tcfg.sample_every and done % int(tcfg.sample_every) == 0 and is_main:
             log_preview(method, batch, cfg, run_dir, done, logger)
     pbar.close()
     if seen_keys is not None:
         keys_dir = run_dir / "sample_keys"
         keys_dir.mkdir(exist_ok=True)
-        (keys_dir / f"rank_{accelerator.process_index}.json").write_text(json.dumps(seen_keys))
+        atomic_write_text(keys_dir / f"rank_{accelerator.process_index}.json", json.dumps(seen_keys))
     accelerator.wait_for_everyone()
     logger.finish()
     accelerator.end_training()
     latest = find_latest(run_dir / "checkpoints")
-    return {"run_dir": str(run_dir), "step": max_steps, "loss": last["loss"],
-            "checkpoint": str(latest) if latest else None, "trainable_parameters": n_train}
+    summary = {"run_dir": str(run_dir), "step": max_steps, "loss": last["loss"],
+               "checkpoint": str(latest) if latest else None, "trainable_parameters": n_train}
+    if is_main:  # one summary line per run, not one per process
+        print(f"done: {summary}", flush=True)
+    return summary

@@ -10,7 +10,7 @@ from camvid.models.animatediff.unet import build_unet
 
 __all__ = ["build_animatediff_method", "METHODS", "POSE_ENCODER_CONFIGS"]
 
-METHODS = ("animatediff", "cameractrl", "cvd")
+METHODS = ("animatediff", "cameractrl", "motionctrl", "cami2v", "cvd")
 
 # CameraCtrl's ``pose_encoder_kwargs`` (adv3 config); the tiny one mirrors the tiny UNet's levels.
 POSE_ENCODER_CONFIGS = {
@@ -45,7 +45,13 @@ def build_animatediff_method(
     """
     if method not in METHODS:
         raise ValueError(f"model={method} does not run on an AnimateDiff backbone; choose one of {METHODS}")
-    attn = attn or ("cross_video" if method == "cvd" else "temporal")
+    attn = attn or {"cvd": "cross_video", "cami2v": "epipolar"}.get(method, "temporal")
+    if method == "cami2v" and attn not in ("epipolar", "epipolar_ref", "full3d"):
+        raise ValueError(f"Invalid combination: model=cami2v on AnimateDiff adds a cross-frame attention; attn={attn} "
+                         "is none; use attn=epipolar, epipolar_ref or full3d (or model=cameractrl)")
+    if method in ("animatediff", "cameractrl", "motionctrl") and attn not in ("temporal", "cross_video"):
+        raise ValueError(f"Invalid combination: model={method} has no cross-frame camera module for attn={attn}; "
+                         "use attn=temporal, or model=cami2v")
     if method == "cvd" and attn != "cross_video":
         raise ValueError(
             f"Invalid combination: model=cvd synchronises video pairs but attn={attn} works within one video; "
@@ -67,7 +73,7 @@ def build_animatediff_method(
         cross_attention_dim=text_encoder.dim, **(unet_kwargs or {}),
     )
     pose_encoder = None
-    if method in ("cameractrl", "cvd"):
+    if method in ("cameractrl", "cami2v", "cvd"):
         cfg = dict(POSE_ENCODER_CONFIGS[size], downscale_factor=first_stage.downsample,
                    channels=tuple(unet.config.block_out_channels))
         if num_frames > cfg["temporal_position_encoding_max_len"]:
@@ -81,7 +87,7 @@ def build_animatediff_method(
             pose_encoder = CameraPoseEncoder(**cfg)
     model = AnimateDiffT2V(
         unet, first_stage, text_encoder,
-        camera=None if method == "animatediff" else "cameractrl",
+        camera={"animatediff": None, "motionctrl": "motionctrl"}.get(method, "cameractrl"),
         cvd=method == "cvd", attn_variant=attn, pose_encoder=pose_encoder,
         attn_kwargs=attn_kwargs, beta_schedule=beta_schedule, image_hw=image_hw,
     )

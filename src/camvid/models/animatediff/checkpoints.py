@@ -105,25 +105,92 @@ def load_animatediff_weights(model, folder: Path) -> list[str]:
         path = folder / CAMERACTRL_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{model._name()} needs {path} (hehao13/CameraCtrl, CameraCtrl.ckpt)")
-        poses = read_state_dict(path, "pose_encoder_state_dict")
-        load_part(model.pose_encoder, poses, set(model.pose_encoder.state_dict()), f"{path} [pose_encoder_state_dict]")
-        merge = convert_official_state_dict(read_state_dict(path, "attention_processor_state_dict"))
-        load_part(unet, merge, _keys(unet, lambda k: ".processor.qkv_merge." in k),
-                  f"{path} [attention_processor_state_dict]")
+        load_cameractrl(model, path)
         loaded.append(CAMERACTRL_FILE)
-    if model.sync is not None:
-        path = folder / CVD_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"cvd needs {path} (CollaborativeVideoDiffusion/CVD, CVD.ckpt)")
-        state = read_state_dict(path, "unet_trainable_dict")
-        wanted = {k for k, p in unet.named_parameters() if ".epi_modules." in k}
-        load_part(unet, state, wanted, f"{path} [unet_trainable_dict]")
+    if model.sync is not None and (folder / CVD_FILE).is_file():
+        # optional: without it the sync modules keep their zero initialisation (training CVD from scratch)
+        load_cvd(model, folder / CVD_FILE)
         loaded.append(CVD_FILE)
     if not loaded:
         raise FileNotFoundError(
             f"no AnimateDiff weights under {folder}: expected {SD15_DIR}/, {MOTION_FILE}, {CAMERACTRL_FILE} or {CVD_FILE}"
         )
     return loaded
+
+
+def load_cameractrl(model, path: Path) -> None:
+    """CameraCtrl.ckpt: the pose encoder and the ``qkv_merge`` of every motion module."""
+    poses = read_state_dict(path, "pose_encoder_state_dict")
+    load_part(model.pose_encoder, poses, set(model.pose_encoder.state_dict()), f"{path} [pose_encoder_state_dict]")
+    merge = convert_official_state_dict(read_state_dict(path, "attention_processor_state_dict"))
+    load_part(model.unet, merge, _keys(model.unet, lambda k: ".processor.qkv_merge." in k),
+              f"{path} [attention_processor_state_dict]")
+
+
+def load_cvd(model, path: Path) -> None:
+    """CVD.ckpt: the ``epi_modules`` (``unet_trainable_dict``)."""
+    state = read_state_dict(path, "unet_trainable_dict")
+    wanted = {k for k, p in model.unet.named_parameters() if ".epi_modules." in k}
+    load_part(model.unet, state, wanted, f"{path} [unet_trainable_dict]")
+
+
+LORA_TARGETS = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out.0"}
+
+
+def merge_lora(model, path: Path, scale: float = 1.0) -> int:
+    """CameraCtrl's RealEstate10K image LoRA (``processor.to_{q,k,v,out}_lora.{down,up}.weight`` on
+    the spatial attentions), merged into the base weights: ``W += scale * up @ down``, which is what
+    the LoRA processor adds at inference. Returns the number of merged projections."""
+    state = read_state_dict(path)
+    state = state.get("lora_state_dict", state) if isinstance(state.get("lora_state_dict"), dict) else state
+    own = dict(model.unet.named_parameters())
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        head, sep, tail = key.partition(".processor.")
+        part = tail.split(".")  # e.g. ["to_q_lora", "down", "weight"]
+        if not sep or len(part) != 3 or part[0] not in LORA_TARGETS or part[1] not in ("down", "up") \
+                or part[2] != "weight":
+            raise ValueError(f"{path}: {key} is not a CameraCtrl LoRA key (expected "
+                             "<attention>.processor.to_{q,k,v,out}_lora.{down,up}.weight)")
+        target = f"{head}.{LORA_TARGETS[part[0]]}.weight"
+        if target not in own:
+            raise ValueError(f"{path}: {key} targets {target}, which this UNet does not have")
+        pairs.setdefault(target, {})[part[1]] = value
+    with torch.no_grad():
+        for target, ab in pairs.items():
+            if set(ab) != {"down", "up"}:
+                raise ValueError(f"{path}: LoRA of {target} lacks its {({'down', 'up'} - set(ab)).pop()} matrix")
+            delta = ab["up"].float() @ ab["down"].float()
+            if delta.shape != own[target].shape:
+                raise ValueError(f"{path}: LoRA of {target} has shape {tuple(delta.shape)}, the weight "
+                                 f"{tuple(own[target].shape)}")
+            own[target].add_(scale * delta.to(own[target].dtype))
+    return len(pairs)
+
+
+def load_method_file(model, path: Path) -> str:
+    """A released method file over a loaded base, recognised by its content: CameraCtrl.ckpt,
+    CVD.ckpt or CameraCtrl's LoRA. Returns which one it was."""
+    path = Path(path)
+    raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True) if path.suffix != ".safetensors" \
+        else read_state_dict(path)
+    if isinstance(raw, dict) and "pose_encoder_state_dict" in raw:
+        if model.pose_adaptor is None:
+            raise ValueError(f"{path} is CameraCtrl.ckpt but model={model._name()} has no CameraCtrl modules")
+        load_cameractrl(model, path)
+        return CAMERACTRL_FILE
+    if isinstance(raw, dict) and "unet_trainable_dict" in raw:
+        if model.sync is None:
+            raise ValueError(f"{path} is CVD.ckpt but model={model._name()} has no CVD sync modules; use model=cvd")
+        load_cvd(model, path)
+        return CVD_FILE
+    keys = list(raw.get("lora_state_dict", raw)) if isinstance(raw, dict) else []
+    if keys and all("_lora." in k for k in keys):
+        merge_lora(model, path)
+        return "lora"
+    raise ValueError(f"{path}: not an AnimateDiff method file; it has keys {keys[:4]}. Expected CameraCtrl.ckpt "
+                     "(pose_encoder_state_dict), CVD.ckpt (unet_trainable_dict) or CameraCtrl's RealEstate10K LoRA "
+                     "(*.processor.to_q_lora.down.weight ...)")
 
 
 def _load_sd15(model, folder: Path) -> None:

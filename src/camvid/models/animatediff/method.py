@@ -3,6 +3,9 @@
 - ``AnimateDiffT2V(camera=None)``: plain AnimateDiff (trains the motion modules);
 - ``camera="cameractrl"``: CameraCtrl, Plücker rays -> pose encoder -> ``qkv_merge`` in the first
   temporal attention of every motion module (trains pose encoder + ``qkv_merge``);
+- ``camera="motionctrl"``: MotionCtrl's camera motion control, ``[R|t]`` concatenated after the
+  first temporal attention of every motion-module block (``camvid.models.animatediff.motionctrl``;
+  trains ``cc_projection`` + the blocks' ``attn2``);
 - ``cvd=True``: CVD, CameraCtrl frozen plus cross-video epipolar ``epi_modules`` after every motion
   module, run on interleaved video pairs [a0, b0, a1, b1, ...] (trains ``epi_modules`` only).
 
@@ -20,13 +23,14 @@ from diffusers import UNetMotionModel
 from torch import nn
 
 from camvid.diffusion.schedule import make_alphas_cumprod
+from camvid.geometry import invert_rigid
 from camvid.geometry.plucker import plucker_rays
 from camvid.models.animatediff.pose_adaptor import PoseAdaptor, install_pose_adaptor
 from camvid.models.base import CameraInputs, Conditions, VideoDiffusionModel
 
 __all__ = ["AnimateDiffT2V", "CAMERA_METHODS"]
 
-CAMERA_METHODS = (None, "cameractrl")
+CAMERA_METHODS = (None, "cameractrl", "motionctrl")
 
 
 class AnimateDiffT2V(VideoDiffusionModel):
@@ -94,6 +98,16 @@ class AnimateDiffT2V(VideoDiffusionModel):
         self.pose_adaptor: PoseAdaptor | None = None
         if camera == "cameractrl":
             self.pose_adaptor = install_pose_adaptor(unet, scale=pose_scale)
+        self.motionctrl = None
+        if camera == "motionctrl":
+            from camvid.models.animatediff.motionctrl import install_motionctrl
+
+            self.motionctrl = install_motionctrl(unet)
+        self.cross_frame = None
+        if not cvd and attn_variant != "temporal":
+            from camvid.models.animatediff.cross_frame import install_cross_frame_modules
+
+            self.cross_frame = install_cross_frame_modules(unet, attn_variant, attn_kwargs)
         self.sync = None
         if cvd:
             from camvid.models.cvd import install_cvd_modules
@@ -175,9 +189,30 @@ class AnimateDiffT2V(VideoDiffusionModel):
             features = self.pose_features(cond.camera, z_t.dtype)
             if cond.drop_camera is not None:
                 keep_camera = ~cond.drop_camera.to(z_t.device)
-        with self._sync_context(cond, b, num_frames):
+        with self._sync_context(cond, b, num_frames), self._motionctrl_context(cond, z_t), \
+                self._cross_frame_context(cond, num_frames):
             with self.pose_adaptor.feed(features, num_frames, keep_camera) if self.pose_adaptor else nullcontext():
                 return self.unet(z_t, t, encoder_hidden_states=tokens).sample
+
+    def _cross_frame_context(self, cond: Conditions, num_frames: int):
+        if self.cross_frame is None:
+            return nullcontext()
+        return self.cross_frame.bind(cond.camera, num_frames, cond.drop_camera)
+
+    def _motionctrl_context(self, cond: Conditions, z_t: torch.Tensor):
+        """MotionCtrl's per-frame relative ``[R|t]`` (12 numbers); zero for a dropped camera."""
+        if self.motionctrl is None:
+            return nullcontext()
+        if cond.camera is None:
+            raise ValueError("motionctrl needs cameras: conditions have camera=None")
+        b, frames = z_t.shape[0], z_t.shape[2]
+        c2w = cond.camera.c2w
+        if c2w.shape[0] != b:  # conditions stacked for guidance
+            c2w = c2w.repeat(b // c2w.shape[0], 1, 1, 1)
+        rt = invert_rigid(c2w.float())[..., :3, :4].reshape(b, frames, 12)
+        if cond.drop_camera is not None:
+            rt = rt * (~cond.drop_camera.to(rt.device)).view(b, 1, 1)
+        return self.motionctrl.feed(rt.to(z_t.dtype))
 
     def pose_features(self, camera: CameraInputs, dtype: torch.dtype) -> list[torch.Tensor]:
         """Per-level pose-encoder features of the batch's cameras (Plücker rays at image size)."""
@@ -205,8 +240,11 @@ class AnimateDiffT2V(VideoDiffusionModel):
     def new_parameters(self) -> list[nn.Parameter]:
         if self.sync is not None:
             return list(self.sync.parameters())
+        if self.motionctrl is not None:
+            return list(self.motionctrl.parameters())
         if self.pose_adaptor is not None:
-            return list(self.pose_encoder.parameters()) + list(self.pose_adaptor.parameters())
+            extra = list(self.cross_frame.parameters()) if self.cross_frame is not None else []
+            return list(self.pose_encoder.parameters()) + list(self.pose_adaptor.parameters()) + extra
         return [p for name, p in self.unet.named_parameters() if ".motion_modules." in name]
 
     def load_pretrained(self, path: str | Path) -> None:
@@ -214,13 +252,23 @@ class AnimateDiffT2V(VideoDiffusionModel):
 
         load_animatediff_weights(self, Path(path))
 
+    def load_method_checkpoint(self, path: str | Path) -> str:
+        """CameraCtrl.ckpt, CVD.ckpt or CameraCtrl's RealEstate10K LoRA over a loaded base."""
+        from camvid.models.animatediff.checkpoints import load_method_file
+
+        return load_method_file(self, Path(path))
+
     def _name(self) -> str:
-        return "cvd" if self.cvd else (self.camera or "animatediff")
+        if self.cvd:
+            return "cvd"
+        return "cami2v" if self.cross_frame is not None else (self.camera or "animatediff")
 
 
 def _check_combination(camera: str | None, cvd: bool, attn_variant: str, pose_encoder: nn.Module | None) -> None:
     if camera not in CAMERA_METHODS:
         raise ValueError(f"unknown camera method {camera!r}; expected one of {CAMERA_METHODS}")
+    if camera == "motionctrl" and pose_encoder is not None:
+        raise ValueError("camera='motionctrl' conditions on [R|t] directly and takes no pose_encoder")
     if camera == "cameractrl" and pose_encoder is None:
         raise ValueError("camera='cameractrl' needs a pose_encoder")
     if camera is None and pose_encoder is not None:
@@ -237,6 +285,8 @@ def _check_combination(camera: str | None, cvd: bool, attn_variant: str, pose_en
             f"Invalid combination: attn=cross_video synchronises 2 videos but model={camera or 'animatediff'} "
             "generates single videos; use attn=temporal (or model=cvd)"
         )
+    if not cvd and attn_variant in ("epipolar", "epipolar_ref", "full3d") and camera == "cameractrl":
+        return  # CamI2V's cross-frame attention over CameraCtrl (model=cami2v on AnimateDiff)
     if not cvd and attn_variant != "temporal":
         raise ValueError(
             f"Invalid combination: model={camera or 'animatediff'} on AnimateDiff has no cross-frame camera "

@@ -183,6 +183,14 @@ class DynamiCrafterI2V(VideoDiffusionModel):
 
         return load_dynamicrafter_weights(self, path)
 
+    def load_weights(self, path, kind: str = "auto") -> dict[str, int]:
+        """``kind="base"`` (a DynamiCrafter ``model.ckpt``: every base parameter required) or
+        ``"method"`` (a released camera-method checkpoint over a loaded base); see
+        ``camvid.models.dynamicrafter.checkpoint``."""
+        from camvid.models.dynamicrafter.checkpoint import load_dynamicrafter_weights
+
+        return load_dynamicrafter_weights(self, path, kind=kind)
+
     # ------------------------------------------------------------------ training setup
 
     def trainable_modules(self) -> list[nn.Module]:
