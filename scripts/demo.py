@@ -83,7 +83,7 @@ def report(samples: Path, evald: Path, max_rows: int = 4) -> dict[str, Path]:
         cond_rep = np.repeat(gt[:1], len(gen), axis=0)
         rows.append(np.concatenate([cond_rep, gen, gt, np.stack(warped)], axis=2))
     grid = np.concatenate(rows, axis=1)
-    scale = max(1, 256 // grid.shape[1] * 1) if grid.shape[1] < 256 else 1
+    scale = max(1, 512 // grid.shape[2])  # nearest-neighbour enlargement of small frames, to about 512 px wide
     grid = grid.repeat(scale, axis=1).repeat(scale, axis=2)
     gif = evald / "side_by_side.gif"
     write_gif(gif, grid, fps=4)
