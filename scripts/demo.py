@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
                    f"num_samples={args.samples}", f"out_dir={samples}", f"hydra.run.dir={out / 'sample_logs'}",
                    *quiet], timings, env, logs)
     run("evaluate", [py, "src/evaluate.py", f"samples_dir={samples}", f"out_dir={evald}",
-                     f"camera.trials={args.trials}", "camera.sfm.upscale=4", "metrics=[camera_following,camera]",
+                     f"camera.trials={args.trials}", "camera.sfm.upscale=4", "camera.workers=2",
+                     "metrics=[camera_following,camera]",
                      "reference=true",
                      f"hydra.run.dir={out / 'eval_logs'}", *quiet], timings, env, logs)
     start = time.perf_counter()
