@@ -268,6 +268,7 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
 
 def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel, ckpt: Path) -> list[Path]:
     from camvid.data import build_eval_dataset
+    from camvid.evaluation.camera_following import save_conditioning_depth
     from camvid.evaluation.layout import write_sample
 
     stride = int(cfg.stride) if cfg.stride is not None else int(train_cfg.data.stride_eval)
@@ -292,6 +293,8 @@ def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionMo
                       "group": key if views > 1 else None, "view": v % views},
             )
             write_gif(folder / "video.gif", frames, fps=cfg.fps)
+            if views == 1:  # exact depth of the conditioning frame, for the camera-following metric
+                save_conditioning_depth(folder, cfg.test_data, cfg.split, batch, v)
             save_path_picture(folder, batch["K"][v].numpy(), batch["c2w"][v].numpy(), tuple(frames.shape[1:3]), sid)
             written.append(folder)
     return written
