@@ -24,14 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-sfm", action="store_true", help="skip the annotation example (pycolmap, ~15 s)")
     args = p.parse_args(argv)
 
-    from camvid.data.synthetic import TRAJECTORY_KINDS, make_trajectory
+    from camvid.data.synthetic import PRESET_KINDS, make_trajectory
     from camvid.trajectories import preset_track
     from camvid.viz import plot_cameras
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     T = args.frames
-    for kind in TRAJECTORY_KINDS:
+    for kind in PRESET_KINDS:
         path = out / f"trajectory_{kind}.png"
         plot_cameras(preset_track(kind, T, (256, 256)), path, labels=[kind], dpi=args.dpi,
                      title=f"trajectory={kind} ({T} frames, seed 0)")

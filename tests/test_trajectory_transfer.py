@@ -125,3 +125,23 @@ def test_a_video_trajectory_is_annotated_with_the_requested_stride(tmp_path, mon
     assert seen == {"source": str(tmp_path / "walk.mp4"), "stride": 3, "max_frames": 8}
     moved = read_pose_file(spec)
     np.testing.assert_allclose(moved.intrinsics[:, 0], moved.intrinsics[:, 1], rtol=1e-12)  # square target
+
+
+@pytest.mark.parametrize("kind", ["tilt", "roll", "zoom_in", "zoom_out"])
+def test_sampling_presets_move_as_named(kind):
+    """tilt: pitch in place; roll: about the view axis in place; zoom_in/out: along +/- the view axis."""
+    from camvid.data.synthetic import PRESET_KINDS, TRAJECTORY_KINDS, make_trajectory
+    from camvid.geometry.cameras import relative_poses
+
+    assert kind in PRESET_KINDS and kind not in TRAJECTORY_KINDS  # never drawn for the rendered data set
+    rel = np.asarray(relative_poses(torch.from_numpy(make_trajectory(kind, 16, 3)), 0))
+    R, t = rel[-1, :3, :3], rel[-1, :3, 3]
+    angle = np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1)))
+    axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    axis /= max(np.linalg.norm(axis), 1e-12)
+    if kind in ("tilt", "roll"):
+        assert np.linalg.norm(t) < 1e-9 and angle > 10
+        assert abs(axis[0 if kind == "tilt" else 2]) > 0.99
+    else:
+        assert angle < 1e-6 and np.linalg.norm(t) > 0.3
+        assert np.sign(t[2]) == (1 if kind == "zoom_in" else -1) and np.linalg.norm(t[:2]) < 1e-6 * np.linalg.norm(t) + 1e-9

@@ -115,7 +115,7 @@ def trajectory_cameras(spec: str, num_frames: int, hw: tuple[int, int], *, src_h
     follow the resize and centre crop of the data path to ``hw``. A warning is issued when the
     result does not have square pixels.
     """
-    from camvid.data.synthetic import TRAJECTORY_KINDS, default_intrinsics, make_trajectory
+    from camvid.data.synthetic import PRESET_KINDS, default_intrinsics, make_trajectory
 
     path = Path(spec)
     if path.suffix == ".txt" or path.is_file():
@@ -133,11 +133,11 @@ def trajectory_cameras(spec: str, num_frames: int, hw: tuple[int, int], *, src_h
             warnings.warn(f"{path}: intrinsics at {hw[0]}x{hw[1]} have non-square pixels (fx {fx:.1f} px, fy "
                           f"{fy:.1f} px) with the source size {src[0]}x{src[1]}; check pose_source_hw", stacklevel=2)
         c2w = w2c_to_c2w(torch.from_numpy(track.w2c))
-    elif spec in TRAJECTORY_KINDS:
+    elif spec in PRESET_KINDS:
         c2w = torch.from_numpy(make_trajectory(spec, num_frames, seed))
         K = torch.from_numpy(default_intrinsics(hw[0], hw[1], fov_deg)).expand(num_frames, 3, 3).clone()
     else:
-        raise ValueError(f"trajectory={spec!r}: not a pose file and not a preset ({', '.join(TRAJECTORY_KINDS)})")
+        raise ValueError(f"trajectory={spec!r}: not a pose file and not a preset ({', '.join(PRESET_KINDS)})")
     return K.float(), relative_poses(c2w.double(), 0).float()
 
 

@@ -121,10 +121,10 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 def preset_track(name: str, num_frames: int, hw: tuple[int, int], fov_deg: float = 60.0, seed: int = 0) -> CameraTrack:
     """A named preset of :mod:`camvid.data.synthetic` as a pose track for an image of ``hw``."""
-    from camvid.data.synthetic import TRAJECTORY_KINDS, default_intrinsics, make_trajectory
+    from camvid.data.synthetic import PRESET_KINDS, default_intrinsics, make_trajectory
 
-    if name not in TRAJECTORY_KINDS:
-        raise ValueError(f"trajectory={name!r}: not a preset ({', '.join(TRAJECTORY_KINDS)})")
+    if name not in PRESET_KINDS:
+        raise ValueError(f"trajectory={name!r}: not a preset ({', '.join(PRESET_KINDS)})")
     c2w = make_trajectory(name, num_frames, seed)
     K = default_intrinsics(hw[0], hw[1], fov_deg)
     intr = np.array([K[0, 0] / hw[1], K[1, 1] / hw[0], K[0, 2] / hw[1], K[1, 2] / hw[0]])
@@ -166,16 +166,16 @@ def resolve_trajectories(specs: list[str], out_dir: str | Path, num_frames: int,
     scale -- is transferred to the target image (``target_hw``: the conditioning image's original
     size) and written as ``out_dir/trajectories/view<i>.txt``, whose path is returned instead.
     ``source_hw`` is the size of the video a pose file was recorded on (default: from square pixels)."""
-    from camvid.data.synthetic import TRAJECTORY_KINDS
+    from camvid.data.synthetic import PRESET_KINDS
 
     resolved = []
     for i, spec in enumerate(specs):
         spec = str(spec)
-        if spec in TRAJECTORY_KINDS and translation_scale is None:
+        if spec in PRESET_KINDS and translation_scale is None:
             resolved.append(spec)
             continue
         out = Path(out_dir) / "trajectories" / f"view{i}.txt"
-        if spec in TRAJECTORY_KINDS:
+        if spec in PRESET_KINDS:
             track = preset_track(spec, num_frames, target_hw, fov_deg, seed + i)
         elif is_video_source(spec):
             from camvid.evaluation.annotate import AnnotateOptions
@@ -184,7 +184,7 @@ def resolve_trajectories(specs: list[str], out_dir: str | Path, num_frames: int,
         elif Path(spec).exists():
             track = load_track(spec)
         else:
-            raise ValueError(f"trajectory={spec!r}: not a pose file and not a preset ({', '.join(TRAJECTORY_KINDS)}); "
+            raise ValueError(f"trajectory={spec!r}: not a pose file and not a preset ({', '.join(PRESET_KINDS)}); "
                              "no such pose file (any layout) or video")
         if len(track) < num_frames:
             hint = ""

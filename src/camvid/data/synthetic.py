@@ -27,6 +27,7 @@ __all__ = [
     "Cylinder",
     "Scene",
     "TRAJECTORY_KINDS",
+    "PRESET_KINDS",
     "CAMERA_REGION",
     "make_scene",
     "make_trajectory",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 TRAJECTORY_KINDS: tuple[str, ...] = ("forward", "pan", "orbit", "truck", "mixed")
+# Named camera paths for sampling: the rendered kinds plus moves the data set does not contain
+# (the synthetic writer keeps drawing from TRAJECTORY_KINDS only, so the data stays as it was).
+PRESET_KINDS: tuple[str, ...] = TRAJECTORY_KINDS + ("tilt", "roll", "zoom_in", "zoom_out")
 
 # Cameras live in |(x, z)| <= radius and |y| <= half_height (metres, world frame).
 CAMERA_REGION = {"radius": 1.2, "half_height": 0.25}
@@ -346,13 +350,15 @@ def make_trajectory(kind: str, num_frames: int, seed: int) -> np.ndarray:
 
     Kinds: ``forward`` (dolly along the view direction), ``pan`` (yaw in place), ``orbit`` (arc
     around a point ahead while looking at it), ``truck`` (sideways slide), ``mixed`` (translation
-    with yaw and pitch changes). Deterministic for ``(kind, num_frames, seed)``.
+    with yaw and pitch changes); sampling presets only: ``tilt`` (pitch in place), ``roll`` (rotation
+    about the view axis), ``zoom_in`` / ``zoom_out`` (straight dolly towards / away from the view,
+    as camera-control papers name it). Deterministic for ``(kind, num_frames, seed)``.
     """
-    if kind not in TRAJECTORY_KINDS:
-        raise ValueError(f"make_trajectory: unknown kind {kind!r}; expected one of {TRAJECTORY_KINDS}")
+    if kind not in PRESET_KINDS:
+        raise ValueError(f"make_trajectory: unknown kind {kind!r}; expected one of {PRESET_KINDS}")
     if num_frames < 1:
         raise ValueError(f"make_trajectory: num_frames must be >= 1, got {num_frames}")
-    rng = np.random.default_rng([seed, TRAJECTORY_KINDS.index(kind), 0x7A])
+    rng = np.random.default_rng([seed, PRESET_KINDS.index(kind), 0x7A])
     r_start = rng.uniform(0.0, 0.5)
     a_start = rng.uniform(0, 2 * np.pi)
     start = np.array([r_start * np.cos(a_start), rng.uniform(-0.1, 0.1), r_start * np.sin(a_start)])
@@ -380,6 +386,13 @@ def make_trajectory(kind: str, num_frames: int, seed: int) -> np.ndarray:
         pos = target + radius * np.stack([np.sin(theta), np.zeros_like(theta), np.cos(theta)], -1)
         pos[:, 1] = start[1]
         yaw = theta - np.pi
+    elif kind == "tilt":
+        pitch = pitch0 + sign * rng.uniform(0.25, 0.45) * s
+        pos = start + np.zeros((num_frames, 3))
+    elif kind in ("roll", "zoom_in", "zoom_out"):
+        pitch = np.zeros(num_frames)
+        dist = {"roll": 0.0, "zoom_in": 1.0, "zoom_out": -1.0}[kind] * rng.uniform(0.8, 1.2)
+        pos = start + dist * s[:, None] * _yaw_pitch_forward(np.array(yaw0), np.array(0.0))
     elif kind == "truck":
         dist = sign * rng.uniform(0.6, 1.4)
         right = np.array([np.cos(yaw0), 0.0, -np.sin(yaw0)])
@@ -394,6 +407,12 @@ def make_trajectory(kind: str, num_frames: int, seed: int) -> np.ndarray:
     pos = _clamp_to_region(pos)
     c2w = np.tile(np.eye(4), (num_frames, 1, 1))
     c2w[:, :3, :3] = look_at_rotation(_yaw_pitch_forward(yaw, pitch))
+    if kind == "roll":  # about the camera's own z axis, up to ~25 degrees
+        angle = sign * rng.uniform(0.3, 0.45) * s
+        c, si = np.cos(angle), np.sin(angle)
+        rz = np.zeros((num_frames, 3, 3))
+        rz[:, 0, 0], rz[:, 0, 1], rz[:, 1, 0], rz[:, 1, 1], rz[:, 2, 2] = c, -si, si, c, 1.0
+        c2w[:, :3, :3] = c2w[:, :3, :3] @ rz
     c2w[:, :3, 3] = pos
     return c2w
 
