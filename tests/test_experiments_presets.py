@@ -74,6 +74,7 @@ def _meta_build(cfg):
     return build_animatediff_method(**kwargs)
 
 
+@pytest.mark.slow
 def test_full_size_presets_build_on_meta():
     seen = {}
     for name in PRESETS:

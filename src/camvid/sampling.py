@@ -276,7 +276,7 @@ def shard_indices(n: int, shard_index: int = 0, num_shards: int = 1) -> list[int
     return list(range(shard_index, n, num_shards))
 
 
-def test_split_dataset(train_cfg: DictConfig, root, split: str = "test", stride: int | None = None):
+def eval_split_dataset(train_cfg: DictConfig, root, split: str = "test", stride: int | None = None):
     from camvid.data import build_eval_dataset
 
     stride = int(stride) if stride is not None else int(train_cfg.data.stride_eval)
@@ -320,7 +320,7 @@ def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset
 
 
 def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel, ckpt: Path) -> list[Path]:
-    dataset = test_split_dataset(train_cfg, cfg.test_data, cfg.split, cfg.stride)
+    dataset = eval_split_dataset(train_cfg, cfg.test_data, cfg.split, cfg.stride)
     n = min(int(cfg.num_samples), len(dataset))
     written = []
     for idx in shard_indices(n, int(cfg.get("shard_index") or 0), int(cfg.get("num_shards") or 1)):

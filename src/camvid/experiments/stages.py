@@ -105,7 +105,7 @@ def _load_method(cfg: DictConfig, run_dir: Path, trained: bool, device):
 
 def _sample_stage(cfg: DictConfig, run_dir: Path, trained: bool) -> Path:
     from camvid.data.factory import prepare_dataset
-    from camvid.sampling import sample_test_clip, shard_indices, test_split_dataset
+    from camvid.sampling import sample_test_clip, shard_indices, eval_split_dataset
 
     rank, world = rank_world()
     scfg = cfg.stage_sample
@@ -116,7 +116,7 @@ def _sample_stage(cfg: DictConfig, run_dir: Path, trained: bool) -> Path:
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     train_cfg, method, ckpt = _load_method(cfg, run_dir, trained, device)
     train_cfg = OmegaConf.merge(train_cfg, {"paper_row": cfg.get("paper_row")})
-    dataset = test_split_dataset(train_cfg, _test_root(cfg), str(scfg.get("split", "test")))
+    dataset = eval_split_dataset(train_cfg, _test_root(cfg), str(scfg.get("split", "test")))
     n = min(int(scfg.num_samples), len(dataset))
     mine = shard_indices(n, rank, world)
     written = 0
