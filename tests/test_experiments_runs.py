@@ -32,7 +32,8 @@ def test_distributed_env_from_a_submitit_job(monkeypatch):
     assert distributed_env(0, 0, 4, 2, "node7", "12345")["MASTER_PORT"] == env["MASTER_PORT"]  # tasks agree
     # a 2-task submitit_local job, task 1: what accelerate's env:// rendezvous needs
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "unset")  # recorded, so the variables set below are removed after the test
+        monkeypatch.delenv(k)
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     for k, v in {"SUBMITIT_LOCAL_JOB_ID": "777", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
                  "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1"}.items():
