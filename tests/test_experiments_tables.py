@@ -84,7 +84,7 @@ TINY_JOB = ["trainer.max_steps=2", "trainer.ckpt_every=2", "backbone.num_frames=
 def test_two_row_table_through_submitit_local_and_make_table(tmp_path):
     env = _env(tmp_path)
     sweep = ["src/train.py", "-m", "table=cami2v_t2", "scale=tiny", "hydra/launcher=submitit_local",
-             "hydra.sweeper.params.experiment=cami2v_t2_camco_like,cami2v_t2_pluecker_only", *TINY_JOB]
+             "experiment=cami2v_t2_camco_like,cami2v_t2_pluecker_only", *TINY_JOB]
     done = _run(sweep, env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     root = tmp_path / "outputs" / "tables" / "tiny" / "cami2v_t2"
