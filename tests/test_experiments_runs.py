@@ -126,3 +126,13 @@ def test_preemption_checkpoints_requeues_and_resumes_to_the_same_weights(data_ro
     ref = load_file(str(Path(reference["checkpoint"]) / WEIGHTS_NAME))
     assert ours.keys() == ref.keys()
     assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+def test_bad_stages_are_named():
+    from omegaconf import OmegaConf
+
+    from camvid.experiments.stages import _stages
+
+    assert _stages(OmegaConf.create({"stages": ["eval", "train"]})) == ["train", "eval"]  # pipeline order
+    with pytest.raises(ValueError, match=r"stages=\['train', 'smaple'\]: choose a non-empty list of"):
+        _stages(OmegaConf.create({"stages": ["train", "smaple"]}))

@@ -48,8 +48,10 @@ def rank_world() -> tuple[int, int]:
 def run_job(cfg: DictConfig) -> dict:
     """Run the configured stages of one job; returns a summary (``loss`` when it trained)."""
     from camvid.training.logger import finish_runs_on_exit
+    from camvid.validation import validate_train_config
 
     stages = _stages(cfg)
+    validate_train_config(cfg)  # bad option values end the job before anything is read or built
     export_distributed_env()  # a multi-task submitit job: RANK/WORLD_SIZE/MASTER_* for accelerate
     summary: dict = {"stages": stages, "loss": float("nan")}
     with finish_runs_on_exit():
