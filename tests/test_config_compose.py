@@ -10,15 +10,16 @@ import pytest
 from camvid.config import ConfigError, check_combination
 from conftest import compose
 
-MODELS = ["dynamicrafter", "motionctrl", "cameractrl", "cami2v", "cvd"]
+MODELS = ["dynamicrafter", "motionctrl", "cameractrl", "cami2v", "cvd", "animatediff"]
 ATTNS = ["temporal", "full3d", "epipolar_ref", "epipolar", "cross_video"]
 DATAS = ["synthetic", "re10k", "re10k_fold", "webvid_homography", "cvd_mix"]
 FAMILIES = {  # which backbone families each method runs on (written out independently of conf/)
     "dynamicrafter": ["dynamicrafter"],
-    "motionctrl": ["dynamicrafter"],
+    "motionctrl": ["dynamicrafter", "animatediff"],
     "cameractrl": ["dynamicrafter", "animatediff"],
-    "cami2v": ["dynamicrafter"],
-    "cvd": ["animatediff"],
+    "cami2v": ["dynamicrafter", "animatediff"],
+    "cvd": ["animatediff", "dynamicrafter"],
+    "animatediff": ["animatediff"],
 }
 VALID_ATTN = {
     "dynamicrafter": {"temporal"},
@@ -26,13 +27,21 @@ VALID_ATTN = {
     "cameractrl": {"temporal"},
     "cami2v": {"temporal", "full3d", "epipolar_ref", "epipolar"},
     "cvd": {"cross_video"},
+    "animatediff": {"temporal"},
 }
 PAIR_DATA = {"re10k_fold", "webvid_homography", "cvd_mix"}
 
 
-def _is_valid(model: str, attn: str, data: str) -> bool:
+def _valid_attn(model: str, family: str) -> set[str]:
+    # on AnimateDiff, CamI2V is CameraCtrl plus a cross-frame attention: without one it would be CameraCtrl
+    if model == "cami2v" and family == "animatediff":
+        return VALID_ATTN[model] - {"temporal"}
+    return VALID_ATTN[model]
+
+
+def _is_valid(model: str, attn: str, data: str, family: str) -> bool:
     pairs = model == "cvd"
-    return attn in VALID_ATTN[model] and ((data in PAIR_DATA) == pairs)
+    return attn in _valid_attn(model, family) and ((data in PAIR_DATA) == pairs)
 
 
 def _overrides(model, attn, data, family):
@@ -41,12 +50,12 @@ def _overrides(model, attn, data, family):
 
 
 ALL = [(m, a, d, f) for m, a, d in itertools.product(MODELS, ATTNS, DATAS) for f in FAMILIES[m]]
-VALID = [c for c in ALL if _is_valid(*c[:3])]
-INVALID = [c for c in ALL if not _is_valid(*c[:3])]
+VALID = [c for c in ALL if _is_valid(*c)]
+INVALID = [c for c in ALL if not _is_valid(*c)]
 
 
 def test_tables_cover_every_option():
-    assert len(VALID) == 19 and len(ALL) == 150
+    assert len(VALID) == 32 and len(ALL) == 250
 
 
 @pytest.mark.parametrize("model,attn,data,family", INVALID)
@@ -55,12 +64,11 @@ def test_invalid_combination_names_both_options(model, attn, data, family):
     with pytest.raises(ConfigError) as err:
         check_combination(cfg)
     msg = str(err.value)
-    offending = [f"attn={attn}"] if attn not in VALID_ATTN[model] else [f"data={data}"]
+    offending = [f"attn={attn}"] if attn not in _valid_attn(model, family) else [f"data={data}"]
     assert f"model={model}" in msg and all(o in msg for o in offending), msg
 
 
-@pytest.mark.parametrize("model,family", [("cvd", "dynamicrafter"), ("cami2v", "animatediff"),
-                                          ("motionctrl", "animatediff")])
+@pytest.mark.parametrize("model,family", [("animatediff", "dynamicrafter"), ("dynamicrafter", "animatediff")])
 def test_wrong_backbone_family_is_rejected(model, family):
     attn = sorted(VALID_ATTN[model])[0]
     data = "cvd_mix" if model == "cvd" else "synthetic"

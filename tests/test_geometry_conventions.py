@@ -120,6 +120,12 @@ def test_matrices_layout_round_trip_and_nerf_per_frame_intrinsics(cams, tmp_path
     write_cameras(tmp_path / "t.json", varying)
     data = json.loads((tmp_path / "t.json").read_text())
     assert "fl_x" in data["frames"][0] and "fl_x" not in data
+    # NeRF / Blender cameras: camera-to-world, looking down their -z axis, +y up
+    m = np.asarray(data["frames"][0]["transform_matrix"])
+    c2w = cams.c2w()[0]
+    np.testing.assert_allclose(m[:3, 2], -c2w[:3, 2], atol=1e-12)
+    np.testing.assert_allclose(m[:3, 1], -c2w[:3, 1], atol=1e-12)
+    np.testing.assert_allclose(m[:3, 3], c2w[:3, 3], atol=1e-12)
     _same(read_cameras(tmp_path / "t.json"), varying, atol=1e-12)
 
 
@@ -235,3 +241,26 @@ def test_unknown_layout_gets_a_guess_and_a_command(cams, tmp_path):
     report = validate_pose_file(path, "re10k")  # told RealEstate10K, but the lines are 12 numbers
     assert report.guess["format"] == "matrices" and "format" in report.codes()
     assert "--from matrices" in report.command
+
+
+def test_colmap_layout_agrees_with_pycolmap(cams, tmp_path):
+    """An independent reader/writer: pycolmap loads our text model with the same poses and focal
+    lengths, and what pycolmap writes reads back unchanged."""
+    import pycolmap
+
+    write_cameras(tmp_path / "model", cams, "colmap")
+    (tmp_path / "model" / "points3D.txt").write_text("")
+    rec = pycolmap.Reconstruction(str(tmp_path / "model"))
+    names = cams.frame_names()
+    assert rec.num_images() == T
+    for image in rec.images.values():
+        i = names.index(image.name)
+        np.testing.assert_allclose(image.cam_from_world().matrix(), cams.track.w2c[i], atol=1e-12)
+        K = rec.cameras[image.camera_id].calibration_matrix()
+        np.testing.assert_allclose([K[0, 0] / W, K[1, 1] / H, K[0, 2] / W, K[1, 2] / H], cams.track.intrinsics[i],
+                                   atol=1e-12)
+    (tmp_path / "again").mkdir()
+    rec.write_text(str(tmp_path / "again"))
+    back = read_cameras(tmp_path / "again")
+    np.testing.assert_allclose(back.track.w2c, cams.track.w2c, atol=1e-12)
+    np.testing.assert_array_equal(back.track.timestamps, cams.track.timestamps)

@@ -154,7 +154,9 @@ def test_invalid_inputs_raise(cameractrl):
      ("animatediff", "cross_video", ("attn=cross_video", "model=animatediff")),
      ("cvd", "temporal", ("model=cvd", "attn=temporal")),
      ("cvd", "epipolar", ("model=cvd", "attn=epipolar")),
-     ("motionctrl", None, ("model=motionctrl",))],
+     ("cami2v", "temporal", ("model=cami2v", "attn=temporal")),
+     ("cameractrl", "epipolar", ("model=cameractrl", "attn=epipolar")),
+     ("svd", None, ("model=svd",))],
 )
 def test_invalid_combinations_name_both_options(method, attn, words):
     with pytest.raises(ValueError) as err:
@@ -257,9 +259,12 @@ def test_load_official_files_round_trip(tmp_path):
     torch.save(motion, tmp_path / "v3_sd15_mm.ckpt")
     with pytest.raises(ValueError, match="v3_sd15_mm.ckpt: 1 missing key"):
         load_animatediff_weights(dst, tmp_path)
+    # CVD.ckpt is optional (model=cvd trains from zero-initialised sync modules); CameraCtrl.ckpt is not
     (tmp_path / "CVD.ckpt").unlink()
     (tmp_path / "v3_sd15_mm.ckpt").unlink()
-    with pytest.raises(FileNotFoundError, match="CVD.ckpt"):
+    assert load_animatediff_weights(dst, tmp_path) == ["stable-diffusion-v1-5", "CameraCtrl.ckpt"]
+    (tmp_path / "CameraCtrl.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match="CameraCtrl.ckpt"):
         load_animatediff_weights(dst, tmp_path)
 
 

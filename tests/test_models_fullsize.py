@@ -17,10 +17,10 @@ from camvid.models.dynamicrafter.image_proj import resampler_config
 from camvid.models.dynamicrafter.unet import dynamicrafter_unet_config
 from camvid.models.manifests import load_manifest
 from camvid.models.openclip import (
-    OpenCLIPImageEncoder,
-    OpenCLIPTextEncoder,
     UNUSED_IMAGE_KEYS,
     UNUSED_TEXT_KEYS,
+    OpenCLIPImageEncoder,
+    OpenCLIPTextEncoder,
     convert_to_official,
 )
 
@@ -291,3 +291,43 @@ def test_base_plus_method_files_build_materialise_and_sample(tmp_path):
                                  guidance={"scale": 7.5, "uncond_drops": ["text", "image"], "rescale": 0.7}))
     assert outs[0].shape == (1, 4, 3, 64, 64) and torch.isfinite(outs[0]).all()
     torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_headline_command_gets_past_model_construction(tmp_path):
+    """``python src/train.py model=cami2v attn=epipolar data=re10k pretrained=...``: the composed config
+    builds the full-size model and loads the (manifest-shaped) released file; a dry run on meta."""
+    from camvid.models.registry import build_method
+    from conftest import compose
+
+    _meta_file(tmp_path / "model.ckpt", load_manifest("dynamicrafter_256x256"))
+    tok = _tokenizer_folder(tmp_path / "tok")
+    cfg = compose(["model=cami2v", "attn=epipolar", "data=re10k", f"pretrained={tmp_path / 'model.ckpt'}",
+                   f"backbone.kwargs.tokenizer_path={tok}", "logger=none"])
+    with torch.device("meta"):
+        model = build_method(cfg)
+    assert model.camera == "cami2v" and model.attn_variant == "epipolar"
+    assert type(model.cond_stage_model).__name__ == "OpenCLIPTextEncoder"
+    with pytest.raises(FileNotFoundError, match="merges.txt"):
+        build_method(compose(["model=cami2v", f"pretrained={tmp_path / 'model.ckpt'}",
+                              f"backbone.kwargs.tokenizer_path={tmp_path / 'nowhere'}", "logger=none"]))
+
+
+@pytest.mark.parametrize("model,option", [("cvd", {"band": "soft"}), ("cami2v", {"grid": "cami2v_release"})])
+def test_released_masks_follow_the_method_checkpoint(model, option):
+    """CVD.ckpt was trained with the soft band, the released CamI2V checkpoints with their own mask
+    grid: ``released_masks=auto`` switches them on whenever such a file is loaded."""
+    from camvid.models.camera.context import CONTEXT_KWARGS
+    from camvid.models.registry import released_mask_kwargs
+
+    assert released_mask_kwargs(model, None) == {}  # training from scratch keeps the config's masks
+    assert released_mask_kwargs(model, "method.ckpt", "false") == {}
+    assert released_mask_kwargs("cameractrl", "method.ckpt") == {}
+    with pytest.raises(ValueError, match="released_masks=sometimes"):
+        released_mask_kwargs(model, "method.ckpt", "sometimes")
+    [key] = option
+    if key in CONTEXT_KWARGS:
+        assert released_mask_kwargs(model, "method.ckpt") == option
+        assert released_mask_kwargs(model, None, "true") == option
+    else:  # the attention module without the option: said, not silently ignored
+        with pytest.warns(UserWarning, match=f"no \\['{key}'\\] option"):
+            assert released_mask_kwargs(model, "method.ckpt") == {}

@@ -13,7 +13,8 @@ from conftest import compose, data_overrides, run_overrides
 
 PAIRS = [("animatediff", "animatediff"),
          pytest.param("motionctrl", "animatediff", marks=pytest.mark.slow),  # ~1-2 min each on a busy CPU
-         pytest.param("cami2v", "animatediff", marks=pytest.mark.slow)]
+         pytest.param("cami2v", "animatediff", marks=pytest.mark.slow),
+         pytest.param("cvd", "dynamicrafter", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("model,family", PAIRS)
@@ -23,13 +24,16 @@ def test_new_pair_trains_two_steps_and_samples(model, family, data_root, tmp_pat
     summary = train(cfg)
     assert summary["step"] == 2 and torch.isfinite(torch.tensor(summary["loss"]))
     image = sorted((data_root / "train" / "frames").glob("*/00000.png"))[0]
-    sample_cfg = compose(["steps=2", f"run_dir={tmp_path}", f"image={image}", "caption=a room",
+    trajectory = "trajectory=[orbit,pan]" if cfg.model.views > 1 else "trajectory=orbit"
+    sample_cfg = compose(["steps=2", f"run_dir={tmp_path}", f"image={image}", "caption=a room", trajectory,
                           f"out_dir={tmp_path / 'samples'}"], config_name="sample")
-    [folder] = run_sampling(sample_cfg)
-    [record] = read_samples(tmp_path / "samples")
-    video = record.load_video()
-    assert video.shape == (8, 32, 32, 3) and video.std() > 0
-    assert record.meta["method"] == model and folder.is_dir()
+    folders = run_sampling(sample_cfg)
+    records = read_samples(tmp_path / "samples")
+    assert len(folders) == len(records) == int(cfg.model.views)
+    for record in records:
+        video = record.load_video()
+        assert video.shape == (8, 32, 32, 3) and video.std() > 0
+        assert record.meta["method"] == model
 
 
 def test_animatediff_baseline_is_checked_against_its_family():
@@ -112,3 +116,58 @@ def test_cami2v_on_animatediff_starts_as_cameractrl_and_sees_the_masks():
     with pytest.raises(ValueError, match="model=cameractrl has no cross-frame camera module for attn=epipolar"):
         build_animatediff_method("cameractrl", "tiny", attn="epipolar")
     check_combination(compose(["model=cami2v", "backbone=tiny_animatediff", "attn=epipolar"]))
+
+
+@pytest.mark.parametrize("model,random", [("cami2v", True), ("motionctrl", False), ("cameractrl", False)])
+def test_conditioning_frame_follows_the_model_config(model, random, data_root, tmp_path):
+    """rand_cond_frame: CamI2V trains on a random conditioning frame, MotionCtrl / CameraCtrl on frame 0
+    (the released CamI2V-repo configs)."""
+    from camvid.training.data import build_train_loader
+
+    cfg = compose(run_overrides(data_root, tmp_path, f"model={model}", "backbone=tiny_dynamicrafter",
+                                "data=synthetic", "trainer.batch_size=4"))
+    assert cfg.model.rand_cond_frame is random
+    loader = iter(build_train_loader(cfg, rank=0, world_size=1))
+    cond = torch.cat([next(loader)["cond_index"] for _ in range(3)])
+    assert bool((cond != 0).any()) is random
+
+
+def test_cvd_on_dynamicrafter_starts_as_cameractrl_and_couples_the_pair():
+    from camvid.models.dynamicrafter import build_dynamicrafter_method
+
+    torch.manual_seed(0)
+    ctrl = build_dynamicrafter_method("cameractrl", "tiny", num_frames=4)
+    with torch.no_grad():  # a random base has zero-initialised output layers that would hide everything
+        for p in ctrl.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    cvd = build_dynamicrafter_method("cvd", "tiny", num_frames=4)
+    missing, unexpected = cvd.load_state_dict(ctrl.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("model.diffusion_model.epi_modules.") for k in missing)
+    ctrl.eval(), cvd.eval()  # the temporal convolutions have dropout
+    assert {n.split(".")[2] for n, p in cvd.named_parameters() if p.requires_grad} == {"epi_modules"}
+    gen = torch.Generator().manual_seed(2)
+    c2w = torch.eye(4).expand(2, 4, 4, 4).clone()
+    c2w[0, :, 0, 3] = torch.linspace(0, 0.5, 4)
+    c2w[1, :, 1, 3] = torch.linspace(0, 0.5, 4)
+    K = torch.tensor([[60.0, 0, 32], [0, 60, 32], [0, 0, 1]]).expand(2, 4, 3, 3).clone()
+    batch = {"video": torch.rand(2, 4, 3, 64, 64, generator=gen) * 2 - 1, "K": K, "c2w": c2w,
+             "caption": ["a room"] * 2, "frame_stride": torch.tensor([8, 8]), "num_views": 2}
+    z = torch.randn(2, 48, 4, 16, 16, generator=gen)
+    t = torch.tensor([400, 400])
+    with torch.no_grad():
+        single = {**batch, "num_views": 1}
+        ref = ctrl.denoise(z, t, ctrl.conditions(single))
+        assert ref.abs().mean() > 1e-3
+        torch.testing.assert_close(cvd.denoise(z, t, cvd.conditions(batch)), ref)
+        for epi in cvd.unet.epi_modules:  # open the zero-initialised outputs: the partner now matters
+            for p in epi.parameters():
+                if p.abs().sum() == 0 and p.ndim == 2:
+                    p.normal_(0, 0.05)
+        out = cvd.denoise(z, t, cvd.conditions(batch))
+        z2 = z.clone()
+        z2[1] = torch.randn(48, 4, 16, 16, generator=gen)
+        out2 = cvd.denoise(z2, t, cvd.conditions(batch))
+    assert not torch.allclose(out[0], out2[0], atol=1e-5), "video a must see its partner"
+    with pytest.raises(ValueError, match="num_views=2"):
+        cvd.conditions({**batch, "num_views": 1})

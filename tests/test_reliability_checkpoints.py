@@ -83,6 +83,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_intact_one(name, trained, d
     assert (run / "checkpoints" / (STEP4 + ".damaged") / name).is_file()  # moved aside for inspection
     if not retrain:
         assert summary["checkpoint"] == str(run / "checkpoints" / STEP2)
+        assert summary["loss"] == json.loads((run / "checkpoints" / STEP2 / STATE_NAME).read_text())["loss"]
         return
     assert summary["checkpoint"] == str(run / "checkpoints" / STEP4)
     redone = load_file(str(run / "checkpoints" / STEP4 / WEIGHTS_NAME))
@@ -204,3 +205,57 @@ def test_resume_mismatch_warn_resumes_with_a_warning(trained, data_root, tmp_pat
     assert any("trainer.batch_size: checkpoint 1, now 2" in r.getMessage() for r in caplog.records)
     state = json.loads((run / "checkpoints" / "step_00000005" / STATE_NAME).read_text())
     assert state["resume"]["batch_size"] == 2  # the new checkpoint records the new settings
+
+
+def test_checkpoint_files_follow_the_umask(trained):
+    import stat
+
+    from camvid.fsutil import dir_mode, file_mode
+
+    ckpt = trained / "checkpoints" / STEP4
+    assert stat.S_IMODE(ckpt.stat().st_mode) == dir_mode()
+    for f in ckpt.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == file_mode(), f.name
+
+
+def test_sampling_refuses_a_damaged_checkpoint_naming_the_file(trained, tmp_path):
+    from camvid.sampling import resolve_checkpoint
+
+    run = _copy(trained, tmp_path)
+    _truncate(run / "checkpoints" / STEP4 / WEIGHTS_NAME)
+    with pytest.raises(CheckpointError, match=WEIGHTS_NAME):
+        resolve_checkpoint(ckpt_path=run / "checkpoints" / STEP4)
+    with pytest.raises(CheckpointError, match=WEIGHTS_NAME):
+        resolve_checkpoint(run_dir=run)
+    assert resolve_checkpoint(ckpt_path=run / "checkpoints" / STEP2) == run / "checkpoints" / STEP2
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_on_one_ranks_bad_rng_states(data_root, tmp_path):
+    """Rank 1's RNG file verifies but holds no state: both ranks stop with its name (no hang)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO / "src"))
+    env.pop("CAMVID_RUN_ID", None)
+    out = tmp_path / "ddp"
+
+    def launch(*extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+               str(REPO / "src" / "train.py"), *run_overrides(data_root, out, *BASE, *extra)]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+    first = launch("trainer.max_steps=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = out / "checkpoints" / STEP2
+    assert (ckpt / "random_states_1.pkl").is_file()
+    torch.save({"step": 0}, ckpt / "random_states_1.pkl")
+    write_manifest(ckpt, 2)
+    second = launch("trainer.max_steps=3")
+    assert second.returncode != 0
+    assert "random_states_1.pkl" in second.stderr, second.stderr[-3000:]
+    assert not (out / "checkpoints" / "step_00000003").exists()

@@ -150,6 +150,7 @@ def test_the_shipped_configs_are_valid(data_root, tmp_path):
     validate_train_config(compose(run_overrides(data_root, tmp_path, *BASE)))
     validate_eval_config(compose([f"samples_dir={tmp_path}"], "eval"))
     validate_sample_config(compose([f"run_dir={tmp_path}"], "sample"))
+    validate_sample_config(compose(["model=cami2v", "backbone=tiny_dynamicrafter"], "sample"))  # released-weights mode
 
 
 @pytest.mark.parametrize("config,overrides,message", [
@@ -159,10 +160,18 @@ def test_the_shipped_configs_are_valid(data_root, tmp_path):
     ("eval", ["samples_dir=DIR/missing"], "samples_dir=.*missing: must be an existing directory"),
     ("sample", ["run_dir=DIR", "fov_deg=200"], "fov_deg=200: must be a number > 0.0 and < 180.0"),
     ("sample", ["run_dir=DIR", "num_samples=many"], "num_samples=many: must be an integer >= 1"),
+    ("sample", ["run_dir=DIR", "trajectory_scale=-1"], "trajectory_scale=-1: must be a number > 0.0"),
     ("sample", [], "ckpt_path=null and run_dir=null"),
+    ("sample", ["model=cami2v", "pretrained=DIR/none.ckpt"], "pretrained=.*none.ckpt: must be an existing file"),
+    ("sample", ["model=cami2v", "backbone=tiny_dynamicrafter", "method_ckpt=DIR/m.pt"],
+     "method_ckpt=.*m.pt: must be an existing file"),
+    ("train", ["method_ckpt=DIR/m.pt"], "method_ckpt=.*m.pt: must be an existing file"),
+    ("train", ["released_masks=sometimes"], "released_masks=sometimes: must be one of auto"),
 ])
-def test_sample_and_eval_options_are_validated(config, overrides, message, tmp_path):
-    validate = validate_eval_config if config == "eval" else validate_sample_config
+def test_sample_eval_and_weight_options_are_validated(config, overrides, message, tmp_path):
+    validate = {"eval": validate_eval_config, "sample": validate_sample_config, "train": validate_train_config}[config]
+    if config == "train":
+        overrides = ["backbone=tiny_dynamicrafter", *overrides]
     cfg = compose([o.replace("DIR", str(tmp_path)) for o in overrides], config)
     with pytest.raises(ConfigValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
         validate(cfg)

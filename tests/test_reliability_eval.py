@@ -86,3 +86,19 @@ def test_a_folder_without_a_usable_video_is_an_error(tmp_path):
     write_video(tmp_path / "s" / "b" / "video.mp4", video[:1])
     with pytest.raises(ValueError, match=r"no usable video among 2 samples(.|\n)*a: video.mp4: empty"):
         run_evaluation(_cfg(tmp_path / "s", tmp_path / "out", ["camera"]))
+
+
+def test_a_video_that_fails_inside_the_camera_worker_is_a_failed_video(tmp_path):
+    """Past the screening (e.g. a file replaced mid-run): the worker's error fails that video only."""
+    from camvid.evaluation.camera_accuracy import CameraAccuracyConfig, VideoJob, evaluate_camera_accuracy
+
+    video, K, c2w = _scene_video("orbit")
+    write_video(tmp_path / "short.mp4", video[:3])
+    jobs = [VideoJob("gone", str(tmp_path / "gone.mp4"), K, c2w),
+            VideoJob("short", str(tmp_path / "short.mp4"), K, c2w)]
+    config = CameraAccuracyConfig(trials=2, progress=False, cache_dir=str(tmp_path / "cache"))
+    result = evaluate_camera_accuracy(jobs, config)
+    assert result["summary"]["num_videos_failed"] == 2 and result["summary"]["trial_failure_rate"] == 1.0
+    reasons = {v["sample_id"]: v["trials"][0]["reason"] for v in result["per_video"]}
+    assert "gone.mp4: missing" in reasons["gone"] and "3 frames but 6 camera poses" in reasons["short"]
+    assert not (tmp_path / "cache").exists(), "a failure from an error is not cached: a fixed file is retried"

@@ -106,3 +106,22 @@ def test_preset_track_matches_the_sampler_preset():
     np.testing.assert_allclose(np.linalg.inv(track.c2w()[0]) @ track.c2w(), c2w.double().numpy(), atol=1e-5)
     np.testing.assert_allclose(track.intrinsics[0, 0] * 64, K[0, 0, 0].item(), rtol=1e-6)
     assert isinstance(K, torch.Tensor)
+
+
+def test_a_video_trajectory_is_annotated_with_the_requested_stride(tmp_path, monkeypatch):
+    """The wiring from sample.py's trajectory=VIDEO to the annotation (SfM itself: test_annotate_poses.py)."""
+    from camvid.evaluation import annotate
+
+    seen = {}
+
+    def fake_annotate(source, options):
+        seen.update(source=str(source), stride=options.stride, max_frames=options.max_frames)
+        return annotate.AnnotationResult(_source_track(640, 360, T=options.max_frames), np.arange(8), np.ones(8, bool),
+                                         {}, [], None, (640, 360), str(source))
+
+    monkeypatch.setattr(annotate, "annotate_video", fake_annotate)
+    (tmp_path / "walk.mp4").write_bytes(b"")
+    [spec] = resolve_trajectories([str(tmp_path / "walk.mp4")], tmp_path / "out", 8, (512, 512), stride=3)
+    assert seen == {"source": str(tmp_path / "walk.mp4"), "stride": 3, "max_frames": 8}
+    moved = read_pose_file(spec)
+    np.testing.assert_allclose(moved.intrinsics[:, 0], moved.intrinsics[:, 1], rtol=1e-12)  # square target

@@ -49,6 +49,9 @@ def check_combination(cfg: DictConfig) -> None:
         else:
             why = f"{m} has no cross-frame camera module for {a}"
         raise ConfigError(f"Invalid combination: {why}; with {m} use {allowed}.")
+    if model.name == "cami2v" and backbone.family == "animatediff" and attn.name == "temporal":
+        raise ConfigError(f"Invalid combination: {m} on {b} is CameraCtrl plus a cross-frame attention, and {a} "
+                          "adds none; use attn=epipolar, epipolar_ref or full3d (or model=cameractrl).")
     if data.views != model.views:
         if model.views > 1:
             why = f"{m} trains on video pairs but {d} yields single videos; use data=re10k_fold, webvid_homography or cvd_mix"

@@ -39,18 +39,19 @@ __all__ = [
 
 def resolve_checkpoint(ckpt_path: str | Path | None = None, run_dir: str | Path | None = None) -> Path:
     """A ``step_<N>`` directory: the one given, or the latest of ``run_dir``."""
-    from camvid.training.checkpoint import STATE_NAME, find_latest
+    from camvid.training.checkpoint import STATE_NAME, WEIGHTS_NAME, find_latest, verify_checkpoint
 
     if ckpt_path:
         ckpt = Path(ckpt_path)
         if not (ckpt / STATE_NAME).is_file():
             raise FileNotFoundError(f"ckpt_path={ckpt}: not a checkpoint directory (no {STATE_NAME})")
-        return ckpt
-    if not run_dir:
-        raise ValueError("give ckpt_path=<run>/checkpoints/step_<N> or run_dir=<run>")
-    ckpt = find_latest(Path(run_dir) / "checkpoints")
-    if ckpt is None:
-        raise FileNotFoundError(f"run_dir={run_dir}: no checkpoint under {Path(run_dir) / 'checkpoints'}")
+    else:
+        if not run_dir:
+            raise ValueError("give ckpt_path=<run>/checkpoints/step_<N> or run_dir=<run>")
+        ckpt = find_latest(Path(run_dir) / "checkpoints")
+        if ckpt is None:
+            raise FileNotFoundError(f"run_dir={run_dir}: no checkpoint under {Path(run_dir) / 'checkpoints'}")
+    verify_checkpoint(ckpt, files=[WEIGHTS_NAME])  # complete and intact, or an error naming the file
     return ckpt
 
 

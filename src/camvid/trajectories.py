@@ -187,7 +187,11 @@ def resolve_trajectories(specs: list[str], out_dir: str | Path, num_frames: int,
             raise ValueError(f"trajectory={spec!r}: not a pose file and not a preset ({', '.join(TRAJECTORY_KINDS)}); "
                              "no such pose file (any layout) or video")
         if len(track) < num_frames:
-            raise ValueError(f"trajectory={spec}: {len(track)} cameras, the model generates {num_frames} frames")
+            hint = ""
+            if is_video_source(spec):
+                hint = (f" (frames that failed to register are left out: see `python data_prep/annotate_poses.py "
+                        f"{spec} --stride {stride} --max-frames {num_frames}`; --interpolate fills them)")
+            raise ValueError(f"trajectory={spec}: {len(track)} cameras, the model generates {num_frames} frames{hint}")
         track = transfer_track(track, target_hw, translation_scale, num_frames,
                                source_hw if Path(spec).is_file() and not is_video_source(spec) else None)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -219,6 +219,8 @@ TRAIN_RULES: list[Rule] = [
     Rule("data.mix_weights", number_list(2, 0.0, positive_sum=True)),
     Rule("resume_mismatch", one_of("error", "warn")),
     _optional_path("ckpt_path", existing_dir),
+    _optional_path("method_ckpt", existing_file),
+    Rule("released_masks", one_of("auto", True, False)),
     _optional_path("pretrained", hint="the base model's weights (docs/models.md); set CAMVID_WEIGHTS or "
                    "pretrained=PATH, or use backbone=tiny_<family> to train from scratch"),
 ]
@@ -235,6 +237,8 @@ SAMPLE_RULES: list[Rule] = [
     Rule("eta", number(0.0), nullable=True),
     Rule("fov_deg", number(0.0, 180.0, lo_open=True, hi_open=True)),
     Rule("trajectory_seed", integer(0)),
+    Rule("trajectory_scale", number(0.0, lo_open=True), nullable=True),
+    Rule("trajectory_stride", integer(1)),
     Rule("fps", number(0.0, lo_open=True)),
     Rule("split", text),
 ]
@@ -348,11 +352,15 @@ def validate_train_config(cfg: DictConfig) -> None:
 
 
 def validate_sample_config(cfg: DictConfig) -> None:
-    rules = list(SAMPLE_RULES)
+    """Three ways to name the weights: ``ckpt_path``, ``run_dir``, or ``model=`` with released files."""
+    released = not cfg.get("ckpt_path") and not cfg.get("run_dir") and cfg.get("model") is not None
+    rules = [*SAMPLE_RULES, Rule("released_masks", one_of("auto", True, False))]
+    if released:  # only then are the base and method files read from these options
+        rules += [*(r for r in TRAIN_RULES if r.option == "pretrained"), _optional_path("method_ckpt", existing_file)]
     validate(cfg, rules)
-    if not cfg.get("ckpt_path") and not cfg.get("run_dir"):
-        raise ConfigValidationError(["ckpt_path=null and run_dir=null: give ckpt_path=<run>/checkpoints/step_<N> "
-                                     "or run_dir=<run>"])
+    if not cfg.get("ckpt_path") and not cfg.get("run_dir") and cfg.get("model") is None:
+        raise ConfigValidationError(["ckpt_path=null and run_dir=null: give ckpt_path=<run>/checkpoints/step_<N>, "
+                                     "run_dir=<run>, or model=<name> with pretrained=<file> (released weights)"])
 
 
 def validate_eval_config(cfg: DictConfig) -> None:

@@ -135,6 +135,8 @@ def loader_kwargs(data_cfg: Mapping, *, train: bool = True) -> dict:
         shuffle_buffer=int(_get(data_cfg, "shuffle_buffer", 100)),
         epoch_length=data_cfg.get("epoch_length"),
         train=train,
+        # the conditioning frame of a training clip: random (CamI2V) or frame 0 (model.rand_cond_frame)
+        random_cond=bool(_get(data_cfg, "random_cond", True)),
     )
     if webvid_root is not None:
         kwargs["webvid_root"] = webvid_root

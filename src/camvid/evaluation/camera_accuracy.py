@@ -26,7 +26,7 @@ from camvid.evaluation.pose_metrics import camera_errors
 from camvid.evaluation.sfm import SfmOptions, run_sfm
 
 __all__ = ["CAMERA_METRICS", "CameraAccuracyConfig", "VideoJob", "evaluate_video", "evaluate_camera_accuracy",
-           "summarize_camera_results"]
+           "summarize_camera_results", "failed_video_result"]
 
 CAMERA_METRICS = ("RotErr", "TransErr", "CamMC")
 
@@ -84,6 +84,27 @@ def evaluate_video(job: VideoJob, seeds: list[int], options: SfmOptions) -> dict
     return result
 
 
+def failed_video_result(sample_id: str, trials: int, reason: str) -> dict:
+    """The result of a video that could not be evaluated at all: every trial failed, for ``reason``."""
+    result = {"sample_id": sample_id, "num_frames": 0, "num_trials": trials, "num_success": 0,
+              "trials": [{"seed": None, "success": False, "registered": 0, "reason": reason}] * trials}
+    result.update({name: None for name in CAMERA_METRICS})
+    return result
+
+
+def _evaluate_or_fail(job: VideoJob, seeds: list[int], options: SfmOptions) -> dict:
+    """:func:`evaluate_video`, but one video's error (an unreadable file, an SfM crash) is that video's
+    failure, not the whole evaluation's; not cached, so a fixed file is evaluated next time.
+    Programming errors (AssertionError, TypeError, ...) still propagate."""
+    try:
+        return evaluate_video(job, seeds, options)
+    except (OSError, ValueError, RuntimeError) as err:
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:300]
+        result = failed_video_result(job.sample_id, len(seeds), reason)
+        result["error"] = True
+        return result
+
+
 def _cache_key(seeds: list[int], options: SfmOptions, job: VideoJob) -> str:
     blob = json.dumps({"seeds": seeds, "sfm": asdict(options), "video": os.path.abspath(job.video_path),
                        "mtime": os.path.getmtime(job.video_path), "K": np.round(job.K, 6).tolist(),
@@ -135,6 +156,9 @@ def evaluate_camera_accuracy(jobs: list[VideoJob], config: CameraAccuracyConfig,
     results: dict[str, dict] = {}
     pending: list[tuple[VideoJob, str]] = []
     for job in jobs:
+        if not os.path.isfile(job.video_path):
+            results[job.sample_id] = failed_video_result(job.sample_id, len(seeds), f"{job.video_path}: missing")
+            continue
         key = _cache_key(seeds, config.sfm, job)
         hit = _cached(cache / f"{job.sample_id}.json", key) if cache else None
         if hit is not None:
@@ -150,19 +174,19 @@ def evaluate_camera_accuracy(jobs: list[VideoJob], config: CameraAccuracyConfig,
 
     def finish(job: VideoJob, key: str, result: dict) -> None:
         results[job.sample_id] = result
-        if cache:
+        if cache and not result.get("error"):
             _store(cache / f"{job.sample_id}.json", key, result)
         if progress is not None:
             progress.update(1)
 
     if config.workers <= 1 or len(pending) <= 1:
         for job, key in pending:
-            finish(job, key, evaluate_video(job, seeds, config.sfm))
+            finish(job, key, _evaluate_or_fail(job, seeds, config.sfm))
     else:
         # spawn: pycolmap and torch hold threads that a forked child must not inherit
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=config.workers, mp_context=context) as pool:
-            futures = {pool.submit(evaluate_video, job, seeds, config.sfm): (job, key) for job, key in pending}
+            futures = {pool.submit(_evaluate_or_fail, job, seeds, config.sfm): (job, key) for job, key in pending}
             for future in as_completed(futures):
                 job, key = futures[future]
                 finish(job, key, future.result())

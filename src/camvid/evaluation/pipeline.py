@@ -20,6 +20,7 @@ from camvid.evaluation.camera_accuracy import (
     CameraAccuracyConfig,
     VideoJob,
     evaluate_camera_accuracy,
+    failed_video_result,
     summarize_camera_results,
 )
 from camvid.evaluation.geometry_consistency import (
@@ -33,6 +34,7 @@ from camvid.evaluation.layout import GT_VIDEO_FILE, SampleRecord, read_samples, 
 from camvid.evaluation.sfm import SfmOptions
 from camvid.evaluation.tables import ResultRow, paper_row, write_tables
 from camvid.evaluation.weights import MissingWeights, require_weights
+from camvid.fsutil import atomic_write_text
 
 __all__ = ["METRIC_FAMILIES", "run_evaluation"]
 
@@ -92,9 +94,7 @@ def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path,
 
 def _count_unusable(result: dict, unusable: dict[str, str], trials: int) -> dict:
     """Unusable videos join the camera results as videos whose every trial failed, with the reason."""
-    failed = [{"sample_id": sid, "num_frames": 0, "num_trials": trials, "num_success": 0,
-               "trials": [{"seed": None, "success": False, "registered": 0, "reason": reason}] * trials,
-               **{m: None for m in CAMERA_METRICS}} for sid, reason in unusable.items()]
+    failed = [failed_video_result(sid, trials, reason) for sid, reason in unusable.items()]
     per_video = sorted(result["per_video"] + failed, key=lambda v: v["sample_id"])
     return {"summary": summarize_camera_results(per_video), "per_video": per_video}
 
@@ -108,7 +108,7 @@ def _write_failures(path: Path, unusable: dict[str, str], records: list[SampleRe
         if r.gt_problem:
             lines.append(f"{r.sample_id},{GT_VIDEO_FILE},{r.gt_problem.replace(',', ' ')}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -123,7 +123,7 @@ def _write_per_video(path: Path, per_video: list[dict], reference: list[dict] | 
         lines.append(",".join([v["sample_id"], str(v["num_success"]), str(v["num_trials"]), *fmt[:3],
                                str(r.get("num_success", "")), *fmt[3:], reasons]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _geometry_rows(records: list[SampleRecord], cfg: dict, reference: bool) -> tuple[list[ResultRow], dict]:

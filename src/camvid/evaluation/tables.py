@@ -7,6 +7,7 @@ is ever filled in for it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -14,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from camvid.fsutil import atomic_write_text
 
 __all__ = ["ResultRow", "load_paper_numbers", "paper_row", "format_value", "to_markdown", "write_tables"]
 
@@ -71,12 +74,14 @@ def write_tables(out_dir: str | Path, rows: list[ResultRow], extra: dict, title:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "results.md", "csv": out / "results.csv", "json": out / "results.json"}
-    paths["md"].write_text(to_markdown(rows, title, paper_source))
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) if rows else ["metric"])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(asdict(r))
-    paths["json"].write_text(json.dumps({"title": title, "paper_source": paper_source,
-                                         "rows": [asdict(r) for r in rows], **extra}, indent=2, default=str))
+    # atomic: a reader (or a crash) never sees half a table; modes follow the umask (shared storage)
+    atomic_write_text(paths["md"], to_markdown(rows, title, paper_source))
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(asdict(rows[0]).keys()) if rows else ["metric"])
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(asdict(r))
+    atomic_write_text(paths["csv"], buf.getvalue())
+    atomic_write_text(paths["json"], json.dumps({"title": title, "paper_source": paper_source,
+                                                 "rows": [asdict(r) for r in rows], **extra}, indent=2, default=str))
     return paths

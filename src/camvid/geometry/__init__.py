@@ -1,4 +1,4 @@
-"""Camera geometry: pose files, Plücker rays, fundamental matrices, epipolar masks, homographies.
+"""Camera geometry: pose files (and other tools' conventions), Plücker rays, fundamental matrices, epipolar masks, homographies.
 
 Pure torch, batched, no nn.Module. Conventions and decisions: docs/geometry.md.
 """
@@ -17,6 +17,14 @@ from camvid.geometry.cameras import (
     validate_cameras,
     w2c_to_c2w,
     write_pose_file,
+)
+from camvid.geometry.conventions import (
+    Cameras,
+    decode_poses,
+    encode_poses,
+    read_cameras,
+    swap_camera_axes,
+    write_cameras,
 )
 from camvid.geometry.epipolar import (
     COINCIDENT_EPS,
@@ -53,6 +61,7 @@ from camvid.geometry.homography import (
     warp_points,
 )
 from camvid.geometry.plucker import pixel_centers, plucker_rays, scale_intrinsics
+from camvid.geometry.pose_validation import validate_pose_file
 
 __all__ = [
     # cameras
@@ -69,6 +78,14 @@ __all__ = [
     "validate_cameras",
     "w2c_to_c2w",
     "write_pose_file",
+    # conventions of other tools (numpy; camvid.geometry.conventions, pose_validation)
+    "Cameras",
+    "decode_poses",
+    "encode_poses",
+    "read_cameras",
+    "swap_camera_axes",
+    "validate_pose_file",
+    "write_cameras",
     # plucker
     "pixel_centers",
     "plucker_rays",

@@ -40,7 +40,7 @@ def ldm_vae_key_map() -> dict[str, str]:
 
     official = sorted(load_manifest("dynamicrafter_256x256", prefix="first_stage_model."))
     # every value is a 4-d index tensor so diffusers' conv->linear slicing keeps the index readable
-    index = {f"first_stage_model.{k}": torch.full((1, 1, 1, 1), float(i)) for i, k in enumerate(official)}
+    index = {f"first_stage_model.{k}": torch.full((1, 1, 1, 1), float(i), device="cpu") for i, k in enumerate(official)}
     converted = convert_ldm_vae_checkpoint(index, {"down_block_types": LDM_KL_F8_CONFIG["down_block_types"],
                                                   "up_block_types": LDM_KL_F8_CONFIG["up_block_types"]})
     out = {ours: official[int(value.flatten()[0].item())] for ours, value in converted.items()}

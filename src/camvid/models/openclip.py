@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from camvid.models.encoders import FrozenModule
 
@@ -185,8 +184,6 @@ class OpenCLIPTextEncoder(_OfficialLayout, FrozenModule):
         self.context_length = cfg["max_position_embeddings"]
         self.layer_offset = layer_offset
         self.tokenizer_path = None if tokenizer_path is None else Path(tokenizer_path)
-        if self.tokenizer_path is not None:
-            check_tokenizer(self.tokenizer_path)
         self._tokenizer = None
         self.freeze()
 
@@ -199,6 +196,7 @@ class OpenCLIPTextEncoder(_OfficialLayout, FrozenModule):
                 raise ValueError(f"OpenCLIPTextEncoder has no tokenizer: set tokenizer_path= ({TOKENIZER_SOURCE})")
             from transformers import CLIPTokenizer
 
+            check_tokenizer(self.tokenizer_path)
             self._tokenizer = CLIPTokenizer.from_pretrained(str(self.tokenizer_path))
         tok = self._tokenizer
         ids = torch.zeros(len(captions), self.context_length, dtype=torch.long)

@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from camvid.fsutil import atomic_write_text, fsync_dir
+from camvid.fsutil import atomic_write_text, dir_mode, file_mode, fsync_dir
 
 __all__ = ["CheckpointManager", "CheckpointError", "trainable_state_dict", "load_trainable_state_dict",
            "find_latest", "read_step", "read_trainer_state", "verify_checkpoint", "is_complete", "list_checkpoints",
@@ -93,9 +93,16 @@ def _files(directory: Path) -> list[Path]:
 
 
 def write_manifest(directory: Path, step: int) -> Path:
-    """Hash every file of ``directory`` and write the manifest, durably, as the last file."""
+    """Hash every file of ``directory`` and write the manifest, durably, as the last file.
+
+    Every file also gets the umask's mode: safetensors writes its files 0600, which would make the
+    checkpoint unreadable to collaborators on shared storage.
+    """
     entries = {}
+    for d in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
+        os.chmod(d, dir_mode())
     for f in _files(directory):
+        os.chmod(f, file_mode())
         with f.open("rb") as fh:
             os.fsync(fh.fileno())  # the manifest must never reach the disk before the data it vouches for
         entries[f.relative_to(directory).as_posix()] = {"size": f.stat().st_size, "sha256": _sha256(f)}
@@ -295,7 +302,11 @@ class CheckpointManager:
         """
         decision: dict = {}
         if self.accelerator.is_main_process:
-            decision = self._decide(explicit)
+            try:
+                decision = self._decide(explicit)
+            except Exception as err:  # never leave the other ranks waiting in the broadcast
+                decision = {"error": f"{self.dir}: choosing the checkpoint to resume failed: "
+                                     f"{type(err).__name__}: {err}"}
         decision = _broadcast(self.accelerator, decision)
         if "error" in decision:
             raise CheckpointError(decision["error"])
@@ -322,13 +333,26 @@ class CheckpointManager:
             log.warning("resuming from the newest intact checkpoint instead: %s", path)
         return {"path": str(path) if path else None}
 
-    def load(self, path: Path) -> dict:
-        """Load a verified checkpoint (see :meth:`resolve_resume`) into the accelerator's objects."""
+    def load(self, path: Path, exact: bool = True) -> dict:
+        """Load a verified checkpoint (see :meth:`resolve_resume`) into the accelerator's objects.
+
+        ``exact=False`` (resume_mismatch=warn with more processes than wrote the checkpoint): a rank
+        without saved RNG states starts them fresh, with a warning, instead of stopping.
+        """
         path = Path(path)
         state = read_trainer_state(path)
         rank = self.accelerator.process_index
         rng_file = path / RNG_STATE_PATTERN.format(rank=rank)
-        expected_rng = _read_rng_states(rng_file)
+        expected_rng, problem = None, None
+        if not exact and not rng_file.is_file():
+            log.warning("%s: missing (no such rank in the run that wrote the checkpoint); this rank's RNG "
+                        "states start fresh", rng_file)
+        else:
+            try:
+                expected_rng = _read_rng_states(rng_file)
+            except CheckpointError as err:
+                problem = err
+        _agree(self.accelerator, problem)  # every rank stops, or none: nothing is loaded on any rank
         try:
             self.accelerator.load_state(str(path))
         except CheckpointError:
@@ -339,10 +363,29 @@ class CheckpointManager:
             raise CheckpointError(
                 f"{path}: the checkpoint's files are intact but cannot be loaded into this run "
                 f"({type(err).__name__}: {err})", path) from err
-        if not torch.equal(torch.get_rng_state(), expected_rng["torch_manual_seed"]):
-            raise CheckpointError(f"{rng_file}: the RNG states were not restored by accelerate; "
-                                  "resume would not continue the run exactly", rng_file)
+        problem = None
+        if expected_rng is not None and not torch.equal(torch.get_rng_state(), expected_rng["torch_manual_seed"]):
+            problem = CheckpointError(f"{rng_file}: the RNG states were not restored by accelerate; "
+                                      "resume would not continue the run exactly", rng_file)
+        _agree(self.accelerator, problem)
         return state
+
+
+def _agree(accelerator, problem: CheckpointError | None) -> None:
+    """Raise on every rank if any rank has a problem (a rank raising alone would hang the others)."""
+    if accelerator.num_processes == 1:
+        if problem is not None:
+            raise problem
+        return
+    from accelerate.utils import gather_object
+
+    problems = gather_object([None if problem is None else (accelerator.process_index, str(problem))])
+    failed = [p for p in problems if p is not None]
+    if problem is not None:
+        raise problem
+    if failed:
+        rank, message = failed[0]
+        raise CheckpointError(f"rank {rank}: {message}")
 
 
 def _read_rng_states(path: Path) -> dict:

@@ -21,8 +21,14 @@ def prepare_data(data_cfg: DictConfig, accelerator) -> None:
 def build_train_loader(cfg: DictConfig, rank: int, world_size: int, skip_batches: int = 0):
     """This rank's endless training loader; ``skip_batches`` restores the data position on resume
     (the loader drops those samples before decoding them)."""
+    from omegaconf import OmegaConf
+
+    # model.rand_cond_frame: the released CamI2V-repo configs condition CamI2V on a random frame and
+    # MotionCtrl / CameraCtrl on frame 0
+    data_cfg = dict(OmegaConf.to_container(cfg.data, resolve=True),
+                    random_cond=bool(cfg.model.get("rand_cond_frame", True)))
     return build_train_dataloader(
-        cfg.data, batch_size=int(cfg.trainer.batch_size), num_workers=int(cfg.trainer.num_workers),
+        data_cfg, batch_size=int(cfg.trainer.batch_size), num_workers=int(cfg.trainer.num_workers),
         seed=int(cfg.seed), rank=rank, world_size=world_size, skip_batches=skip_batches,
     )
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from camvid.config import check_combination
 from camvid.diffusion.losses import diffusion_loss
+from camvid.fsutil import atomic_write_text
 from camvid.models.registry import build_method, set_trainable
 from camvid.training.checkpoint import CheckpointManager, find_latest, read_trainer_state
 from camvid.training.data import build_train_loader, prepare_data
@@ -125,7 +126,7 @@ def _train(cfg: DictConfig) -> dict:
     if is_main:
         resolved = OmegaConf.to_yaml(cfg, resolve=True)
         print(resolved)
-        (run_dir / "config_resolved.yaml").write_text(resolved)
+        atomic_write_text(run_dir / "config_resolved.yaml", resolved)
 
     # Same initial weights on every rank; data order and noise differ per rank.
     torch.manual_seed(int(cfg.seed))
@@ -156,11 +157,11 @@ def _train(cfg: DictConfig) -> dict:
     # what exact resume depends on: recorded in every checkpoint, compared when resuming
     fingerprint = run_fingerprint(cfg, accelerator.num_processes)
     resume_from = ckpt.resolve_resume(cfg.get("ckpt_path"))  # verified; auto-resume falls back past bad ones
-    start_step = 0
+    start_step, changed = 0, []
     if resume_from is not None:
         resumed_state = read_trainer_state(resume_from)
-        check_resume_compatible(resumed_state, fingerprint, str(cfg.get("resume_mismatch") or "error"),
-                                resume_from)
+        changed = check_resume_compatible(resumed_state, fingerprint, str(cfg.get("resume_mismatch") or "error"),
+                                          resume_from)
         start_step = int(resumed_state["step"])
 
     loader = build_train_loader(cfg, rank=accelerator.process_index, world_size=accelerator.num_processes,
@@ -170,7 +171,7 @@ def _train(cfg: DictConfig) -> dict:
     # RNG, which the model's dropout also uses, and resume must continue exactly where it stopped.
     batches = itertools.chain([next(batches)], batches)
     if resume_from is not None:
-        ckpt.load(resume_from)
+        ckpt.load(resume_from, exact=not changed)
         if is_main:
             print(f"resumed from {resume_from} at step {start_step}")
 
@@ -180,7 +181,8 @@ def _train(cfg: DictConfig) -> dict:
         print(f"run dir: {run_dir}\ntrainable parameters: {n_train:,} of {n_total:,}")
     max_steps = int(tcfg.max_steps)
     pbar = tqdm(total=max_steps, initial=start_step, disable=not is_main, desc="train", dynamic_ncols=True)
-    last = {"loss": math.nan}
+    # a resumed run that is already at max_steps reports the checkpoint's loss, not nan
+    last = {"loss": float(resumed_state.get("loss", math.nan)) if resume_from is not None else math.nan}
     t0, samples_seen = time.perf_counter(), 0
     # optional data audit: which samples each rank trained on (DDP sharding check, debugging)
     seen_keys: list[list[str]] | None = [] if tcfg.get("log_sample_keys") else None
@@ -231,7 +233,7 @@ def _train(cfg: DictConfig) -> dict:
     if seen_keys is not None:
         keys_dir = run_dir / "sample_keys"
         keys_dir.mkdir(exist_ok=True)
-        (keys_dir / f"rank_{accelerator.process_index}.json").write_text(json.dumps(seen_keys))
+        atomic_write_text(keys_dir / f"rank_{accelerator.process_index}.json", json.dumps(seen_keys))
     accelerator.wait_for_everyone()
     logger.finish()
     accelerator.end_training()

@@ -126,8 +126,9 @@ def _layout(paths: list[CameraPath], frustum_size: float | None) -> tuple[float,
     return depth, mid, half
 
 
-def _every(T: int, every: int | None) -> np.ndarray:
-    step = every or max(1, int(np.ceil(T / 20)))
+def _every(T: int, every: int | None, paths: int = 1) -> np.ndarray:
+    # about 20 cameras of a single path, 8 of each when paths are compared (overlaps stay legible)
+    step = every or max(1, int(np.ceil(T / (20 if paths == 1 else 8))))
     idx = list(range(0, T, step))
     if idx[-1] != T - 1:
         idx.append(T - 1)
@@ -168,7 +169,7 @@ def plot_cameras(cameras, path: str | Path | None = None, *, labels: Sequence[st
     single = len(paths) == 1
     for i, p in enumerate(paths):
         T = len(p.c2w)
-        shown = _every(T, every)
+        shown = _every(T, every, len(paths))
         if single:
             colours = colormaps["viridis"](np.linspace(0.0, 0.9, len(shown)))
             line_colour = "0.4"
@@ -223,7 +224,7 @@ def plot_cameras_html(cameras, path: str | Path, *, labels: Sequence[str] | None
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
     for i, p in enumerate(paths):
         colour = palette[i % len(palette)]
-        shown = _every(len(p.c2w), every)
+        shown = _every(len(p.c2w), every, len(paths))
         seg = _display(frustum_segments(p.c2w[shown], p.intrinsics[shown], depth))
         xyz = [[], [], []]
         for frame in seg:

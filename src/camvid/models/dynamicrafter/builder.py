@@ -39,9 +39,10 @@ METHOD_SOURCES = {
     "cami2v": "https://huggingface.co/MuteApo/CamI2V (256_cami2v.pt, 512_cami2v_50k.pt)",
     "cameractrl": "https://huggingface.co/MuteApo/CamI2V (256_cameractrl.pt)",
     "motionctrl": "https://huggingface.co/MuteApo/CamI2V (256_motionctrl.pt)",
+    "cvd": "https://huggingface.co/MuteApo/CamI2V (256_cameractrl.pt, the CameraCtrl CVD sits on) or a camvid run",
 }
 
-METHODS = ("dynamicrafter", *CAMERA_METHODS)
+METHODS = ("dynamicrafter", *CAMERA_METHODS, "cvd")
 SIZES = ("tiny", "256", "512")
 
 # the released 256 model is eps / linear schedule; the 512 one v / zero-SNR / dynamic rescale / fps
@@ -88,14 +89,25 @@ def build_dynamicrafter_method(
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if size not in SIZES:
         raise ValueError(f"unknown DynamiCrafter size {size!r}; choose one of {', '.join(SIZES)}")
-    attn = attn or ("epipolar" if method == "cami2v" else "temporal")
-    if method != "cami2v" and attn != "temporal":
+    attn = attn or {"cami2v": "epipolar", "cvd": "cross_video"}.get(method, "temporal")
+    if method == "cvd" and attn != "cross_video":
+        raise ValueError(f"Invalid combination: model=cvd synchronises video pairs but attn={attn} works within one "
+                         "video; with model=cvd use attn=cross_video")
+    if method not in ("cami2v", "cvd") and attn != "temporal":
         raise ValueError(f"Invalid combination: attn={attn} is a CamI2V cross-frame attention but model={method} "
                          "has none; with that model use attn=temporal, or use model=cami2v")
     check_weight_files(method, size, pretrained, method_ckpt)
-    # the pretrained trunk gets meta parameters (real buffers) and is materialised by the load;
-    # no device given: keep the caller's default device (e.g. an enclosing ``with torch.device("meta")``)
-    lazy = pretrained is not None and size != "tiny" and str(device) != "meta"
+    if pretrained is not None and size != "tiny" and tokenizer_path is not None and text_encoder is None:
+        from pathlib import Path
+
+        from camvid.models.openclip import check_tokenizer
+
+        check_tokenizer(Path(tokenizer_path))
+    # no device given: keep the caller's default device (e.g. an enclosing ``with torch.device("meta")``,
+    # a dry run that builds and loads manifest-shaped files without memory)
+    dry_run = str(device if device is not None else torch.get_default_device()) == "meta"
+    # the pretrained trunk gets meta parameters (real buffers) and is materialised by the load
+    lazy = pretrained is not None and size != "tiny" and not dry_run
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = _build(method, size, attn, attn_kwargs, num_frames, image_hw, vae_path, first_stage, text_encoder,
                        image_encoder, pixel_shuffle_factor, unet_overrides, gradient_checkpointing, method_kwargs,
@@ -104,7 +116,7 @@ def build_dynamicrafter_method(
         model.load_weights(pretrained, kind="base")
     if method_ckpt is not None:
         model.load_weights(method_ckpt, kind="method")
-    if str(device) != "meta":
+    if not dry_run:
         from camvid.models.dynamicrafter.checkpoint import meta_tensors
 
         left = meta_tensors(model)
@@ -178,12 +190,13 @@ def _build(method, size, attn, attn_kwargs, num_frames, image_hw, vae_path, firs
         image_proj = Resampler(**proj_cfg)
 
     pose_encoder = None
-    if method in ("cameractrl", "cami2v"):
+    if method in ("cameractrl", "cami2v", "cvd"):
         pose_encoder = CameraPoseEncoder(
             downscale_factor=first_stage.downsample, channels=tuple(unet.level_channels()),
             temporal_attention_nhead=8 if size != "tiny" else 4, temporal_position_encoding_max_len=num_frames)
     kwargs = dict(_SCHEDULES[size])
     kwargs.update(method_kwargs)
+    camera = {"dynamicrafter": None, "cvd": "cameractrl"}.get(method, method)
     return DynamiCrafterI2V(unet, first_stage, text_encoder, image_encoder, image_proj,
-                            camera=None if method == "dynamicrafter" else method, pose_encoder=pose_encoder,
-                            attn_variant=attn, attn_kwargs=attn_kwargs, **kwargs)
+                            camera=camera, pose_encoder=pose_encoder, attn_variant=attn, attn_kwargs=attn_kwargs,
+                            cvd=method == "cvd", **kwargs)

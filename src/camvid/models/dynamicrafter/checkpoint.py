@@ -41,7 +41,7 @@ SCHEDULE_KEYS = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_
 TRAINED_PREFIXES = ("model.diffusion_model.", "image_proj_model.", "pose_encoder.")
 ENCODER_PREFIXES = ("first_stage_model.", "cond_stage_model.", "embedder.")
 KINDS = ("auto", "base", "method")
-CAMERA_MODULES = ("cc_projection", "pluker_projection", "epipolar")
+CAMERA_MODULES = ("cc_projection", "pluker_projection", "epipolar", "epi_modules")
 
 
 def read_raw(path: Path):
@@ -116,16 +116,27 @@ def is_camera_key(key: str) -> bool:
     return key.startswith("pose_encoder.") or any(f".{name}." in key for name in CAMERA_MODULES)
 
 
-def method_keys(model) -> set[str]:
-    """The state-dict keys a camera-method checkpoint must provide (new modules, pose encoder and,
-    for MotionCtrl, the temporal ``attn2`` it trains)."""
+def _module_keys(model, modules) -> set[str]:
     names = set()
-    for module in model.trainable_modules():
+    for module in modules:
         for prefix, mod in model.named_modules():
             if mod is module:
                 names |= {f"{prefix}.{k}" for k in module.state_dict()}
                 break
-    return names if model.camera else set()
+    return names
+
+
+def method_keys(model) -> set[str]:
+    """The state-dict keys a camera-method checkpoint must provide (new modules, pose encoder and,
+    for MotionCtrl, the temporal ``attn2`` it trains)."""
+    if not model.camera:
+        return set()
+    if getattr(model, "cvd", False):
+        # CVD sits on a frozen CameraCtrl: its method file is CameraCtrl's (the sync modules are optional)
+        from camvid.models.camera.injection import camera_trainable_modules
+
+        return _module_keys(model, [*camera_trainable_modules(model.unet, "cameractrl"), model.pose_encoder])
+    return _module_keys(model, model.trainable_modules())
 
 
 def _expected(model, kind: str) -> str:

@@ -93,6 +93,7 @@ class DynamiCrafterI2V(VideoDiffusionModel):
         fs_condition_type: str = "frame_stride",
         attn_kwargs: dict | None = None,
         cami2v_add_type: str = "add_to_main_branch",
+        cvd: bool = False,
     ):
         super().__init__()
         if camera is not None and camera not in CAMERA_METHODS:
@@ -115,7 +116,11 @@ class DynamiCrafterI2V(VideoDiffusionModel):
             self.pose_encoder = pose_encoder
         self.camera = camera
         self.attn_variant = attn_variant if camera == "cami2v" else "temporal"
-        self.attn_kwargs = dict(attn_kwargs or {})
+        if cvd and camera != "cameractrl":
+            raise ValueError(f"cvd=True synchronises videos over CameraCtrl; got camera={camera!r}")
+        self.cvd = cvd
+        # CVD's options (tau, masked, path) configure its sync modules, not a CamI2V context
+        self.attn_kwargs = {} if cvd else dict(attn_kwargs or {})
         context_kwargs(self.attn_kwargs)  # unknown options fail here, not in the first forward
         self.parameterization = parameterization
         self.num_train_timesteps = num_train_timesteps
@@ -127,6 +132,11 @@ class DynamiCrafterI2V(VideoDiffusionModel):
             add_cameractrl(unet)
         elif camera == "cami2v":
             add_cami2v(unet, attn_variant, attn_kwargs, cami2v_add_type)
+        self.sync = None
+        if cvd:
+            from camvid.models.cvd.dynamicrafter import install_cvd_on_dynamicrafter
+
+            self.sync = install_cvd_on_dynamicrafter(unet, **(attn_kwargs or {}))
 
         # lvdm's "linear" schedule is linear in sqrt(beta): diffusers' "scaled_linear"
         self.register_buffer("alphas_cumprod", make_alphas_cumprod(num_train_timesteps, "scaled_linear", linear_start,
@@ -184,6 +194,8 @@ class DynamiCrafterI2V(VideoDiffusionModel):
         trains only its new modules (and, for MotionCtrl, the temporal ``attn2``)."""
         if self.camera is None:
             return [self.unet, self.image_proj_model]
+        if self.cvd:  # CVD: CameraCtrl frozen, only the sync modules train
+            return [self.unet.epi_modules]
         modules = camera_trainable_modules(self.unet, self.camera)
         if hasattr(self, "pose_encoder"):
             modules.append(self.pose_encoder)
@@ -234,6 +246,13 @@ class DynamiCrafterI2V(VideoDiffusionModel):
                 raise ValueError(f"camera method {self.camera!r} needs batch['K'] and batch['c2w']")
             camera = CameraInputs(K=batch["K"], c2w=batch["c2w"], image_hw=tuple(video.shape[-2:]),
                                   cond_index=cond_index, num_views=int(batch.get("num_views", 1)))
+        extras = {}
+        if self.cvd:
+            if int(batch.get("num_views", 1)) != 2:
+                raise ValueError(f"CVD on DynamiCrafter denoises interleaved video pairs (num_views=2, "
+                                 f"[a0, b0, a1, b1, ...]); batch has num_views={batch.get('num_views', 1)}")
+            if batch.get("homography") is not None:
+                extras["homography"] = batch["homography"]
         return Conditions(
             text=self.cond_stage_model(list(captions)),
             image=self.embedder(frame),
@@ -243,6 +262,7 @@ class DynamiCrafterI2V(VideoDiffusionModel):
                 "cond_latent": latents[rows, :, cond_index],
                 "null_text": self.cond_stage_model([""]),
                 "null_image": self.embedder(torch.zeros_like(frame[:1])),
+                **extras,
             },
         )
 
@@ -262,7 +282,12 @@ class DynamiCrafterI2V(VideoDiffusionModel):
         camera = None
         if self.camera is not None:
             camera = self._unet_camera(cond.camera, _flags(cond.drop_camera, b, device), z_t)
-        return self.unet(x, t, text.to(z_t.dtype), image, fs, camera)
+        if self.sync is None:
+            return self.unet(x, t, text.to(z_t.dtype), image, fs, camera)
+        pairs = cond.camera if cond.camera.K.shape[0] == b else camera_repeat(cond.camera, b)
+        homography = cond.extras.get("homography")
+        with self.sync.bind(pairs, b, frames, None if homography is None else _tile(homography, b)):
+            return self.unet(x, t, text.to(z_t.dtype), image, fs, camera)
 
     def _unet_camera(self, camera: CameraInputs | None, drop: torch.Tensor | None, z_t: torch.Tensor) -> UNetCamera:
         b, _, frames, h, w = z_t.shape
