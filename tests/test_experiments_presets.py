@@ -97,6 +97,9 @@ def test_one_sync_layer_reaches_the_modules():
         return [len(b.attention_blocks) for b in m.modules() if isinstance(b, CrossVideoBlock)]
     assert blocks(two) and set(blocks(two)) == {2}
     assert set(blocks(one)) == {1} and len(blocks(one)) == len(blocks(two))
+    # CVD on DynamiCrafter takes the option too
+    dc = build_method(compose(["model=cvd", "backbone=tiny_dynamicrafter", "attn.num_attention_blocks=1"]))
+    assert blocks(dc) and set(blocks(dc)) == {1}
 
 
 @pytest.mark.parametrize("name", ["cami2v_t2_camco_like", "cvd_t3_one_layer"])
