@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONF_DIR, compose, data_overrides, run_overrides
 
 from camvid.evaluation.tables import load_paper_numbers
 from camvid.models.registry import _attn_kwargs, build_method
+from conftest import CONF_DIR, compose, data_overrides, run_overrides
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")
                  if p.stem != "demo" and not p.stem.startswith("recipe_"))

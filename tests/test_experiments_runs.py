@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose, run_overrides
 from safetensors.torch import load_file
 
 from camvid.experiments.cluster import distributed_env, export_distributed_env
-from camvid.sampling import sample_test_clip, shard_indices, eval_split_dataset
+from camvid.sampling import eval_split_dataset, sample_test_clip, shard_indices
 from camvid.training.checkpoint import WEIGHTS_NAME
+from conftest import compose, run_overrides
 
 
 def test_shards_are_disjoint_and_cover_the_split():

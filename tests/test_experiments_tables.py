@@ -10,10 +10,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from camvid.evaluation.tables import ResultRow
 from camvid.experiments.tables import collect_table, main
+from conftest import REPO
 
 
 def _job(root: Path, preset: str, seed: int, values: dict, not_computed: dict | None = None):

@@ -107,7 +107,7 @@ def _load_method(cfg: DictConfig, run_dir: Path, trained: bool, device):
 
 def _sample_stage(cfg: DictConfig, run_dir: Path, trained: bool) -> Path:
     from camvid.data.factory import prepare_dataset
-    from camvid.sampling import sample_test_clip, shard_indices, eval_split_dataset
+    from camvid.sampling import eval_split_dataset, sample_test_clip, shard_indices
 
     rank, world = rank_world()
     scfg = cfg.stage_sample
