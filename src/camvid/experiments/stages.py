@@ -177,7 +177,8 @@ def _log_to_training_run(cfg: DictConfig, run_dir: Path, samples_dir: Path, rows
 
     logger = build_logger(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True), True,
                           run_name=run_name(cfg, run_dir), run_id=run_id(run_dir))
-    step = int(cfg.trainer.max_steps) if "train" in _stages(cfg) else 0
+    # one step past training: a resumed W&B run drops points logged at a step it has passed already
+    step = int(cfg.trainer.max_steps) + 1 if "train" in _stages(cfg) else 0
     logger.log({f"eval/{r.metric}": r.value for r in rows if r.value is not None}, step=step)
     logger.log_table("eval/results", ["metric", "ours", "gt_reference", "paper", "note"],
                      [[r.metric, r.value, r.reference, r.paper, r.note] for r in rows], step=step)
