@@ -136,3 +136,26 @@ def test_bad_stages_are_named():
     assert _stages(OmegaConf.create({"stages": ["eval", "train"]})) == ["train", "eval"]  # pipeline order
     with pytest.raises(ValueError, match=r"stages=\['train', 'smaple'\]: choose a non-empty list of"):
         _stages(OmegaConf.create({"stages": ["train", "smaple"]}))
+
+
+def test_eval_results_and_samples_go_to_the_training_runs_wandb_run(tmp_path):
+    from omegaconf import OmegaConf
+
+    from camvid.evaluation.tables import ResultRow
+    from camvid.experiments.stages import _log_to_training_run
+    from camvid.training.preview import write_gif
+    from camvid.training.run_identity import run_id
+
+    run = tmp_path / "run"
+    (run / "samples" / "clip0").mkdir(parents=True)
+    write_gif(run / "samples" / "clip0" / "video.gif", np.zeros((4, 16, 16, 3), np.uint8), fps=4)
+    the_id = run_id(run)  # made by the training stage
+    cfg = OmegaConf.create({"seed": 3, "experiment_row": "cami2v_t2_full3d", "stages": ["train", "sample", "eval"],
+                            "trainer": {"max_steps": 2},
+                            "logger": {"name": "wandb", "project": "camvid", "mode": "offline", "group": "table-t",
+                                       "tags": ["cami2v", "t2"], "log_videos": True}})
+    _log_to_training_run(cfg, run, run / "samples", [ResultRow("TransErr", 1.25), ResultRow("FVD_videogpt", None)])
+    runs = list((run / "wandb").glob(f"offline-run-*-{the_id}"))
+    assert len(runs) == 1
+    data = next(runs[0].glob("*.wandb")).read_bytes()
+    assert b"eval/TransErr" in data and b"samples/clip0" in data and b"cami2v_t2_full3d-seed3" in data
