@@ -3,7 +3,9 @@
     python data_prep/make_shards.py re10k --root data/synthetic --split train --out shards/re10k/train
     python data_prep/make_shards.py webvid --root data/synthetic/webvid --out shards/webvid
 
-Writes ``OUT/shard-%06d.tar`` and ``OUT/manifest.json`` (sample count per shard). See docs/data.md.
+Writes ``OUT/shard-%06d.tar`` and ``OUT/manifest.json`` (sample count per shard, clips skipped and
+why: a bad clip is reported, not fatal). For the public RealEstate10K / WebVid releases (videos, not
+frame folders) use data_prep/re10k.py and data_prep/webvid.py. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
         manifest = write_webvid_shards(args.root, args.out, args.shard_size, args.image_format or "jpg", args.csv)
     print(f"{manifest['num_samples']} samples in {len(manifest['shards'])} shards under {args.out} "
           f"({time.perf_counter() - start:.1f} s)")
+    if manifest["skipped"]:
+        print(f"{len(manifest['skipped'])} clip(s) skipped (listed in {args.out}/manifest.json):")
+        for s in manifest["skipped"][:10]:
+            print(f"  {s['clip']}: {s['message']}")
 
 
 if __name__ == "__main__":

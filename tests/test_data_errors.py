@@ -46,8 +46,11 @@ def test_malformed_pose_line_names_file_and_line(root):
     ds = Re10kDirectoryDataset(root, "train", num_frames=2, height=H, width=W, stride_min=1, stride_max=1)
     with pytest.raises(ValueError, match=r"syn0001000001.txt:4: malformed pose line"):
         ds[1]
-    with pytest.raises(ValueError, match="malformed pose line"):
-        write_re10k_shards(root, "train", root / "shards")
+    # sharding skips the clip, names it in the manifest and goes on
+    with pytest.warns(UserWarning, match="syn0001000001.txt:4: malformed pose line"):
+        manifest = write_re10k_shards(root, "train", root / "shards")
+    assert manifest["num_samples"] == 2 and [s["clip"] for s in manifest["skipped"]] == ["syn0001000001"]
+    assert not list((root / "shards").glob(".*"))  # no temporary files left behind
 
 
 def test_missing_frame_file_is_never_paired_by_position(root):
@@ -78,6 +81,7 @@ def test_bad_samples_inside_good_shards_are_skipped_and_counted(root):
     missing_frame = {k: v for k, v in good[1].items() if k != "00004.png"} | {"__key__": "noframe"}
     short = {k: v for k, v in good[2].items() if not k[:5].isdigit() or int(k[:5]) < 2} | {"__key__": "short"}
     short["pose.txt"] = b"\n".join(good[2]["pose.txt"].splitlines()[:3]) + b"\n"
+    short["json"] = short["json"].replace(b'"num_frames": 8', b'"num_frames": 2')
     with wds.TarWriter(url) as writer:
         for sample in [broken_pose, *good, missing_frame, short]:
             writer.write(sample)
@@ -90,7 +94,7 @@ def test_bad_samples_inside_good_shards_are_skipped_and_counted(root):
     assert stream.skipped == 3
     text = " ".join(str(w.message) for w in caught)
     assert "badpose" in text and "malformed pose line" in text
-    assert "noframe" in text and "a frame is missing" in text
+    assert "noframe" in text and "json says 8 frames but the sample holds 7" in text
     assert "short" in text and "needs at least 4" in text
 
 

@@ -22,7 +22,7 @@ def test_parts_partition_the_split_and_load_together(tmp_path):
     kind, urls = resolve_units(root, "train")
     # part-0: 3 clips in shards of 2 -> 2 shards; part-1: 2 clips -> 1 shard
     assert kind == "shards" and len(urls) == 3
-    assert sum("part-0" in u for u in urls) == 2 and sum("part-1" in u for u in urls) == 1
+    assert sum("part-0" in u.url for u in urls) == 2 and sum("part-1" in u.url for u in urls) == 1
     assert sum(keys) == 5
     with pytest.raises(ValueError, match="part must be in"):
         write_re10k_shards(root, "train", tmp_path / "bad", part=2, num_parts=2)

@@ -8,7 +8,7 @@ is rejected with an error naming both files, never silently paired off by positi
 
 from __future__ import annotations
 
-import io
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,21 +16,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from torch.utils.data import get_worker_info
 
+from camvid.data.batches import shared_uint8
+from camvid.data.decode import decode_frames, decode_image
 from camvid.data.layout import IMAGE_SUFFIXES, Re10kClip, WebVidClip
 from camvid.data.shards import frame_keys, read_video_frames
 from camvid.geometry.cameras import (
     CameraTrack,
     normalized_to_pixel_intrinsics,
     parse_pose_lines,
-    read_pose_file,
     resize_crop_geometry,
     resize_crop_intrinsics,
 )
 
 __all__ = [
+    "BadSample",
     "ClipTooShort",
+    "check_track",
     "Clip",
     "open_re10k_clip",
     "open_webvid_clip",
@@ -43,8 +46,56 @@ __all__ = [
 ]
 
 
-class ClipTooShort(ValueError):
+class BadSample(ValueError):
+    """A sample that must not train; ``reason`` is a key of :data:`camvid.data.health.SKIP_REASONS`."""
+
+    reason = "other"
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class ClipTooShort(BadSample):
     """The clip has fewer frames than the requested window needs."""
+
+    reason = "too_short"
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+ROTATION_TOLERANCE = 1e-3  # max |R R^T - I|; RealEstate10K prints poses with 9 significant digits
+
+
+def check_track(track: CameraTrack, source: str) -> CameraTrack:
+    """Reject pose rows that would break training later, naming ``source:line``: values that
+    overflow float32 (1e305 is finite in float64, inf in float32), rotations that are not
+    orthonormal with det +1 (zero rows included), non-positive focal lengths."""
+    rows = np.concatenate([track.intrinsics, track.w2c.reshape(len(track), 12)], axis=1)
+    R = track.w2c[:, :, :3]
+    with np.errstate(all="ignore"):
+        overflow = ~(np.abs(rows) <= _F32_MAX).all(axis=1)  # also catches NaN
+        ortho = np.abs(R @ R.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
+        det = np.linalg.det(np.where(overflow[:, None, None], 0.0, R))
+    problems = [
+        (overflow, "a value is not finite in float32"),
+        (~(ortho <= ROTATION_TOLERANCE), "rotation is not orthonormal (|R R^T - I| > 1e-3)"),
+        (~(det > 0), "rotation has determinant <= 0 (zero or reflected)"),
+        (~((track.intrinsics[:, :2] > 0).all(axis=1)), "focal length <= 0"),
+    ]
+    for mask, what in problems:
+        if mask.any():
+            row = int(np.argmax(mask))
+            raise BadSample(f"{source}:{row + 2}: invalid pose row: {what}", "bad_pose")
+    return track
+
+
+def _parse_track(lines: list[str], source: str) -> CameraTrack:
+    try:
+        track = parse_pose_lines(lines, source=source)
+    except ValueError as err:
+        raise BadSample(str(err), "bad_pose") from None
+    return check_track(track, source)
 
 
 @dataclass
@@ -53,7 +104,7 @@ class Clip:
     caption: str
     num_frames: int
     track: CameraTrack | None  # None for WebVid clips (no cameras)
-    load: Callable[[Sequence[int]], np.ndarray]  # indices -> (n, H, W, 3) uint8
+    load: Callable[[Sequence[int]], np.ndarray | torch.Tensor]  # indices -> (n, H, W, 3) uint8
     source: str  # "re10k" or "webvid"
     where: str  # file or shard member, for error messages
 
@@ -66,35 +117,36 @@ class Clip:
 
 def _decode(data: bytes, where: str) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as err:  # PIL raises several types for corrupt data
-        raise ValueError(f"{where}: cannot decode image ({err})") from None
+        return decode_image(data)
+    except Exception as err:  # decoders raise several types for corrupt data
+        raise BadSample(f"{where}: cannot decode image ({err})", "corrupt_image") from None
 
 
 def _read_image(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise FileNotFoundError(f"frame file missing: {path}")
+        raise BadSample(f"frame file missing: {path}", "frame_count")
     return _decode(path.read_bytes(), str(path))
 
 
 def _stack(frames: list[np.ndarray], where: str) -> np.ndarray:
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
-        raise ValueError(f"{where}: frames of one clip differ in size: {sorted(shapes)}")
+        raise BadSample(f"{where}: frames of one clip differ in size: {sorted(shapes)}", "corrupt_image")
     return np.stack(frames)
 
 
 def open_re10k_clip(clip: Re10kClip) -> Clip:
     """A clip in the RealEstate10K directory layout; checks frames against pose lines."""
-    track = read_pose_file(clip.pose_path)
+    if not clip.pose_path.is_file():
+        raise FileNotFoundError(f"pose file not found: {clip.pose_path}")
+    track = _parse_track(clip.pose_path.read_text().splitlines(), str(clip.pose_path))
     if not clip.frame_dir.is_dir():
         raise FileNotFoundError(f"frame folder missing for {clip.pose_path}: {clip.frame_dir}")
     files = sorted(p for p in clip.frame_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) != len(track):
-        raise ValueError(
+        raise BadSample(
             f"{clip.frame_dir}: {len(files)} frame files but {len(track)} pose lines in {clip.pose_path}; "
-            "refusing to pair frames and poses by position"
+            "refusing to pair frames and poses by position", "frame_count"
         )
 
     def load(indices: Sequence[int]) -> np.ndarray:
@@ -127,29 +179,62 @@ def open_webvid_clip(clip: WebVidClip) -> Clip:
     return Clip(clip.videoid, clip.caption, len(files), None, load_files, "webvid", str(path))
 
 
+SOURCES = ("re10k", "webvid")
+
+
+def _metadata(sample: dict, where: str) -> dict:
+    if "json" not in sample:
+        raise BadSample(f"{where}: sample has no json metadata (cut short, or not written by camvid)", "metadata")
+    try:
+        meta = json.loads(sample["json"])
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadSample(f"{where}: json metadata does not parse ({err})", "metadata") from None
+    if not isinstance(meta, dict) or meta.get("source") not in SOURCES or not isinstance(meta.get("num_frames"), int):
+        raise BadSample(f"{where}: json metadata must hold source in {SOURCES} and an integer num_frames, "
+                        f"got {meta!r}", "metadata")
+    return meta
+
+
 def open_shard_sample(sample: dict) -> Clip:
-    """A raw WebDataset sample (field -> bytes) written by :mod:`camvid.data.shards`."""
+    """A raw WebDataset sample (field -> bytes) written by :mod:`camvid.data.shards`, checked
+    against its own json before use: the source kind (a RealEstate10K sample must carry its
+    ``pose.txt``, never falling back to identity cameras), the frame count (contiguous frames
+    ``00000..``, as many as the json says) and one pose row per frame."""
     key = sample.get("__key__", "<no key>")
     where = f"{sample.get('__url__', '<shard>')}:{key}"
+    meta = _metadata(sample, where)
     keys = frame_keys(sample)
-    if not keys:
-        raise ValueError(f"{where}: sample has no frames")
-    expected = [f"{t:05d}" for t in range(len(keys))]
+    expected = [f"{t:05d}" for t in range(meta["num_frames"])]
     if [k.split(".")[0] for k in keys] != expected:
-        raise ValueError(f"{where}: frame fields are not numbered 00000..{len(keys) - 1:05d} (a frame is missing)")
-    caption = sample["txt"].decode() if "txt" in sample else ""
+        raise BadSample(
+            f"{where}: json says {meta['num_frames']} frames but the sample holds {len(keys)} frame fields "
+            "(a frame is missing, or the sample was cut short)", "frame_count")
+    if "txt" not in sample:
+        raise BadSample(f"{where}: sample has no caption field (.txt); it was cut short", "metadata")
+    caption = sample["txt"].decode()
     track = None
-    if "pose.txt" in sample:
-        track = parse_pose_lines(sample["pose.txt"].decode().splitlines(), source=f"{where}.pose.txt")
+    if meta["source"] == "re10k":
+        if "pose.txt" not in sample:
+            raise BadSample(f"{where}: RealEstate10K sample without pose.txt; refusing to train it with made-up "
+                            "cameras", "no_cameras")
+        track = _parse_track(sample["pose.txt"].decode().splitlines(), f"{where}.pose.txt")
         if len(track) != len(keys):
-            raise ValueError(
-                f"{where}: {len(keys)} frames but {len(track)} pose lines; refusing to pair them by position"
-            )
+            raise BadSample(
+                f"{where}: {len(keys)} frames but {len(track)} pose lines; refusing to pair them by position",
+                "frame_count")
+    elif "pose.txt" in sample:
+        raise BadSample(f"{where}: json says source=webvid but the sample carries pose.txt", "metadata")
 
     def load(indices: Sequence[int]) -> np.ndarray:
-        return _stack([_decode(sample[keys[i]], f"{where}.{keys[i]}") for i in indices], where)
+        # in a DataLoader worker, decode straight into shared memory: the batch then crosses to the
+        # main process without being copied again
+        alloc = shared_uint8 if get_worker_info() is not None else None
+        try:
+            return decode_frames([(sample[keys[i]], f"{where}.{keys[i]}") for i in indices], alloc)
+        except ValueError as err:
+            raise BadSample(str(err), "corrupt_image") from None
 
-    return Clip(key, caption, len(keys), track, load, "re10k" if track is not None else "webvid", where)
+    return Clip(key, caption, len(keys), track, load, meta["source"], where)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,22 +289,28 @@ def fold_indices(
 
 
 def resize_crop_video(frames: np.ndarray, out_hw: tuple[int, int]) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, h, w) float32 in [-1, 1], short-side resize + centre crop.
+    """(T, H, W, 3) uint8 -> (T, 3, h, w) **uint8**, short-side resize + centre crop.
 
-    Same geometry as :func:`camvid.geometry.cameras.resize_crop_geometry`; frames already at the
-    output size pass through untouched (bit-exact round trips).
+    Workers ship uint8 (4x less than float32 through the worker queues) in a channel-last memory
+    layout (a permuted view of the decoded frames); the training loop
+    normalises to [-1, 1] on the device (:func:`camvid.data.batches.normalize_video`). Same
+    geometry as :func:`camvid.geometry.cameras.resize_crop_geometry`; frames already at the output
+    size pass through untouched (bit-exact round trips).
     """
-    src_hw = frames.shape[1:3]
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    src_hw = tuple(frames.shape[1:3])
+    video = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    video = video.permute(0, 3, 1, 2)
     if tuple(src_hw) != tuple(out_hw):
         s, top, left = resize_crop_geometry(src_hw, out_hw)
         new_h = max(out_hw[0], round(src_hw[0] * s))
         new_w = max(out_hw[1], round(src_hw[1] * s))
         if (new_h, new_w) != tuple(src_hw):
-            video = F.interpolate(video, size=(new_h, new_w), mode="bilinear", align_corners=False,
-                                  antialias=s < 1).clamp(0, 255)
+            video = F.interpolate(video.float(), size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                  antialias=s < 1).round_().clamp_(0, 255).to(torch.uint8)
         video = video[:, :, top : top + out_hw[0], left : left + out_hw[1]]
-    return video / 127.5 - 1.0
+    # A strided view, not a copy: making (T, H, W, 3) frames channel-first costs more than decoding a
+    # frame; collate keeps the strides and the copy to contiguous happens on the device (to_device).
+    return video
 
 
 def clip_intrinsics(track: CameraTrack, indices: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:

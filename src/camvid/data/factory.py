@@ -28,6 +28,7 @@ from camvid.data.loader import (
     Re10kDirectoryDataset,
     ShardMapDataset,
     WebVidDirectoryDataset,
+    _shard_dirs,
     build_dataloader,
 )
 from camvid.data.shards import write_re10k_shards
@@ -135,6 +136,8 @@ def loader_kwargs(data_cfg: Mapping, *, train: bool = True) -> dict:
         shuffle_buffer=int(_get(data_cfg, "shuffle_buffer", 100)),
         epoch_length=data_cfg.get("epoch_length"),
         train=train,
+        max_skip_fraction=float(_get(data_cfg, "max_skip_fraction", 0.1)),
+        skip_check_min_samples=int(_get(data_cfg, "skip_check_min_samples", 100)),
         # the conditioning frame of a training clip: random (CamI2V) or frame 0 (model.rand_cond_frame)
         random_cond=bool(_get(data_cfg, "random_cond", True)),
     )
@@ -189,11 +192,11 @@ def build_eval_dataset(data_cfg: Mapping, root: str | None = None, split: str = 
     return ShardMapDataset(_shard_dir(root_path, split), **common)
 
 
-def _shard_dir(root: Path, split: str) -> Path:
-    for cand in (root, root / split, root / "shards" / split, root / "shards"):
-        if (cand / "manifest.json").is_file():
-            return cand
+def _shard_dir(root: Path, split: str) -> list[Path]:
+    dirs = _shard_dirs(root, split)  # a manifest, or the part-* folders of a prepared split
+    if dirs is not None:
+        return dirs
     raise FileNotFoundError(
         f"no data under {root}: expected pose files in {root / split} or a shard manifest.json in "
-        f"{root}, {root / split} or {root / 'shards' / split}"
+        f"{root}, {root / split} or {root / 'shards' / split} (or in their part-* folders)"
     )

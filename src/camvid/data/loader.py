@@ -20,16 +20,19 @@ consumed in that epoch (per rank). Skipped samples are dropped *before* decoding
 per-sample seeds do not depend on what was skipped, so the resumed stream continues exactly where
 the interrupted one was (as long as no bad sample sat inside the skipped part).
 
-Bad samples inside otherwise good data (malformed pose line, missing frame, clip too short) are
-skipped with a warning naming the shard member and counted in ``stream.skipped`` (per worker
-process: with ``num_workers > 0`` read the warnings). Bad roots and empty data raise at once.
+Bad samples inside otherwise good data (no cameras, invalid pose rows, a missing or corrupt frame,
+a clip too short, the cut-off end of a truncated tar, an unreadable shard) are skipped with a
+warning naming the shard member and counted by reason (:mod:`camvid.data.health`). Each batch
+carries its worker's running counts; the :class:`StreamLoader` pops them into ``loader.health``,
+which sums them over workers (and :func:`camvid.data.health.merge_reports` over ranks). More than
+``max_skip_fraction`` skipped stops the run with an error naming the worst shards. Bad roots and
+empty data raise at once.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,14 +41,25 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from camvid.data.clips import Clip, open_re10k_clip, open_shard_sample, open_webvid_clip
+from camvid.data.batches import normalize_video
+from camvid.data.clips import BadSample, Clip, open_re10k_clip, open_shard_sample, open_webvid_clip
+from camvid.data.health import HEALTH_KEY, DataHealth, SkipCounter, SkipEvent
 from camvid.data.layout import Re10kClip, WebVidClip, list_re10k_clips, list_webvid_clips
 from camvid.data.samples import PAIRINGS, SampleSpec, collate, make_sample
-from camvid.data.shards import ShardMember, index_shards, shard_urls
+from camvid.data.shards import (
+    ShardMember,
+    ShardRef,
+    index_shards,
+    read_manifest,
+    read_shard,
+    shard_refs,
+    shard_urls,
+)
 
 __all__ = [
     "ClipStream",
     "MixedStream",
+    "StreamLoader",
     "Re10kDirectoryDataset",
     "WebVidDirectoryDataset",
     "ShardMapDataset",
@@ -57,6 +71,10 @@ __all__ = [
 
 # Exceptions that mark one bad sample; anything else is a bug and propagates.
 _BAD_SAMPLE = (ValueError, FileNotFoundError, IndexError, OSError, KeyError, UnicodeDecodeError)
+
+
+def _reason(err: Exception) -> str:
+    return err.reason if isinstance(err, BadSample) else "other"
 
 
 _TAGS = {"units": 1, "order": 2, "shuffle": 3, "mix": 4}
@@ -89,22 +107,52 @@ def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[i
     return rank, world_size
 
 
+def _shard_dirs(root: Path, split: str) -> list[Path] | None:
+    for cand in (root, root / split, root / "shards" / split, root / "shards"):
+        if (cand / "manifest.json").is_file():
+            return [cand]
+        parts = sorted(p for p in cand.glob("part-*") if (p / "manifest.json").is_file())
+        if parts:  # written by a SLURM array (slurm/data_prep.sbatch): one shard directory per task
+            return parts
+    return None
+
+
 def resolve_units(root: str | Path, split: str = "train", source: str = "re10k") -> tuple[str, list]:
-    """What to stream from ``root``: ``("shards", urls)`` when a ``manifest.json`` sits in ``root``,
-    ``root/<split>``, ``root/shards/<split>`` or ``root/shards`` (or in their ``part-*`` subfolders), else ``("directory", clips)`` from
-    the RealEstate10K / WebVid layout."""
+    """What to stream from ``root``: ``("shards", [ShardRef])`` when a ``manifest.json`` sits in
+    ``root``, ``root/<split>``, ``root/shards/<split>`` or ``root/shards`` (or in their ``part-*``
+    subfolders), else ``("directory", clips)`` from the RealEstate10K / WebVid layout.
+    ``source="any"`` accepts shards of either kind."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"data root does not exist: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(
+            f"data root is a file, not a directory: {root}; point data.root at the folder that holds "
+            "manifest.json (or shards/<split>/, or the RealEstate10K train/ and test/ folders)")
+    dirs = _shard_dirs(root, split)
+    if dirs is not None:
+        refs, kinds = [], set()
+        for d in dirs:
+            kinds.add(read_manifest(d).get("source"))
+            refs.extend(shard_refs(d))
+        wanted = {"re10k": {"re10k", None}, "webvid": {"webvid", "re10k", None}}.get(source)
+        if wanted is not None and not kinds <= wanted:
+            raise ValueError(f"{dirs[0]}: shards of source {sorted(map(str, kinds))} but this data config reads "
+                             f"{source!r} (RealEstate10K pairings need cameras; WebVid shards have none)")
+        if not refs or all(r.count == 0 for r in refs):
+            raise ValueError(f"all {len(refs)} shard(s) listed under {root} hold no samples (manifest counts are 0); "
+                             "the preparation skipped every clip: see summary.json beside the shards")
+        return "shards", refs
     for cand in (root, root / split, root / "shards" / split, root / "shards"):
-        if (cand / "manifest.json").is_file():
-            return "shards", shard_urls(cand)
-        parts = sorted(p for p in cand.glob("part-*") if (p / "manifest.json").is_file())
-        if parts:  # written by a SLURM array (slurm/data_prep.sbatch): one shard directory per task
-            return "shards", [url for part in parts for url in shard_urls(part)]
+        tars = sorted(cand.glob("*.tar")) + sorted(cand.glob("part-*/*.tar"))
+        if tars:
+            raise FileNotFoundError(
+                f"{cand}: {len(tars)} .tar file(s) but no manifest.json; the loader only reads shards listed in a "
+                "manifest (written last by data_prep/make_shards.py, re10k.py or webvid.py, so a missing one means "
+                "the preparation did not finish: re-run it, it resumes)")
     if source == "re10k":
         return "directory", list_re10k_clips(root, split)
-    if source == "webvid":
+    if source in ("webvid", "any"):
         return "directory", list_webvid_clips(root)
     raise ValueError(f"unknown source {source!r}; expected 're10k' or 'webvid'")
 
@@ -117,6 +165,16 @@ def _open_unit(item) -> Clip:
     if isinstance(item, WebVidClip):
         return open_webvid_clip(item)
     return open_shard_sample(item)
+
+
+def _shard_of(item) -> str:
+    if isinstance(item, ShardMember):
+        return item.url
+    if isinstance(item, Re10kClip):
+        return str(item.pose_path)
+    if isinstance(item, WebVidClip):
+        return str(item.path)
+    return str(item.get("__url__", "<shard>"))
 
 
 def _where(item) -> str:
@@ -149,6 +207,9 @@ class ClipStream(IterableDataset):
         skip_batches: int = 0,
         epoch: int = 0,
         drop_last: bool = True,
+        max_skip_fraction: float = 0.1,
+        skip_check_min_samples: int = 100,
+        name: str = "data",
     ):
         if kind not in ("shards", "directory"):
             raise ValueError(f"kind must be 'shards' or 'directory', got {kind!r}")
@@ -168,7 +229,11 @@ class ClipStream(IterableDataset):
         self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
         self.epoch_length, self.skip_batches, self.epoch = epoch_length, skip_batches, epoch
         self.drop_last = drop_last
-        self.skipped = 0
+        if not 0.0 <= max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
+        self.max_skip_fraction, self.skip_check_min_samples, self.name = (
+            max_skip_fraction, skip_check_min_samples, name)
+        self.counters: dict[str, SkipCounter] = {}  # this process's counters, one per worker identity
         if not resampled and len(self.units) < self.world_size:
             raise ValueError(
                 f"{len(self.units)} {kind} units cannot be split over {self.world_size} ranks without "
@@ -177,6 +242,17 @@ class ClipStream(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped in this process (``num_workers=0``); workers report through batches."""
+        return sum(c.skipped for c in self.counters.values())
+
+    def _counter(self, worker: int) -> tuple[str, SkipCounter]:
+        ident = f"{self.name}/rank{self.rank}/worker{worker}"
+        if ident not in self.counters:
+            self.counters[ident] = SkipCounter(ident, self.max_skip_fraction, self.skip_check_min_samples)
+        return ident, self.counters[ident]
 
     # ---- per-worker plumbing
     @staticmethod
@@ -196,13 +272,12 @@ class ClipStream(IterableDataset):
                 pool = self.units[self.rank :: self.world_size] if self._split_units else self.units
                 rng = _seeded(self.seed, self.rank, worker, self.epoch, tag="units")
                 while True:
-                    yield self._wrap(rng.choice(pool))
+                    yield rng.choice(pool)
             else:
                 mine = self.units[self.rank :: self.world_size][worker::num_workers]
                 if self.spec.train:
                     _seeded(self.seed, self.rank, worker, self.epoch, tag="order").shuffle(mine)
-                for unit in mine:
-                    yield self._wrap(unit)
+                yield from mine
 
         return source
 
@@ -210,61 +285,78 @@ class ClipStream(IterableDataset):
     def _split_units(self) -> bool:
         return len(self.units) >= self.world_size
 
-    def _expand_shards(self, units: Iterator[dict]) -> Iterator[dict]:
-        """Shard urls -> samples. With fewer shards than ranks, rank r keeps the samples at positions
-        r, r + world, ... of every shard, so ranks still see disjoint clips."""
+    def _expand_shards(self, units: Iterator[ShardRef]) -> Iterator:
+        """Shard refs -> samples (and :class:`SkipEvent` records). With fewer shards than ranks,
+        rank r keeps the samples at positions r, r + world, ... of every shard, so ranks still see
+        disjoint clips (and only rank 0 counts a shard's skips, so ranks do not count them twice)."""
         per_sample = self.world_size > 1 and self.resampled and not self._split_units
-        expand = wds.tarfile_to_samples(handler=self._tar_handler)
-        barren = 0
+        barren, seen_any = 0, False
         for unit in units:
-            got = 0
-            for position, sample in enumerate(expand(iter([unit]))):
-                if per_sample and position % self.world_size != self.rank:
+            got, position = 0, 0
+            for item in read_shard(unit):
+                if isinstance(item, SkipEvent):
+                    if not per_sample or self.rank == 0:
+                        yield item
+                    continue
+                position += 1
+                seen_any = True
+                if per_sample and (position - 1) % self.world_size != self.rank:
                     continue
                 got += 1
-                yield sample
+                yield item
             barren = 0 if got else barren + 1
             if barren >= 100:
+                why = ("the data has fewer clips per shard than there are ranks" if seen_any else
+                       "none of them held a readable sample (see the skip warnings)")
                 raise RuntimeError(
                     f"rank {self.rank} of {self.world_size} found no sample of its own in 100 shards drawn from "
-                    f"{len(self.units)}: the data has fewer clips per shard than there are ranks"
+                    f"{len(self.units)}: {why}"
                 )
 
-    def _wrap(self, unit):
-        return {"url": unit} if self.kind == "shards" else unit
-
-    def _tar_handler(self, exn: Exception) -> bool:
-        self.skipped += 1
-        warnings.warn(f"skipping unreadable shard data: {exn}", stacklevel=2)
-        return True
-
-    def _samples(self, worker: int, skip_samples: int):
+    def _samples(self, worker: int, skip_samples: int, counter: SkipCounter):
         def stage(items: Iterator) -> Iterator[dict]:
-            for number, item in enumerate(items):
+            number = -1
+            for item in items:
+                if isinstance(item, SkipEvent):
+                    counter.skip(item)
+                    continue
+                number += 1
                 if number < skip_samples:
                     continue
                 rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch, number])
                 try:
-                    yield make_sample(_open_unit(item), self.spec, rng, self.pairing)
+                    sample = make_sample(_open_unit(item), self.spec, rng, self.pairing)
                 except _BAD_SAMPLE as err:
-                    self.skipped += 1
-                    warnings.warn(
-                        f"skipping bad sample {_where(item)}: {err} "
-                        f"({self.skipped} skipped so far on rank {self.rank}, worker {worker})",
-                        stacklevel=2,
-                    )
+                    counter.skip(SkipEvent(_reason(err), _shard_of(item), f"{_where(item)}: {err}"))
+                    continue
+                counter.ok()
+                yield sample
 
         return stage
 
-    def _batches(self, samples: Iterator[dict]) -> Iterator[dict]:
-        group: list[dict] = []
-        for sample in samples:
-            group.append(sample)
-            if len(group) == self.batch_size:
-                yield collate(group)
-                group = []
-        if group and not self.drop_last:
-            yield collate(group)
+    def _batches(self, ident: str, counter: SkipCounter):
+        def stage(samples: Iterator[dict]) -> Iterator[dict]:
+            group: list[dict] = []
+            for sample in samples:
+                group.append(sample)
+                if len(group) == self.batch_size:
+                    yield self._with_health(collate(group), ident, counter)
+                    group = []
+            if group and not self.drop_last:
+                yield self._with_health(collate(group), ident, counter)
+
+        return stage
+
+    @staticmethod
+    def _with_health(batch: dict, ident: str, counter: SkipCounter) -> dict:
+        batch[HEALTH_KEY] = {ident: counter.report()}  # running counts; StreamLoader pops them
+        if get_worker_info() is not None:
+            # Small tensors travel inside the pickle as numpy arrays: each tensor would otherwise get
+            # its own shared-memory segment, which costs more than the data (StreamLoader converts back).
+            for name, value in batch.items():
+                if isinstance(value, torch.Tensor) and name != "video":
+                    batch[name] = value.numpy()
+        return batch
 
     def iter_worker(self, worker: int, num_workers: int, worker_skip: int | None = None) -> Iterator[dict]:
         """This worker's batches (exposed so :class:`MixedStream` can drive two streams at once).
@@ -279,23 +371,24 @@ class ClipStream(IterableDataset):
             skip = self._share(self.skip_batches, worker, num_workers)
         else:
             skip = worker_skip
+        ident, counter = self._counter(worker)
         stages = [self._unit_source(worker, num_workers)]
         if self.kind == "shards":
             stages.append(self._expand_shards)
         if self.spec.train and self.shuffle_buffer > 1:
             rng = _seeded(self.seed, self.rank, worker, self.epoch, tag="shuffle")
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 10), rng=rng))
-        stages.append(self._samples(worker, skip * self.batch_size))
-        stages.append(self._batches)
+        stages.append(self._samples(worker, skip * self.batch_size, counter))
+        stages.append(self._batches(ident, counter))
         pipeline = wds.DataPipeline(*stages)
         if self.epoch_length is not None and own_epoch:
             remaining = self._share(self.epoch_length, worker, num_workers) - skip
             if remaining <= 0:
-                return iter(())  # with_epoch(0) would mean "no limit"
+                return _with_final_report(iter(()), {ident: counter})  # with_epoch(0) would mean "no limit"
             pipeline = pipeline.with_epoch(nbatches=remaining)
             if not self.resampled:
                 pipeline.repetitions = 1  # a finite pass is not repeated to fill the epoch
-        return iter(pipeline)
+        return _with_final_report(iter(pipeline), {ident: counter}) if own_epoch else iter(pipeline)
 
     def __iter__(self) -> Iterator[dict]:
         return self.iter_worker(*self._worker())
@@ -345,6 +438,25 @@ class MixedStream(IterableDataset):
             batch["source"] = "re10k_fold" if choice == 0 else "webvid_homography"
             served += 1
             yield batch
+        counters = dict([self.first._counter(worker), self.second._counter(worker)])
+        yield from _with_final_report(iter(()), counters)
+
+
+HEALTH_ONLY = "__health_only__"
+
+
+def _with_final_report(batches: Iterator[dict], counters: dict[str, SkipCounter]) -> Iterator[dict]:
+    """The batches, then one item carrying only the final skip counts: samples skipped after a
+    worker's last batch would otherwise never reach the main process (StreamLoader drops the item;
+    it comes after the worker's last batch, so the round-robin order of batches is unchanged)."""
+    yield from batches
+    if get_worker_info() is not None:  # in the main process StreamLoader reads the counters directly
+        yield {HEALTH_ONLY: True, HEALTH_KEY: {ident: c.report() for ident, c in counters.items()}}
+
+
+def _local_reports(dataset) -> dict[str, dict]:
+    streams = [dataset.first, dataset.second] if isinstance(dataset, MixedStream) else [dataset]
+    return {ident: c.report() for st in streams for ident, c in getattr(st, "counters", {}).items()}
 
 
 class _MapDataset(Dataset):
@@ -360,8 +472,11 @@ class _MapDataset(Dataset):
         return len(self.clips)
 
     def __getitem__(self, index: int) -> dict:
+        """One sample with ``video`` as float32 in [-1, 1] (evaluation reads these one at a time)."""
         rng = np.random.default_rng([self.seed, index, self.epoch])
-        return make_sample(_open_unit(self.clips[index]), self.spec, rng, self.pairing)
+        sample = make_sample(_open_unit(self.clips[index]), self.spec, rng, self.pairing)
+        sample["video"] = normalize_video(sample["video"])
+        return sample
 
     collate = staticmethod(collate)
 
@@ -378,13 +493,15 @@ class Re10kDirectoryDataset(_MapDataset):
 
 
 class ShardMapDataset(_MapDataset):
-    """Map-style access to shards (RealEstate10K or WebVid) through an index of tar offsets."""
+    """Map-style access to shards (RealEstate10K or WebVid) through an index of tar offsets.
+    ``shard_dir`` is one folder with a manifest or a list of them (the ``part-*`` of a prepared split)."""
 
-    def __init__(self, shard_dir: str | Path, num_frames: int = 16, height: int = 256, width: int = 256,
+    def __init__(self, shard_dir: str | Path | list, num_frames: int = 16, height: int = 256, width: int = 256,
                  stride_min: int = 8, stride_max: int = 8, train: bool = False, random_cond: bool = True,
                  pairing: str = "none", homography_strength: float = 1.0, seed: int = 0):
         spec = SampleSpec(num_frames, height, width, stride_min, stride_max, train, random_cond, homography_strength)
-        super().__init__(index_shards(shard_urls(shard_dir)), spec, pairing, seed)
+        dirs = shard_dir if isinstance(shard_dir, list | tuple) else [shard_dir]
+        super().__init__(index_shards([u for d in dirs for u in shard_urls(d)]), spec, pairing, seed)
 
 
 class WebVidDirectoryDataset(_MapDataset):
@@ -395,6 +512,35 @@ class WebVidDirectoryDataset(_MapDataset):
                  homography_strength: float = 1.0, seed: int = 0, csv_name: str = "webvid.csv"):
         spec = SampleSpec(num_frames, height, width, stride_min, stride_max, train, True, homography_strength)
         super().__init__(list_webvid_clips(root, csv_name), spec, pairing, seed)
+
+
+def _as_is(batch):
+    return batch  # batches are built in the workers; numpy fields become tensors in StreamLoader
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader over a stream whose batches carry their worker's skip counts: it pops them
+    (``batch["data_health"]``) into ``self.health`` (a :class:`DataHealth`, summed over workers)
+    and stops the run when the sum exceeds ``max_skip_fraction``."""
+
+    def __init__(self, dataset, *, health: DataHealth, **kwargs):
+        super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
+        self.health = health
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            for name, value in batch.items():
+                if isinstance(value, np.ndarray):
+                    batch[name] = torch.from_numpy(value)
+            snapshots = batch.pop(HEALTH_KEY, None)
+            if snapshots:
+                self.health.update(snapshots)
+                self.health.check()
+            if not batch.pop(HEALTH_ONLY, False):
+                yield batch
+        if self.num_workers == 0:
+            self.health.update(_local_reports(self.dataset))
+            self.health.check()
 
 
 def build_dataloader(
@@ -421,7 +567,10 @@ def build_dataloader(
     world_size: int | None = None,
     skip_batches: int = 0,
     epoch: int = 0,
-) -> DataLoader:
+    max_skip_fraction: float = 0.1,
+    skip_check_min_samples: int = 100,
+    pin_memory: bool = False,
+) -> StreamLoader:
     """The loader a Hydra ``data`` config instantiates.
 
     ``pairing``: ``none`` (single RealEstate10K videos), ``re10k_fold``, ``webvid_homography``
@@ -429,6 +578,9 @@ def build_dataloader(
     WebVid homography pairs from ``webvid_root``, ``mix_ratio`` : 1 - ``mix_ratio`` by batch).
     Strides default to [1, 10] for training and 8 for evaluation. ``resampled`` defaults to
     ``train``; resampled streams without ``epoch_length`` (batches per rank per epoch) are endless.
+    Batches hold uint8 ``video`` (normalise with :func:`camvid.data.batches.to_device`). Once
+    ``skip_check_min_samples`` samples were attempted, more than ``max_skip_fraction`` of them
+    skipped raises :class:`camvid.data.health.TooManySkips`.
     """
     if stride_min is None:
         stride_min = 1 if train else 8
@@ -438,11 +590,12 @@ def build_dataloader(
         resampled = train
     spec = SampleSpec(num_frames, height, width, stride_min, stride_max, train, random_cond, homography_strength)
     common = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, resampled=resampled,
-                  shuffle_buffer=shuffle_buffer, epoch=epoch, drop_last=train)
+                  shuffle_buffer=shuffle_buffer, epoch=epoch, drop_last=train, max_skip_fraction=max_skip_fraction,
+                  skip_check_min_samples=skip_check_min_samples)
 
     def stream(path: str, source: str, pair: str, **extra) -> ClipStream:
         kind, units = resolve_units(path, split, source)
-        return ClipStream(units, kind, spec, pair, **common, **extra)
+        return ClipStream(units, kind, spec, pair, name=source, **common, **extra)
 
     if pairing == "cvd_mix":
         if webvid_root is None:
@@ -457,7 +610,9 @@ def build_dataloader(
         dataset = stream(root, "re10k", pairing, epoch_length=epoch_length, skip_batches=skip_batches)
     else:
         raise ValueError(f"unknown pairing {pairing!r}; expected one of {(*PAIRINGS, 'cvd_mix')}")
-    return DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False)
+    health = DataHealth(max_skip_fraction, skip_check_min_samples)
+    return StreamLoader(dataset, health=health, num_workers=num_workers, persistent_workers=False,
+                        pin_memory=pin_memory, prefetch_factor=4 if num_workers else None)
 
 
 def build_synthetic_dataloader(

@@ -3,7 +3,8 @@ collate samples into the batch layout of :mod:`camvid.models.base`.
 
 Per-sample layout (``V`` = number of views: no view dim for single videos, 2 for pairs)::
 
-    video         ([V,] T, 3, H, W) float32 in [-1, 1]
+    video         ([V,] T, 3, H, W) uint8 (streams; normalised to [-1, 1] on the device by
+                  camvid.data.batches.to_device; map-style data sets return float32 [-1, 1])
     K             ([V,] T, 3, 3)   float32 pixel intrinsics at (H, W)
     c2w           ([V,] T, 4, 4)   float32, relative to the conditioning frame
     cond_index    ([V,])           long
@@ -128,7 +129,7 @@ def homography_pair(clip: Clip, spec: SampleSpec, rng: np.random.Generator) -> d
     gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
     H = random_homography_sequence(gen, spec.homography_strength, spec.out_hw, spec.num_frames)
     # Warp in [0, 1] so pixels pulled from outside the frame come out black, as in the paper's figures.
-    warped = warp_images((single["video"] + 1) / 2, H.float()) * 2 - 1
+    warped = warp_images(single["video"].float() / 255, H.float()).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
     view_a = {k: single[k] for k in ("video", "K", "c2w", "cond_index", "frame_stride", "frame_indices")}
     view_b = {**view_a, "video": warped}
     if clip.track is not None:  # a RealEstate10K clip used as WebVid-style content: drop its cameras
@@ -152,6 +153,23 @@ def make_sample(clip: Clip, spec: SampleSpec, rng: np.random.Generator, pairing:
 _STRING_FIELDS = ("caption", "key")
 
 
+def _stack_video(values: list[torch.Tensor], views: int) -> torch.Tensor:
+    """Stack ``video`` in its channel-last memory layout (a plain copy, not a transposing one),
+    straight into shared memory inside a DataLoader worker, so the batch crosses to the main
+    process without another copy (as torch's default_collate does)."""
+    hwc = [v.movedim(-3, -1) for v in values]  # (..., H, W, 3): contiguous for decoded frames
+    if len(hwc) == 1 and views == 1 and hwc[0].is_shared():
+        return values[0].unsqueeze(0)  # decoded straight into shared memory: nothing to copy
+    shape = (len(hwc), *hwc[0].shape)
+    out = None
+    if torch.utils.data.get_worker_info() is not None:
+        numel = int(np.prod(shape))
+        storage = hwc[0]._typed_storage()._new_shared(numel, device=hwc[0].device)
+        out = hwc[0].new(storage).resize_(*shape)
+    stacked = torch.stack(hwc, out=out).movedim(-1, -3)
+    return stacked.flatten(0, 1) if views > 1 else stacked
+
+
 def collate(samples: list[dict]) -> dict:
     """Stack samples into the batch layout of :mod:`camvid.models.base`; pairs are interleaved
     ``[a0, b0, a1, b1, ...]``."""
@@ -170,6 +188,8 @@ def collate(samples: list[dict]) -> dict:
         values = [s[name] for s in samples]
         if name in _STRING_FIELDS:
             batch[name] = [v for vs in values for v in vs] if views > 1 else list(values)
+        elif name == "video":
+            batch[name] = _stack_video(values, views)
         else:
             stacked = torch.stack(values)
             batch[name] = stacked.flatten(0, 1) if views > 1 else stacked

@@ -5,7 +5,8 @@ A method turns a batch into latents and conditions, and predicts noise (or v) fr
 The training loss, classifier-free-guidance dropout and DDIM sampling are written once, in
 ``camvid.diffusion``, against this interface.
 
-Batch layout (what ``camvid.data`` yields after collation):
+Batch layout (what ``camvid.data`` yields after collation; training streams ship ``video`` as uint8
+and ``camvid.data.batches.to_device`` normalises it on the device):
     video      (B, T, 3, H, W) float in [-1, 1]
     K          (B, T, 3, 3) pixel intrinsics at (H, W)
     c2w        (B, T, 4, 4) camera-to-world relative to the conditioning frame (identity there)

@@ -21,6 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from camvid.config import check_combination
+from camvid.data.batches import to_device
+from camvid.data.health import format_report, gather_report, report_metrics
 from camvid.diffusion.losses import diffusion_loss
 from camvid.fsutil import atomic_write_text
 from camvid.models.registry import build_method, set_trainable
@@ -80,7 +82,7 @@ class TrainState:
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return to_device(batch, device)  # uint8 video from the loader is normalised on the device
 
 
 def _batches(loader, overfit: int = 0):
@@ -183,6 +185,7 @@ def _train(cfg: DictConfig) -> dict:
     pbar = tqdm(total=max_steps, initial=start_step, disable=not is_main, desc="train", dynamic_ncols=True)
     # a resumed run that is already at max_steps reports the checkpoint's loss, not nan
     last = {"loss": float(resumed_state.get("loss", math.nan)) if resume_from is not None else math.nan}
+    data_report = None  # skipped samples, summed over workers and ranks at every log step
     t0, samples_seen = time.perf_counter(), 0
     # optional data audit: which samples each rank trained on (DDP sharding check, debugging)
     seen_keys: list[list[str]] | None = [] if tcfg.get("log_sample_keys") else None
@@ -212,8 +215,11 @@ def _train(cfg: DictConfig) -> dict:
             elapsed = time.perf_counter() - t0
             last["samples_per_s"] = samples_seen / max(elapsed, 1e-9)
             logger.log({f"train/{k}": v for k, v in last.items()}, step=done)
+            data_report = gather_report(loader, accelerator)
+            logger.log(report_metrics(data_report), step=done)
         pbar.update(1)
-        pbar.set_postfix(loss=f"{last['loss']:.4f}")
+        pbar.set_postfix(loss=f"{last['loss']:.4f}",
+                         skipped=sum(data_report["skipped"].values()) if data_report else 0)
         saved = done % int(tcfg.ckpt_every) == 0 or done == max_steps
         if saved:
             ckpt.save(done, {"loss": last["loss"], "model": cfg.model.name, "attn": cfg.attn.name,
@@ -234,12 +240,16 @@ def _train(cfg: DictConfig) -> dict:
         keys_dir = run_dir / "sample_keys"
         keys_dir.mkdir(exist_ok=True)
         atomic_write_text(keys_dir / f"rank_{accelerator.process_index}.json", json.dumps(seen_keys))
+    data_report = gather_report(loader, accelerator)
+    if is_main:
+        print(f"data: {format_report(data_report)}")
     accelerator.wait_for_everyone()
     logger.finish()
     accelerator.end_training()
     latest = find_latest(run_dir / "checkpoints")
     summary = {"run_dir": str(run_dir), "step": max_steps, "loss": last["loss"],
-               "checkpoint": str(latest) if latest else None, "trainable_parameters": n_train}
+               "checkpoint": str(latest) if latest else None, "trainable_parameters": n_train,
+               "data_skipped": data_report}
     if is_main:  # one summary line per run, not one per process
         print(f"done: {summary}", flush=True)
     return summary

@@ -1,0 +1,215 @@
+"""Loader throughput against the JPEG-decode limit of the same frames, measured in the same run.
+
+Writes ``--clips`` clips of 16 frames at 256x256 as JPEG (quality 95) shards, then for each worker
+count W in ``--workers``:
+
+- loader: clips/s delivered by ``build_dataloader`` (training stream, batch 1, 16 frames, no
+  resize) with W DataLoader workers, after the first batch (worker start-up excluded);
+- decode limit: clips/s of decoding exactly those JPEG frames (``camvid.data.decode.decode_image``,
+  the loader's decoder) in max(W, 1) processes, nothing else.
+
+``ratio`` = loader / decode limit; the loader's other work (tar reading, batching, moving uint8
+tensors between processes) is what it loses. CPU ms per clip (all processes of each side; for the
+loader the workers' start-up is included) gives the same comparison independent of how much of the
+machine other programs leave: ``CPU ratio`` = decode CPU / loader CPU. Each number is the best of ``--repeats`` rounds, the
+rounds interleaved so that load from other programs affects both sides alike. A decoder table
+compares PIL, simplejpeg and PyTurboJPEG (where installed) decoding the same frames in one process.
+
+    .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 3 repeats
+    .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 5 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+FRAMES, SIZE = 16, 256
+
+
+def _frame(rng: np.random.Generator) -> np.ndarray:
+    """Photo-like content: smooth colour fields, edges and fine texture (JPEG ~30-40 KB at q95)."""
+    coarse = rng.random((8, 8, 3))
+    img = np.kron(coarse, np.ones((SIZE // 8, SIZE // 8, 1)))
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    img += 0.25 * np.sin(2 * np.pi * (rng.uniform(2, 8) * xx + rng.uniform(2, 8) * yy))[..., None]
+    img += 0.08 * rng.standard_normal((SIZE, SIZE, 3))
+    return (np.clip(img, 0, 1.2) / 1.2 * 255).astype(np.uint8)
+
+
+def write_clips(out: Path, num_clips: int, shard_size: int, seed: int = 0) -> list[list[bytes]]:
+    """RealEstate10K-style JPEG shards (a pose file per clip) and the JPEG bytes of every frame."""
+    import webdataset as wds
+    from PIL import Image
+
+    from camvid.geometry.cameras import format_pose_line
+
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    shards, clips, writer = [], [], None
+    for c in range(num_clips):
+        if c % shard_size == 0:
+            if writer is not None:
+                writer.close()
+            shards.append({"name": f"shard-{len(shards):06d}.tar", "count": 0})
+            writer = wds.TarWriter(str(out / shards[-1]["name"]))
+        frames = []
+        for _ in range(FRAMES):
+            buf = io.BytesIO()
+            Image.fromarray(_frame(rng)).save(buf, format="JPEG", quality=95)
+            frames.append(buf.getvalue())
+        poses = ["bench://clip"] + [format_pose_line(t * 33_333, [0.9, 0.9, 0.5, 0.5], np.eye(4)[:3] +
+                                                     np.array([[0, 0, 0, 0.01 * t]] * 3))
+                                    for t in range(FRAMES)]
+        sample = {"__key__": f"clip{c:05d}", "pose.txt": ("\n".join(poses) + "\n").encode(), "txt": b"bench",
+                  "json": json.dumps({"num_frames": FRAMES, "image_format": "jpg", "source": "re10k"}).encode()}
+        sample.update({f"{t:05d}.jpg": f for t, f in enumerate(frames)})
+        writer.write(sample)
+        shards[-1]["count"] += 1
+        clips.append(frames)
+    writer.close()
+    (out / "manifest.json").write_text(json.dumps({"source": "re10k", "image_format": "jpg",
+                                                   "num_samples": num_clips, "shards": shards}))
+    return clips
+
+
+def _decode_clip(frames: list[bytes]) -> float:
+    """Decode one clip; returns the CPU seconds it took in this process."""
+    from camvid.data.decode import decode_image
+
+    start = time.process_time()
+    for f in frames:
+        decode_image(f)
+    return time.process_time() - start
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def decode_limit(clips: list[list[bytes]], processes: int, n: int, pool=None) -> tuple[float, float]:
+    """(clips/s, CPU ms per clip) decoding ``n`` clips (cycling through ``clips``) in ``processes`` processes."""
+    work = [clips[i % len(clips)] for i in range(n)]
+    start = time.perf_counter()
+    cpu = sum(pool.map(_decode_clip, work, chunksize=1) if pool is not None else map(_decode_clip, work))
+    return n / (time.perf_counter() - start), 1e3 * cpu / n
+
+
+def loader_rate(shards: Path, workers: int, n: int) -> tuple[float, float]:
+    """(clips/s, CPU ms per clip over the main process and its workers) of the training stream over
+    ``n`` batches of one clip, after its first batch (worker start-up is not throughput; the CPU
+    figure includes it, and the first clip, since worker CPU is only known once they exit)."""
+    from camvid.data.loader import build_dataloader
+
+    loader = build_dataloader(str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1,
+                              batch_size=1, num_workers=workers, shuffle_buffer=1, epoch_length=n + 1, seed=1)
+    cpu0, kids0 = time.process_time(), _children_cpu()
+    it = iter(loader)
+    next(it)
+    start = time.perf_counter()
+    got = sum(1 for _ in it)  # the epoch ends: workers exit and are joined
+    rate = got / (time.perf_counter() - start)
+    del it
+    cpu = (time.process_time() - cpu0) + (_children_cpu() - kids0)
+    return rate, 1e3 * cpu / (got + 1)
+
+
+def decoders(clips: list[list[bytes]], n: int) -> dict[str, float | str]:
+    """frames/s per decoder in this process, same frames; a string says why one is missing."""
+    from camvid.data.decode import decode_with
+
+    frames = [f for clip in clips for f in clip][:n]
+    out: dict[str, float | str] = {}
+    for name in ("pil", "simplejpeg", "turbojpeg"):
+        try:
+            fn = decode_with(name)
+            fn(frames[0])
+        except (ImportError, OSError, RuntimeError) as err:
+            out[name] = f"not available ({type(err).__name__}: {str(err).splitlines()[0][:60]})"
+            continue
+        best = 0.0
+        for _ in range(3):
+            start = time.perf_counter()
+            for f in frames:
+                fn(f)
+            best = max(best, len(frames) / (time.perf_counter() - start))
+        out[name] = best
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clips", type=int, default=32, help="distinct clips written (16 JPEG frames each)")
+    p.add_argument("--batches", type=int, default=48, help="clips timed per measurement")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4])
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best of each is kept")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+
+    from camvid.data.decode import jpeg_backend
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = Path(tmp) / "shards"
+        clips = write_clips(shards, args.clips, shard_size=4)
+        size_kb = np.mean([len(f) for c in clips for f in c]) / 1024
+        best = {w: {"loader": 0.0, "decode": 0.0, "loader_cpu_ms": 1e9, "decode_cpu_ms": 1e9} for w in args.workers}
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        pools = {w: ctx.Pool(w) for w in args.workers if w > 1}
+        try:
+            for pool in pools.values():
+                pool.map(_decode_clip, clips[:len(pool._pool)])  # start and warm the processes
+            for _ in range(args.repeats):
+                for w in args.workers:
+                    rate, cpu = decode_limit(clips, max(w, 1), args.batches, pools.get(w))
+                    best[w]["decode"], best[w]["decode_cpu_ms"] = max(best[w]["decode"], rate), min(
+                        best[w]["decode_cpu_ms"], cpu)
+                    rate, cpu = loader_rate(shards, w, args.batches)
+                    best[w]["loader"], best[w]["loader_cpu_ms"] = max(best[w]["loader"], rate), min(
+                        best[w]["loader_cpu_ms"], cpu)
+        finally:
+            for pool in pools.values():
+                pool.terminate()
+        dec = decoders(clips, 8 * FRAMES)
+
+    rows = [{"workers": w, "decode_processes": max(w, 1), **best[w], "ratio": best[w]["loader"] / best[w]["decode"],
+             "cpu_ratio": best[w]["decode_cpu_ms"] / best[w]["loader_cpu_ms"]} for w in args.workers]
+    result = {"clip": f"{FRAMES}x{SIZE}x{SIZE} JPEG q95, {size_kb:.0f} KB/frame", "decoder": jpeg_backend(),
+              "cpus": os.cpu_count(), "python": platform.python_version(), "rows": rows,
+              "decoders_frames_per_s": dec}
+    print(f"clips: {result['clip']}; loader decoder: {result['decoder']}; {result['cpus']} CPUs; "
+          f"best of {args.repeats} interleaved rounds of {args.batches} clips")
+    print(f"{'workers':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6}   "
+          f"{'loader CPU ms/clip':>18} {'decode CPU ms/clip':>18} {'CPU ratio':>9}")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f}   "
+              f"{r['loader_cpu_ms']:>18.1f} {r['decode_cpu_ms']:>18.1f} {r['cpu_ratio']:>9.2f}")
+    print("JPEG decoders, one process, same frames (frames/s, ratio to PIL):")
+    pil = dec.get("pil")
+    for name, v in dec.items():
+        shown = f"{v:8.0f}  x{v / pil:.2f}" if isinstance(v, float) and isinstance(pil, float) else str(v)
+        print(f"  {name:>10}: {shown}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

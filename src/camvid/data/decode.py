@@ -1,0 +1,103 @@
+"""Image decoding for the loader: JPEG through simplejpeg (libjpeg-turbo, wheels on every major
+platform) when it is installed, everything else and the fallback through PIL.
+
+benchmarks/data.py measures the decoders side by side (docs/performance.md): simplejpeg decodes
+the 256x256 JPEG frames the loader reads faster than PIL. PyTurboJPEG needs a system libturbojpeg
+and pillow-simd replaces Pillow with a source build, so neither is a dependency.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["decode_image", "decode_frames", "decode_with", "DECODERS", "jpeg_backend"]
+
+try:  # optional fast path; PIL is always there
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - depends on the environment
+    _simplejpeg = None
+
+_JPEG_MAGIC = b"\xff\xd8"
+
+
+def _pil(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _simple(data: bytes) -> np.ndarray:
+    return _simplejpeg.decode_jpeg(data, colorspace="RGB")
+
+
+def _turbo():
+    from turbojpeg import TJPF_RGB, TurboJPEG  # needs a system libturbojpeg
+
+    tj = TurboJPEG()
+    return lambda data: tj.decode(data, pixel_format=TJPF_RGB)
+
+
+DECODERS = {"pil": lambda: _pil, "simplejpeg": lambda: _simple if _simplejpeg else None, "turbojpeg": _turbo}
+
+
+def decode_with(name: str):
+    """A JPEG decoder by name (benchmarks); raises ImportError/OSError when it is not available."""
+    fn = DECODERS[name]()
+    if fn is None:
+        raise ImportError(f"{name} is not installed")
+    return fn
+
+
+def jpeg_backend() -> str:
+    return "simplejpeg" if _simplejpeg is not None else "pil"
+
+
+_SIMPLE_COLORSPACES = ("YCbCr", "Gray", "RGB")  # others (CMYK, YCCK) go to PIL
+
+
+def _jpeg_shape(data: bytes) -> tuple[int, int] | None:
+    """(H, W) when simplejpeg will decode ``data`` to RGB, else None (PIL's turn)."""
+    if _simplejpeg is None or data[:2] != _JPEG_MAGIC:
+        return None
+    h, w, colorspace, _ = _simplejpeg.decode_jpeg_header(data)  # ValueError: corrupt header
+    return (h, w) if colorspace in _SIMPLE_COLORSPACES else None
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from PNG/JPEG bytes; raises on corrupt data (simplejpeg in strict mode:
+    a damaged JPEG is an error, never a half-grey frame)."""
+    if _jpeg_shape(data) is not None:
+        return _simple(data)
+    return _pil(data)
+
+
+def decode_frames(frames: list[tuple[bytes, str]], alloc=None):
+    """(n, H, W, 3) uint8 from ``(bytes, where)`` pairs. JPEG frames are decoded straight into one
+    array (no stacking copy); ``ValueError`` names the frame that fails or differs in size.
+
+    ``alloc(shape) -> (array, result)`` supplies the output buffer (e.g. a numpy view of a tensor in
+    shared memory, returning the tensor as ``result``); default: a numpy array."""
+    out = result = None
+    for i, (data, where) in enumerate(frames):
+        try:
+            shape = _jpeg_shape(data)
+            if out is not None and shape is not None:
+                if shape != out.shape[1:3]:
+                    raise ValueError(f"frame size {shape} differs from the clip's {out.shape[1:3]}")
+                _simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out[i])
+                continue
+            image = _simple(data) if shape is not None else _pil(data)
+        except Exception as err:  # decoders raise several types for corrupt data
+            raise ValueError(f"{where}: cannot decode image ({err})") from None
+        if out is None:
+            shape = (len(frames), *image.shape)
+            out, result = alloc(shape) if alloc is not None else (np.empty(shape, dtype=np.uint8), None)
+        elif image.shape != out.shape[1:]:
+            raise ValueError(f"{where}: cannot decode image (frame size {image.shape[:2]} differs from the "
+                             f"clip's {out.shape[1:3]})")
+        out[i] = image
+    if out is None:
+        raise ValueError("no frames to decode")
+    return out if result is None else result
