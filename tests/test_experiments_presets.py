@@ -11,7 +11,7 @@ import yaml
 
 from camvid.evaluation.tables import load_paper_numbers
 from camvid.models.registry import _attn_kwargs, build_method
-from conftest import CONF_DIR, compose, data_overrides, run_overrides
+from conftest import CONF_DIR, TINY_DATA, compose, data_overrides, run_overrides
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")
                  if p.stem != "demo" and not p.stem.startswith("recipe_"))
@@ -46,6 +46,7 @@ def test_preset_composes_and_instantiates_at_tiny_size(name):
     # the same row at tiny size: the CPU stand-in builds (full size: test_full_size_presets_build_on_meta)
     tiny = compose([f"experiment={name}", "scale=tiny", "backbone.num_frames=8"])
     assert tiny.backbone.size == "tiny" and tiny.trainer.cpu and tiny.pretrained is None
+    assert tiny.trainer.precision == "no" and tiny.trainer.get("distributed") is None
     assert tiny.stages == ["train", "sample", "eval"]  # no pretrained tiny base: every row trains
     model = build_method(tiny)
     assert sum(p.numel() for p in model.parameters()) < 20_000_000
@@ -107,7 +108,7 @@ def test_preset_trains_one_step_at_tiny_size(name, data_root, tmp_path):
     from camvid.training.loop import train
 
     model = compose([f"experiment={name}"]).model.name
-    cfg = compose([f"experiment={name}", "scale=tiny", *run_overrides(data_root, tmp_path), *data_overrides(model, data_root),
+    cfg = compose([f"experiment={name}", "scale=tiny", *TINY_DATA, *run_overrides(data_root, tmp_path), *data_overrides(model, data_root),
                    "trainer.max_steps=1", "trainer.ckpt_every=1"])
     summary = train(cfg)
     assert summary["step"] == 1 and torch.isfinite(torch.tensor(summary["loss"]))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from camvid.experiments.cluster import distributed_env, export_distributed_env
 from camvid.sampling import eval_split_dataset, sample_test_clip, shard_indices
 from camvid.training.checkpoint import WEIGHTS_NAME
-from conftest import compose, run_overrides
+from conftest import TINY_DATA, compose, run_overrides
 
 
 def test_shards_are_disjoint_and_cover_the_split():
@@ -49,7 +49,7 @@ def test_split_sampling_writes_each_sample_once_and_equals_one_process(data_root
     from camvid.evaluation.layout import read_samples, read_video
     from camvid.models.registry import build_method
 
-    cfg = compose(["experiment=cami2v_t2_camco_like", "scale=tiny", *run_overrides(data_root, tmp_path),
+    cfg = compose(["experiment=cami2v_t2_camco_like", "scale=tiny", *TINY_DATA, *run_overrides(data_root, tmp_path),
                    "data=synthetic"])
     torch.manual_seed(0)
     method = build_method(cfg).eval()
@@ -101,7 +101,7 @@ def test_preemption_checkpoints_requeues_and_resumes_to_the_same_weights(data_ro
     from camvid.training.loop import train
 
     def cfg_for(out):
-        return compose(["experiment=cami2v_t2_camco_like", "scale=tiny", *run_overrides(data_root, out),
+        return compose(["experiment=cami2v_t2_camco_like", "scale=tiny", *TINY_DATA, *run_overrides(data_root, out),
                         "data=synthetic", "trainer.max_steps=4", "trainer.ckpt_every=4", "logger=wandb",
                         "logger.mode=offline"])
 
@@ -112,6 +112,10 @@ def test_preemption_checkpoints_requeues_and_resumes_to_the_same_weights(data_ro
             _preempt_at(m, 2)
             with pytest.raises(SystemExit) as stop:
                 train(cfg_for(tmp_path / "preempted"))
+        # the process would end here; in this test process, forget the stopped run's accelerate state
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(True)
         assert stop.value.code == 128 + signal.SIGUSR2 and _Requeue.calls == 1
         run = tmp_path / "preempted"
         assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000002"]
