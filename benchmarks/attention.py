@@ -1,25 +1,33 @@
-"""Speed and memory of camera masks and cross-frame attention, against the public CamI2V way.
+"""Speed and memory of camera masks and cross-frame attention, against the public CamI2V computation.
 
     python benchmarks/attention.py            # 256x256 and 512x320, 16 frames, every UNet level
     python benchmarks/attention.py --quick    # CI size: 256x256, 8 frames, levels 16x16 and below
+    python benchmarks/attention.py --sizes 256x256 --levels 32x32 --parts attention   # one level
 
-Every case runs in a fresh child process (``subprocess``) so one case's allocator state cannot help
-or hurt another. Peak memory is the child's resident-set high-water mark (``VmHWM`` from
-``/proc/self/status``) during the measured call, minus its resident size just before it; the mark is
-reset before the call by writing ``5`` to ``/proc/self/clear_refs`` (Linux). It counts every
-allocation torch makes on the CPU, temporaries included. Times are the best of ``--repeat`` runs.
+Masks: every builder runs in a fresh child process (``subprocess``); peak memory is the child's
+resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) during the call
+minus its resident size before it. Times are the median of ``--repeat`` runs.
 
-NAIVE reference, written here the way the public CamI2V code does it:
-- mask: relative poses of all frame pairs, F = K^-T [t]x R K^-1, a dense float distance tensor
-  (B, T, T, hw, hw) of every key cell centre to every query cell's line, thresholded at half a
-  cell's diagonal;
-- attention: the bool mask padded with the register columns and turned into a float additive bias
-  (B, 1, L, R + L), then explicit float attention softmax(q k^T / sqrt(d) + bias) v. Heads are looped
-  one at a time so the reference fits in this machine's memory (all heads at once needs
-  ``heads`` times the score memory); this favours the reference's peak memory, not ours.
-Ours: ``camvid.geometry.epipolar_mask`` / ``epipolar_neighbors`` / ``epipolar_runs`` for masks and the modules of
-``camvid.attention`` (dense: one SDPA call with a (B, 1, L, R + L) bool mask; sparse: block-sparse
-band gather). "equal outputs" is checked: the max abs difference to the naive output is reported.
+Attention: one child per (level, variant, mode) builds the module, the inputs and every path, then
+times the paths round-robin ``--repeat`` times (a busy host slows all paths of a round alike) and
+reports medians. Every ratio is taken against the PUBLIC reference measured in the same child:
+
+- PUBLIC (CamI2V's ``EpipolarCrossAttention.efficient_forward``, written here): register tokens
+  prepended to the context before ``to_k``/``to_v``, the boolean mask padded with True register
+  columns, ONE ``F.scaled_dot_product_attention`` call with the (B, 1, L, R + L) bool mask for all
+  heads. For ``epipolar_ref`` the same with the reference frame as context (CamI2V's
+  ``only_on_cond_frame``). For ``cross_video`` the module itself over a stored dense bool band mask
+  (one SDPA call with the bool mask per attention block). The dense mask is built before timing,
+  as the public code builds it once per batch.
+- FLOAT (second column, epipolar only): the bool mask turned into a float additive bias and an
+  explicit ``softmax(q k^T / sqrt(d) + bias) v``, heads one at a time (the earlier reference).
+- ours: ``dense`` (SDPA per query chunk, mask rows expanded from the memoised row runs),
+  ``sparse`` (block-sparse kernel of ``camvid.attention.blocksparse``; its plan is built before
+  timing, once per forward and level, and its build time is listed), ``flex`` (FlexAttention, CUDA
+  only unless ``--flex-cpu``), and ``unmasked`` (the same attention without a mask: full3d for
+  ``epipolar``). DENSITY LIMIT = unmasked time x the fraction of (query, key) pairs the sparse kernel
+  computes; "vs limit" is sparse time / density limit.
+"equal outputs": max |difference| of every path's output (and input gradient) to the public one.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -46,20 +55,34 @@ def _status(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure(fn, repeat: int) -> tuple[float, int, object]:
-    """Best wall time over ``repeat`` calls and the peak extra resident memory of the first call."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status("VmRSS")
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure_once(fn) -> tuple[float, int, object]:
+    """Wall time of one call and its peak extra memory (CUDA: allocator peak; CPU: resident set)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status("VmRSS")
     t0 = time.perf_counter()
     result = fn()
-    best = time.perf_counter() - t0
-    peak = _status("VmHWM") - before
-    for _ in range(repeat - 1):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, peak, result
+    _sync()
+    t = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _status("VmHWM")) - before
+    return t, peak, result
+
+
+def measure(fn, repeat: int) -> tuple[float, int, object]:
+    """Median wall time over ``repeat`` calls and the peak extra memory of the first call."""
+    t, peak, result = measure_once(fn)
+    times = [t] + [measure_once(fn)[0] for _ in range(repeat - 1)]
+    return statistics.median(times), peak, result
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -109,7 +132,7 @@ def naive_attention(x, attn, mask):
     H, D, R = attn.heads, attn.dim_head, attn.num_register_tokens
     context = torch.cat([attn.register_tokens.expand(B, -1, -1), x], 1) if R else x
     q, k, v = attn.to_q(x), attn.to_k(context), attn.to_v(context)
-    bias = torch.zeros(B, 1, L, R + L).masked_fill(~torch.nn.functional.pad(mask, (R, 0), value=True)[:, None],
+    bias = torch.zeros(B, 1, L, R + L, device=x.device).masked_fill(~torch.nn.functional.pad(mask, (R, 0), value=True)[:, None],
                                                    float("-inf"))
     outs = []
     for i in range(H):
@@ -119,16 +142,30 @@ def naive_attention(x, attn, mask):
     return attn.to_out(torch.cat(outs, -1))
 
 
+def public_attention(x, context, attn, mask):
+    """CamI2V's ``EpipolarCrossAttention.efficient_forward``: registers prepended to the context,
+    bool mask padded with True register columns, one SDPA call for all heads."""
+    B, L, C = x.shape
+    H, R = attn.heads, attn.num_register_tokens
+    q = attn.to_q(x)
+    if R:
+        context = torch.cat([attn.register_tokens.repeat(B, 1, 1), context], dim=1)
+    k, v = attn.to_k(context), attn.to_v(context)
+    mask = torch.nn.functional.pad(mask, (R, 0), value=True)
+    q, k, v = (t.view(B, t.shape[1], H, -1).transpose(1, 2) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1))
+    return attn.to_out(out.transpose(1, 2).reshape(B, L, -1))
+
+
 # ------------------------------------------------------------------------------------ one case
 def run_case(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    from camvid.attention import AttentionContext, build_cross_frame_attention
     from camvid.geometry import epipolar as geo
 
     H, W = spec["image_hw"]
     h, w = spec["feat_hw"]
-    T, C, heads = spec["frames"], spec["dim"], spec["heads"]
+    T = spec["frames"]
     K, c2w = cameras(T, (H, W))
     what, rep = spec["what"], spec["repeat"]
     out: dict = {}
@@ -147,57 +184,111 @@ def run_case(spec: dict) -> dict:
         t, mem, r = measure(lambda: geo.epipolar_runs(K, c2w, (H, W), (h, w)), rep)
         size = sum(x.numel() * x.element_size() for x in (r.start, r.end))
         out = {"time": t, "mem": mem, "note": f"output {size / 2**20:.0f} MiB ({r.start.dtype} start/end)"}
-    else:  # attention: variant:path or naive, fwd or fwdbwd
-        variant, path, mode = spec["variant"], spec["path"], spec["mode"]
-        views = 2 if variant == "cross_video" else 1
-        B = views
-        Kb, c2wb = (K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)) if B > 1 else (K, c2w)
-        if B > 1:
-            c2wb[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])  # the partner video is shifted sideways
-        kw = {"norm_num_groups": 32} if variant == "cross_video" else {}
-        module = build_cross_frame_attention("epipolar" if variant == "naive" else variant, C, heads, **kw)
-        with torch.no_grad():  # non-zero outputs so "equal outputs" means something
-            for p in module.parameters():
-                if not p.any():
-                    p.normal_(0, 0.02)
-        x = torch.randn(B, T, h * w, C, requires_grad=(mode == "fwdbwd"))
-        ctx = AttentionContext(K=Kb, c2w=c2wb, image_hw=(H, W), cond_index=torch.zeros(B, dtype=torch.long),
-                               num_views=views, path=path if path != "naive" else "dense")
-        # Masks are built before timing (attention cost only), in the form each path reads: the dense
-        # bool mask for the naive reference, the row runs for our epipolar kinds (the dense path
-        # expands them chunk by chunk, the sparse plan lists them), the dense band for cross_video.
-        if variant == "naive":
-            mask = ctx.mask("all", (h, w))
-        elif variant in ("epipolar", "epipolar_ref"):
-            ctx.runs("all" if variant == "epipolar" else "ref", (h, w))
-        elif variant == "cross_video":
-            ctx.mask("cross", (h, w))
+    else:
+        out = attention_level(spec, K, c2w)
+    return out
+
+
+def attention_level(spec: dict, K, c2w) -> dict:
+    """All paths of one variant at one level, timed round-robin in this process (see module doc)."""
+    from camvid.attention import AttentionContext, build_cross_frame_attention
+
+    H, W = spec["image_hw"]
+    h, w = spec["feat_hw"]
+    T, C, heads = spec["frames"], spec["dim"], spec["heads"]
+    variant, mode, rep = spec["variant"], spec["mode"], spec["repeat"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    views = 2 if variant == "cross_video" else 1
+    B = views
+    Kb, c2wb = K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)
+    if B > 1:
+        c2wb[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])  # the partner video is shifted sideways
+    Kb, c2wb = Kb.to(device), c2wb.to(device)
+    kind = {"epipolar": "all", "epipolar_ref": "ref", "cross_video": "cross"}[variant]
+    kw = {"norm_num_groups": 32} if variant == "cross_video" else {}
+    module = build_cross_frame_attention(variant, C, heads, **kw).to(device)
+    with torch.no_grad():  # non-zero outputs so "equal outputs" means something
+        for p in module.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, T, h * w, C, generator=g).to(device).requires_grad_(mode == "fwdbwd")
+    cond = torch.zeros(B, dtype=torch.long, device=device)
+
+    def ctx_for(path, **extra):
+        return AttentionContext(K=Kb, c2w=c2wb, image_hw=(H, W), cond_index=cond, num_views=views, path=path, **extra)
+
+    calls, notes = {}, {}
+    skip_public = spec.get("skip_public", False)
+    if not skip_public:
+        public_ctx = ctx_for("dense")
+        mask = public_ctx.mask(kind, (h, w))  # the dense bool mask, built before timing
+    if skip_public:
+        pass
+    elif variant == "cross_video":
+        calls["public"] = lambda: module(x, public_ctx, (h, w))
+        open_ctx = ctx_for("dense", mask_fn=lambda c, k_, fh: torch.ones_like(mask))
+        calls["unmasked"] = lambda: module(x, open_ctx, (h, w))
+        notes["unmasked"] = "all-True mask"
+    else:
+        attn = module.epipolar_attn
+        tokens = x.reshape(1, T * h * w, C)
+        context = tokens if variant == "epipolar" else x[:, 0]
+        calls["public"] = lambda: public_attention(tokens, context, attn, mask).view_as(x)
+        calls["unmasked"] = lambda: attn(tokens, context).view_as(x)
+        if variant == "epipolar" and spec.get("float_ref", True):
+            calls["float"] = lambda: naive_attention(tokens, attn, mask).view_as(x)
+    ours = {}
+    for path in spec["paths"]:
+        ctx = ctx_for(path)
+        if path in ("dense", "sparse", "flex"):
+            ctx.runs(kind, (h, w))  # masks are memoised per forward: built before timing
         if path == "sparse":
-            kind = {"epipolar": "all", "epipolar_ref": "ref", "cross_video": "cross"}[variant]
             t0 = time.perf_counter()
-            ctx.tile_plan(kind, (h, w))
-            out["plan_time"] = time.perf_counter() - t0
+            plan = ctx.tile_plan(kind, (h, w))
+            runs = ctx.runs(kind, (h, w))
+            density = float((runs.end.long() - runs.start.long()).clamp(min=0).sum()) / (
+                runs.start.shape[0] * runs.num_queries * runs.start.shape[2] * h * w)
+            notes["sparse"] = (f"plan {time.perf_counter() - t0:.2f}s once per forward; computes "
+                               f"{100 * plan.computed_fraction:.1f}% of pairs (mask density {100 * density:.1f}%)")
+            ours["fraction"] = plan.computed_fraction
+        if path == "flex":
+            regs = 0 if variant == "cross_video" else module.epipolar_attn.num_register_tokens
+            fbm = ctx.flex_block_mask(kind, (h, w), regs)
+            notes["flex"] = f"block sparsity {100 * fbm.sparsity:.1f}%"
+            ours["block_sparsity"] = fbm.sparsity
+        calls[path] = (lambda c=ctx: module(x, c, (h, w)))
 
-        if variant == "naive":
-            def call():
-                return naive_attention(x.reshape(1, T * h * w, C), module.epipolar_attn, mask).view_as(x)
-        else:
-            def call():
-                return module(x, ctx, (h, w))
-
-        def step():
+    def step(fn):
+        def run():
             if mode == "fwd":
                 with torch.no_grad():
-                    return call()
-            y = call()
+                    return fn(), None
+            x.grad = None
+            y = fn()
             y.square().mean().backward()
-            return y.detach()
+            return y.detach(), x.grad.clone()
+        return run
 
-        t, mem, y = measure(step, rep)
-        out.update({"time": t, "mem": mem})
-        if variant in ("naive", "epipolar") and spec.get("compare"):
-            torch.save(y, spec["compare"] + f".{variant}.{path}.pt")
-    return out
+    times = {name: [] for name in calls}
+    mems, outs = {}, {}
+    for r in range(rep):
+        for name, fn in calls.items():
+            t, mem, res = measure_once(step(fn))
+            times[name].append(t)
+            if r == 0:
+                mems[name], outs[name] = mem, res
+    result = {"paths": {}}
+    ref_y, ref_g = outs.get("public", (None, None))
+    for name in calls:
+        y, gx = outs[name]
+        diff = float("nan") if ref_y is None else float((y - ref_y).abs().max())
+        if gx is not None and ref_g is not None:
+            diff = max(diff, float((gx - ref_g).abs().max()))
+        result["paths"][name] = {"time": statistics.median(times[name]), "mem": mems[name], "diff": diff,
+                                 "note": notes.get(name, "")}
+    result.update(ours)
+    return result
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -226,33 +317,49 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CI size: 256x256, 8 frames, 16x16 level and below")
     ap.add_argument("--sizes", nargs="*", default=None, choices=list(SIZES))
+    ap.add_argument("--levels", nargs="*", default=None, help="only these levels, e.g. 32x32 40x64 (h x w)")
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--dim", type=int, default=320, help="channels (DynamiCrafter level 0: 320, 5 heads)")
     ap.add_argument("--heads", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="timed rounds per path (median reported)")
+    ap.add_argument("--variants", nargs="*", default=["epipolar", "epipolar_ref", "cross_video"],
+                    choices=["epipolar", "epipolar_ref", "cross_video"])
+    ap.add_argument("--paths", nargs="*", default=None, choices=["dense", "sparse", "flex"],
+                    help="our paths to time (default: dense sparse, plus flex on CUDA)")
+    ap.add_argument("--flex-cpu", action="store_true", help="also time FlexAttention on the CPU (torch.compile)")
+    ap.add_argument("--modes", nargs="*", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
     ap.add_argument("--max-cost", type=float, default=4e11,
-                    help="skip attention cases whose dense score work (L*Lk*C*4 flops) exceeds this")
-    ap.add_argument("--max-naive-bytes", type=float, default=8e9, help="skip naive cases whose tensors exceed this")
+                    help="skip public/dense/unmasked paths whose dense score work (L*Lk*C*4 flops) exceeds this")
+    ap.add_argument("--max-naive-bytes", type=float, default=8e9, help="skip the float reference above this")
     ap.add_argument("--parts", nargs="*", default=["masks", "attention"], choices=["masks", "attention"],
                     help="measure mask building, attention, or both")
-    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--out", default=None, help="also write the tables to this markdown file")
+    ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
+    if args.out:
+        sys.stdout = _Tee(args.out)
 
     sizes = args.sizes or (["256x256"] if args.quick else list(SIZES))
     T = args.frames or (8 if args.quick else 16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    paths = args.paths or (["dense", "sparse", "flex"] if device == "cuda" or args.flex_cpu else ["dense", "sparse"])
     print(f"# command: python benchmarks/attention.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"# torch {torch.__version__}, {args.threads} threads, T={T}, C={args.dim}, heads={args.heads}, B=1 "
-          f"(cross_video: one pair, B=2); time = best of {args.repeat}; memory = peak extra RSS of a fresh child")
+    print(f"# torch {torch.__version__}, {device}, {args.threads} threads, T={T}, C={args.dim}, heads={args.heads}, "
+          f"B=1 (cross_video: one pair, B=2); time = median of {args.repeat}; memory = peak extra "
+          f"{'CUDA allocation' if device == 'cuda' else 'RSS'} of the first call; load average at start "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for size in sizes:
         image_hw = SIZES[size]
         lv = levels(image_hw, 4)
         if args.quick:
             lv = lv[1:]
+        if args.levels:
+            lv = [f for f in lv if f"{f[0]}x{f[1]}" in args.levels]
         for feat_hw in lv:
             hw = feat_hw[0] * feat_hw[1]
             L = T * hw
@@ -262,8 +369,22 @@ def main():
             if "masks" in args.parts:
                 mask_table(base, T, hw, args)
             if "attention" in args.parts:
-                attention_table(base, L, size, feat_hw, args)
+                attention_table(base, L, feat_hw, paths, args)
             sys.stdout.flush()
+
+
+class _Tee:
+    def __init__(self, path):
+        self.file = open(path, "w")
+        self.stdout = sys.__stdout__
+
+    def write(self, text):
+        self.stdout.write(text)
+        self.file.write(text)
+
+    def flush(self):
+        self.stdout.flush()
+        self.file.flush()
 
 
 def mask_table(base: dict, T: int, hw: int, args) -> None:
@@ -294,51 +415,47 @@ def mask_table(base: dict, T: int, hw: int, args) -> None:
 
 
 
-def attention_table(base: dict, L: int, size: str, feat_hw, args) -> None:
-    cost = L * (L + 4) * args.dim * 4
-    print("\n| attention | mode | time (s) | peak extra RSS | vs naive time | vs naive memory | note |")
-    print("|---|---|---|---|---|---|---|")
-    cases = [("naive", "naive"), ("epipolar", "dense"), ("epipolar", "sparse"), ("epipolar_ref", "dense"),
-             ("epipolar_ref", "sparse"), ("cross_video", "dense"), ("cross_video", "sparse"),
-             ("temporal", "dense"), ("full3d", "dense")]
-    compare = f"/tmp/camvid_bench_{os.getpid()}_{size}_{feat_hw[0]}x{feat_hw[1]}"
-    for mode in ("fwd", "fwdbwd"):
-        rows = {}
-        for variant, path in cases:
-            heavy = variant in ("naive", "full3d") or (variant == "epipolar" and path == "dense")
-            if heavy and cost > args.max_cost:
-                rows[(variant, path)] = {"error": f"skipped: {cost / 1e9:.0f} GFLOP dense scores > --max-cost"}
+def attention_table(base: dict, L: int, feat_hw, paths, args) -> None:
+    print("\n| variant | mode | path | time (s) | peak extra mem | speed vs public | memory vs public | "
+          "max abs diff to public | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    hw = feat_hw[0] * feat_hw[1]
+    for variant in args.variants:
+        Lk = {"epipolar": L, "epipolar_ref": hw, "cross_video": hw}[variant]
+        rows = L if variant != "cross_video" else hw
+        batch = 1 if variant != "cross_video" else 2 * base["frames"]
+        cost = batch * rows * (Lk + 4) * args.dim * 4
+        for mode in args.modes:
+            spec = {**base, "what": "attention", "variant": variant, "mode": mode, "paths": list(paths)}
+            spec["float_ref"] = (L * (L + 4) * 4 * (3 if mode == "fwd" else args.heads + 3)) <= args.max_naive_bytes
+            if cost > args.max_cost:
+                # the public reference (dense bool mask over every pair) is out of reach: ours alone
+                spec["paths"] = [p for p in paths if p != "dense"]
+                spec["skip_public"] = True
+                print(f"| {variant} | {mode} | public | - | - | - | - | - | skipped: {cost / 1e9:.0f} GFLOP of "
+                      "dense scores > --max-cost |")
+                res = child(spec, args.timeout)
+            else:
+                res = child(spec, args.timeout)
+            if "error" in res:
+                print(f"| {variant} | {mode} | all | - | - | - | - | - | {res['error']} |")
                 continue
-            if variant == "naive" and (L * (L + 4) * 4 * 3 > args.max_naive_bytes
-                                       or (mode == "fwdbwd" and L * (L + 4) * 4 * (args.heads + 3)
-                                           > args.max_naive_bytes)):
-                rows[(variant, path)] = {"error": "skipped: naive float scores exceed --max-naive-bytes"}
-                continue
-            spec = {**base, "what": "attention", "variant": variant, "path": path, "mode": mode,
-                    "compare": compare if mode == "fwd" else None}
-            rows[(variant, path)] = child(spec, args.timeout)
-        nv = rows[("naive", "naive")]
-        diff = ""
-        if mode == "fwd" and os.path.exists(compare + ".naive.naive.pt"):
-            ref = torch.load(compare + ".naive.naive.pt")
-            for p in ("dense", "sparse"):
-                f = compare + f".epipolar.{p}.pt"
-                if os.path.exists(f):
-                    diff += f" {p}: max|diff| {(torch.load(f) - ref).abs().max().item():.1e};"
-                    os.remove(f)
-            os.remove(compare + ".naive.naive.pt")
-        for (variant, path), r in rows.items():
-            label = "naive (CamI2V)" if variant == "naive" else f"{variant} [{path}]"
-            if "error" in r:
-                print(f"| {label} | {mode} | - | - | - | - | {r['error']} |")
-                continue
-            same = variant in ("epipolar",) and "time" in nv
-            ratio_t = f"{nv['time'] / r['time']:.1f}x" if same else "-"
-            ratio_m = f"{nv['mem'] / max(r['mem'], 1):.1f}x" if same else "-"
-            note = f"plan {r['plan_time']:.2f}s (once per forward)" if "plan_time" in r else ""
-            if variant == "epipolar" and diff and mode == "fwd":
-                note += (";" if note else "") + " vs naive" + diff
-            print(f"| {label} | {mode} | {r['time']:.3f} | {fmt_mem(r['mem'])} | {ratio_t} | {ratio_m} | {note} |")
+            pub = res["paths"].get("public")
+            limit = None
+            if "fraction" in res and "unmasked" in res["paths"]:
+                limit = res["paths"]["unmasked"]["time"] * res["fraction"]
+            for name, r in res["paths"].items():
+                label = {"public": "public CamI2V (bool SDPA)", "float": "float-bias softmax",
+                         "unmasked": "unmasked (full attention)"}.get(name, f"ours {name}")
+                sp = f"{pub['time'] / r['time']:.2f}x" if pub else "-"
+                mm = f"{pub['mem'] / max(r['mem'], 1):.1f}x" if pub else "-"
+                note = r["note"]
+                if name == "sparse" and limit:
+                    note += (f"; density limit {limit:.3f}s, sparse/limit {r['time'] / limit:.2f}; "
+                             f"sparse/unmasked {r['time'] / res['paths']['unmasked']['time']:.2f}")
+                print(f"| {variant} | {mode} | {label} | {r['time']:.3f} | {fmt_mem(r['mem'])} | {sp} | {mm} | "
+                      f"{r['diff']:.1e} | {note} |")
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

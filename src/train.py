@@ -20,6 +20,8 @@ if str(REPO / "src") not in sys.path:  # runnable without `pip install -e .`
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# before torch loads OpenMP: waiting threads sleep instead of spinning (docs/performance.md, CPU threads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

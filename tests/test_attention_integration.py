@@ -67,8 +67,13 @@ def test_context_masks_follow_the_geometry_contract():
     assert torch.equal(ctx.mask("ref", FEAT_HW), full[torch.arange(B), :, :, ref].reshape(B, T * HW, HW))
     cross = ctx.mask("cross", FEAT_HW)
     partner = torch.tensor([1, 0])
-    band = geo.cross_view_band_mask(K, c2w, K[partner], c2w[partner], IMAGE_HW, FEAT_HW)
+    # default hard band: half a feature cell's diagonal at every level, like the epipolar masks
+    assert ctx.band_tau(FEAT_HW) == geo.default_threshold(IMAGE_HW, FEAT_HW)
+    band = geo.cross_view_band_mask(K, c2w, K[partner], c2w[partner], IMAGE_HW, FEAT_HW,
+                                    tau=geo.default_threshold(IMAGE_HW, FEAT_HW))
     assert torch.equal(cross, band.reshape(B * T, HW, HW))
+    runs = ctx.runs("cross", FEAT_HW)  # the run form of the same band
+    assert torch.equal(runs.rows(0, HW), cross)
     for kind in ("all", "ref", "cross"):
         index, valid = ctx.neighbors(kind, FEAT_HW)
         rebuilt = torch.zeros(*index.shape[:2], ctx.mask(kind, FEAT_HW).shape[-1] + 1, dtype=torch.bool)

@@ -80,7 +80,7 @@ def test_chunked_dense_from_runs_equals_dense_over_the_stored_mask(mode, monkeyp
     assert got.abs().max() > 0
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for g, w in zip(got_grads, want_grads):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=3e-5)
 
     # the sparse path of the same context reads the same runs
     sparse = AttentionContext(K=K, c2w=c2w, image_hw=IMAGE_HW, cond_index=ref, path="sparse")
@@ -117,6 +117,8 @@ def test_custom_mask_fn_keeps_the_stored_mask_path():
     ctx = AttentionContext(K=K, c2w=c2w, image_hw=IMAGE_HW, path="dense",
                            mask_fn=lambda c, kind, fh: torch.ones(B, T * HW, T * HW, dtype=torch.bool))
     assert not ctx.uses_runs("all", FEAT_HW)
-    assert not AttentionContext(K=K, c2w=c2w, image_hw=IMAGE_HW).uses_runs("cross", FEAT_HW)
+    # the hard cross-video band has runs; the soft band is a float bias and has none
+    assert AttentionContext(K=K, c2w=c2w, image_hw=IMAGE_HW).uses_runs("cross", FEAT_HW)
+    assert not AttentionContext(K=K, c2w=c2w, image_hw=IMAGE_HW, band="soft").uses_runs("cross", FEAT_HW)
     with pytest.raises(ValueError, match="no row runs"):
-        ctx.runs("cross", FEAT_HW)
+        ctx.runs("bogus", FEAT_HW)

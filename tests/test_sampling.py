@@ -144,7 +144,7 @@ def test_pose_file_intrinsics_are_square_pixel_for_every_aspect(tmp_path, src_hw
 def test_guidance_override_changes_only_its_keys():
     from camvid.sampling import merged_guidance
 
-    train_cfg = compose(["backbone=tiny_dynamicrafter"])
+    train_cfg = compose(["backbone=dynamicrafter_256"])
     cfg = _sample_cfg("guidance.camera_scale=1")
     merged = merged_guidance(train_cfg, cfg.guidance)
     assert merged["camera_scale"] == 1 and merged["scale"] == 7.5 and merged["rescale"] == 0.7

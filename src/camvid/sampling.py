@@ -286,10 +286,12 @@ def eval_split_dataset(train_cfg: DictConfig, root, split: str = "test", stride:
 
 def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset, idx: int, out_dir, *,
                      base_seed: int, ckpt, steps=None, eta=None, guidance=None, collaborative=None,
-                     fps: float = 8, skip_existing: bool = True) -> list[Path]:
+                     fps: float = 8, skip_existing: bool = True, test_root=None, split: str = "test") -> list[Path]:
     """Sample test clip ``idx`` into ``out_dir`` (one folder per video, GT beside it). The noise seed
     is ``base_seed + idx``, so a clip's sample is the same whichever rank or shard draws it; a clip
-    whose folders are all written already is skipped (an interrupted run resumes)."""
+    whose folders are all written already is skipped (an interrupted run resumes). ``test_root`` /
+    ``split``: where the clip came from, for the conditioning frame's depth (camera-following metric)."""
+    from camvid.evaluation.camera_following import save_conditioning_depth
     from camvid.evaluation.layout import META_FILE, write_sample
 
     item = dataset[idx]
@@ -315,6 +317,8 @@ def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset
                   "group": key if views > 1 else None, "view": v % views},
         )
         write_gif(folder / "video.gif", frames, fps=fps)
+        if views == 1 and test_root is not None:  # exact depth of the conditioning frame (camera following)
+            save_conditioning_depth(folder, test_root, split, batch, v)
         save_path_picture(folder, batch["K"][v].numpy(), batch["c2w"][v].numpy(), tuple(frames.shape[1:3]), ids[v])
         written.append(folder)
     return written
@@ -327,7 +331,8 @@ def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionMo
     for idx in shard_indices(n, int(cfg.get("shard_index") or 0), int(cfg.get("num_shards") or 1)):
         written += sample_test_clip(method, train_cfg, dataset, idx, cfg.out_dir, base_seed=int(cfg.seed),
                                     ckpt=ckpt, steps=cfg.steps, eta=cfg.eta, guidance=cfg.guidance,
-                                    collaborative=cfg.get("collaborative"), fps=cfg.fps)
+                                    collaborative=cfg.get("collaborative"), fps=cfg.fps, test_root=cfg.test_data,
+                                    split=cfg.split)
     return written
 
 

@@ -246,7 +246,7 @@ SAMPLE_RULES: list[Rule] = [
 EVAL_RULES: list[Rule] = [
     Rule("samples_dir", existing_dir, required=True, is_path=True),
     Rule("reference", boolean),
-    Rule("metrics", list_of(("camera", "geometry", "fvd", "fid_kid", "clip"))),
+    Rule("metrics", list_of(("camera", "camera_following", "geometry", "fvd", "fid_kid", "clip"))),
     Rule("device", text),
     Rule("camera.trials", integer(1)),
     Rule("camera.base_seed", integer(0)),
@@ -260,6 +260,7 @@ EVAL_RULES: list[Rule] = [
     Rule("camera.sfm.max_epipolar_error", number(0.0, lo_open=True)),
     Rule("camera.sfm.sequential_overlap", integer(1)),
     Rule("camera.sfm.num_threads", integer(-1)),
+    Rule("camera.sfm.upscale", integer(1)),
     Rule("geometry.ransac_threshold_px", number(0.0, lo_open=True)),
     Rule("geometry.epipolar_threshold", number(0.0, lo_open=True)),
     Rule("geometry.min_baseline", number(0.0)),

@@ -1,5 +1,5 @@
 """Cross-frame attention variants (temporal, full3d, epipolar_ref, epipolar, cross_video) as
-pluggable modules, their memoised camera masks, exact dense and block-sparse kernels, and a diffusers
+pluggable modules, their memoised camera masks, exact dense, block-sparse and FlexAttention kernels, and a diffusers
 processor adapter. See docs/performance.md (Attention) for speed and memory."""
 
 from camvid.attention.context import MASK_KINDS, PATHS, AttentionContext

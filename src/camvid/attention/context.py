@@ -23,16 +23,23 @@ from dataclasses import dataclass, field
 import torch
 
 from camvid.attention.kernels import mask_to_neighbors, pad_mask_for_registers
-from camvid.attention.sparse import TilePlan, build_tile_plan
+from camvid.attention.sparse import TilePlan, build_tile_plan, build_tile_plan_from_runs
 
-__all__ = ["AttentionContext", "MASK_KINDS", "PATHS"]
+__all__ = ["AttentionContext", "MASK_KINDS", "PATHS", "BANDS", "GRIDS"]
 
 MASK_KINDS = ("all", "ref", "cross")
-# Kinds built from epipolar row runs (camvid.geometry.epipolar_runs); "cross" uses the dense band.
-RUN_KINDS = ("all", "ref")
-PATHS = ("dense", "sparse", "auto")
-# "auto" goes sparse when the dense (B, Lq, Lk) bool mask would exceed this many elements (1 GiB).
-AUTO_DENSE_LIMIT = 1 << 30
+# Kinds with a row-run form (camvid.geometry.EpipolarRuns): "cross" only for the hard band.
+RUN_KINDS = ("all", "ref", "cross")
+PATHS = ("dense", "sparse", "flex", "auto")
+BANDS = ("hard", "soft")
+GRIDS = ("camvid", "cami2v_release")
+# On the CPU, "auto" takes the block-sparse kernel when a mask has more (query, key) pairs than
+# this; below it one dense SDPA call is cheaper than the sparse bookkeeping (docs/performance.md).
+AUTO_SPARSE_PAIRS = 1 << 23
+# ... and each query row has at least this many keys: with few keys (epipolar_ref, cross_video up to
+# 64x64 cells) a tile's key list is short and the fused kernel's per-tile overhead outweighs the
+# skipped pairs (measured in docs/performance.md), so one dense SDPA call is faster.
+AUTO_SPARSE_KEYS = 8192
 
 
 @dataclass
@@ -41,7 +48,14 @@ class AttentionContext:
 
     K (B, T, 3, 3) pixel intrinsics at ``image_hw``; c2w (B, T, 4, 4); cond_index (B,) reference
     frame per clip (default 0); num_views videos per group for ``cross_video`` (B % num_views == 0).
-    ``path``: "dense" (SDPA with a broadcast bool mask), "sparse" (band gather), or "auto".
+    ``path``: "dense" (SDPA with a broadcast bool mask), "sparse" (CPU/GPU block-sparse kernel),
+    "flex" (FlexAttention with a block mask built from the row runs; CUDA, or CPU through
+    torch.compile), or "auto" (CUDA: flex; CPU: sparse for large masks, dense otherwise).
+    ``tau``: hard cross-video band half-width in image pixels; None (default) = half a feature cell's
+    diagonal at each level, as the epipolar masks (a fixed 3 px band leaves most query rows of the
+    coarse levels empty). For ``band="soft"`` it is CVD's ``pixel_band`` (None = 3).
+    ``band``: "hard" (bool band mask) or "soft" (CVD's additive bias, dense path only).
+    ``grid``: feature-cell centres, "camvid" or "cami2v_release" (the released CamI2V masks).
     ``mask_fn`` / ``neighbors_fn`` replace the geometry builders (tests, inspection); they take
     ``(ctx, kind, feat_hw)`` and return the token-layout mask / (index, valid) of that kind.
     """
@@ -52,10 +66,12 @@ class AttentionContext:
     cond_index: torch.Tensor | None = None
     num_views: int = 1
     path: str = "auto"
-    tau: float = 3.0
+    tau: float | None = None
     threshold: float | None = None
     seed: int = 0
     tile_hw: tuple[int, int] | None = None
+    band: str = "hard"
+    grid: str = "camvid"
     mask_fn: Callable | None = None
     neighbors_fn: Callable | None = None
     _cache: dict = field(default_factory=dict, repr=False)
@@ -63,6 +79,15 @@ class AttentionContext:
     def __post_init__(self) -> None:
         if self.path not in PATHS:
             raise ValueError(f"unknown attention path {self.path!r}; valid: {', '.join(PATHS)}")
+        if self.band not in BANDS:
+            raise ValueError(f"unknown cross-video band {self.band!r} (attn.band); valid: {', '.join(BANDS)}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"unknown feature grid {self.grid!r} (attn.grid); valid: {', '.join(GRIDS)}")
+        if self.band == "soft" and self.path in ("sparse", "flex"):
+            raise ValueError(f"band='soft' is a dense additive bias over every key; path={self.path!r} needs a "
+                             "sparse mask: use path=dense or auto")
+        if self.tau is not None and not (math.isfinite(self.tau) and self.tau > 0):
+            raise ValueError(f"tau must be a positive number of image pixels or None, got {self.tau!r}")
         if (self.K is None) != (self.c2w is None):
             raise ValueError("AttentionContext needs both K and c2w, or neither")
         if self.K is not None:
@@ -153,10 +178,62 @@ class AttentionContext:
         key = ("runs", kind, tuple(feat_hw))
         if key not in self._cache:
             self._require_cameras(kind)
-            ref = self.reference_index(self.K.shape[0], self.K.device)
-            self._cache[key] = geo.epipolar_runs(self.K, self.c2w, self.image_hw, tuple(feat_hw), mode=kind,
-                                                 ref_index=ref, threshold=self.threshold, seed=self.seed)
+            if kind == "cross":
+                self._cache[key] = self._cross_runs(tuple(feat_hw))
+            else:
+                ref = self.reference_index(self.K.shape[0], self.K.device)
+                self._cache[key] = geo.epipolar_runs(self.K, self.c2w, self.image_hw, tuple(feat_hw), mode=kind,
+                                                     ref_index=ref, threshold=self.threshold, seed=self.seed,
+                                                     grid=self.grid)
         return self._cache[key]
+
+    def _cross_runs(self, feat_hw):
+        """Hard-band runs in the "cross" token layout: (B*T, hw, V-1, h), segment s = s-th partner."""
+        from camvid.geometry import epipolar as geo
+
+        B, T = self.K.shape[:2]
+        hw = feat_hw[0] * feat_hw[1]
+        starts, ends = [], []
+        for p in self._partners():
+            r = geo.cross_view_band_runs(self.K, self.c2w, self.K[p], self.c2w[p], self.image_hw, feat_hw,
+                                         tau=self.band_tau(feat_hw), seed=self.seed, grid=self.grid)
+            starts.append(r.start.reshape(B * T, hw, 1, feat_hw[0]))
+            ends.append(r.end.reshape(B * T, hw, 1, feat_hw[0]))
+        S = len(starts)
+        frames = torch.arange(S, device=self.K.device).expand(B * T, 1, S)
+        return geo.EpipolarRuns(torch.cat(starts, 2), torch.cat(ends, 2), frames, tuple(feat_hw), S)
+
+    def band_tau(self, feat_hw: tuple[int, int]) -> float:
+        """Cross-video band width at ``feat_hw`` in image pixels (see ``tau``)."""
+        from camvid.geometry.epipolar import default_threshold
+
+        if self.tau is not None:
+            return float(self.tau)
+        if self.band == "soft":
+            return 3.0
+        return default_threshold(self.image_hw, feat_hw)
+
+    def bias(self, kind: str, feat_hw: tuple[int, int]) -> torch.Tensor:
+        """Soft cross-video band: additive float bias (B*T, hw, (V-1)*hw), memoised per level."""
+        from camvid.geometry import epipolar as geo
+
+        if kind != "cross" or self.band != "soft":
+            raise ValueError(f"an additive bias exists only for kind 'cross' with band='soft', not {kind!r}/{self.band!r}")
+        key = ("bias", kind, tuple(feat_hw))
+        if key not in self._cache:
+            self._require_cameras(kind)
+            B, T = self.K.shape[:2]
+            hw = feat_hw[0] * feat_hw[1]
+            parts = [geo.cross_view_soft_bias(self.K, self.c2w, self.K[p], self.c2w[p], self.image_hw, tuple(feat_hw),
+                                              tau=self.band_tau(feat_hw), seed=self.seed, grid=self.grid)
+                     for p in self._partners()]
+            self._cache[key] = torch.cat(parts, dim=-1).reshape(B * T, hw, len(parts) * hw)
+        return self._cache[key]
+
+    def uses_bias(self, kind: str, feat_hw: tuple[int, int]) -> bool:
+        """True when ``kind`` is computed with the soft additive bias (cameras given, no custom mask)."""
+        return (kind == "cross" and self.band == "soft" and self.mask_fn is None
+                and ("mask", kind, tuple(feat_hw)) not in self._cache)
 
     def uses_runs(self, kind: str, feat_hw: tuple[int, int]) -> bool:
         """True when the dense path expands mask rows chunk by chunk from :meth:`runs`.
@@ -165,12 +242,16 @@ class AttentionContext:
         :meth:`put_mask`, already built, or replaced by ``mask_fn``); the rows are equal either way.
         """
         return (kind in RUN_KINDS and self.K is not None and self.mask_fn is None
+                and (kind != "cross" or self.band == "hard")
                 and ("mask", kind, tuple(feat_hw)) not in self._cache)
 
     def tile_plan(self, kind: str, feat_hw: tuple[int, int]) -> TilePlan:
         key = ("plan", kind, tuple(feat_hw))
         if key not in self._cache:
-            if self._mask_is_source(kind, feat_hw):
+            if self.uses_runs(kind, feat_hw):
+                runs = self.runs(kind, feat_hw)
+                plan = build_tile_plan_from_runs(runs.start, runs.end, tuple(feat_hw), tile_hw=self.tile_hw)
+            elif self._mask_is_source(kind, feat_hw):
                 plan = build_tile_plan(feat_hw, mask=self.mask(kind, feat_hw), tile_hw=self.tile_hw)
             else:
                 index, valid = self.neighbors(kind, feat_hw)
@@ -179,16 +260,39 @@ class AttentionContext:
             self._cache[key] = plan
         return self._cache[key]
 
+    def flex_block_mask(self, kind: str, feat_hw: tuple[int, int], num_registers: int):
+        """FlexAttention block mask of ``kind`` (``camvid.attention.flex``), built from :meth:`runs`, memoised."""
+        from camvid.attention.flex import build_flex_block_mask
+
+        key = ("flex", kind, tuple(feat_hw), num_registers)
+        if key not in self._cache:
+            runs = self.runs(kind, feat_hw)
+            self._cache[key] = build_flex_block_mask(runs.start, runs.end, tuple(feat_hw), num_registers)
+        return self._cache[key]
+
     def _mask_is_source(self, kind: str, feat_hw) -> bool:
         """True when the dense mask is (or will be) the primary form: seeded, or from a custom mask_fn."""
         return ("mask", kind, tuple(feat_hw)) in self._cache or (self.mask_fn is not None and self.neighbors_fn is None)
 
-    def use_sparse(self, kind: str, feat_hw: tuple[int, int], rows: int, num_queries: int, num_keys: int) -> bool:
+    def choose_path(self, kind: str, feat_hw: tuple[int, int], rows: int, num_queries: int, num_keys: int,
+                    device: torch.device) -> str:
+        """The kernel for one masked call: "dense", "sparse", "flex" or "bias" (soft band, dense SDPA)."""
+        if self.uses_bias(kind, feat_hw):
+            return "bias"
+        if self.path == "flex" and not self.uses_runs(kind, feat_hw):
+            raise ValueError(f"path='flex' builds its block mask from row runs; mask kind {kind!r} here comes from a "
+                             "custom or stored mask: use path=dense, sparse or auto")
         if self.path != "auto":
-            return self.path == "sparse"
+            return self.path
         if ("mask", kind, tuple(feat_hw)) in self._cache:
-            return False
-        return rows * num_queries * num_keys > AUTO_DENSE_LIMIT
+            return "dense"
+        if torch.device(device).type == "cuda" and self.uses_runs(kind, feat_hw):
+            from camvid.attention.flex import flex_available
+
+            if flex_available():
+                return "flex"
+        large = rows * num_queries * num_keys > AUTO_SPARSE_PAIRS and num_keys >= AUTO_SPARSE_KEYS
+        return "sparse" if large else "dense"
 
     # ------------------------------------------------------------------ builders (camvid.geometry)
     def _check_kind(self, kind: str) -> None:
@@ -220,17 +324,17 @@ class AttentionContext:
         hw = feat_hw[0] * feat_hw[1]
         if kind == "all":
             m = geo.epipolar_mask(self.K, self.c2w, self.image_hw, feat_hw, mode="all",
-                                  threshold=self.threshold, seed=self.seed)
+                                  threshold=self.threshold, seed=self.seed, grid=self.grid)
             return m.view(B, T * hw, T * hw)
         if kind == "ref":
             ref = self.reference_index(B, self.K.device)
             m = geo.epipolar_mask(self.K, self.c2w, self.image_hw, feat_hw, mode="ref", ref_index=ref,
-                                  threshold=self.threshold, seed=self.seed)
+                                  threshold=self.threshold, seed=self.seed, grid=self.grid)
             return m[torch.arange(B, device=m.device), :, :, ref].reshape(B, T * hw, hw)
         parts = []
         for p in self._partners():
             m = geo.cross_view_band_mask(self.K, self.c2w, self.K[p], self.c2w[p], self.image_hw, feat_hw,
-                                         tau=self.tau, seed=self.seed)  # (B, T, hw, hw)
+                                         tau=self.band_tau(feat_hw), seed=self.seed, grid=self.grid)  # (B, T, hw, hw)
             parts.append(m)
         return torch.cat(parts, dim=-1).reshape(B * T, hw, len(parts) * hw)
 
@@ -250,7 +354,8 @@ class AttentionContext:
         indices, valids = [], []
         for s, p in enumerate(self._partners()):
             index, valid = geo.cross_view_band_neighbors(self.K, self.c2w, self.K[p], self.c2w[p], self.image_hw,
-                                                         feat_hw, tau=self.tau, seed=self.seed)
+                                                         feat_hw, tau=self.band_tau(feat_hw), seed=self.seed,
+                                                         grid=self.grid)
             # Geometry indexes clip b's T*hw tokens (t*hw + k); here keys are frame t's cells of partner s.
             frame_start = (torch.arange(T, device=index.device) * hw).view(1, T, 1, 1)
             local = index.view(B, T, hw, -1) - frame_start + s * hw

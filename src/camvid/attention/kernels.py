@@ -4,8 +4,9 @@ Two exact paths compute the same function:
 
 - ``dense_masked_attention``: one ``scaled_dot_product_attention`` call with a boolean mask of shape
   ``(B, 1, Lq, Lk)``. The head axis is a broadcast, so the mask is never copied per head.
-- ``camvid.attention.sparse.tiled_sparse_attention``: gathers only the keys inside the band (per
-  query, or per small tile of queries sharing one key list) plus the register tokens.
+- ``camvid.attention.sparse.tiled_sparse_attention``: the block-sparse kernel
+  (``camvid.attention.blocksparse``): tiles of queries x the keys their bands touch, plus the
+  register tokens; ``camvid.attention.flex`` is the FlexAttention form of the same masks (CUDA).
 
 Rows whose mask is empty: with register tokens the row still has keys (the registers), so it stays
 defined. Without registers such a row would be a softmax over nothing (NaN); both kernels instead

@@ -1,15 +1,15 @@
-"""Block-sparse exact attention for band masks (epipolar lines, CVD bands).
+"""Tile plans for the exact block-sparse attention of band masks (epipolar lines, CVD bands).
 
-Queries are grouped into small spatial tiles (``tile_hw`` cells of one frame, default 4x4). A tile
-gathers one key list: the union of its queries' bands, and runs a dense SDPA over that list with the
-tile's own (Q, U) sub-mask. With ``tile_hw=(1, 1)`` this is the plain per-query gather. Neighbouring
-cells have neighbouring epipolar lines, so the union stays a few times the band of one query while the
-gathered keys are shared by the whole tile, and the score computation is a real matrix product.
+Queries are grouped into small spatial tiles (``tile_hw`` cells of one frame, default 4x8). A tile
+gathers one key list (for plans from row runs: per key frame and key row, the hull of its queries'
+runs; from a mask or neighbour lists: the union of its queries' keys) and carries its exact (Q, U)
+sub-mask. Neighbouring cells have neighbouring epipolar lines, so the list stays a few times the
+band of one query while the gathered keys are shared by the whole tile.
 
-Tiles are sorted by union size and packed into chunks whose gathered keys stay under a fixed number
-of elements, so padding is small and memory is bounded. The plan (which keys each tile gathers, and
-the sub-masks) depends only on the cameras and the feature size: ``AttentionContext`` builds it once
-and every layer and head reuses it.
+Tiles are sorted by list length and packed into chunks whose gathered keys stay under a fixed number
+of elements, so padding is small and memory is bounded. The plan depends only on the cameras and the
+feature size: ``AttentionContext`` builds it once per forward and level, every layer and head reuses
+it, and ``camvid.attention.blocksparse`` computes it (one fused attention call per chunk).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-__all__ = ["TilePlan", "build_tile_plan", "tiled_sparse_attention", "default_tile_hw"]
+from camvid.attention.blocksparse import block_sparse_attention
+
+__all__ = ["TilePlan", "build_tile_plan", "build_tile_plan_from_runs", "tiled_sparse_attention", "default_tile_hw"]
 
 # Gathered keys per chunk (tiles x union length), before the feature dimension.
-DEFAULT_CHUNK_KEYS = 1 << 15
+DEFAULT_CHUNK_KEYS = 1 << 14
 
 
 @dataclass
@@ -31,6 +31,13 @@ class TileChunk:
     query_ids: torch.Tensor  # (n, Q) long into the flat (B * Lq) query axis
     key_ids: torch.Tensor  # (n, U) long into the flat (B * Lk) key axis (padding points at a valid key)
     mask: torch.Tensor  # (n, Q, U) bool, True = attend (padding False)
+
+    @property
+    def blocked(self) -> torch.Tensor:
+        """``~mask``, computed once (the kernels fill these entries with -inf)."""
+        if getattr(self, "_blocked", None) is None:
+            self._blocked = ~self.mask
+        return self._blocked
 
 
 @dataclass
@@ -47,8 +54,18 @@ class TilePlan:
     def gathered_keys(self) -> int:
         return sum(c.key_ids.numel() for c in self.chunks)
 
+    @property
+    def computed_pairs(self) -> int:
+        """(query, key) pairs the kernel computes scores for (registers excluded)."""
+        return sum(c.mask.numel() for c in self.chunks)
 
-def default_tile_hw(feat_hw: tuple[int, int], target: tuple[int, int] = (4, 4)) -> tuple[int, int]:
+    @property
+    def computed_fraction(self) -> float:
+        """``computed_pairs`` over all (query, key) pairs: the kernel's share of dense attention work."""
+        return self.computed_pairs / max(1, self.batch * self.num_queries * self.num_keys)
+
+
+def default_tile_hw(feat_hw: tuple[int, int], target: tuple[int, int] = (4, 8)) -> tuple[int, int]:
     """Largest tile not above ``target`` whose sides divide the feature map."""
     return tuple(max(d for d in range(1, t + 1) if n % d == 0) for n, t in zip(feat_hw, target))
 
@@ -157,20 +174,74 @@ def build_tile_plan(
     return TilePlan(batch, src.lq, src.lk, chunks, row_valid)
 
 
-def _chunk_attention(q_flat, k_flat, v_flat, qids, kids, mask, reg_k, reg_v):
-    n, Q = qids.shape
-    q = q_flat[qids].transpose(1, 2)  # (n, H, Q, D)
-    k = k_flat[kids].transpose(1, 2)  # (n, H, U, D)
-    v = v_flat[kids].transpose(1, 2)
-    if reg_k is not None:
-        k = torch.cat([reg_k.expand(n, -1, -1, -1), k], dim=2)
-        v = torch.cat([reg_v.expand(n, -1, -1, -1), v], dim=2)
-        mask = F.pad(mask, (reg_k.shape[2], 0), value=True)
-    else:
-        # Rows with no key: open them so the softmax is defined; the caller zeroes their output.
-        mask = mask | ~mask.any(dim=-1, keepdim=True)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
-    return out.transpose(1, 2)  # (n, Q, H, D)
+def build_tile_plan_from_runs(
+    start: torch.Tensor,
+    end: torch.Tensor,
+    feat_hw: tuple[int, int],
+    *,
+    tile_hw: tuple[int, int] | None = None,
+    chunk_keys: int = DEFAULT_CHUNK_KEYS,
+) -> TilePlan:
+    """Plan straight from row runs, never forming a dense mask or neighbour lists.
+
+    ``start`` / ``end`` (N, Lq, S, h): query ``i`` of row ``b`` keeps key cells ``c`` with
+    ``start <= c < end`` in feature row ``r`` of key segment ``s``, i.e. key tokens
+    ``s*h*w + r*w + c`` (``camvid.geometry.EpipolarRuns``; ``S`` key frames or partner frames).
+    A tile gathers, per (segment, row), the hull of its queries' runs ("the key rows its bands
+    touch"); neighbouring queries have overlapping runs, so the hull is about their union. The
+    sub-masks are exact: slot ``c`` of a tile is True for query ``i`` iff ``c`` is in ``i``'s run.
+    """
+    if start.shape != end.shape or start.dim() != 4:
+        raise ValueError(f"runs must be two (N, Lq, S, h) tensors, got {tuple(start.shape)} and {tuple(end.shape)}")
+    N, Lq, S, h = start.shape
+    if h != feat_hw[0]:
+        raise ValueError(f"runs have {h} rows per key frame, feature map is {feat_hw}")
+    w = feat_hw[1]
+    hw = h * w
+    if Lq % hw:
+        raise ValueError(f"{Lq} queries are not whole frames of {feat_hw} cells")
+    device = start.device
+    tile_hw = tile_hw or default_tile_hw(feat_hw)
+    qids = _tile_query_ids(N, Lq // hw, feat_hw, tile_hw).to(device)  # (tiles, Q) into N*Lq
+    small = torch.int16  # columns fit (w <= 32767); small integers keep the passes below cheap
+    lo = start.reshape(N * Lq, S * h).to(small)
+    hi = end.reshape(N * Lq, S * h).to(small)
+    # Hull per (tile, segment, row); empty runs must not widen it.
+    tlo_q, thi_q = lo[qids], hi[qids]  # (tiles, Q, S*h)
+    empty = tlo_q >= thi_q
+    tlo = tlo_q.masked_fill(empty, w).amin(1).long()  # (tiles, S*h)
+    thi = thi_q.masked_fill_(empty, 0).amax(1).long()
+    del tlo_q, thi_q, empty
+    length = (thi - tlo).clamp_(min=0)
+    union = length.sum(-1)
+    row_valid = (hi > lo).any(-1)
+    seg_first = (torch.arange(S * h, device=device) * w).view(1, -1)  # token of column 0 of (s, r)
+    order = torch.argsort(union, descending=True)
+    union_sorted = union[order].tolist()
+    chunks: list[TileChunk] = []
+    i = 0
+    while i < len(order):
+        width = max(1, union_sorted[i])
+        n = max(1, chunk_keys // width)
+        sel = order[i:i + n]
+        ln, first_col = length[sel], tlo[sel]
+        # Slot j of a tile lies in segment-row g(j) (cumulative lengths) at column first_col[g] + offset.
+        ends = ln.cumsum(-1)
+        slots = torch.arange(width, device=device).expand(len(sel), -1)
+        g = torch.searchsorted(ends, slots.contiguous(), right=True).clamp_(max=S * h - 1)
+        used = slots < ends[:, -1:]
+        col = first_col.gather(1, g) + slots - (ends - ln).gather(1, g)
+        keys = torch.where(used, seg_first.expand(len(sel), -1).gather(1, g) + col, 0)
+        tq = qids[sel]
+        gq = g.unsqueeze(1).expand(-1, tq.shape[1], -1)
+        c = col.masked_fill_(~used, -1).to(small).unsqueeze(1)  # padding slots: column -1, never kept
+        sub = lo[tq].gather(2, gq) <= c
+        sub &= hi[tq].gather(2, gq) > c
+        sample = tq[:, :1] // Lq
+        # padding slots point at key 0 of the tile's own sample (masked out, any valid index works)
+        chunks.append(TileChunk(tq, keys + sample * (S * hw), sub))
+        i += n
+    return TilePlan(N, Lq, S * hw, chunks, row_valid)
 
 
 def tiled_sparse_attention(
@@ -183,28 +254,13 @@ def tiled_sparse_attention(
 ) -> torch.Tensor:
     """q (B, Lq, H, D), k/v (B, Lk, H, D), reg_k/reg_v (1, H, R, D) or None -> (B, Lq, H, D).
 
-    Equal to ``dense_masked_attention`` on the mask the plan was built from. Under autograd each chunk
-    is recomputed in the backward pass, so gathered keys are never stored for every tile at once.
+    Equal to ``dense_masked_attention`` on the mask the plan was built from (block-sparse kernel of
+    ``camvid.attention.blocksparse``, with its own recomputing backward pass).
     """
-    B, Lq, H, D = q.shape
+    B, Lq = q.shape[:2]
     if (B, Lq, k.shape[1]) != (plan.batch, plan.num_queries, plan.num_keys):
         raise ValueError(
             f"plan was built for B={plan.batch}, Lq={plan.num_queries}, Lk={plan.num_keys}; "
             f"got B={B}, Lq={Lq}, Lk={k.shape[1]}"
         )
-    if reg_k is not None and reg_k.shape[2] == 0:
-        reg_k = reg_v = None
-    q_flat, k_flat, v_flat = q.reshape(B * Lq, H, D), k.reshape(-1, H, D), v.reshape(-1, H, D)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, reg_k, reg_v)
-    )
-    outs, ids = [], []
-    for c in plan.chunks:
-        args = (q_flat, k_flat, v_flat, c.query_ids, c.key_ids, c.mask, reg_k, reg_v)
-        out = checkpoint(_chunk_attention, *args, use_reentrant=False) if needs_grad else _chunk_attention(*args)
-        outs.append(out.reshape(-1, H, D))
-        ids.append(c.query_ids.reshape(-1))
-    out = torch.zeros_like(q_flat).index_copy(0, torch.cat(ids), torch.cat(outs))
-    if reg_k is None:
-        out = out * plan.row_valid[:, None, None].to(out.dtype)
-    return out.view(B, Lq, H, D)
+    return block_sparse_attention(q, k, v, plan, reg_k, reg_v)

@@ -112,42 +112,57 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, ctx: AttentionContext | None = None,
                 kind: str | None = None, feat_hw: tuple[int, int] | None = None) -> torch.Tensor:
         N, Lq, _ = x.shape
-        Lk = context.shape[1]
         q, k, v = self._heads(self.to_q(x)), self._heads(self.to_k(context)), self._heads(self.to_v(context))
         reg_k = reg_v = None
         if self.num_register_tokens > 0:
             reg = self.register_tokens.to(context.dtype)
             reg_k = self._heads(self.to_k(reg)).transpose(1, 2)  # (1, H, R, D)
             reg_v = self._heads(self.to_v(reg)).transpose(1, 2)
+        # q, k, v (N, L, H, D), reg_k / reg_v (1, H, R, D) or None, and (ctx, kind, feat_hw) are final here.
+        out = self._attend(q, k, v, reg_k, reg_v, ctx, kind, feat_hw)
+        return self.to_out(out.reshape(N, Lq, self.heads * self.dim_head))
+
+    def _attend(self, q, k, v, reg_k, reg_v, ctx, kind, feat_hw) -> torch.Tensor:
+        """Dispatch to one exact kernel: (N, Lq, H, D) -> (N, Lq, H, D)."""
+        N, Lq = q.shape[:2]
+        Lk = k.shape[1]
         if kind is not None and ctx is None:
             raise ValueError(f"masked attention ({kind!r}) needs an AttentionContext")
-        if kind is not None and ctx.use_sparse(kind, feat_hw, N, Lq, Lk):
-            out = tiled_sparse_attention(q, k, v, ctx.tile_plan(kind, feat_hw), reg_k, reg_v)
-        else:
-            qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            if reg_k is not None:
-                kh = torch.cat([reg_k.expand(N, -1, -1, -1), kh], dim=2)
-                vh = torch.cat([reg_v.expand(N, -1, -1, -1), vh], dim=2)
-            if kind is not None and ctx.uses_runs(kind, feat_hw):
-                # Mask rows are expanded from the memoised row runs one query chunk at a time, so the
-                # (N, Lq, R + Lk) mask never exists as a whole.
-                runs = ctx.runs(kind, feat_hw)
-                shape = (runs.start.shape[0], runs.num_queries, runs.start.shape[2] * feat_hw[0] * feat_hw[1])
-                if shape != (N, Lq, Lk):
-                    raise ValueError(f"{kind!r} mask at {feat_hw} has shape {shape}, expected {(N, Lq, Lk)} "
-                                     "(rows, queries, keys)")
-                out = chunked_masked_attention(qh, kh, vh, runs.rows, self.num_register_tokens).transpose(1, 2)
-            else:
-                mask = row_valid = None
-                if kind is not None:
-                    mask, row_valid = ctx.dense_mask(kind, feat_hw, self.num_register_tokens)
-                    if mask.shape != (N, Lq, kh.shape[2]):
-                        raise ValueError(
-                            f"{kind!r} mask at {feat_hw} has shape {tuple(mask.shape)}, expected "
-                            f"{(N, Lq, kh.shape[2])} (rows, queries, registers + keys)"
-                        )
-                out = dense_masked_attention(qh, kh, vh, mask, row_valid).transpose(1, 2)
-        return self.to_out(out.reshape(N, Lq, self.heads * self.dim_head))
+        path = "dense" if kind is None else ctx.choose_path(kind, feat_hw, N, Lq, Lk, q.device)
+        if path == "sparse":
+            return tiled_sparse_attention(q, k, v, ctx.tile_plan(kind, feat_hw), reg_k, reg_v)
+        if path == "flex":
+            from camvid.attention.flex import flex_masked_attention
+
+            return flex_masked_attention(q, k, v, ctx.flex_block_mask(kind, feat_hw, self.num_register_tokens), reg_k, reg_v)
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if reg_k is not None:
+            kh = torch.cat([reg_k.expand(N, -1, -1, -1), kh], dim=2)
+            vh = torch.cat([reg_v.expand(N, -1, -1, -1), vh], dim=2)
+        if path == "bias":  # soft band: one SDPA call with a float additive bias (registers get 0)
+            bias = ctx.bias(kind, feat_hw)
+            if bias.shape != (N, Lq, Lk):
+                raise ValueError(f"{kind!r} bias at {feat_hw} has shape {tuple(bias.shape)}, expected {(N, Lq, Lk)}")
+            bias = F.pad(bias, (self.num_register_tokens, 0)).to(qh.dtype)
+            return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias.unsqueeze(1)).transpose(1, 2)
+        if kind is not None and ctx.uses_runs(kind, feat_hw):
+            # Mask rows are expanded from the memoised row runs one query chunk at a time, so the
+            # (N, Lq, R + Lk) mask never exists as a whole.
+            runs = ctx.runs(kind, feat_hw)
+            shape = (runs.start.shape[0], runs.num_queries, runs.start.shape[2] * feat_hw[0] * feat_hw[1])
+            if shape != (N, Lq, Lk):
+                raise ValueError(f"{kind!r} mask at {feat_hw} has shape {shape}, expected {(N, Lq, Lk)} "
+                                 "(rows, queries, keys)")
+            return chunked_masked_attention(qh, kh, vh, runs.rows, self.num_register_tokens).transpose(1, 2)
+        mask = row_valid = None
+        if kind is not None:
+            mask, row_valid = ctx.dense_mask(kind, feat_hw, self.num_register_tokens)
+            if mask.shape != (N, Lq, kh.shape[2]):
+                raise ValueError(
+                    f"{kind!r} mask at {feat_hw} has shape {tuple(mask.shape)}, expected "
+                    f"{(N, Lq, kh.shape[2])} (rows, queries, registers + keys)"
+                )
+        return dense_masked_attention(qh, kh, vh, mask, row_valid).transpose(1, 2)
 
 
 class EpipolarAttention(MultiHeadAttention):

@@ -101,6 +101,9 @@ def ddim_step(z_t: torch.Tensor, output: torch.Tensor, schedule: DDIMSchedule, i
                              "(zero terminal SNR); use v-parameterization or spacing='leading'/'uniform'")
         eps = out
         x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
+    elif parameterization == "x0":
+        x0 = out
+        eps = (z - a.sqrt() * x0) / (1 - a).sqrt()
     else:
         x0 = a.sqrt() * z - (1 - a).sqrt() * out
         eps = (1 - a).sqrt() * z + a.sqrt() * out
@@ -192,7 +195,7 @@ def diffusers_ddim_scheduler(alphas_cumprod_config: dict, *, num_steps: int, spa
         clip_sample=False,
         set_alpha_to_one=set_alpha_to_one,
         steps_offset=steps_offset,
-        prediction_type="epsilon" if parameterization == "eps" else "v_prediction",
+        prediction_type={"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[parameterization],
         timestep_spacing=spacing,
     )
     scheduler.set_timesteps(num_steps)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 
 BETA_SCHEDULES = ("scaled_linear", "linear")
-PARAMETERIZATIONS = ("eps", "v")
+# what the denoiser outputs: the noise (LDM / DynamiCrafter 256), v (DynamiCrafter 512), or the clean
+# latent itself (x0: a tiny pixel-space model that is still learning makes blur, not speckle)
+PARAMETERIZATIONS = ("eps", "v", "x0")
 
 
 def make_betas(
@@ -112,6 +114,7 @@ def x0_from_eps(z_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | int,
 
 def eps_from_x0(z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor | int,
                 alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Undefined where a_t = 1 (no noise); the schedules here never reach it."""
     a = _coef(alphas_cumprod, t, z_t)
     return ((z_t.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()).to(z_t.dtype)
 
@@ -134,13 +137,17 @@ def predict_x0_eps(output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor | in
     check_parameterization(parameterization)
     if parameterization == "eps":
         return x0_from_eps(z_t, output, t, alphas_cumprod), output
+    if parameterization == "x0":
+        return output, eps_from_x0(z_t, output, t, alphas_cumprod)
     return x0_from_v(z_t, output, t, alphas_cumprod), eps_from_v(z_t, output, t, alphas_cumprod)
 
 
 def training_target(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
                     alphas_cumprod: torch.Tensor, parameterization: str) -> torch.Tensor:
-    """What the denoiser regresses: eps itself, or v."""
+    """What the denoiser regresses: eps itself, v, or x0 itself."""
     check_parameterization(parameterization)
     if parameterization == "eps":
         return eps
+    if parameterization == "x0":
+        return x0
     return v_from_x0_eps(x0, eps, t, alphas_cumprod)

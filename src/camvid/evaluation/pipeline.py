@@ -40,7 +40,7 @@ __all__ = ["METRIC_FAMILIES", "run_evaluation"]
 
 log = logging.getLogger(__name__)
 
-METRIC_FAMILIES = ("camera", "geometry", "fvd", "fid_kid", "clip")
+METRIC_FAMILIES = ("camera", "camera_following", "geometry", "fvd", "fid_kid", "clip")
 _GEOMETRY_KEYS = [f"RotAUC@{t:g}" for t in AUC_THRESHOLDS] + [f"TransAUC@{t:g}" for t in AUC_THRESHOLDS] + [
     "Precision", "MatchingScore"]
 
@@ -302,6 +302,12 @@ def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
                                                    unusable)
         rows += camera_rows
         details.update(camera_details)
+    if "camera_following" in families:  # synthetic data: exact depth (camvid.evaluation.camera_following)
+        from camvid.evaluation.camera_following import evaluate_samples
+
+        follow_rows, follow_details = evaluate_samples(records, out_dir)
+        rows += follow_rows
+        details.update(follow_details)
     if "geometry" in families:
         geo_rows, geo_details = _geometry_rows(records, dict(cfg.get("geometry", {})), reference)
         rows += geo_rows

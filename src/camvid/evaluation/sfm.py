@@ -40,8 +40,13 @@ class SfmOptions:
     sequential_overlap: int = 10
     num_threads: int = 1  # per video; parallelism comes from running several videos at once
     use_gpu: bool = False
+    # evaluation-only upscale of the frames (bicubic, intrinsics scaled alike) before feature
+    # extraction: SIFT finds too few keypoints in 64x64 frames (the tiny synthetic world); 1 = off
+    upscale: int = 1
 
     def __post_init__(self) -> None:
+        if int(self.upscale) != self.upscale or self.upscale < 1:
+            raise ValueError(f"SfmOptions.upscale must be a whole number >= 1, got {self.upscale}")
         if self.matcher not in ("exhaustive", "sequential"):
             raise ValueError(f"SfmOptions.matcher must be 'exhaustive' or 'sequential', got {self.matcher!r}")
         if self.mapper not in ("global", "incremental"):
@@ -212,6 +217,21 @@ def run_trial(image_dir: Path, features_db: Path, work_dir: Path, num_frames: in
     return SfmTrial(seed, True, registered, num_frames, c2w=c2w, frame_c2w=c2w, K=K)
 
 
+def upscale_frames(frames: np.ndarray, K: np.ndarray | None, factor: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Frames resized ``factor`` times (bicubic) and the intrinsics that go with them (pixel centres
+    at +0.5 scale exactly: focal lengths and principal point times ``factor``; None stays None).
+    Intrinsics an SfM trial estimates are then in the upscaled pixels."""
+    from PIL import Image
+
+    T, H, W = frames.shape[:3]
+    big = np.stack([np.asarray(Image.fromarray(f).resize((W * factor, H * factor), Image.BICUBIC)) for f in frames])
+    if K is None:
+        return big, None
+    K = np.array(K, dtype=np.float64)
+    K[:2] *= factor
+    return big, K
+
+
 def run_sfm(frames: np.ndarray, K: np.ndarray | None, seeds: list[int], options: SfmOptions | None = None,
             work_dir: str | Path | None = None) -> list[SfmTrial]:
     """All trials of one video: (T, H, W, 3) uint8 frames, (3, 3) pixel intrinsics of the clip.
@@ -220,6 +240,8 @@ def run_sfm(frames: np.ndarray, K: np.ndarray | None, seeds: list[int], options:
     principal point stays at the image centre."""
     options = options or SfmOptions()
     frames = np.asarray(frames)
+    if options.upscale > 1:
+        frames, K = upscale_frames(frames, K, int(options.upscale))
     keep = work_dir is not None
     root = Path(work_dir) if keep else Path(tempfile.mkdtemp(prefix="camvid_sfm_"))
     try:

@@ -118,13 +118,14 @@ def _sample_stage(cfg: DictConfig, run_dir: Path, trained: bool) -> Path:
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     train_cfg, method, ckpt = _load_method(cfg, run_dir, trained, device)
     train_cfg = OmegaConf.merge(train_cfg, {"paper_row": cfg.get("paper_row")})
-    dataset = eval_split_dataset(train_cfg, _test_root(cfg), str(scfg.get("split", "test")))
+    root, split = _test_root(cfg), str(scfg.get("split", "test"))
+    dataset = eval_split_dataset(train_cfg, root, split)
     n = min(int(scfg.num_samples), len(dataset))
     mine = shard_indices(n, rank, world)
     written = 0
     for idx in mine:
         written += len(sample_test_clip(method, train_cfg, dataset, idx, out_dir, base_seed=int(scfg.seed),
-                                        ckpt=ckpt, steps=scfg.get("steps")))
+                                        ckpt=ckpt, steps=scfg.get("steps"), test_root=root, split=split))
     (out_dir / f".rank{rank}_of_{world}.done").write_text(json.dumps({"clips": mine, "written": written}))
     print(f"sample: rank {rank}/{world} wrote {written} videos ({len(mine)} clips, the rest already there) "
           f"into {out_dir}", flush=True)

@@ -28,12 +28,14 @@ from camvid.geometry.conventions import (
 )
 from camvid.geometry.epipolar import (
     COINCIDENT_EPS,
+    GRIDS,
     EpipolarRuns,
     band_mask_from_lines,
     band_neighbors_from_lines,
     cross_view_band_mask,
     cross_view_band_neighbors,
     cross_view_band_runs,
+    cross_view_soft_bias,
     default_threshold,
     epipolar_lines,
     epipolar_mask,
@@ -92,11 +94,13 @@ __all__ = [
     "scale_intrinsics",
     # epipolar
     "COINCIDENT_EPS",
+    "GRIDS",
     "band_mask_from_lines",
     "band_neighbors_from_lines",
     "cross_view_band_mask",
     "cross_view_band_neighbors",
     "cross_view_band_runs",
+    "cross_view_soft_bias",
     "default_threshold",
     "epipolar_lines",
     "epipolar_mask",

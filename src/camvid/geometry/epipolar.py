@@ -54,8 +54,16 @@ __all__ = [
     "band_mask_from_lines",
     "band_neighbors_from_lines",
     "COINCIDENT_EPS",
+    "GRIDS",
+    "cross_view_soft_bias",
 ]
 
+# Feature-cell centre conventions (``grid=``), as offsets in image pixels added to our centres:
+# "camvid": cell (r, c) centred at ((c + 0.5) W / w, (r + 0.5) H / h) (pixel u spans [u, u + 1]);
+# "cami2v_release": the released CamI2V code's ``k * d + d / 2 - 0.5`` (pixel u centred at u), fed
+# the same pixel intrinsics, i.e. half a pixel up and left of ours. Released CamI2V checkpoints
+# were trained with those masks.
+GRIDS = {"camvid": 0.0, "cami2v_release": -0.5}
 # Camera centres closer than this (in pose units) count as coincident: F is then undefined.
 COINCIDENT_EPS = 1e-6
 # |(a, b)| below this fraction of |l| means x_i sits on the epipole: the line is undefined.
@@ -296,14 +304,25 @@ def _pseudo_lines_homogeneous(points: torch.Tensor, cos_a: torch.Tensor, sin_a: 
 # --------------------------------------------------------------------------- feature grids
 
 
+def _grid_offset(grid: str) -> float:
+    if grid not in GRIDS:
+        raise ValueError(f"unknown feature grid {grid!r}; valid: {', '.join(GRIDS)}")
+    return GRIDS[grid]
+
+
 def feature_cell_centers(
-    image_hw: tuple[int, int], feat_hw: tuple[int, int], *, device: torch.device | str | None = None
+    image_hw: tuple[int, int], feat_hw: tuple[int, int], *, device: torch.device | str | None = None,
+    grid: str = "camvid",
 ) -> torch.Tensor:
-    """(h*w, 2) float64 image-pixel ``(x, y)`` centres of the cells of an ``h x w`` feature map, row-major."""
+    """(h*w, 2) float64 image-pixel ``(x, y)`` centres of the cells of an ``h x w`` feature map, row-major.
+
+    ``grid``: "camvid" (ours) or "cami2v_release" (half a pixel up-left, see ``GRIDS``).
+    """
     H, W = _check_hw(image_hw, "image_hw")
     h, w = _check_hw(feat_hw, "feat_hw")
-    xs = (torch.arange(w, dtype=torch.float64, device=device) + 0.5) * (W / w)
-    ys = (torch.arange(h, dtype=torch.float64, device=device) + 0.5) * (H / h)
+    off = _grid_offset(grid)
+    xs = (torch.arange(w, dtype=torch.float64, device=device) + 0.5) * (W / w) + off
+    ys = (torch.arange(h, dtype=torch.float64, device=device) + 0.5) * (H / h) + off
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
 
@@ -617,14 +636,29 @@ class EpipolarRuns:
 # --------------------------------------------------------------------------- epipolar attention
 
 
-def _clip_lines(K, c2w, image_hw, feat_hw, seed: int, eps: float) -> torch.Tensor:
+def _shift_key_grid(lines: torch.Tensor, grid: str) -> torch.Tensor:
+    """Lines measured against key cells shifted by the grid offset ``o``: a (x + o) + b (y + o) + c.
+
+    The band kernels place key cells on our grid, so another grid is folded into the lines' ``c``
+    (exactly the same predicate up to one rounding of c); query centres are shifted directly.
+    """
+    off = _grid_offset(grid)
+    if off == 0.0:
+        return lines
+    lines = lines.clone()
+    lines[..., 2] += off * (lines[..., 0] + lines[..., 1])
+    return lines
+
+
+def _clip_lines(K, c2w, image_hw, feat_hw, seed: int, eps: float, grid: str = "camvid") -> torch.Tensor:
     """(B, T, T, hw, 3) lines of every query cell of frame i (dim 1) in every key frame j (dim 2)."""
     B, T = K.shape[:2]
-    centers = feature_cell_centers(image_hw, feat_hw, device=K.device)
+    centers = feature_cell_centers(image_hw, feat_hw, device=K.device, grid=grid)
     angles = pseudo_line_angles((B, T, T), seed, symmetric_last_two=True).to(K.device)
-    return epipolar_lines(
+    lines = epipolar_lines(
         K[:, :, None], c2w[:, :, None], K[:, None, :], c2w[:, None, :], centers, angles, eps=eps
     )
+    return _shift_key_grid(lines, grid)
 
 
 def _prepare(K, c2w, image_hw, feat_hw, threshold, what):
@@ -652,6 +686,7 @@ def epipolar_mask(
     threshold: float | None = None,
     seed: int = 0,
     eps: float = COINCIDENT_EPS,
+    grid: str = "camvid",
 ) -> torch.Tensor:
     """Epipolar attention mask (B, T, h*w, T, h*w): [query frame, query cell, key frame, key cell].
 
@@ -660,12 +695,13 @@ def epipolar_mask(
     through each cell. ``mode="ref"``: only key frame ``ref_index`` (int or (B,) long) is kept
     (CamCo-like); other key frames are all False. ``threshold`` in image pixels, default half a
     cell diagonal. Rows may be empty (line outside the image): attention adds register tokens.
+    ``grid``: feature-cell centres, "camvid" or "cami2v_release" (``GRIDS``).
     """
     _check_mode(mode)
     image_hw, feat_hw, threshold = _prepare(K, c2w, image_hw, feat_hw, threshold, "epipolar_mask")
     B, T = K.shape[:2]
     hw = feat_hw[0] * feat_hw[1]
-    lines = _clip_lines(K, c2w, image_hw, feat_hw, seed, eps)
+    lines = _clip_lines(K, c2w, image_hw, feat_hw, seed, eps, grid)
     if mode == "all":  # every element is written
         out = torch.empty(B, T, hw, T, hw, dtype=torch.bool, device=K.device)
         for bi in range(B):
@@ -691,6 +727,7 @@ def epipolar_neighbors(
     seed: int = 0,
     max_keys: int | None = None,
     eps: float = COINCIDENT_EPS,
+    grid: str = "camvid",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse form of :func:`epipolar_mask`: ``(index, valid)``, both (B, T*h*w, Kmax).
 
@@ -701,7 +738,7 @@ def epipolar_neighbors(
     """
     _check_mode(mode)
     runs = epipolar_runs(K, c2w, image_hw, feat_hw, mode=mode, ref_index=ref_index, threshold=threshold,
-                         seed=seed, eps=eps)
+                         seed=seed, eps=eps, grid=grid)
     return runs.to_neighbors(max_keys)
 
 
@@ -716,6 +753,7 @@ def epipolar_runs(
     threshold: float | None = None,
     seed: int = 0,
     eps: float = COINCIDENT_EPS,
+    grid: str = "camvid",
 ) -> EpipolarRuns:
     """Compact form of :func:`epipolar_mask` (same arguments): the row runs, never the dense mask.
 
@@ -728,7 +766,7 @@ def epipolar_runs(
     image_hw, feat_hw, threshold = _prepare(K, c2w, image_hw, feat_hw, threshold, "epipolar_runs")
     B, T = K.shape[:2]
     with _one_thread():  # small ops: one thread is faster on a busy host (see _one_thread)
-        lines = _clip_lines(K, c2w, image_hw, feat_hw, seed, eps)
+        lines = _clip_lines(K, c2w, image_hw, feat_hw, seed, eps, grid)
     if mode == "all":
         key_frames = torch.arange(T, device=K.device).expand(B, T, T)
     else:
@@ -742,16 +780,17 @@ def epipolar_runs(
 # --------------------------------------------------------------------------- cross-video (CVD)
 
 
-def _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, what):
+def _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, what, grid="camvid"):
     _check_clip_cameras(K_a, c2w_a, f"{what} (clip a)")
     _check_clip_cameras(K_b, c2w_b, f"{what} (clip b)")
     if K_a.shape != K_b.shape:
         raise ValueError(f"{what}: clip a cameras {tuple(K_a.shape)} and clip b cameras {tuple(K_b.shape)} "
                          "differ in shape")
     B, T = K_a.shape[:2]
-    centers = feature_cell_centers(image_hw, feat_hw, device=K_a.device)
+    centers = feature_cell_centers(image_hw, feat_hw, device=K_a.device, grid=grid)
     angles = pseudo_line_angles((B, T), seed).to(K_a.device)
-    return epipolar_lines(K_a, c2w_a, K_b, c2w_b, centers, angles, eps=eps).unsqueeze(2)  # (B, T, 1, hw, 3)
+    lines = epipolar_lines(K_a, c2w_a, K_b, c2w_b, centers, angles, eps=eps).unsqueeze(2)  # (B, T, 1, hw, 3)
+    return _shift_key_grid(lines, grid)
 
 
 def band_mask_from_lines(
@@ -789,6 +828,7 @@ def cross_view_band_mask(
     tau: float = 3.0,
     seed: int = 0,
     eps: float = COINCIDENT_EPS,
+    grid: str = "camvid",
 ) -> torch.Tensor:
     """CVD cross-view mask (B, T, h*w, h*w): frame t of clip a attends frame t of clip b.
 
@@ -799,7 +839,7 @@ def cross_view_band_mask(
     image_hw = _check_hw(image_hw, "image_hw")
     feat_hw = _check_hw(feat_hw, "feat_hw")
     tau = _check_threshold(tau, "tau")
-    lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_band_mask")
+    lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_band_mask", grid)
     return band_mask_from_lines(lines.squeeze(2), image_hw, feat_hw, tau)
 
 
@@ -815,6 +855,7 @@ def cross_view_band_neighbors(
     seed: int = 0,
     max_keys: int | None = None,
     eps: float = COINCIDENT_EPS,
+    grid: str = "camvid",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse :func:`cross_view_band_mask`: (index, valid) of shape (B, T*h*w, Kmax).
 
@@ -824,7 +865,7 @@ def cross_view_band_neighbors(
     image_hw = _check_hw(image_hw, "image_hw")
     feat_hw = _check_hw(feat_hw, "feat_hw")
     tau = _check_threshold(tau, "tau")
-    lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_band_neighbors")
+    lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_band_neighbors", grid)
     return band_neighbors_from_lines(lines.squeeze(2), image_hw, feat_hw, tau, max_keys)
 
 
@@ -839,6 +880,7 @@ def cross_view_band_runs(
     tau: float = 3.0,
     seed: int = 0,
     eps: float = COINCIDENT_EPS,
+    grid: str = "camvid",
 ) -> EpipolarRuns:
     """Row runs of :func:`cross_view_band_mask`: ``start``/``end`` (B, T*h*w, 1, h), key frame t for frame t.
 
@@ -850,11 +892,46 @@ def cross_view_band_runs(
     feat_hw = _check_hw(feat_hw, "feat_hw")
     tau = _check_threshold(tau, "tau")
     with _one_thread():
-        lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_band_runs")
+        lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_band_runs", grid)
     B, T = lines.shape[:2]
     start, end = _lines_to_runs(lines, image_hw, feat_hw, tau)
     key_frames = torch.arange(T, device=lines.device).view(1, T, 1).expand(B, T, 1)
     return EpipolarRuns(start, end, key_frames, feat_hw, T)
+
+
+def cross_view_soft_bias(
+    K_a: torch.Tensor,
+    c2w_a: torch.Tensor,
+    K_b: torch.Tensor,
+    c2w_b: torch.Tensor,
+    image_hw: tuple[int, int],
+    feat_hw: tuple[int, int],
+    *,
+    tau: float = 3.0,
+    decay: float = 3.0,
+    seed: int = 0,
+    eps: float = COINCIDENT_EPS,
+    grid: str = "camvid",
+) -> torch.Tensor:
+    """CVD's soft band: additive attention bias (B, T, h*w, h*w) float32, frame t of a onto frame t of b.
+
+    With ``d`` the distance of a key cell centre from the query cell's line and ``d_max`` its
+    largest value over the frame pair (all queries and keys), the band half-width is
+    ``band = tau / (W // 2) * d_max`` and the bias is ``-max(d - band, 0) * decay / (band + 1e-6)``:
+    zero inside the band, falling linearly outside (``-decay`` at one band width past its edge).
+    This is the released CVD ``get_attn_map`` (``pixel_band=3``, ``decay_alpha=3``, distances on a
+    grid of ``W`` pixels); the ratio ``d / band`` does not depend on the image scale.
+    """
+    image_hw = _check_hw(image_hw, "image_hw")
+    feat_hw = _check_hw(feat_hw, "feat_hw")
+    tau = _check_threshold(tau, "tau")
+    decay = _check_threshold(decay, "decay")
+    lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_soft_bias", grid)
+    keys = feature_cell_centers(image_hw, feat_hw, device=lines.device)  # key grid folded into the lines
+    a, b, c = lines.squeeze(2).unbind(-1)  # (B, T, hw)
+    d = (a.unsqueeze(-1) * keys[:, 0] + b.unsqueeze(-1) * keys[:, 1] + c.unsqueeze(-1)).abs()  # (B, T, hw, hw)
+    band = tau / (image_hw[1] // 2) * d.flatten(-2).amax(-1)[..., None, None]
+    return (-(d - band).clamp(min=0) * (decay / (band + 1e-6))).float()
 
 
 def neighbors_to_mask(index: torch.Tensor, valid: torch.Tensor, num_keys: int) -> torch.Tensor:

@@ -54,21 +54,23 @@ class _HomographyMask:
         H = self.homography.to(ctx.K.device)
         partner = torch.arange(H.shape[0], device=H.device) ^ 1
         to_partner = H[partner] @ torch.linalg.inv(H)  # sample s pixels -> partner pixels
-        mask = homography_band_mask(to_partner, ctx.image_hw, feat_hw, tau=ctx.tau, seed=ctx.seed)
+        mask = homography_band_mask(to_partner, ctx.image_hw, feat_hw, tau=ctx.band_tau(feat_hw), seed=ctx.seed)
         return mask.reshape(-1, *mask.shape[-2:])
 
 
 class CrossVideoSync:
     """Handle on the installed ``epi_modules`` (plain object; the modules live inside the UNet)."""
 
-    def __init__(self, tau: float = 3.0, masked: bool = True, path: str = "auto", seed: int = 0):
-        if tau <= 0:
-            raise ValueError(f"cross-video band tau must be > 0 pixels, got {tau}")
+    def __init__(self, tau: float | None = None, masked: bool = True, path: str = "auto", seed: int = 0,
+                 band: str = "hard"):
+        if tau is not None and tau <= 0:
+            raise ValueError(f"cross-video band tau must be > 0 pixels (or None: half a cell diagonal), got {tau}")
         self.modules: list[CrossVideoSyncModule] = []
         self.tau = tau
         self.masked = masked
         self.path = path
         self.seed = seed
+        self.band = band
         self.context: AttentionContext | None = None
         self.num_frames = 0
 
@@ -102,7 +104,7 @@ class CrossVideoSync:
             if self.masked:
                 mask_fn = _HomographyMask(homography)
         self.context = AttentionContext.from_camera_inputs(
-            camera, path=self.path, tau=self.tau, seed=self.seed, mask_fn=mask_fn,
+            camera, path=self.path, tau=self.tau, seed=self.seed, mask_fn=mask_fn, band=self.band,
         )
         self.num_frames = num_frames
         try:
@@ -129,12 +131,13 @@ class CrossVideoSync:
 
 def install_cvd_modules(
     unet: UNetMotionModel,
-    tau: float = 3.0,
+    tau: float | None = None,
     masked: bool = True,
     path: str = "auto",
     heads: int | None = None,
     seed: int = 0,
     max_feat_size: int = 64,
+    band: str = "hard",
     num_attention_blocks: int = 2,
 ) -> CrossVideoSync:
     """Add ``epi_modules`` beside the motion modules of every down/up block and hook them in.
@@ -146,8 +149,8 @@ def install_cvd_modules(
     if int(num_attention_blocks) < 1:
         raise ValueError(f"attn.num_attention_blocks={num_attention_blocks}: must be >= 1")
     heads = heads or unet.config.motion_num_attention_heads
-    sync = CrossVideoSync(tau, masked, path, seed)
-    AttentionContext(path=path)  # rejects an unknown path now, not at the first forward
+    sync = CrossVideoSync(tau, masked, path, seed, band)
+    AttentionContext(path=path, band=band)  # rejects an unknown path / band now, not at the first forward
     for part, i, _ in motion_module_sites(unet):
         block = getattr(unet, part)[i]
         if hasattr(block, "epi_modules"):

@@ -21,7 +21,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from camvid.diffusion.schedule import dynamic_rescale_scales, make_alphas_cumprod
+from camvid.diffusion.i2v import (
+    add_conditioning_residual,
+    check_first_frame_mode,
+    exact_conditioning_output,
+    replace_conditioning_frame,
+)
+from camvid.diffusion.schedule import check_parameterization, dynamic_rescale_scales, make_alphas_cumprod
 from camvid.geometry import invert_rigid, plucker_rays
 from camvid.models.base import CameraInputs, Conditions, VideoDiffusionModel
 from camvid.models.camera.context import build_attention_context, context_kwargs
@@ -93,13 +99,20 @@ class DynamiCrafterI2V(VideoDiffusionModel):
         fs_condition_type: str = "frame_stride",
         attn_kwargs: dict | None = None,
         cami2v_add_type: str = "add_to_main_branch",
+        first_frame: str = "concat",
         cvd: bool = False,
     ):
         super().__init__()
         if camera is not None and camera not in CAMERA_METHODS:
             raise ValueError(f"camera={camera!r}: choose None or one of {', '.join(CAMERA_METHODS)}")
-        if parameterization not in ("eps", "v"):
-            raise ValueError(f"parameterization must be 'eps' or 'v', got {parameterization!r}")
+        check_parameterization(parameterization)
+        check_first_frame_mode(first_frame)
+        if first_frame != "concat" and dynamic_rescale:
+            raise ValueError("first_frame='replace' does not support dynamic_rescale (the clean latent's scale "
+                             "would depend on t); use one or the other")
+        if first_frame == "replace_residual" and parameterization != "x0":
+            raise ValueError(f"first_frame='replace_residual' reads the output as a change of x0: it needs "
+                             f"parameterization='x0', got {parameterization!r}")
         if fs_condition_type not in ("frame_stride", "fps"):
             raise ValueError(f"fs_condition_type must be 'frame_stride' or 'fps', got {fs_condition_type!r}")
         needs_pose = camera in ("cameractrl", "cami2v")
@@ -123,6 +136,7 @@ class DynamiCrafterI2V(VideoDiffusionModel):
         self.attn_kwargs = {} if cvd else dict(attn_kwargs or {})
         context_kwargs(self.attn_kwargs)  # unknown options fail here, not in the first forward
         self.parameterization = parameterization
+        self.first_frame = first_frame  # see camvid.diffusion.i2v
         self.num_train_timesteps = num_train_timesteps
         self.fs_condition_type = fs_condition_type
         self.supports = {"text", "image"} | ({"camera"} if camera else set())
@@ -260,6 +274,7 @@ class DynamiCrafterI2V(VideoDiffusionModel):
             frame_stride=None if fs is None else torch.as_tensor(fs, device=video.device).long(),
             extras={
                 "cond_latent": latents[rows, :, cond_index],
+                "cond_index": cond_index,
                 "null_text": self.cond_stage_model([""]),
                 "null_image": self.embedder(torch.zeros_like(frame[:1])),
                 **extras,
@@ -277,17 +292,27 @@ class DynamiCrafterI2V(VideoDiffusionModel):
         if image.ndim == 4 and image.shape[1] != frames:
             raise ValueError(f"the image projector makes tokens for {image.shape[1]} frames, the latent has {frames}")
         concat = _tile(cond.extras["cond_latent"], b).to(z_t.dtype)
-        x = torch.cat([z_t, concat.unsqueeze(2).expand(-1, -1, frames, -1, -1)], dim=1)
+        z_in = z_t
+        if self.first_frame != "concat":
+            cond_index = _tile(cond.extras["cond_index"], b)
+            z_in = replace_conditioning_frame(z_t, concat, cond_index)
+        x = torch.cat([z_in, concat.unsqueeze(2).expand(-1, -1, frames, -1, -1)], dim=1)
         fs = None if cond.frame_stride is None else _tile(cond.frame_stride, b)
         camera = None
         if self.camera is not None:
             camera = self._unet_camera(cond.camera, _flags(cond.drop_camera, b, device), z_t)
         if self.sync is None:
-            return self.unet(x, t, text.to(z_t.dtype), image, fs, camera)
-        pairs = cond.camera if cond.camera.K.shape[0] == b else camera_repeat(cond.camera, b)
-        homography = cond.extras.get("homography")
-        with self.sync.bind(pairs, b, frames, None if homography is None else _tile(homography, b)):
-            return self.unet(x, t, text.to(z_t.dtype), image, fs, camera)
+            out = self.unet(x, t, text.to(z_t.dtype), image, fs, camera)
+        else:
+            pairs = cond.camera if cond.camera.K.shape[0] == b else camera_repeat(cond.camera, b)
+            homography = cond.extras.get("homography")
+            with self.sync.bind(pairs, b, frames, None if homography is None else _tile(homography, b)):
+                out = self.unet(x, t, text.to(z_t.dtype), image, fs, camera)
+        if self.first_frame == "replace_residual":
+            out = add_conditioning_residual(out, concat)
+        if self.first_frame != "concat":
+            out = exact_conditioning_output(out, z_t, t, concat, cond_index, self.alphas_cumprod, self.parameterization)
+        return out
 
     def _unet_camera(self, camera: CameraInputs | None, drop: torch.Tensor | None, z_t: torch.Tensor) -> UNetCamera:
         b, _, frames, h, w = z_t.shape

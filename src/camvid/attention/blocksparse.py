@@ -1,0 +1,197 @@
+"""Exact block-sparse attention over a :class:`~camvid.attention.sparse.TilePlan`, forward and backward.
+
+A plan lists, per query tile (a few cells of one frame), the keys its bands touch and the tile's
+(Q, U) sub-mask. Tiles with similar key counts are packed into chunks; one chunk of n tiles is a
+single call of PyTorch's fused CPU attention kernel (``_scaled_dot_product_flash_attention_for_cpu``)
+on the gathered blocks, batch n x heads, queries Q, keys R + U (the register tokens are rows 0..R-1
+of an extended key tensor and open to every query), with the sub-mask as an additive bias. So the
+Python loop runs over chunks (tens to hundreds per level), never over queries or tiles.
+
+The backward pass re-gathers each chunk and calls the fused kernel's backward with the forward's
+saved output and log-sum-exp (recomputation, as FlashAttention): memory stays at one chunk, and
+the gathered keys' gradients are scattered back with one ``index_add_`` per chunk.
+
+A query with no key and no register is a fully masked row: the fused kernel returns 0 for it and
+passes no gradient through it, the convention of every path here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["block_sparse_attention"]
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+class _Workspace:
+    """Buffers reused by every chunk of one call.
+
+    Fresh multi-megabyte tensors on the CPU come from ``mmap`` and are paid for again in page
+    faults on first touch, which made a gather 6x slower than the same gather into a reused buffer
+    (measured on the 2-core development host); the gathers therefore write into these buffers.
+    """
+
+    def __init__(self, like: torch.Tensor):
+        self.like = like
+        self.bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, *shape: int, dtype=None) -> torch.Tensor:
+        numel = math.prod(shape)
+        buf = self.bufs.get(name)
+        if buf is None or buf.numel() < numel or (dtype is not None and buf.dtype != dtype):
+            buf = self.like.new_empty(numel, dtype=dtype)
+            self.bufs[name] = buf
+        return buf[:numel].view(shape)
+
+
+def _gather_kv(ws, kv, idx, n):
+    """Rows ``idx`` of the packed (tokens, 2, H, D) key/value tensor -> k, v (n, H, X, D) strided views."""
+    _, _, H, D = kv.shape
+    out = ws.get("kv", idx.numel(), 2 * H * D)
+    torch.index_select(kv.view(kv.shape[0], -1), 0, idx, out=out)
+    out = out.view(n, -1, 2, H, D)
+    return out[:, :, 0].transpose(1, 2), out[:, :, 1].transpose(1, 2)
+
+
+def _tile_order(plan):
+    """All query ids in chunk order and each chunk's [start, end) in it (chunks are consecutive there)."""
+    cached = getattr(plan, "_tile_order", None)
+    if cached is None:
+        ids = torch.cat([c.query_ids.reshape(-1) for c in plan.chunks])
+        bounds, at = [], 0
+        for c in plan.chunks:
+            bounds.append((at, at + c.query_ids.numel()))
+            at += c.query_ids.numel()
+        cached = plan._tile_order = (ids, bounds)
+    return cached
+
+
+def _chunk_inputs(chunk, R: int, dtype):
+    """Key ids into the register-extended key tensor and the (n, 1, Q, R + U) additive bias.
+
+    Both depend only on the plan, the register count and the dtype, so they are made on first use
+    and kept on the chunk: every layer and head of the level, forward and backward, reuses them.
+    """
+    cache = chunk.__dict__.setdefault("_ext", {})
+    key = (R, dtype)
+    if key not in cache:
+        n = chunk.key_ids.shape[0]
+        regs = torch.arange(R, device=chunk.key_ids.device).expand(n, R)
+        kids = torch.cat([regs, chunk.key_ids + R], dim=1).reshape(-1)
+        blocked = chunk.blocked
+        if R:
+            blocked = torch.nn.functional.pad(blocked, (R, 0), value=False)
+        bias = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
+        cache.clear()  # one register count and dtype per level in practice: keep memory bounded
+        cache[key] = (kids, bias.unsqueeze(1))
+    return cache[key]
+
+
+class _BlockSparseAttention(torch.autograd.Function):
+    """Queries are permuted once into chunk order, so each chunk reads and writes one contiguous slice
+    of them (no per-chunk query gather or output scatter); keys and values are packed side by side
+    and gathered with one ``index_select`` per chunk."""
+
+    @staticmethod
+    def forward(ctx, q, k_ext, v_ext, R, plan):
+        # q (Nq, H, D); k_ext / v_ext (R + Nk, H, D): the R register tokens first, then the keys
+        Nq, H, D = q.shape
+        ids, bounds = _tile_order(plan)
+        qs = q.index_select(0, ids)  # (Nq', H, D) in chunk order
+        kv = torch.stack([k_ext, v_ext], dim=1)  # (R + Nk, 2, H, D)
+        out_s = q.new_empty(qs.shape)
+        lse_s = q.new_empty(qs.shape[:2])
+        ws = _Workspace(q)
+        for c, (a, b) in zip(plan.chunks, bounds):
+            n, Q = c.query_ids.shape
+            kids, bias = _chunk_inputs(c, R, q.dtype)
+            kg, vg = _gather_kv(ws, kv, kids, n)
+            o, lse_c = _flash(qs[a:b].view(n, Q, H, D).transpose(1, 2), kg, vg, attn_mask=bias)
+            out_s[a:b].view(n, Q, H, D).copy_(o.transpose(1, 2))
+            lse_s[a:b].view(n, Q, H).copy_(lse_c.transpose(1, 2))
+        out = q.new_zeros(Nq, H, D).index_copy_(0, ids, out_s)
+        ctx.plan, ctx.R = plan, R
+        ctx.save_for_backward(q, k_ext, v_ext, out_s, lse_s)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k_ext, v_ext, out_s, lse_s = ctx.saved_tensors
+        plan, R = ctx.plan, ctx.R
+        Nq, H, D = q.shape
+        ids, bounds = _tile_order(plan)
+        qs = q.index_select(0, ids)
+        dos = dout.index_select(0, ids)
+        kv = torch.stack([k_ext, v_ext], dim=1)
+        dq_s = torch.empty_like(qs)
+        dkv = torch.zeros_like(kv)
+        ws = _Workspace(q)
+        for c, (a, b) in zip(plan.chunks, bounds):
+            n, Q = c.query_ids.shape
+            kids, bias = _chunk_inputs(c, R, q.dtype)
+            kg, vg = _gather_kv(ws, kv, kids, n)
+
+            def view(t, a=a, b=b, n=n, Q=Q):
+                return t[a:b].view(n, Q, H, D).transpose(1, 2)
+
+            lg = lse_s[a:b].view(n, Q, H).transpose(1, 2).contiguous()
+            gq, gk, gv = _flash_backward(view(dos), view(qs), kg, vg, view(out_s), lg, 0.0, False, attn_mask=bias)
+            dq_s[a:b].view(n, Q, H, D).copy_(gq.transpose(1, 2))
+            gkv = ws.get("gkv", kids.numel(), 2, H, D)
+            gkv[:, 0].view(n, -1, H, D).copy_(gk.transpose(1, 2))
+            gkv[:, 1].view(n, -1, H, D).copy_(gv.transpose(1, 2))
+            dkv.index_add_(0, kids, gkv)
+        dq = torch.zeros_like(q).index_copy_(0, ids, dq_s)
+        return dq, dkv[:, 0], dkv[:, 1], None, None
+
+
+def _chunk_sdpa(q, k_ext, v_ext, qflat, kids, bias, n):
+    """One chunk through ``F.scaled_dot_product_attention`` (devices without the CPU fused kernel)."""
+    Q = qflat.numel() // n
+    H, D = q.shape[1:]
+    qg = q.index_select(0, qflat).view(n, Q, H, D).transpose(1, 2)
+    kg = k_ext.index_select(0, kids).view(n, -1, H, D).transpose(1, 2)
+    vg = v_ext.index_select(0, kids).view(n, -1, H, D).transpose(1, 2)
+    empty = torch.isinf(bias).all(-1, keepdim=True)  # rows with no key: open them, zero them after
+    o = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias.masked_fill(empty, 0.0))
+    o = o.masked_fill(empty, 0.0)
+    return o.transpose(1, 2).reshape(n * Q, H, D)
+
+
+def _generic(q, k_ext, v_ext, R, plan):
+    """Autograd through SDPA per chunk, each chunk recomputed in the backward pass (checkpoint)."""
+    from torch.utils.checkpoint import checkpoint
+
+    Nq, H, D = q.shape
+    outs, ids = [], []
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_ext, v_ext))
+    for c in plan.chunks:
+        kids, bias = _chunk_inputs(c, R, q.dtype)
+        args = (q, k_ext, v_ext, c.query_ids.reshape(-1), kids, bias, c.query_ids.shape[0])
+        outs.append(checkpoint(_chunk_sdpa, *args, use_reentrant=False) if grad else _chunk_sdpa(*args))
+        ids.append(c.query_ids.reshape(-1))
+    return q.new_zeros(Nq, H, D).index_copy(0, torch.cat(ids), torch.cat(outs))
+
+
+def block_sparse_attention(q, k, v, plan, reg_k=None, reg_v=None):
+    """q (B, Lq, H, D), k/v (B, Lk, H, D), reg_k/reg_v (1, H, R, D) or None -> (B, Lq, H, D).
+
+    Exactly ``dense_masked_attention`` on the plan's mask (registers always visible); a query with
+    no key and no register gets 0 and passes no gradient.
+    """
+    B, Lq, H, D = q.shape
+    qf = q.reshape(B * Lq, H, D).contiguous()
+    kf, vf = k.reshape(-1, H, D), v.reshape(-1, H, D)
+    R = 0 if reg_k is None else reg_k.shape[2]
+    if R:
+        kf = torch.cat([reg_k[0].transpose(0, 1).to(k.dtype), kf], dim=0)
+        vf = torch.cat([reg_v[0].transpose(0, 1).to(v.dtype), vf], dim=0)
+    if q.device.type == "cpu":
+        out = _BlockSparseAttention.apply(qf, kf.contiguous(), vf.contiguous(), R, plan)
+    else:  # CUDA: the fused CPU kernel does not exist there (FlexAttention is the fast GPU path)
+        out = _generic(qf, kf.contiguous(), vf.contiguous(), R, plan)
+    return out.view(B, Lq, H, D)

@@ -1,0 +1,104 @@
+"""The camera-following metric: exact warps, and the references ordered as they must be on rendered clips."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from camvid.data import synthetic as syn
+from camvid.evaluation.camera_following import masked_scores, score_video, score_videos, warp_to_camera
+
+
+def test_plane_translation_is_an_exact_pixel_shift():
+    """A fronto-parallel plane at z=4 seen by f=32: moving the camera 0.25 m right shifts the image
+    2 pixels left; the uncovered 2 columns are masked out, the rest match exactly."""
+    H = W = 16
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 1, (H, W, 3)).astype(np.float32)
+    depth = np.full((H, W), 4.0, dtype=np.float32)
+    K = np.array([[32.0, 0, W / 2], [0, 32.0, H / 2], [0, 0, 1]])
+    src, dst = np.eye(4), np.eye(4)
+    dst[0, 3] = 0.25
+    warped, mask = warp_to_camera(image, depth, K, src, K, dst)
+    assert mask[:, : W - 2].all() and not mask[:, W - 2 :].any()
+    np.testing.assert_allclose(warped[:, : W - 2], image[:, 2:], atol=1e-5)
+    psnr, l1 = masked_scores(warped, np.roll(image, -2, axis=1), mask)
+    assert psnr == 100.0 and l1 < 1e-6
+
+
+def test_occluded_pixels_are_not_compared():
+    """A near square in front of a far wall: a sideways move reveals wall behind the square, which the
+    conditioning view never saw; those pixels must be masked, the visible ones kept."""
+    H = W = 24
+    depth = np.full((H, W), 8.0, dtype=np.float32)
+    depth[8:16, 8:16] = 2.0
+    image = np.zeros((H, W, 3), dtype=np.float32)
+    image[8:16, 8:16] = 1.0
+    K = np.array([[24.0, 0, W / 2], [0, 24.0, H / 2], [0, 0, 1]])
+    dst = np.eye(4)
+    dst[0, 3] = 0.5  # the square shifts 6 px, the wall 1.5 px
+    warped, mask = warp_to_camera(image, depth, K, np.eye(4), K, dst)
+    assert 0.5 < mask.mean() < 1.0
+    # wherever the warp shows the square, it is where the square truly moved (columns 2..9)
+    square = mask & (warped[..., 0] > 0.5)
+    cols = np.nonzero(square.any(0))[0]
+    assert cols.min() >= 2 and cols.max() <= 9
+    # the revealed strip right of the moved square (wall never seen by the source) is masked
+    assert not mask[10:14, 10:13].any()
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    """Three rendered clips (different rooms and trajectory kinds), 32x32, 5 frames 8 apart, exact depth."""
+    clips = []
+    for seed, kind in ((2, "pan"), (3, "forward"), (4, "truck")):
+        scene = syn.make_scene(seed, texture_size=64)
+        c2w = syn.make_trajectory(kind, 40, seed)[::8]
+        K = syn.default_intrinsics(32, 32, 60.0)
+        frames, depth = syn.render_frames(scene, K, c2w, 32, 32)
+        clips.append((frames, depth[0], np.broadcast_to(K, (len(c2w), 3, 3)).copy(), c2w))
+    return clips
+
+
+def test_gt_scores_far_above_static_and_wrong_trajectory(rendered):
+    gts = [c[0] for c in rendered]
+    rows = score_videos(gts, gts, [c[1] for c in rendered], [c[2] for c in rendered], [c[3] for c in rendered])
+    for row in rows:
+        gt, static, wrong = row["gt"]["psnr"], row["static"]["psnr"], row["wrong_trajectory"]["psnr"]
+        assert gt > 27.0, row
+        assert gt > static + 5.0 and gt > wrong + 5.0, row
+        assert row["gt"]["l1"] < row["static"]["l1"] and row["gt"]["l1"] < row["wrong_trajectory"]["l1"]
+        assert row["first_frame_psnr"] == 100.0  # the GT video's frame 0 is the conditioning image
+        assert row["gt"]["psnr_per_frame"][0] == 100.0 and len(row["gt"]["psnr_per_frame"]) == 5
+
+
+def test_frames_without_overlap_are_left_out(rendered):
+    frames, depth, K, c2w = rendered[0]
+    away = c2w.copy()
+    away[1:, :3, 3] += np.array([0.0, 0.0, -50.0])  # far behind the room: nothing co-visible
+    score = score_video(frames, frames[0], depth, K, away)
+    assert all(math.isnan(p) for p in score.psnr[1:]) and math.isnan(score.mean_psnr)
+
+
+def test_bad_inputs_name_the_problem(rendered):
+    frames, depth, K, c2w = rendered[0]
+    with pytest.raises(ValueError, match="depth"):
+        score_video(frames, frames[0], depth[:-1], K, c2w)
+    with pytest.raises(ValueError, match="poses"):
+        score_video(frames, frames[0], depth, K, c2w[:-1])
+
+
+def test_sfm_upscale_scales_intrinsics_with_the_pixels():
+    from camvid.evaluation.sfm import SfmOptions, upscale_frames
+
+    frames = np.random.default_rng(0).integers(0, 255, (2, 8, 10, 3), dtype=np.uint8)
+    K = np.array([[12.0, 0, 5.0], [0, 11.0, 4.0], [0, 0, 1]])
+    big, K4 = upscale_frames(frames, K, 4)
+    assert big.shape == (2, 32, 40, 3)
+    point = np.array([0.3, -0.2, 2.0])
+    small_px, big_px = K @ point, K4 @ point
+    np.testing.assert_allclose(big_px[:2] / big_px[2], 4 * small_px[:2] / small_px[2])
+    with pytest.raises(ValueError, match="upscale"):
+        SfmOptions(upscale=0)
