@@ -12,7 +12,7 @@ export PYTHONHASHSEED ?= 0
 DEMO_DIR ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-full lint format train sample eval notebooks benchmark clean
+.PHONY: help setup demo test test-full lint format train sample eval table notebooks benchmark clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,12 @@ sample: $(STAMP)  ## python src/sample.py $(ARGS)
 EVAL_SAMPLES ?= $(DEMO_DIR)/samples
 eval: $(STAMP)  ## evaluate a samples folder (default: the demo's): make eval EVAL_SAMPLES=DIR ARGS="metrics=[camera]"
 	$(PY) src/evaluate.py samples_dir=$(EVAL_SAMPLES) $(ARGS)
+
+TABLE ?= cami2v_t2
+SCALE ?= full
+TABLE_ROOT ?=
+table: $(STAMP)  ## a table sweep beside the paper: make table TABLE=cami2v_t2 [SCALE=tiny] [TABLE_ROOT=DIR] (docs/experiments.md)
+	PYTHONPATH=src $(PY) -m camvid.experiments.tables $(TABLE) --scale $(SCALE) $(if $(TABLE_ROOT),--root $(TABLE_ROOT))
 
 NB_OUT ?= outputs/notebooks
 NB_ARGS ?=

@@ -26,9 +26,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from camvid.training.loop import train
+    from camvid.experiments.stages import run_job
 
-    summary = train(cfg)  # prints the one "done:" line (rank 0); raises, so the exit code is non-zero, on failure
+    # stages=[train] by default; presets run [train, sample, eval] (docs/experiments.md). Training prints
+    # the one "done:" line (rank 0); a failure raises, so the exit code is non-zero.
+    summary = run_job(cfg)
     # the return value is what Hydra's sweepers optimise
     return float(summary["loss"])
 

@@ -65,6 +65,10 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
+# scale=tiny's own data settings off: the shared session data set is never re-rendered or re-sharded
+TINY_DATA = ["data.prepare=null"]
+
+
 def run_overrides(data_root: Path, out: Path, *extra: str) -> list[str]:
     return [*TINY, "debug=fast", f"paths.data_dir={data_root.parent}", f"data.root={data_root}",
             f"paths.output_dir={out}", *extra]

@@ -32,6 +32,8 @@ __all__ = [
     "trajectory_cameras",
     "generate",
     "run_sampling",
+    "shard_indices",
+    "sample_test_clip",
 ]
 
 
@@ -259,44 +261,78 @@ def _single(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel,
                               caption=str(cfg.caption), seed=int(cfg.seed), fps=cfg.fps,
                               meta={"method": train_cfg.model.name, "attn": train_cfg.attn.name,
                                     "checkpoint": str(ckpt), "trajectory": spec,
-                                    "group": "single" if len(specs) > 1 else None, "view": i})
+                                    "group": "single" if len(specs) > 1 else None, "view": i,
+                                    "paper_row": train_cfg.get("paper_row")})
         write_gif(folder / "video.gif", frames, fps=cfg.fps)
         save_path_picture(folder, batch["K"][i].numpy(), batch["c2w"][i].numpy(), hw, str(spec))
         written.append(folder)
     return written
 
 
-def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel, ckpt: Path) -> list[Path]:
-    from camvid.data import build_eval_dataset
-    from camvid.evaluation.camera_following import save_conditioning_depth
-    from camvid.evaluation.layout import write_sample
+def shard_indices(n: int, shard_index: int = 0, num_shards: int = 1) -> list[int]:
+    """The test-clip indices one of ``num_shards`` ranks / array tasks samples: every ``num_shards``-th,
+    so the shards are disjoint and together cover ``range(n)``."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index={shard_index} / num_shards={num_shards}: need 0 <= shard_index < num_shards")
+    return list(range(shard_index, n, num_shards))
 
-    stride = int(cfg.stride) if cfg.stride is not None else int(train_cfg.data.stride_eval)
-    dataset = build_eval_dataset(train_cfg.data, root=cfg.test_data, split=cfg.split, stride=stride)
+
+def eval_split_dataset(train_cfg: DictConfig, root, split: str = "test", stride: int | None = None):
+    from camvid.data import build_eval_dataset
+
+    stride = int(stride) if stride is not None else int(train_cfg.data.stride_eval)
+    return build_eval_dataset(train_cfg.data, root=root, split=split, stride=stride)
+
+
+def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset, idx: int, out_dir, *,
+                     base_seed: int, ckpt, steps=None, eta=None, guidance=None, collaborative=None,
+                     fps: float = 8, skip_existing: bool = True, test_root=None, split: str = "test") -> list[Path]:
+    """Sample test clip ``idx`` into ``out_dir`` (one folder per video, GT beside it). The noise seed
+    is ``base_seed + idx``, so a clip's sample is the same whichever rank or shard draws it; a clip
+    whose folders are all written already is skipped (an interrupted run resumes). ``test_root`` /
+    ``split``: where the clip came from, for the conditioning frame's depth (camera-following metric)."""
+    from camvid.evaluation.camera_following import save_conditioning_depth
+    from camvid.evaluation.layout import META_FILE, write_sample
+
+    item = dataset[idx]
+    batch = dataset.collate([item])
+    views = int(batch.get("num_views", 1))
+    n_videos = batch["video"].shape[0]
+    ids = [batch["key"][v] if views == 1 else f"{batch['key'][v]}_view{v % views}" for v in range(n_videos)]
+    folders = [Path(out_dir) / sid for sid in ids]
+    if skip_existing and all((f / META_FILE).is_file() for f in folders):
+        return []
+    seed = int(base_seed) + idx
+    out = generate(method, train_cfg, batch, seed=seed, steps=steps, eta=eta, guidance=guidance,
+                   collaborative=collaborative)
+    written = []
+    for v in range(out.shape[0]):
+        key = batch["key"][v]
+        frames = to_uint8_video(out[v])
+        folder = write_sample(
+            out_dir, ids[v], frames, batch["K"][v].numpy(), batch["c2w"][v].numpy(),
+            caption=batch["caption"][v], seed=seed, gt_video=to_uint8_video(batch["video"][v]), fps=fps,
+            meta={"method": train_cfg.model.name, "attn": train_cfg.attn.name, "checkpoint": str(ckpt),
+                  "frame_stride": int(batch["frame_stride"][v]), "paper_row": train_cfg.get("paper_row"),
+                  "group": key if views > 1 else None, "view": v % views},
+        )
+        write_gif(folder / "video.gif", frames, fps=fps)
+        if views == 1 and test_root is not None:  # exact depth of the conditioning frame (camera following)
+            save_conditioning_depth(folder, test_root, split, batch, v)
+        save_path_picture(folder, batch["K"][v].numpy(), batch["c2w"][v].numpy(), tuple(frames.shape[1:3]), ids[v])
+        written.append(folder)
+    return written
+
+
+def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel, ckpt: Path) -> list[Path]:
+    dataset = eval_split_dataset(train_cfg, cfg.test_data, cfg.split, cfg.stride)
     n = min(int(cfg.num_samples), len(dataset))
     written = []
-    for idx in range(n):
-        batch = dataset.collate([dataset[idx]])
-        out = generate(method, train_cfg, batch, seed=int(cfg.seed) + idx, steps=cfg.steps, eta=cfg.eta,
-                       guidance=cfg.guidance, collaborative=cfg.get("collaborative"))
-        views = int(batch.get("num_views", 1))
-        for v in range(out.shape[0]):
-            key = batch["key"][v]
-            sid = key if views == 1 else f"{key}_view{v % views}"
-            frames = to_uint8_video(out[v])
-            folder = write_sample(
-                cfg.out_dir, sid, frames, batch["K"][v].numpy(), batch["c2w"][v].numpy(),
-                caption=batch["caption"][v], seed=int(cfg.seed) + idx, gt_video=to_uint8_video(batch["video"][v]),
-                fps=cfg.fps,
-                meta={"method": train_cfg.model.name, "attn": train_cfg.attn.name, "checkpoint": str(ckpt),
-                      "frame_stride": int(batch["frame_stride"][v]),
-                      "group": key if views > 1 else None, "view": v % views},
-            )
-            write_gif(folder / "video.gif", frames, fps=cfg.fps)
-            if views == 1:  # exact depth of the conditioning frame, for the camera-following metric
-                save_conditioning_depth(folder, cfg.test_data, cfg.split, batch, v)
-            save_path_picture(folder, batch["K"][v].numpy(), batch["c2w"][v].numpy(), tuple(frames.shape[1:3]), sid)
-            written.append(folder)
+    for idx in shard_indices(n, int(cfg.get("shard_index") or 0), int(cfg.get("num_shards") or 1)):
+        written += sample_test_clip(method, train_cfg, dataset, idx, cfg.out_dir, base_seed=int(cfg.seed),
+                                    ckpt=ckpt, steps=cfg.steps, eta=cfg.eta, guidance=cfg.guidance,
+                                    collaborative=cfg.get("collaborative"), fps=cfg.fps, test_root=cfg.test_data,
+                                    split=cfg.split)
     return written
 
 

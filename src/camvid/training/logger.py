@@ -45,7 +45,7 @@ class WandbLogger(RunLogger):
     name = "wandb"
 
     def __init__(self, project: str, run_dir: Path, config: dict, *, entity=None, mode="offline",
-                 group=None, tags=None, name=None, log_videos=True):
+                 group=None, tags=None, name=None, log_videos=True, run_id=None):
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -54,6 +54,8 @@ class WandbLogger(RunLogger):
         self.run = wandb.init(
             project=project, entity=entity, dir=str(run_dir), config=config, mode=mode,
             group=group, tags=list(tags or []), name=name, reinit="finish_previous",
+            # a fixed id + resume="allow": a requeued job or a later stage continues the same W&B run
+            id=run_id, resume="allow" if run_id else None,
         )
 
     def log(self, metrics: dict, step: int) -> None:
@@ -72,7 +74,8 @@ class WandbLogger(RunLogger):
         self.run.finish(exit_code=exit_code)
 
 
-def build_logger(cfg, run_dir: Path, config: dict, is_main: bool, run_name: str | None = None) -> RunLogger:
+def build_logger(cfg, run_dir: Path, config: dict, is_main: bool, run_name: str | None = None,
+                 run_id: str | None = None) -> RunLogger:
     """``cfg`` is the ``logger`` config group; non-main processes always get the no-op logger."""
     if not is_main or cfg is None or cfg.get("name", "none") == "none":
         return RunLogger()
@@ -81,7 +84,7 @@ def build_logger(cfg, run_dir: Path, config: dict, is_main: bool, run_name: str 
     return WandbLogger(
         project=cfg.project, run_dir=run_dir, config=config, entity=cfg.get("entity"),
         mode=cfg.get("mode", "offline"), group=cfg.get("group"), tags=cfg.get("tags"),
-        name=run_name, log_videos=cfg.get("log_videos", True),
+        name=run_name, log_videos=cfg.get("log_videos", True), run_id=run_id,
     )
 
 

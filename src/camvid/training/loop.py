@@ -30,8 +30,10 @@ from camvid.training.checkpoint import CheckpointManager, find_latest, read_trai
 from camvid.training.data import build_train_loader, prepare_data
 from camvid.training.distributed import make_accelerator, shared_run_dir
 from camvid.training.logger import build_logger, finish_runs_on_exit
+from camvid.training.preemption import PreemptionGuard
 from camvid.training.preview import log_preview
 from camvid.training.resume import check_resume_compatible, run_fingerprint
+from camvid.training.run_identity import run_id, run_name
 from camvid.validation import validate_train_config
 
 __all__ = ["TrainingObjective", "TrainState", "train"]
@@ -176,7 +178,7 @@ def _train(cfg: DictConfig) -> dict:
             print(f"resumed from {resume_from} at step {start_step}")
 
     logger = build_logger(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True), is_main,
-                          run_name=run_dir.name)
+                          run_name=run_name(cfg, run_dir), run_id=run_id(run_dir) if is_main else None)
     if is_main:
         print(f"run dir: {run_dir}\ntrainable parameters: {n_train:,} of {n_total:,}")
     max_steps = int(tcfg.max_steps)
@@ -187,6 +189,7 @@ def _train(cfg: DictConfig) -> dict:
     t0, samples_seen = time.perf_counter(), 0
     # optional data audit: which samples each rank trained on (DDP sharding check, debugging)
     seen_keys: list[list[str]] | None = [] if tcfg.get("log_sample_keys") else None
+    preemption = PreemptionGuard().install()  # SLURM's pre-timeout signal: checkpoint, then requeue
     for step in range(start_step, max_steps):
         for _ in range(int(tcfg.grad_accum)):
             batch = _to_device(next(batches), accelerator.device)
@@ -217,12 +220,22 @@ def _train(cfg: DictConfig) -> dict:
         pbar.update(1)
         pbar.set_postfix(loss=f"{last['loss']:.4f}",
                          skipped=sum(data_report["skipped"].values()) if data_report else 0)
-        if done % int(tcfg.ckpt_every) == 0 or done == max_steps:
+        saved = done % int(tcfg.ckpt_every) == 0 or done == max_steps
+        if saved:
             ckpt.save(done, {"loss": last["loss"], "model": cfg.model.name, "attn": cfg.attn.name,
                              "resume": fingerprint})
+        if preemption.requested(accelerator):
+            if not saved:
+                ckpt.save(done, {"loss": last["loss"], "model": cfg.model.name, "attn": cfg.attn.name,
+                                 "resume": fingerprint})
+            if is_main:
+                print(f"preempted: checkpoint at step {done} saved, handing over to the requeue", flush=True)
+            accelerator.wait_for_everyone()
+            preemption.requeue(is_main)
         if tcfg.sample_every and done % int(tcfg.sample_every) == 0 and is_main:
             log_preview(method, batch, cfg, run_dir, done, logger)
     pbar.close()
+    preemption.uninstall()
     if seen_keys is not None:
         keys_dir = run_dir / "sample_keys"
         keys_dir.mkdir(exist_ok=True)

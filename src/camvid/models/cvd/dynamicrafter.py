@@ -38,7 +38,7 @@ class _AfterTemporalTransformer:
 
 
 def install_cvd_on_dynamicrafter(unet, heads: int | None = None, max_feat_size: int = 64,
-                                 **options) -> CrossVideoSync:
+                                 num_attention_blocks: int = 2, **options) -> CrossVideoSync:
     """Hang one sync module after every temporal transformer of ``unet`` (a ``DynamiCrafterUNet``).
     ``options``: the ``attn=cross_video`` keys :class:`CrossVideoSync` takes (tau, masked, path, seed, ...)."""
     from camvid.models.dynamicrafter.blocks import TemporalTransformer
@@ -46,7 +46,10 @@ def install_cvd_on_dynamicrafter(unet, heads: int | None = None, max_feat_size: 
     valid = [p for p in inspect.signature(CrossVideoSync.__init__).parameters if p != "self"]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown cross_video options {unknown}; valid: {', '.join(valid)}, heads, max_feat_size")
+        raise ValueError(f"unknown cross_video options {unknown}; valid: {', '.join(valid)}, heads, max_feat_size, "
+                         "num_attention_blocks")
+    if int(num_attention_blocks) < 1:
+        raise ValueError(f"attn.num_attention_blocks={num_attention_blocks}: must be >= 1")
     sync = CrossVideoSync(**options)
     AttentionContext(path=sync.path)  # an unknown path fails now, not in the first forward
     sites = [m for name, m in unet.named_modules()
@@ -58,7 +61,8 @@ def install_cvd_on_dynamicrafter(unet, heads: int | None = None, max_feat_size: 
         with torch.device(ref.device):
             modules.append(build_cross_frame_attention(
                 "cross_video", channels, heads or tt.transformer_blocks[0].attn1.heads,
-                norm_num_groups=tt.norm.num_groups, max_feat_size=max_feat_size).to(ref.dtype))
+                norm_num_groups=tt.norm.num_groups, max_feat_size=max_feat_size,
+                num_attention_blocks=int(num_attention_blocks)).to(ref.dtype))
     unet.epi_modules = nn.ModuleList(modules)
     for tt, epi in zip(sites, unet.epi_modules):
         tt.register_forward_hook(_AfterTemporalTransformer(sync, epi))

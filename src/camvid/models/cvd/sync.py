@@ -138,11 +138,16 @@ def install_cvd_modules(
     seed: int = 0,
     max_feat_size: int = 64,
     band: str = "hard",
+    num_attention_blocks: int = 2,
 ) -> CrossVideoSync:
     """Add ``epi_modules`` beside the motion modules of every down/up block and hook them in.
 
     ``heads`` defaults to the motion modules' head count (8 at full size, as CVD's config).
+    ``num_attention_blocks``: cross-view attention layers per epi module (CVD: 2; its Table 3
+    "1 Layer" ablation: 1).
     """
+    if int(num_attention_blocks) < 1:
+        raise ValueError(f"attn.num_attention_blocks={num_attention_blocks}: must be >= 1")
     heads = heads or unet.config.motion_num_attention_heads
     sync = CrossVideoSync(tau, masked, path, seed, band)
     AttentionContext(path=path, band=band)  # rejects an unknown path / band now, not at the first forward
@@ -156,6 +161,7 @@ def install_cvd_modules(
                 build_cross_frame_attention(
                     "cross_video", mm.proj_in.in_features, heads,
                     norm_num_groups=unet.config.norm_num_groups, max_feat_size=max_feat_size,
+                    num_attention_blocks=int(num_attention_blocks),
                 )
                 for mm in block.motion_modules
             ).to(ref.dtype)

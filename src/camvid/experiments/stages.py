@@ -1,0 +1,188 @@
+"""What one job of an experiment runs: ``stages=[train, sample, eval]``, each resumable and skippable.
+
+- ``train``: the training loop (auto-resumes from the run's latest checkpoint; skipped when the run
+  holds a checkpoint at ``trainer.max_steps``).
+- ``sample``: the test split into ``<run>/samples``, split over the job's ranks (every rank samples
+  every ``world``-th clip; finished clips are skipped; a clip's seed is ``stage_sample.seed + index``).
+  Without a ``train`` stage (zero-shot and released-weight rows) the model comes from ``pretrained=`` /
+  ``method_ckpt=``; otherwise from the run's latest checkpoint.
+- ``eval``: ``conf/eval.yaml``'s evaluation of ``<run>/samples`` (rank 0; skipped when its results
+  are newer than every sample), into ``<run>/samples/eval``; the paper numbers come from ``paper_row``.
+
+Samples and final metrics are logged to the training run's W&B run (same id, resumed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from camvid.experiments.cluster import export_distributed_env
+
+__all__ = ["STAGES", "run_job", "eval_config", "rank_world"]
+
+STAGES = ("train", "sample", "eval")
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+RESULTS_FILE = "results.json"
+
+
+def _stages(cfg: DictConfig) -> list[str]:
+    raw = cfg.get("stages") or []
+    stages = [str(s) for s in (raw if OmegaConf.is_list(raw) or isinstance(raw, list) else [raw])]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ValueError(f"stages={stages}: choose a non-empty list of {list(STAGES)} (e.g. stages=[train,sample,eval])")
+    return [s for s in STAGES if s in stages]  # always in pipeline order
+
+
+def rank_world() -> tuple[int, int]:
+    """This process's rank and the number of ranks, from the launcher's env:// variables."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def run_job(cfg: DictConfig) -> dict:
+    """Run the configured stages of one job; returns a summary (``loss`` when it trained)."""
+    from camvid.training.logger import finish_runs_on_exit
+    from camvid.validation import validate_train_config
+
+    stages = _stages(cfg)
+    validate_train_config(cfg)  # bad option values end the job before anything is read or built
+    export_distributed_env()  # a multi-task submitit job: RANK/WORLD_SIZE/MASTER_* for accelerate
+    summary: dict = {"stages": stages, "loss": float("nan")}
+    with finish_runs_on_exit():
+        run_dir = Path(cfg.paths.output_dir)
+        if "train" in stages:
+            summary.update(_train_stage(cfg, run_dir))
+            run_dir = Path(summary["run_dir"])
+        if "sample" in stages:
+            summary["samples"] = str(_sample_stage(cfg, run_dir, trained="train" in stages))
+        if "eval" in stages and rank_world()[0] == 0:
+            summary["results"] = _eval_stage(cfg, run_dir)
+    return summary
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+def _finished_step(run_dir: Path) -> int | None:
+    from camvid.training.checkpoint import find_latest, read_trainer_state
+
+    latest = find_latest(run_dir / "checkpoints")
+    return int(read_trainer_state(latest)["step"]) if latest is not None else None
+
+
+def _train_stage(cfg: DictConfig, run_dir: Path) -> dict:
+    from camvid.training.loop import train
+
+    if cfg.get("ckpt_path") is None and _finished_step(run_dir) == int(cfg.trainer.max_steps):
+        print(f"train: {run_dir} holds the step-{cfg.trainer.max_steps} checkpoint: stage skipped", flush=True)
+        return {"run_dir": str(run_dir), "step": int(cfg.trainer.max_steps)}
+    return train(cfg)
+
+
+# --- sample --------------------------------------------------------------------------------------
+
+def _test_root(cfg: DictConfig) -> str:
+    root = cfg.stage_sample.get("test_data")
+    if root:
+        return str(root)
+    if cfg.data.get("format") == "mix":  # CVD's mix: its evaluation pairs come from RealEstate10K
+        return str(cfg.data.re10k_root)
+    return str(cfg.data.root)
+
+
+def _load_method(cfg: DictConfig, run_dir: Path, trained: bool, device):
+    from camvid.sampling import load_trained_method, pretrained_method, resolve_checkpoint
+
+    if trained:
+        ckpt = resolve_checkpoint(run_dir=run_dir)
+        train_cfg, method = load_trained_method(ckpt, device)
+        return train_cfg, method, str(ckpt)
+    return pretrained_method(cfg, device)
+
+
+def _sample_stage(cfg: DictConfig, run_dir: Path, trained: bool) -> Path:
+    from camvid.data.factory import prepare_dataset
+    from camvid.sampling import eval_split_dataset, sample_test_clip, shard_indices
+
+    rank, world = rank_world()
+    scfg = cfg.stage_sample
+    out_dir = run_dir / "samples"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        prepare_dataset(cfg.data)  # the synthetic set of scale=tiny, when no training stage made it
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    train_cfg, method, ckpt = _load_method(cfg, run_dir, trained, device)
+    train_cfg = OmegaConf.merge(train_cfg, {"paper_row": cfg.get("paper_row")})
+    root, split = _test_root(cfg), str(scfg.get("split", "test"))
+    dataset = eval_split_dataset(train_cfg, root, split)
+    n = min(int(scfg.num_samples), len(dataset))
+    mine = shard_indices(n, rank, world)
+    written = 0
+    for idx in mine:
+        written += len(sample_test_clip(method, train_cfg, dataset, idx, out_dir, base_seed=int(scfg.seed),
+                                        ckpt=ckpt, steps=scfg.get("steps"), test_root=root, split=split))
+    (out_dir / f".rank{rank}_of_{world}.done").write_text(json.dumps({"clips": mine, "written": written}))
+    print(f"sample: rank {rank}/{world} wrote {written} videos ({len(mine)} clips, the rest already there) "
+          f"into {out_dir}", flush=True)
+    return out_dir
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+def eval_config(cfg: DictConfig, samples_dir: Path) -> dict:
+    """conf/eval.yaml's settings with this run's paths, ``stage_eval`` overriding them."""
+    base = OmegaConf.load(CONF_DIR / "eval.yaml")
+    for key in ("defaults", "hydra", "task_name"):
+        base.pop(key, None)
+    merged = OmegaConf.merge(base, {"paths": cfg.paths}, cfg.get("stage_eval") or {},
+                             {"samples_dir": str(samples_dir), "paper_row": cfg.get("paper_row")})
+    merged.paths.output_dir = str(samples_dir)  # the hydra: resolver is not available outside a job
+    return OmegaConf.to_container(merged, resolve=True)
+
+
+def _wait_for_ranks(samples_dir: Path, world: int, timeout_s: float = 6 * 3600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(list(samples_dir.glob(f".rank*_of_{world}.done"))) < world:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"eval: not every one of {world} ranks finished sampling into {samples_dir}")
+        time.sleep(2)
+
+
+def _eval_stage(cfg: DictConfig, run_dir: Path) -> str:
+    from camvid.evaluation.pipeline import run_evaluation
+
+    samples_dir = run_dir / "samples"
+    _wait_for_ranks(samples_dir, rank_world()[1])
+    ecfg = eval_config(cfg, samples_dir)
+    out_dir = Path(ecfg.get("out_dir") or samples_dir / "eval")
+    results = out_dir / RESULTS_FILE
+    newest = max((p.stat().st_mtime for p in samples_dir.glob("*/meta.json")), default=0.0)
+    if results.is_file() and results.stat().st_mtime >= newest:
+        print(f"eval: {results} is newer than every sample: stage skipped", flush=True)
+        return str(results)
+    result = run_evaluation(ecfg)
+    print(result["markdown"], flush=True)
+    _log_to_training_run(cfg, run_dir, samples_dir, result["rows"])
+    return str(result["paths"]["json"])
+
+
+def _log_to_training_run(cfg: DictConfig, run_dir: Path, samples_dir: Path, rows) -> None:
+    """Final metrics and a few sample videos into the training run's W&B run (same id, resumed)."""
+    from camvid.training.logger import build_logger
+    from camvid.training.run_identity import run_id, run_name
+
+    logger = build_logger(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True), True,
+                          run_name=run_name(cfg, run_dir), run_id=run_id(run_dir))
+    # one step past training: a resumed W&B run drops points logged at a step it has passed already
+    step = int(cfg.trainer.max_steps) + 1 if "train" in _stages(cfg) else 0
+    logger.log({f"eval/{r.metric}": r.value for r in rows if r.value is not None}, step=step)
+    logger.log_table("eval/results", ["metric", "ours", "gt_reference", "paper", "note"],
+                     [[r.metric, r.value, r.reference, r.paper, r.note] for r in rows], step=step)
+    for gif in sorted(samples_dir.glob("*/video.gif"))[:4]:
+        logger.log_video(f"samples/{gif.parent.name}", gif, step=step)
+    logger.finish()

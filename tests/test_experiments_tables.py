@@ -1,0 +1,122 @@
+"""``make table``: finished jobs of a table sweep in the paper's layout, beside the paper's numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from camvid.evaluation.tables import ResultRow
+from camvid.experiments.tables import collect_table, main
+from conftest import REPO
+
+
+def _job(root: Path, preset: str, seed: int, values: dict, not_computed: dict | None = None):
+    rows = [ResultRow(m, v) for m, v in values.items()]
+    rows += [ResultRow(m, None, note=f"not computed: {why}") for m, why in (not_computed or {}).items()]
+    out = root / preset / f"seed_{seed}" / "samples" / "eval"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps({"rows": [asdict(r) for r in rows]}))
+
+
+def test_table_from_finished_jobs(tmp_path):
+    root = tmp_path / "cami2v_t2"
+    missing_fvd = {"FVD_videogpt": "weight file i3d_pretrained_400.pt missing",
+                   "FVD_stylegan": "weight file i3d_torchscript.pt missing"}
+    _job(root, "cami2v_t2_cami2v", 1, {"TransErr": 1.0, "RotErr": 0.5, "CamMC": 2.0}, missing_fvd)
+    _job(root, "cami2v_t2_cami2v", 2, {"TransErr": 2.0, "RotErr": 0.5, "CamMC": 2.0}, missing_fvd)
+    _job(root, "cami2v_t2_full3d", 1, {"TransErr": 1.8215, "RotErr": 0.7, "CamMC": 2.5, "FVD_videogpt": 70.0,
+                                      "FVD_stylegan": 60.0})
+    spec, rows = collect_table("cami2v_t2", root)
+    by = {r.preset: r for r in rows}
+    cami2v = by["cami2v_t2_cami2v"]
+    assert cami2v.seeds == ["seed_1", "seed_2"] and cami2v.paper_row == "cami2v_t1_cami2v"
+    trans = cami2v.cells["TransErr"]
+    assert trans.mean == pytest.approx(1.5) and trans.std == pytest.approx(0.7071, abs=1e-4)
+    assert trans.paper == pytest.approx(1.4955) and trans.rel_diff == pytest.approx((1.5 - 1.4955) / 1.4955)
+    assert "2/2 seeds" in cami2v.cells["FVD_videogpt"].note and "i3d_pretrained_400.pt" in cami2v.cells["FVD_videogpt"].note
+    assert by["cami2v_t2_full3d"].cells["TransErr"].rel_diff == pytest.approx(0.0)
+    assert "no finished job" in by["cami2v_t2_camco_like"].cells["RotErr"].note
+    row5 = next(r for r in rows if r.preset is None)
+    assert row5.cells["TransErr"].paper == pytest.approx(5.5119) and "not run" in row5.cells["TransErr"].note
+
+    paths = main(["cami2v_t2", "--root", str(root)])
+    md = paths["md"].read_text()
+    assert "| TransErr ours | TransErr paper | TransErr Δ |" in md.replace("row | seeds | ", "")
+    line = next(x for x in md.splitlines() if x.startswith("| Plücker + Epipolar (CamI2V) |"))
+    assert "| 2 | 1.5 ± 0.7071 | 1.496 | +0.3% |" in line
+    assert "i3d_torchscript.pt missing" in md and "row 5 (one module ticked): not run" in md
+    # the paper's row order, one line each
+    labels = [x.split(" | ")[0][2:] for x in md.splitlines() if x.startswith("| ") and " | paper" not in x]
+    assert labels[1:] == [r["label"] for r in spec["rows"]]
+    csv_lines = paths["csv"].read_text().splitlines()
+    assert csv_lines[0].startswith("row,preset,paper_row,metric,ours_mean,ours_std,num_seeds,paper,rel_diff,note")
+    assert len(csv_lines) == 1 + len(spec["rows"]) * len(spec["columns"])
+
+
+def test_unknown_table_is_named():
+    with pytest.raises(FileNotFoundError, match="TABLE=nope: .*known tables: .*cami2v_t2"):
+        collect_table("nope", Path("/nonexistent"))
+
+
+def _run(args, env, timeout=1500):
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), CAMVID_ROOT=str(tmp_path), WANDB_MODE="offline",
+               HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.pop("CAMVID_SWEEP_ID", None)
+    return env
+
+
+TINY_JOB = ["trainer.max_steps=2", "trainer.ckpt_every=2", "backbone.num_frames=8", "backbone.height=32",
+            "backbone.width=32", "stage_sample.num_samples=2", "stage_sample.steps=2", "logger=none",
+            "data.prepare.num_clips=6", "data.prepare.webvid_clips=2"]
+
+
+@pytest.mark.slow
+def test_two_row_table_through_submitit_local_and_make_table(tmp_path):
+    env = _env(tmp_path)
+    sweep = ["src/train.py", "-m", "table=cami2v_t2", "scale=tiny", "hydra/launcher=submitit_local",
+             "experiment=cami2v_t2_camco_like,cami2v_t2_pluecker_only", *TINY_JOB]
+    done = _run(sweep, env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    root = tmp_path / "outputs" / "tables" / "tiny" / "cami2v_t2"
+    for preset in ("cami2v_t2_camco_like", "cami2v_t2_pluecker_only"):
+        job = root / preset / "seed_42"
+        assert (job / "checkpoints" / "step_00000002").is_dir()
+        metas = [json.loads(p.read_text()) for p in job.glob("samples/*/meta.json")]
+        assert 1 <= len(metas) <= 2 and {m["paper_row"] for m in metas} == {preset}
+        assert (job / "samples" / "eval" / "results.json").is_file()
+    table = _run(["-m", "camvid.experiments.tables", "cami2v_t2", "--scale", "tiny"], env)
+    assert table.returncode == 0, table.stderr[-3000:]
+    md = (root / "table.md").read_text()
+    assert "TransErr paper" in md and "1.601" in md  # the CamCo-like row's published TransErr
+    for label in ("Plücker + Epipolar on ref. frame (CamCo-like)", "Plücker only"):
+        assert f"| {label} | 1 |" in md  # one finished seed each
+    assert "no finished job under" in md  # the rows not swept here
+    # rerunning the same command resumes: every stage of every job is skipped
+    again = _run(sweep, env)
+    assert again.returncode == 0
+    logs = "".join(p.read_text() for p in root.glob(".submitit/*/*_log.out"))
+    assert "stage skipped" in logs
+
+
+@pytest.mark.slow
+def test_two_task_submitit_job_forms_one_process_group_with_disjoint_data(tmp_path):
+    env = _env(tmp_path)
+    done = _run(["src/train.py", "-m", "experiment=cami2v_t2_camco_like", "scale=tiny", "hydra/launcher=submitit_local",
+                 "hydra.launcher.tasks_per_node=2", "stages=[train]", "trainer.log_sample_keys=true", *TINY_JOB], env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = next((tmp_path / "outputs" / "train" / "multiruns").glob("*/0"))
+    keys = [json.loads((run / "sample_keys" / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    flat = [{k for batch in ks for k in batch} for ks in keys]
+    assert flat[0] and flat[1] and not flat[0] & flat[1]  # two ranks of one group, disjoint data
+    state = json.loads((run / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
+    assert state["resume"]["world_size"] == 2
