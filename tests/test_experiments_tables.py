@@ -10,14 +10,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from camvid.evaluation.tables import ResultRow
-from camvid.experiments.tables import collect_table, main
-from conftest import REPO
+from camvid.experiments.tables import TINY_COLUMNS, collect_table, main
+from conftest import REPO, compose
 
 
-def _job(root: Path, preset: str, seed: int, values: dict, not_computed: dict | None = None):
-    rows = [ResultRow(m, v) for m, v in values.items()]
+def _job(root: Path, preset: str, seed: int, values: dict, not_computed: dict | None = None,
+         references: dict | None = None):
+    rows = [ResultRow(m, v, (references or {}).get(m)) for m, v in values.items()]
     rows += [ResultRow(m, None, note=f"not computed: {why}") for m, why in (not_computed or {}).items()]
     out = root / preset / f"seed_{seed}" / "samples" / "eval"
     out.mkdir(parents=True)
@@ -57,6 +59,67 @@ def test_table_from_finished_jobs(tmp_path):
     csv_lines = paths["csv"].read_text().splitlines()
     assert csv_lines[0].startswith("row,preset,paper_row,metric,ours_mean,ours_std,num_seeds,paper,rel_diff,note")
     assert len(csv_lines) == 1 + len(spec["rows"]) * len(spec["columns"])
+
+
+def _following(psnr: float) -> tuple[dict, dict]:
+    """One tiny job's results: the camera-following family (GT reference on CamFollowPSNR and
+    CamFollowPSNR_static, as camvid.evaluation.camera_following writes them) and the SfM errors."""
+    values = {"CamFollowPSNR": psnr, "CamFollowL1": 0.1, "CamFollowPSNR_static": 14.0,
+              "CamFollowPSNR_wrong_traj": psnr - 2.0, "FirstFramePSNR": 30.0, "RotErr": 2.0, "TransErr": 4.0,
+              "CamMC": 5.0}
+    return values, {"CamFollowPSNR": 24.5, "CamFollowPSNR_static": 24.5}
+
+
+def test_tiny_table_shows_camera_following_beside_the_paper(tmp_path):
+    # two rows of CamI2V Table 1 at one seed, as `python src/train.py -m table=cami2v_t1 scale=tiny
+    # experiment=cami2v_t1_dynamicrafter,cami2v_t1_cami2v seed=1` leaves them
+    root = tmp_path / "cami2v_t1"
+    for preset, psnr in (("cami2v_t1_dynamicrafter", 15.0), ("cami2v_t1_cami2v", 18.25)):
+        values, refs = _following(psnr)
+        _job(root, preset, 1, values, {"FVD_videogpt": "weights missing"}, refs)
+    spec, rows = collect_table("cami2v_t1", root, scale="tiny")
+    assert spec["columns"][:len(TINY_COLUMNS)] == list(TINY_COLUMNS)
+    assert spec["columns"][len(TINY_COLUMNS):] == ["TransErr", "RotErr", "CamMC", "FVD_videogpt", "FVD_stylegan"]
+    by = {r.preset: r for r in rows}
+    cami2v = by["cami2v_t1_cami2v"]
+    assert cami2v.seeds == ["seed_1"] and cami2v.cells["CamFollowPSNR"].mean == pytest.approx(18.25)
+    assert cami2v.cells["CamFollowPSNR_gt"].mean == pytest.approx(24.5)  # the GT videos' reference
+    assert cami2v.cells["CamFollowPSNR_wrong_traj"].mean == pytest.approx(16.25)
+    assert cami2v.cells["CamFollowPSNR"].paper is None and cami2v.cells["RotErr"].paper == pytest.approx(0.4758)
+    assert "no finished job" in by["cami2v_t1_motionctrl"].cells["CamFollowPSNR"].note
+
+    md = main(["cami2v_t1", "--scale", "tiny", "--root", str(root)])["md"].read_text()
+    head = next(x for x in md.splitlines() if x.startswith("| row | seeds |"))
+    assert head.startswith("| row | seeds | CamFollowPSNR ours | CamFollowPSNR paper | CamFollowPSNR Δ | "
+                           "CamFollowPSNR_gt ours |") and "| FirstFramePSNR ours |" in head
+    assert "| TransErr ours | TransErr paper |" in head
+    line = next(x for x in md.splitlines() if x.startswith("| + CamI2V (Ours) |"))
+    # ours at one seed, "—" where the paper has no such column, the paper's RotErr beside ours
+    assert line.startswith("| + CamI2V (Ours) | 1 | 18.25 | — |  | 24.5 | — |") and "| 2 | 0.4758 |" in line
+    dyn = next(x for x in md.splitlines() if x.startswith("| DynamiCrafter |"))
+    assert dyn.startswith("| DynamiCrafter | 1 | 15 | — |") and "3.341" in dyn
+    # the full-scale table of the same jobs keeps the paper's columns only
+    full = main(["cami2v_t1", "--root", str(root), "--out", str(tmp_path / "full")])["md"].read_text()
+    assert "CamFollowPSNR" not in full and "TransErr ours" in full
+
+
+@pytest.mark.parametrize("preset", ["cami2v_t1_dynamicrafter", "cami2v_t1_cami2v", "cvd_t3_cvd"])
+def test_tiny_rows_learn_with_the_demo_recipe(preset):
+    demo = compose(["experiment=demo"])
+    row = compose(["table=cami2v_t1", "scale=tiny", f"experiment={preset}"])
+    family = "animatediff" if preset.startswith("cvd") else "dynamicrafter"
+    tiny = compose([f"backbone=tiny_{family}"]).backbone
+    assert row.backbone.name == f"tiny_{family}" and row.stages == ["train", "sample", "eval"]
+    assert row.backbone.kwargs == tiny.kwargs  # DynamiCrafter: x0-prediction, clean first frame
+    assert row.model.sampler == tiny.sampler and row.model.guidance == tiny.guidance
+    assert "camera_following" in row.stage_eval.metrics and row.stage_sample.steps is None
+    for key in ("model.optimizer.lr", "trainer.max_steps", "trainer.batch_size", "backbone.num_frames",
+                "backbone.height", "backbone.width"):
+        assert OmegaConf.select(row, key) == OmegaConf.select(demo, key), key
+    if family == "dynamicrafter":
+        assert row.backbone.kwargs.parameterization == "x0" and row.model.sampler == demo.model.sampler
+    else:
+        assert row.model.name == "cvd"
 
 
 def test_unknown_table_is_named():

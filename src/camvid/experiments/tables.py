@@ -6,6 +6,12 @@ every such file, averages the seeds (mean ± std), puts the paper's number (``pa
 keyed by the preset's ``paper_row``) in the adjacent column with the relative difference, and writes
 ``table.md`` and ``table.csv``. A cell that cannot be filled says why: no preset for the row, no
 finished job, or the metric's own "not computed" reason.
+
+A ``scale=tiny`` table (``--scale tiny``) shows, before the paper's columns, the tiny world's own
+measure (``conf/scale/tiny.yaml`` evaluates it for every row): the camera-following PSNR, its
+ground-truth-video upper bound (``CamFollowPSNR_gt``, the reference of the same results row), the
+static and wrong-trajectory references and the first-frame PSNR (docs/evaluation.md). The papers do
+not report these, so their paper column reads "—". A table config may name its own ``tiny_columns``.
 """
 
 from __future__ import annotations
@@ -23,9 +29,15 @@ import yaml
 
 from camvid.evaluation.tables import format_value, load_paper_numbers
 
-__all__ = ["Cell", "TableRow", "load_table_config", "collect_table", "to_markdown", "write_table", "main"]
+__all__ = ["Cell", "TableRow", "TINY_COLUMNS", "load_table_config", "collect_table", "to_markdown", "write_table",
+           "main"]
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+# the camera-following family (camvid.evaluation.camera_following) in the order the tiny tables show it;
+# "<metric>_gt" is the results row's reference (the same measure on the ground-truth videos)
+TINY_COLUMNS = ("CamFollowPSNR", "CamFollowPSNR_gt", "CamFollowPSNR_static", "CamFollowPSNR_wrong_traj",
+                "FirstFramePSNR")
+GT_SUFFIX = "_gt"
 
 
 @dataclass
@@ -80,9 +92,23 @@ def _job_results(row_dir: Path) -> dict[str, Path]:
     return {p.parents[2].name: p for p in sorted(row_dir.glob("seed_*/samples/eval/results.json"))}
 
 
-def collect_table(name: str, root: Path, conf_dir: Path = CONF_DIR) -> tuple[dict, list[TableRow]]:
-    """The table config and its rows filled from the finished jobs under ``root``."""
+def _results_by_metric(results: Path) -> dict[str, dict]:
+    """metric -> results row, plus ``<metric>_gt`` for every row carrying a ground-truth reference."""
+    rows = json.loads(results.read_text())["rows"]
+    found = {r["metric"]: r for r in rows}
+    for r in rows:
+        if r.get("reference") is not None and f"{r['metric']}{GT_SUFFIX}" not in found:
+            found[f"{r['metric']}{GT_SUFFIX}"] = {"metric": f"{r['metric']}{GT_SUFFIX}", "value": r["reference"]}
+    return found
+
+
+def collect_table(name: str, root: Path, conf_dir: Path = CONF_DIR, scale: str = "full") -> tuple[dict, list[TableRow]]:
+    """The table config and its rows filled from the finished jobs under ``root``; ``scale="tiny"``
+    puts the camera-following columns (``tiny_columns`` or :data:`TINY_COLUMNS`) before the paper's."""
     spec = load_table_config(name, conf_dir)
+    if scale == "tiny":
+        extra = [c for c in spec.get("tiny_columns", TINY_COLUMNS) if c not in spec["columns"]]
+        spec = {**spec, "columns": [*extra, *spec["columns"]], "unpublished": extra}
     paper = load_paper_numbers()
     rows = []
     for entry in spec["rows"]:
@@ -101,7 +127,7 @@ def collect_table(name: str, root: Path, conf_dir: Path = CONF_DIR) -> tuple[dic
                 c.note = f"not computed: no finished job under {root / preset}/seed_*"
         reasons: dict[str, set[str]] = {c: set() for c in cells}
         for results in jobs.values():
-            found = {r["metric"]: r for r in json.loads(results.read_text())["rows"]}
+            found = _results_by_metric(results)
             for col, cell in cells.items():
                 r = found.get(col)
                 if r is None:
@@ -144,7 +170,7 @@ def to_markdown(spec: dict, rows: list[TableRow], root: Path) -> str:
             if cell.note:
                 text = f"{row.label}: {cell.note}"
                 mark = f" [{notes.setdefault(text, len(notes) + 1)}]"
-            paper = "" if cell.paper is None else format_value(cell.paper)
+            paper = "—" if c in spec.get("unpublished", ()) else "" if cell.paper is None else format_value(cell.paper)
             cells += [_ours(cell) + mark, paper, _rel(cell)]
         lines.append("| " + " | ".join([row.label, str(len(row.seeds))] + cells) + " |")
     if notes:
@@ -184,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--out", default=None, help="where table.md/table.csv go (default: the sweep directory)")
     args = parser.parse_args(argv)
     root = Path(args.root) if args.root else default_root(args.table, args.scale)
-    spec, rows = collect_table(args.table, root)
+    spec, rows = collect_table(args.table, root, scale=args.scale)
     paths = write_table(spec, rows, root, Path(args.out) if args.out else root)
     print(paths["md"].read_text())
     print(f"written: {paths['md']} and {paths['csv']}")
