@@ -277,3 +277,103 @@ def test_text_to_video_sampling_needs_no_video():
     videos = sample_video(model, batch, num_steps=2, latent_shape=(2, 12, T, HW // 2, HW // 2),
                           generator=torch.Generator().manual_seed(0))
     assert videos.shape == (2, T, 3, HW, HW) and torch.isfinite(videos).all()
+
+
+# --------------------------------------------- full-size path: meta build materialised by the load
+
+def _full_small(method: str, **kw) -> AnimateDiffT2V:
+    """``size="full"`` (the lazy path) at the tiny UNet width, with the tiny encoders."""
+    from camvid.models.animatediff.unet import UNET_CONFIGS
+    from camvid.models.encoders import HashTextEncoder, PixelShuffleFirstStage
+
+    attn = {"cami2v": "epipolar", "cvd": "cross_video"}.get(method, "temporal")
+    return build_animatediff_method(method, "full", attn=attn, num_frames=T, image_hw=(HW, HW),
+                                    first_stage=PixelShuffleFirstStage(factor=2), text_encoder=HashTextEncoder(dim=64),
+                                    unet_kwargs={k: v for k, v in UNET_CONFIGS["tiny"].items()
+                                                 if k not in ("in_channels", "out_channels", "cross_attention_dim")},
+                                    **kw)
+
+
+def _write_official_files(src: AnimateDiffT2V, folder, cvd: bool = False) -> None:
+    from safetensors.torch import save_file
+
+    unet_sd = src.unet.state_dict()
+    official = convert_to_official_state_dict(unet_sd)
+    (folder / "stable-diffusion-v1-5" / "unet").mkdir(parents=True)
+    spatial = {k: v.contiguous() for k, v in unet_sd.items() if ".motion_modules." not in k
+               and ".epi_modules." not in k and ".cross_frame_modules." not in k}
+    save_file(spatial, str(folder / "stable-diffusion-v1-5" / "unet" / "diffusion_pytorch_model.safetensors"))
+    torch.save({"state_dict": {k: v for k, v in official.items() if ".motion_modules." in k and "qkv_merge" not in k
+                               and "cc_projection" not in k}}, folder / "v3_sd15_mm.ckpt")
+    if src.pose_encoder is not None:
+        torch.save({"pose_encoder_state_dict": src.pose_encoder.state_dict(),
+                    "attention_processor_state_dict": {k: v for k, v in official.items() if "qkv_merge" in k}},
+                   folder / "CameraCtrl.ckpt")
+    if cvd:
+        torch.save({"unet_trainable_dict": {k: v for k, v in official.items()
+                                            if ".epi_modules." in k and "coords" not in k}}, folder / "CVD.ckpt")
+
+
+@pytest.mark.parametrize("method,base", [("cvd", "cameractrl"), ("motionctrl", "animatediff"),
+                                         ("cami2v", "cameractrl")])
+def test_full_size_build_on_meta_materialises_and_new_modules_keep_their_init(tmp_path, method, base):
+    from camvid.models.animatediff.builder import meta_tensors
+
+    torch.manual_seed(3)
+    src = _full_small(base)
+    with torch.no_grad():
+        for p in [*src.unet.parameters(), *(src.pose_encoder.parameters() if src.pose_encoder else [])]:
+            p.add_(torch.randn_like(p) * 0.02)  # no zero-initialised layer stays trivially equal
+    _write_official_files(src, tmp_path)
+
+    torch.manual_seed(4)
+    lazy = _full_small(method, pretrained=tmp_path)
+    assert meta_tensors(lazy) == []
+    torch.manual_seed(5)
+    eager = _full_small(method)  # random trunk, then filled from the same files
+    eager.load_pretrained(tmp_path)
+    new = {"cvd": ".epi_modules.", "motionctrl": "cc_projection", "cami2v": ".cross_frame_modules."}[method]
+    assert any(new in k for k in lazy.state_dict())
+    loaded = ("unet.", "pose_encoder.")
+    for key, value in src.state_dict().items():  # every loaded part equals the files
+        if key.startswith(loaded):
+            torch.testing.assert_close(lazy.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    # the modules no file holds carry their documented initialisation (zero output layer / [I | 0])
+    zero = {"cvd": ".epi_transformer.proj_out.", "cami2v": ".to_out.0.", "motionctrl": "cc_projection.bias"}[method]
+    zeros = [p for k, p in lazy.named_parameters() if new in k and zero in k]
+    assert zeros and all(not p.is_meta and float(p.detach().abs().sum()) == 0 for p in zeros)
+    if method == "motionctrl":
+        for proc in lazy.motionctrl.processors:
+            w, c = proc.cc_projection.weight, proc.cc_projection.weight.shape[0]
+            assert torch.equal(w, torch.cat([torch.eye(c), torch.zeros(c, 12)], dim=1))
+    else:  # the rest of their weights is random, not empty memory
+        others = [p for k, p in lazy.named_parameters() if new in k and k.endswith("weight") and zero not in k]
+        assert others and all(torch.isfinite(p).all() and p.std() > 0 for p in others if p.dim() > 1)
+
+    batch = make_batch(B=2, num_views=2 if method == "cvd" else 1)
+    with torch.no_grad():
+        z = lazy.encode_video(batch["video"])
+        cond, t = lazy.conditions(batch, z), torch.tensor((10, 700))
+        out_lazy, out_eager = lazy.eval().denoise(z, t, cond), eager.eval().denoise(z, t, cond)
+        # zero-initialised outputs: the method equals its base loaded from the same files
+        out_base = src.eval().denoise(z, t, cond)
+    torch.testing.assert_close(out_lazy, out_eager)
+    torch.testing.assert_close(out_lazy, out_base)
+
+
+def test_full_size_build_names_missing_weights_before_and_after(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        _full_small("cameractrl", pretrained=tmp_path / "absent")
+    torch.manual_seed(0)
+    _write_official_files(_full_small("cameractrl"), tmp_path)
+    (tmp_path / "v3_sd15_mm.ckpt").unlink()
+    with pytest.raises(RuntimeError, match=r"stay on meta, e\.g\. \['unet\.down_blocks\.0\.motion_modules"):
+        _full_small("cameractrl", pretrained=tmp_path)
+
+
+@pytest.mark.parametrize("method", ["cvd", "motionctrl", "cami2v"])
+def test_full_size_meta_dry_run_allocates_nothing(method):
+    attn = {"cami2v": "epipolar", "cvd": "cross_video"}.get(method, "temporal")
+    model = build_animatediff_method(method, "full", attn=attn, device="meta")
+    real = [n for n, p in model.named_parameters() if not p.is_meta]
+    assert real == [] and sum(p.numel() for p in model.parameters()) > 1_000_000_000

@@ -85,16 +85,10 @@ def build_method(cfg: DictConfig) -> VideoDiffusionModel:
     if family == "dynamicrafter":
         # the builder checks both files first, builds the pretrained trunk on meta and loads it
         return build(**kwargs, pretrained=_existing(pretrained, family, cfg), method_ckpt=method_ckpt)
-    if pretrained:
-        _existing(pretrained, family, cfg)  # before the 8.7 GB full-size build
     if method_ckpt and not Path(str(method_ckpt)).is_file():
         raise FileNotFoundError(f"method_ckpt={method_ckpt}: file not found ({WEIGHT_SOURCES[family]})")
-    model = build(**kwargs)
-    if pretrained:
-        model.load_pretrained(Path(str(pretrained)))
-    if method_ckpt:
-        model.load_method_checkpoint(Path(str(method_ckpt)))
-    return model
+    # the builder checks the folder first, builds the loaded parts on meta and materialises them by the load
+    return build(**kwargs, pretrained=_existing(pretrained, family, cfg), method_ckpt=method_ckpt)
 
 
 def _existing(pretrained, family: str, cfg: DictConfig) -> str | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -34,6 +37,8 @@ def build_animatediff_method(
     beta_schedule: str = "linear",
     freeze: bool = True,
     unet_kwargs: dict | None = None,
+    pretrained: str | Path | None = None,
+    method_ckpt: str | Path | None = None,
 ) -> AnimateDiffT2V:
     """AnimateDiff (``method="animatediff"``), CameraCtrl (``"cameractrl"``) or CVD (``"cvd"``).
 
@@ -42,6 +47,14 @@ def build_animatediff_method(
     both options. ``size="full"`` is the SD1.5 + AnimateDiff v3 architecture (random weights until
     :meth:`AnimateDiffT2V.load_pretrained`); ``device="meta"`` builds it without allocating.
     With ``freeze`` the base is frozen and only the method's new modules train.
+
+    ``pretrained``: a weights folder (see :mod:`camvid.models.animatediff.checkpoints`) and
+    ``method_ckpt``: a method file over it; both are checked before anything is built. At full size the
+    parts those files hold (SD1.5 UNet/VAE/text tower, motion modules, CameraCtrl pose encoder and
+    ``qkv_merge``) get their parameters on ``meta`` and are materialised by the load, so the build needs
+    about the weights' size in memory; the modules no file holds (MotionCtrl, cross-frame, CVD sync)
+    are built on the real device with their (identity / zero) initialisation, and CVD.ckpt, when
+    present, is copied into them. A tensor still on ``meta`` after the load raises RuntimeError.
     """
     if method not in METHODS:
         raise ValueError(f"model={method} does not run on an AnimateDiff backbone; choose one of {METHODS}")
@@ -63,15 +76,25 @@ def build_animatediff_method(
             "videos; with that model use attn=temporal, or use model=cvd"
         )
     _check_frames(num_frames, image_hw)
+    check_weight_files(pretrained, method_ckpt)
+    dry_run = str(device if device is not None else torch.get_default_device()) == "meta"
+    # full size with weights: what the files fill is built with meta parameters (real buffers)
+    lazy = pretrained is not None and size == "full" and not dry_run
+    real = torch.device("cpu") if lazy else None  # lazy: built on the CPU, loaded there, then moved
+    if lazy:
+        device_arg, device = device, None
+    trunk = _meta_params if lazy else contextlib.nullcontext
     if first_stage is None or text_encoder is None:
-        default_first, default_text = _default_encoders(size, device)
+        with trunk():
+            default_first, default_text = _default_encoders(size, device)
         first_stage = first_stage if first_stage is not None else default_first
         text_encoder = text_encoder if text_encoder is not None else default_text
     latent = first_stage.latent_channels
-    unet = build_unet(
-        size, device=device, in_channels=latent, out_channels=latent,
-        cross_attention_dim=text_encoder.dim, **(unet_kwargs or {}),
-    )
+    with trunk():
+        unet = build_unet(
+            size, device=device, in_channels=latent, out_channels=latent,
+            cross_attention_dim=text_encoder.dim, **(unet_kwargs or {}),
+        )
     pose_encoder = None
     if method in ("cameractrl", "cami2v", "cvd"):
         cfg = dict(POSE_ENCODER_CONFIGS[size], downscale_factor=first_stage.downsample,
@@ -83,17 +106,58 @@ def build_animatediff_method(
             )
         from camvid.models.camera.pose_encoder import CameraPoseEncoder
 
-        with torch.device(device if device is not None else "cpu"):
+        with trunk(), torch.device(device if device is not None else "cpu"):
             pose_encoder = CameraPoseEncoder(**cfg)
     model = AnimateDiffT2V(
         unet, first_stage, text_encoder,
         camera={"animatediff": None, "motionctrl": "motionctrl"}.get(method, "cameractrl"),
         cvd=method == "cvd", attn_variant=attn, pose_encoder=pose_encoder,
-        attn_kwargs=attn_kwargs, beta_schedule=beta_schedule, image_hw=image_hw,
+        attn_kwargs=attn_kwargs, beta_schedule=beta_schedule, image_hw=image_hw, module_device=real,
     )
+    if pretrained is not None:
+        model.load_pretrained(Path(pretrained))
+    if method_ckpt is not None:
+        model.load_method_checkpoint(Path(method_ckpt))
+    if not dry_run:
+        left = meta_tensors(model)
+        if left:
+            raise RuntimeError(
+                f"{len(left)} parameter(s)/buffer(s) of the full-size {method} were not filled by "
+                f"pretrained={pretrained} and stay on meta, e.g. {left[:5]}; the folder needs "
+                "stable-diffusion-v1-5/ (unet, vae, text_encoder, tokenizer) and v3_sd15_mm.ckpt"
+                + ("" if model.pose_encoder is None else ", and CameraCtrl.ckpt")
+            )
+    if lazy and device_arg is not None:
+        model.to(device_arg)
     if freeze:
         model.freeze_base()
     return model
+
+
+def check_weight_files(pretrained, method_ckpt) -> None:
+    """Missing weights fail here, naming the expected layout, before anything is allocated."""
+    from camvid.models.animatediff.checkpoints import CAMERACTRL_FILE, CVD_FILE, MOTION_FILE, SD15_DIR
+
+    if pretrained is not None and not Path(pretrained).is_dir():
+        raise FileNotFoundError(
+            f"pretrained={pretrained}: no such folder. The AnimateDiff family loads a folder holding "
+            f"{SD15_DIR}/, {MOTION_FILE}, {CAMERACTRL_FILE} (camera methods) and optionally {CVD_FILE}; "
+            "see docs/models.md"
+        )
+    if method_ckpt is not None and not Path(method_ckpt).is_file():
+        raise FileNotFoundError(f"method_ckpt={method_ckpt}: file not found (CameraCtrl.ckpt, CVD.ckpt or "
+                                "CameraCtrl's RealEstate10K LoRA)")
+
+
+def meta_tensors(model: nn.Module) -> list[str]:
+    """Names of parameters and buffers still on ``meta``."""
+    return [n for n, p in model.named_parameters() if p.is_meta] + [n for n, b in model.named_buffers() if b.is_meta]
+
+
+def _meta_params():
+    from accelerate import init_empty_weights
+
+    return init_empty_weights(include_buffers=False)
 
 
 def _check_frames(num_frames: int, image_hw: tuple[int, int]) -> None:

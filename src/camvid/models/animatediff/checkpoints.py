@@ -67,9 +67,15 @@ def load_part(module: nn.Module, state: dict[str, torch.Tensor], wanted: set[str
     if bad:
         k = bad[0]
         raise ValueError(f"{source}: {k} has shape {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)}")
-    assign = any(v.is_meta for v in own.values())
     cast = {k: state[k].to(dtype=own[k].dtype) if own[k].is_floating_point() else state[k] for k in wanted}
-    module.load_state_dict(cast, strict=False, assign=assign)
+    # copy into real tensors; assign (materialise) those built on ``meta``: the read (or cast) tensor
+    # becomes the parameter, so the file's weights are held once
+    copy = {k: v for k, v in cast.items() if not own[k].is_meta}
+    assign = {k: v if v.is_contiguous() else v.contiguous() for k, v in cast.items() if own[k].is_meta}
+    if copy:
+        module.load_state_dict(copy, strict=False)
+    if assign:
+        module.load_state_dict(assign, strict=False, assign=True)
 
 
 def _keys(unet: nn.Module, predicate) -> set[str]:
@@ -77,7 +83,8 @@ def _keys(unet: nn.Module, predicate) -> set[str]:
 
 
 def _is_spatial(key: str) -> bool:
-    return ".motion_modules." not in key and ".epi_modules." not in key
+    # the method's own modules (CVD's epi_modules, CamI2V's cross_frame_modules) are in no SD1.5 file
+    return ".motion_modules." not in key and ".epi_modules." not in key and ".cross_frame_modules." not in key
 
 
 def _is_motion(key: str) -> bool:

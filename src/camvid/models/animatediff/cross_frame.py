@@ -85,7 +85,8 @@ class _AfterMotionModule:
 
 
 def install_cross_frame_modules(unet, variant: str, attn_kwargs: dict | None = None,
-                                heads: int | None = None) -> CrossFrameAttention:
+                                heads: int | None = None,
+                                module_device: torch.device | str | None = None) -> CrossFrameAttention:
     if variant not in VARIANTS:
         raise ValueError(f"attn={variant!r} is not a CamI2V cross-frame attention; choose one of {', '.join(VARIANTS)}")
     heads = heads or unet.config.motion_num_attention_heads
@@ -93,7 +94,7 @@ def install_cross_frame_modules(unet, variant: str, attn_kwargs: dict | None = N
     for part, i, _ in motion_module_sites(unet):
         block = getattr(unet, part)[i]
         ref = block.motion_modules[0].proj_in.weight
-        with torch.device(ref.device):
+        with torch.device(module_device if module_device is not None else ref.device):
             block.cross_frame_modules = nn.ModuleList(
                 CrossFrameModule(mm.proj_in.in_features, heads, variant, attn_kwargs) for mm in block.motion_modules
             ).to(ref.dtype)

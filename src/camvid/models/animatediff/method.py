@@ -48,6 +48,9 @@ class AnimateDiffT2V(VideoDiffusionModel):
         attn_variant: ``"temporal"`` (single videos) or ``"cross_video"`` (CVD pairs).
         attn_kwargs: options of the cross-video attention (``tau``, ``masked``, ``path``).
         beta_schedule: training noise schedule over 1000 steps, betas 0.00085..0.012.
+        module_device: where the modules no released file holds (MotionCtrl, cross-frame, CVD sync) are
+            built with their initialisation; default beside the UNet weights. A UNet built on ``meta``
+            to be materialised by a load passes the real device here.
     """
 
     parameterization = "eps"
@@ -67,6 +70,7 @@ class AnimateDiffT2V(VideoDiffusionModel):
         beta_schedule: str = "linear",
         num_train_timesteps: int = 1000,
         image_hw: tuple[int, int] | None = None,
+        module_device: torch.device | str | None = None,
     ):
         super().__init__()
         _check_combination(camera, cvd, attn_variant, pose_encoder)
@@ -102,17 +106,18 @@ class AnimateDiffT2V(VideoDiffusionModel):
         if camera == "motionctrl":
             from camvid.models.animatediff.motionctrl import install_motionctrl
 
-            self.motionctrl = install_motionctrl(unet)
+            self.motionctrl = install_motionctrl(unet, module_device=module_device)
         self.cross_frame = None
         if not cvd and attn_variant != "temporal":
             from camvid.models.animatediff.cross_frame import install_cross_frame_modules
 
-            self.cross_frame = install_cross_frame_modules(unet, attn_variant, attn_kwargs)
+            self.cross_frame = install_cross_frame_modules(unet, attn_variant, attn_kwargs,
+                                                           module_device=module_device)
         self.sync = None
         if cvd:
             from camvid.models.cvd import install_cvd_modules
 
-            self.sync = install_cvd_modules(unet, **(attn_kwargs or {}))
+            self.sync = install_cvd_modules(unet, **(attn_kwargs or {}), module_device=module_device)
 
     # ------------------------------------------------------------------ latents
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:

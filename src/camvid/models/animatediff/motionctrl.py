@@ -98,7 +98,7 @@ class MotionCtrlAdaptor:
                 proc.stream = None
 
 
-def install_motionctrl(unet) -> MotionCtrlAdaptor:
+def install_motionctrl(unet, module_device: torch.device | str | None = None) -> MotionCtrlAdaptor:
     processors, attn2 = [], []
     for part, i, _ in motion_module_sites(unet):
         for motion_module in getattr(unet, part)[i].motion_modules:
@@ -106,7 +106,7 @@ def install_motionctrl(unet) -> MotionCtrlAdaptor:
                 attn = block.attn1
                 if isinstance(attn.processor, MotionCtrlProcessor):
                     raise ValueError(f"{part}.{i} already has MotionCtrl installed")
-                with torch.device(attn.to_q.weight.device):
+                with torch.device(module_device if module_device is not None else attn.to_q.weight.device):
                     proc = MotionCtrlProcessor(attn.inner_dim, base=attn.processor)
                 proc.to(dtype=attn.to_q.weight.dtype)
                 attn.set_processor(proc)

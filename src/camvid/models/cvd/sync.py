@@ -139,12 +139,14 @@ def install_cvd_modules(
     max_feat_size: int = 64,
     band: str = "hard",
     num_attention_blocks: int = 2,
+    module_device: torch.device | str | None = None,
 ) -> CrossVideoSync:
     """Add ``epi_modules`` beside the motion modules of every down/up block and hook them in.
 
     ``heads`` defaults to the motion modules' head count (8 at full size, as CVD's config).
     ``num_attention_blocks``: cross-view attention layers per epi module (CVD: 2; its Table 3
-    "1 Layer" ablation: 1).
+    "1 Layer" ablation: 1). ``module_device``: where the new modules are built (default: beside the
+    motion modules; a UNet built on ``meta`` for a load passes the real device, as no file may fill them).
     """
     if int(num_attention_blocks) < 1:
         raise ValueError(f"attn.num_attention_blocks={num_attention_blocks}: must be >= 1")
@@ -156,7 +158,8 @@ def install_cvd_modules(
         if hasattr(block, "epi_modules"):
             raise ValueError(f"{part}.{i} already has epi_modules")
         ref = block.motion_modules[0].proj_in.weight
-        with torch.device(ref.device):  # build in place: on "meta" nothing is allocated
+        # build in place: on "meta" nothing is allocated
+        with torch.device(module_device if module_device is not None else ref.device):
             block.epi_modules = nn.ModuleList(
                 build_cross_frame_attention(
                     "cross_video", mm.proj_in.in_features, heads,
