@@ -149,6 +149,20 @@ def _map(database: Path, image_dir: Path, out_dir: Path, options: SfmOptions, se
     import pycolmap
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A trial that fails to map is counted and reported by the caller; COLMAP's own ERROR lines about
+    # it ("Global mapping failed") would only break the progress bars, so they are kept to FATAL.
+    level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = max(level, 3)
+    try:
+        return _run_mapper(database, image_dir, out_dir, options, seed, refine_focal_length)
+    finally:
+        pycolmap.logging.minloglevel = level
+
+
+def _run_mapper(database: Path, image_dir: Path, out_dir: Path, options: SfmOptions, seed: int,
+                refine_focal_length: bool) -> dict:
+    import pycolmap
+
     if options.mapper == "global":
         pipeline = pycolmap.GlobalPipelineOptions()
         pipeline.num_threads = options.num_threads
