@@ -74,7 +74,9 @@ def evaluate_video(job: VideoJob, seeds: list[int], options: SfmOptions) -> dict
                  "reason": trial.reason}
         if trial.success:
             entry.update(camera_errors(trial.c2w, job.gt_c2w))
-            entry["c2w"] = np.round(trial.c2w, 8).tolist()  # the recovered path, for requested-vs-recovered plots
+            # the recovered path at full precision (requested-vs-recovered plots; per-frame errors that
+            # sum to the entry's own: rounding would move near-zero rotation angles)
+            entry["c2w"] = trial.c2w.tolist()
         trials.append(entry)
     ok = [t for t in trials if t["success"]]
     result = {"sample_id": job.sample_id, "num_frames": len(frames), "trials": trials,
