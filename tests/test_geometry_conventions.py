@@ -213,7 +213,7 @@ def test_validator_passes_the_good_file_and_names_each_corruption(cams, tmp_path
     assert "scale was folded into the rotation" in scaled.format()
 
 
-@pytest.mark.parametrize("name", ["inverted", "opengl", "pixel"])
+@pytest.mark.parametrize("name", ["inverted", "opengl", "pixel", "transposed"])
 def test_the_suggested_command_repairs_the_file(cams, tmp_path, name):
     sys.path.insert(0, str(REPO / "data_prep"))
     import poses

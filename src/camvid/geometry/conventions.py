@@ -66,7 +66,9 @@ __all__ = [
     "parse_size",
 ]
 
-POSE_KINDS = ("w2c", "c2w")
+# "w2c_transposed": world-to-camera with the rotation written transposed (a common export slip that
+# the validator detects from the motion); readable so that its convert command repairs the file.
+POSE_KINDS = ("w2c", "c2w", "w2c_transposed")
 AXES = ("opencv", "opengl")  # opengl == Blender == NeRF camera axes
 INTRINSICS_KINDS = ("normalized", "pixel")
 FORMATS = ("re10k", "colmap", "nerf", "matrices")
@@ -212,7 +214,10 @@ def decode_poses(stored, pose: str = "w2c", axes: str = "opencv") -> np.ndarray:
     _check_choice(pose, POSE_KINDS, "pose")
     _check_choice(axes, AXES, "axes")
     m = to_homogeneous(stored)
-    c2w = invert_poses(m) if pose == "w2c" else m
+    if pose == "w2c_transposed":
+        m = m.copy()
+        m[..., :3, :3] = np.swapaxes(m[..., :3, :3], -1, -2)
+    c2w = m if pose == "c2w" else invert_poses(m)
     if axes == "opengl":
         c2w = swap_camera_axes(c2w)
     return invert_poses(c2w)
@@ -225,7 +230,12 @@ def encode_poses(w2c, pose: str = "w2c", axes: str = "opencv") -> np.ndarray:
     c2w = invert_poses(w2c)
     if axes == "opengl":
         c2w = swap_camera_axes(c2w)
-    return c2w if pose == "c2w" else invert_poses(c2w)
+    if pose == "c2w":
+        return c2w
+    w2c = invert_poses(c2w)
+    if pose == "w2c_transposed":
+        w2c[..., :3, :3] = np.swapaxes(w2c[..., :3, :3], -1, -2)
+    return w2c
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:

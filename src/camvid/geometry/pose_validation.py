@@ -293,8 +293,6 @@ def _check_motion(M: np.ndarray, pose: str, axes: str, findings: list[Finding], 
 
 def _convert_command(source: str, fmt: str, guess: dict, declared: dict) -> str | None:
     flags = [f"--from {fmt}"]
-    if guess["pose"] == "w2c_transposed":
-        return None  # no standard convention explains it; the finding says what to fix
     if guess["pose"] != declared["pose"] and fmt in ("re10k", "matrices"):
         flags.append(f"--in-pose {guess['pose']}")
     if guess["axes"] != declared["axes"] and fmt in ("re10k", "matrices"):
