@@ -154,14 +154,8 @@ def build_tile_plan(
     union = torch.cat([src.rows(qids[i:i + step]).any(dim=1).sum(dim=-1) for i in range(0, len(qids), step)])
     row_valid = (mask if mask is not None else neighbors[1]).any(dim=-1).flatten()
     # Pass 2: tiles sorted by union size, packed into chunks of about ``chunk_keys`` gathered keys.
-    order = torch.argsort(union, descending=True)
-    union_sorted = union[order].tolist()
     chunks: list[TileChunk] = []
-    i = 0
-    while i < len(order):
-        width = max(1, union_sorted[i])
-        n = max(1, chunk_keys // width)
-        sel = order[i:i + n]
+    for sel, width in _pack_tiles(union, chunk_keys):
         tq = qids[sel]
         rows = src.rows(tq)  # (n, Q, Lk)
         tile_any = rows.any(dim=1)
@@ -170,8 +164,20 @@ def build_tile_plan(
         sub &= torch.arange(width, device=sub.device) < tile_any.sum(-1)[:, None, None]
         sample = tq[:, :1] // src.lq  # which batch sample each tile belongs to
         chunks.append(TileChunk(tq, kidx + sample * src.lk, sub))
-        i += n
     return TilePlan(batch, src.lq, src.lk, chunks, row_valid)
+
+
+def _pack_tiles(union: torch.Tensor, chunk_keys: int):
+    """Tiles sorted by gathered-key count (largest first), packed greedily into chunks of about
+    ``chunk_keys`` keys: yields (tile indices, slot width = the chunk's largest count)."""
+    order = torch.argsort(union, descending=True)
+    union_sorted = union[order].tolist()
+    i = 0
+    while i < len(order):
+        width = max(1, union_sorted[i])
+        n = max(1, chunk_keys // width)
+        yield order[i:i + n], width
+        i += n
 
 
 def build_tile_plan_from_runs(
@@ -216,14 +222,8 @@ def build_tile_plan_from_runs(
     union = length.sum(-1)
     row_valid = (hi > lo).any(-1)
     seg_first = (torch.arange(S * h, device=device) * w).view(1, -1)  # token of column 0 of (s, r)
-    order = torch.argsort(union, descending=True)
-    union_sorted = union[order].tolist()
     chunks: list[TileChunk] = []
-    i = 0
-    while i < len(order):
-        width = max(1, union_sorted[i])
-        n = max(1, chunk_keys // width)
-        sel = order[i:i + n]
+    for sel, width in _pack_tiles(union, chunk_keys):
         ln, first_col = length[sel], tlo[sel]
         # Slot j of a tile lies in segment-row g(j) (cumulative lengths) at column first_col[g] + offset.
         ends = ln.cumsum(-1)
@@ -240,7 +240,6 @@ def build_tile_plan_from_runs(
         sample = tq[:, :1] // Lq
         # padding slots point at key 0 of the tile's own sample (masked out, any valid index works)
         chunks.append(TileChunk(tq, keys + sample * (S * hw), sub))
-        i += n
     return TilePlan(N, Lq, S * hw, chunks, row_valid)
 
 
