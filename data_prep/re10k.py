@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from camvid.data.prep import merge_summaries, run_part
+from camvid.data.prep import add_output_options, merge_summaries, run_part
 from camvid.data.prep_sources import (
     build_re10k_sample,
     download_videos,
@@ -39,15 +39,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--release", required=True, help="RealEstate10K release folder (train/, test/ of pose txt files)")
     p.add_argument("--videos", required=True, help="folder of downloaded videos <youtube_id>.mp4")
-    p.add_argument("--out", required=True, help="output folder for shards and summaries")
     p.add_argument("--captions", default=None, help="JSON {clip_id: caption}")
     p.add_argument("--splits", nargs="+", default=["train", "test"])
-    p.add_argument("--shard-size", type=int, default=100, help="clips per shard")
-    p.add_argument("--short-side", type=int, default=256, help="resize frames to this short side (0: keep)")
     p.add_argument("--min-frames", type=int, default=16, help="clips with fewer pose rows are skipped")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (one shard each at a time)")
-    p.add_argument("--part", type=int, default=0, help="this task's part (SLURM_ARRAY_TASK_ID)")
-    p.add_argument("--num-parts", type=int, default=1, help="number of parts (array size)")
+    add_output_options(p)
     p.add_argument("--download", action="store_true", help="download missing videos with yt-dlp first")
     return p.parse_args(argv)
 

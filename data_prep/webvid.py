@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from camvid.data.prep import merge_summaries, run_part
+from camvid.data.prep import add_output_options, merge_summaries, run_part
 from camvid.data.prep_sources import VIDEO_SUFFIXES, build_webvid_sample, download_videos, list_webvid_csv
 
 
@@ -29,16 +29,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--csv", required=True, help="WebVid CSV (videoid, name, page_dir, duration, contentUrl)")
     p.add_argument("--videos", required=True, help="video folder (<page_dir>/<videoid>.mp4 or <videoid>.mp4)")
-    p.add_argument("--out", required=True, help="output folder for shards and summaries")
     p.add_argument("--split", default="train", help="split name the shards are written under")
-    p.add_argument("--shard-size", type=int, default=100, help="clips per shard")
     p.add_argument("--frame-step", type=int, default=1, help="keep every k-th decoded frame")
     p.add_argument("--max-frames", type=int, default=0, help="keep at most this many frames per clip (0: all)")
     p.add_argument("--min-frames", type=int, default=16, help="clips with fewer kept frames are skipped")
-    p.add_argument("--short-side", type=int, default=256, help="resize frames to this short side (0: keep)")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (one shard each at a time)")
-    p.add_argument("--part", type=int, default=0, help="this task's part (SLURM_ARRAY_TASK_ID)")
-    p.add_argument("--num-parts", type=int, default=1, help="number of parts (array size)")
+    add_output_options(p)
     p.add_argument("--download", action="store_true", help="download missing videos (contentUrl) with yt-dlp first")
     return p.parse_args(argv)
 

@@ -33,7 +33,10 @@ from pathlib import Path
 
 import webdataset as wds
 
-__all__ = ["PrepSkip", "PrepResult", "part_dir", "run_part", "merge_summaries", "write_json_atomic"]
+from camvid.fsutil import atomic_write_text
+
+__all__ = ["PrepSkip", "PrepResult", "part_dir", "run_part", "merge_summaries", "write_json_atomic",
+           "add_output_options"]
 
 SHARD_NAME = "shard-{:06d}.tar"
 
@@ -54,14 +57,22 @@ class PrepResult:
     stats: dict  # e.g. {"timestamp_error_ms_max": 1.2, "caption": True}
 
 
+def add_output_options(parser) -> None:
+    """The command-line options every prep script shares: output, shard size, frame size, parallelism."""
+    parser.add_argument("--out", required=True, help="output folder for shards and summaries")
+    parser.add_argument("--shard-size", type=int, default=100, help="clips per shard")
+    parser.add_argument("--short-side", type=int, default=256, help="resize frames to this short side (0: keep)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (one shard each at a time)")
+    parser.add_argument("--part", type=int, default=0, help="this task's part (SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--num-parts", type=int, default=1, help="number of parts (array size)")
+
+
 def part_dir(out: str | Path, split: str, part: int) -> Path:
     return Path(out) / split / f"part-{part:04d}"
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def _write_shard(job: tuple) -> dict:
