@@ -190,9 +190,11 @@ def generate(method: VideoDiffusionModel, cfg: DictConfig, batch: dict, *, seed:
     from camvid.diffusion.collaborative import sample_collaborative_video
     from camvid.diffusion.sampler import sample_video
 
+    guidance = merged_guidance(cfg, guidance)
+    if getattr(method, "sampling_only", False):  # released systems through their own pipelines (camvid.baselines)
+        return method.generate(batch, seed=int(seed), steps=steps, guidance=guidance)
     device = next(method.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    guidance = merged_guidance(cfg, guidance)
     settings = sampler_settings(cfg, steps, eta)
     num_steps = settings.pop("steps")
     gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -341,12 +343,35 @@ def pretrained_method(cfg: DictConfig, device) -> tuple[DictConfig, VideoDiffusi
     (``pretrained=`` base, optional ``method_ckpt=``). ``cfg`` serves as the training config."""
     from camvid.models.registry import build_method
 
+    if cfg.model.get("sampling_only"):
+        method = build_method(cfg)
+        if cfg.model.get("reference_run"):
+            method.set_reference(reference_sampler(cfg.model.reference_run, device))
+        return cfg, method.to(device).eval(), f"released {cfg.model.name} (model.weights)"
     if not cfg.get("pretrained"):
         raise ValueError(f"model={cfg.model.name} without run_dir/ckpt_path samples released weights: give "
                          "pretrained=PATH (the base checkpoint) and, for a camera method, method_ckpt=PATH")
     method = build_method(cfg)
     source = str(cfg.get("method_ckpt") or cfg.pretrained)
     return cfg, method.to(device).eval(), source
+
+
+def reference_sampler(run_dir, device):
+    """The text-to-video half of a sampling-only pair baseline: the latest checkpoint of a camvid run
+    (``model.reference_run``), sampled with that run's own settings."""
+    from pathlib import Path as _Path
+
+    if not (_Path(str(run_dir)) / "checkpoints").is_dir():
+        raise FileNotFoundError(f"model.reference_run={run_dir}: no checkpoints there. MotionCtrl+SVD renders view 0 "
+                                "of every pair with a MotionCtrl text-to-video run: run the CVD Table 1 MotionCtrl row "
+                                "first (python src/train.py experiment=cvd_t1_re10k_motionctrl) or point "
+                                "model.reference_run at such a run")
+    ref_cfg, ref_method = load_trained_method(resolve_checkpoint(run_dir=run_dir), device)
+
+    def render(batch: dict, *, seed: int, steps: int | None = None) -> torch.Tensor:
+        return generate(ref_method, ref_cfg, batch, seed=seed, steps=steps).float().cpu()
+
+    return render
 
 
 def run_sampling(cfg: DictConfig) -> list[Path]:

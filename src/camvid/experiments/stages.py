@@ -51,6 +51,10 @@ def run_job(cfg: DictConfig) -> dict:
     from camvid.validation import validate_train_config
 
     stages = _stages(cfg)
+    if "train" in stages and cfg.model.get("sampling_only"):
+        # released systems sampled as they are (CVD's SparseCtrl / SVD baselines), also at scale=tiny
+        print(f"train: model={cfg.model.name} is sampling-only: stage skipped", flush=True)
+        stages.remove("train")
     validate_train_config(cfg)  # bad option values end the job before anything is read or built
     export_distributed_env()  # a multi-task submitit job: RANK/WORLD_SIZE/MASTER_* for accelerate
     summary: dict = {"stages": stages, "loss": float("nan")}

@@ -61,6 +61,10 @@ def released_mask_kwargs(model: str, method_ckpt, mode="auto") -> dict:
 def build_method(cfg: DictConfig) -> VideoDiffusionModel:
     """Instantiate the method selected by ``cfg.model`` on ``cfg.backbone`` with ``cfg.attn``."""
     check_combination(cfg)
+    if cfg.model.get("baseline"):  # a released system, sampled only (camvid.baselines)
+        from camvid.baselines import build_baseline
+
+        return build_baseline(cfg)
     family = cfg.backbone.family
     attn_kwargs = _attn_kwargs(cfg.attn)
     attn_kwargs.update(released_mask_kwargs(str(cfg.model.name), cfg.get("method_ckpt"),
