@@ -286,6 +286,13 @@ def eval_split_dataset(train_cfg: DictConfig, root, split: str = "test", stride:
     return build_eval_dataset(train_cfg.data, root=root, split=split, stride=stride)
 
 
+def pair_group_key(key: str) -> str:
+    """The clip key a view's key belongs to: ``"<clip>:a"`` -> ``"<clip>"`` (data.samples suffixes the
+    views of a folded pair so); other keys are their own group."""
+    head, sep, tail = str(key).rpartition(":")
+    return head if sep and len(tail) == 1 and tail.isalpha() else str(key)
+
+
 def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset, idx: int, out_dir, *,
                      base_seed: int, ckpt, steps=None, eta=None, guidance=None, collaborative=None,
                      fps: float = 8, skip_existing: bool = True, test_root=None, split: str = "test") -> list[Path]:
@@ -300,7 +307,9 @@ def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset
     batch = dataset.collate([item])
     views = int(batch.get("num_views", 1))
     n_videos = batch["video"].shape[0]
-    ids = [batch["key"][v] if views == 1 else f"{batch['key'][v]}_view{v % views}" for v in range(n_videos)]
+    # a group's views share the clip key ("<clip>:a" / "<clip>:b" for folded pairs): it names the group
+    groups = [pair_group_key(batch["key"][v]) for v in range(n_videos)]
+    ids = [batch["key"][v] if views == 1 else f"{groups[v]}_view{v % views}" for v in range(n_videos)]
     folders = [Path(out_dir) / sid for sid in ids]
     if skip_existing and all((f / META_FILE).is_file() for f in folders):
         return []
@@ -316,7 +325,7 @@ def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset
             caption=batch["caption"][v], seed=seed, gt_video=to_uint8_video(batch["video"][v]), fps=fps,
             meta={"method": train_cfg.model.name, "attn": train_cfg.attn.name, "checkpoint": str(ckpt),
                   "frame_stride": int(batch["frame_stride"][v]), "paper_row": train_cfg.get("paper_row"),
-                  "group": key if views > 1 else None, "view": v % views},
+                  "group": groups[v] if views > 1 else None, "view": v % views},
         )
         write_gif(folder / "video.gif", frames, fps=fps)
         if views == 1 and test_root is not None:  # exact depth of the conditioning frame (camera following)

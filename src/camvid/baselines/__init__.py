@@ -117,7 +117,9 @@ def _build_motionctrl_svd(cfg: DictConfig):
             for proc in adaptor.processors:
                 w = proc.cc_projection.weight
                 w[:, -12:].copy_(torch.randn(w.shape[0], 12, generator=gen) * 0.05)
-    svd_kwargs = dict(cfg.model.get("svd") or {})
+    from omegaconf import OmegaConf
+
+    svd_kwargs = OmegaConf.to_container(cfg.model.svd, resolve=True) if cfg.model.get("svd") else {}
     method = MotionCtrlSVDPairs(pipe, adaptor, svd_kwargs, default_steps=int(cfg.model.sampler.steps))
     method.freeze_base()
     return method.eval()

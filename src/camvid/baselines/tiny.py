@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["tiny_sparsectrl_components", "tiny_svd_components", "save_tiny_weights", "tiny_clip_tokenizer"]
+__all__ = ["tiny_sparsectrl_components", "tiny_svd_components", "save_tiny_sparsectrl", "save_tiny_svd",
+           "tiny_clip_tokenizer"]
 
 # One width everywhere keeps the parts compatible (text width = UNet cross-attention width).
 _WIDTH = (32, 64)
@@ -50,8 +51,6 @@ def tiny_clip_tokenizer(folder: Path):
 
 def tiny_sparsectrl_components(seed: int = 0, tokenizer_dir: Path | None = None) -> dict:
     """SD1.5-shaped UNet / VAE / CLIP text tower, motion adapter and SparseCtrl RGB at tiny width."""
-    import tempfile
-
     from diffusers import AutoencoderKL, MotionAdapter, SparseControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -70,8 +69,13 @@ def tiny_sparsectrl_components(seed: int = 0, tokenizer_dir: Path | None = None)
         down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"), cross_attention_dim=_TEXT_DIM,
         norm_num_groups=8, attention_head_dim=8, motion_num_attention_heads=2, motion_max_seq_length=32,
         use_simplified_condition_embedding=True, conditioning_embedding_out_channels=(16, 32))
-    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else Path(tempfile.mkdtemp(prefix="camvid_tok_"))
-    tokenizer = tiny_clip_tokenizer(tok_dir)
+    if tokenizer_dir is not None:
+        tokenizer = tiny_clip_tokenizer(Path(tokenizer_dir))
+    else:  # in memory: the vocabulary files only pass through a temporary folder
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="camvid_tok_") as tmp:
+            tokenizer = tiny_clip_tokenizer(Path(tmp))
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=_TEXT_DIM, intermediate_size=37,
                                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
                                         projection_dim=_TEXT_DIM, bos_token_id=tokenizer.bos_token_id,
@@ -107,20 +111,27 @@ def tiny_svd_components(seed: int = 0) -> dict:
             "feature_extractor": feature_extractor}
 
 
-def save_tiny_weights(folder: str | Path, seed: int = 0) -> Path:
-    """Write tiny random components in the local layout the baselines read (docs/models.md,
-    "Sampling-only baselines"); CameraCtrl.ckpt and motionctrl_svd.ckpt come from
-    :func:`camvid.baselines.sparsectrl.official_cameractrl_state` / :func:`camvid.baselines.svd.official_motionctrl_state`."""
+def save_tiny_sparsectrl(folder: str | Path, seed: int = 0) -> Path:
+    """Tiny SD1.5 (unet/, vae/, text_encoder/, tokenizer/), motion adapter and SparseCtrl RGB folders in
+    the layout the SparseCtrl baselines read (``camvid.baselines.weights.LAYOUT``)."""
     from camvid.baselines.weights import LAYOUT
 
     folder = Path(folder)
-    sc = tiny_sparsectrl_components(seed, tokenizer_dir=folder / LAYOUT["sd15"] / "tokenizer")
     sd = folder / LAYOUT["sd15"]
+    parts = tiny_sparsectrl_components(seed, tokenizer_dir=sd / "tokenizer")
     for part in ("unet", "vae", "text_encoder"):
-        sc[part].save_pretrained(str(sd / part))
-    sc["motion_adapter"].save_pretrained(str(folder / LAYOUT["motion_adapter"]))
-    sc["controlnet"].save_pretrained(str(folder / LAYOUT["sparsectrl"]))
+        parts[part].save_pretrained(str(sd / part))
+    parts["motion_adapter"].save_pretrained(str(folder / LAYOUT["motion_adapter"]))
+    parts["controlnet"].save_pretrained(str(folder / LAYOUT["sparsectrl"]))
+    return folder
+
+
+def save_tiny_svd(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny Stable Video Diffusion pipeline folder (``LAYOUT["svd"]``)."""
     from diffusers import StableVideoDiffusionPipeline
 
-    StableVideoDiffusionPipeline(**tiny_svd_components(seed)).save_pretrained(str(folder / LAYOUT["svd"]))
-    return folder
+    from camvid.baselines.weights import LAYOUT
+
+    target = Path(folder) / LAYOUT["svd"]
+    StableVideoDiffusionPipeline(**tiny_svd_components(seed)).save_pretrained(str(target))
+    return Path(folder)
