@@ -6,6 +6,8 @@
   every ``world``-th clip; finished clips are skipped; a clip's seed is ``stage_sample.seed + index``).
   Without a ``train`` stage (zero-shot and released-weight rows) the model comes from ``pretrained=`` /
   ``method_ckpt=``; otherwise from the run's latest checkpoint.
+- ``benchmark``: CamI2V Table 3's memory / time measurement of the row's model
+  (:mod:`camvid.experiments.benchmark`; ``benchmark_row: true`` rows run only this stage).
 - ``eval``: ``conf/eval.yaml``'s evaluation of ``<run>/samples`` (rank 0; skipped when its results
   are newer than every sample), into ``<run>/samples/eval``; the paper numbers come from ``paper_row``.
 
@@ -26,7 +28,7 @@ from camvid.experiments.cluster import export_distributed_env
 
 __all__ = ["STAGES", "run_job", "eval_config", "rank_world"]
 
-STAGES = ("train", "sample", "eval")
+STAGES = ("train", "sample", "eval", "benchmark")
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 RESULTS_FILE = "results.json"
 
@@ -51,6 +53,9 @@ def run_job(cfg: DictConfig) -> dict:
     from camvid.validation import validate_train_config
 
     stages = _stages(cfg)
+    if cfg.get("benchmark_row"):
+        # CamI2V Table 3: a row is a measurement (camvid.experiments.benchmark), at any scale
+        stages = ["benchmark"]
     if "train" in stages and cfg.model.get("sampling_only"):
         # released systems sampled as they are (CVD's SparseCtrl / SVD baselines), also at scale=tiny
         print(f"train: model={cfg.model.name} is sampling-only: stage skipped", flush=True)
@@ -67,6 +72,10 @@ def run_job(cfg: DictConfig) -> dict:
             summary["samples"] = str(_sample_stage(cfg, run_dir, trained="train" in stages))
         if "eval" in stages and rank_world()[0] == 0:
             summary["results"] = _eval_stage(cfg, run_dir)
+        if "benchmark" in stages and rank_world()[0] == 0:
+            from camvid.experiments.benchmark import run_benchmark_stage
+
+            summary["results"] = run_benchmark_stage(cfg, run_dir)
     return summary
 
 
