@@ -182,3 +182,19 @@ def test_motionctrl_on_svd_starts_as_the_plain_unet_and_reads_released_names():
     torch.save({"state_dict": state}, path)
     with pytest.raises(ValueError, match="1 missing key"):
         load_motionctrl_svd(unet, __import__("pathlib").Path(path))
+
+
+@pytest.mark.slow
+def test_a_baseline_row_runs_sample_and_eval_through_the_job_at_tiny_scale(data_root, tmp_path):
+    from camvid.experiments.stages import run_job
+
+    run = tmp_path / "tables" / "tiny" / "cvd_t2" / "cvd_t2_cameractrl_sparsectrl" / "seed_1"
+    cfg = compose(["experiment=cvd_t2_cameractrl_sparsectrl", "scale=tiny", "logger=none", f"paths.output_dir={run}",
+                   f"paths.data_dir={data_root.parent}", f"data.root={data_root}", "data.prepare=null", *HW[:2],
+                   "stage_sample.num_samples=1", "stage_sample.steps=1", "stage_eval.metrics=[geometry]", "seed=1"])
+    summary = run_job(cfg)
+    assert summary["stages"] == ["sample", "eval"]  # the sampling-only row skips scale=tiny's train stage
+    results = json.loads((run / "samples" / "eval" / "results.json").read_text())
+    assert results["paper_row"] == "cvd_t2_cameractrl_sparsectrl"
+    cross = {r["metric"]: r for r in results["rows"]}["xRotAUC@5"]
+    assert cross["value"] is not None and "1 groups" in cross["note"]  # the pair is evaluated as a pair
