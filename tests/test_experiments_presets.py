@@ -19,8 +19,8 @@ TABLES = sorted(p.stem for p in (CONF_DIR / "table").glob("*.yaml"))
 
 
 def test_every_paper_table_row_has_a_preset():
-    # CamI2V Table 1 (256 + 512), 2 and 3, CVD Tables 1-3 (with the sampling-only baseline rows): 33 presets
-    assert len(PRESETS) == 33
+    # CamI2V Table 1 (256 + 512), 2 and 3, CVD Tables 1-3 (with the sampling-only baseline rows): 34 presets
+    assert len(PRESETS) == 34
     for name in PRESETS:
         header = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
         assert header[0] == "# @package _global_"
@@ -109,7 +109,19 @@ def test_one_sync_layer_reaches_the_modules():
     assert blocks(dc) and set(blocks(dc)) == {1}
 
 
-@pytest.mark.parametrize("name", ["cami2v_t2_camco_like", "cvd_t3_one_layer"])
+def test_epipolar_only_row_has_no_pluecker_parts():
+    model = build_method(compose(["experiment=cami2v_t2_epipolar_only", "scale=tiny"]))
+    assert not hasattr(model, "pose_encoder")  # CamI2V's rows otherwise all carry one
+    names = {n for n, _ in model.named_parameters()}
+    assert not any("pluker_projection" in n for n in names) and any(".epipolar." in n for n in names)
+    model.freeze_base()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".epipolar." in n for n in trainable)  # the cross-frame attention alone learns
+    with pytest.raises(ValueError, match="model.plucker=false"):
+        build_method(compose(["experiment=cvd_t2_cvd", "scale=tiny", "+model.plucker=false"]))
+
+
+@pytest.mark.parametrize("name", ["cami2v_t2_camco_like", "cami2v_t2_epipolar_only", "cvd_t3_one_layer"])
 def test_preset_trains_one_step_at_tiny_size(name, data_root, tmp_path):
     from camvid.training.loop import train
 

@@ -84,6 +84,11 @@ def build_method(cfg: DictConfig) -> VideoDiffusionModel:
         from camvid.models.animatediff import build_animatediff_method as build
     else:
         raise ValueError(f"backbone.family={family}: unknown; choose dynamicrafter or animatediff")
+    if cfg.model.get("plucker") is False:  # CamI2V Table 2 row 5: epipolar attention without Plücker
+        if family != "dynamicrafter" or cfg.model.name != "cami2v":
+            raise ValueError(f"model.plucker=false is CamI2V on DynamiCrafter without its Plücker embedding; got "
+                             f"model={cfg.model.name} on a {family} backbone")
+        kwargs["plucker"] = False
     pretrained = cfg.get("pretrained") or None
     method_ckpt = cfg.get("method_ckpt") or None
     if family == "dynamicrafter":

@@ -90,7 +90,7 @@ def _cross_frame_module(dim: int, heads: int, variant: str, attn_kwargs: dict | 
 
 
 def add_cami2v(unet: DynamiCrafterUNet, attn_variant: str = "epipolar", attn_kwargs: dict | None = None,
-               add_type: str = "add_to_main_branch") -> None:
+               add_type: str = "add_to_main_branch", plucker: bool = True) -> None:
     if attn_variant not in DYNAMICRAFTER_ATTN_VARIANTS:
         raise ValueError(f"attn={attn_variant!r} cannot be used with a DynamiCrafter camera method "
                          f"(single video); choose one of {', '.join(DYNAMICRAFTER_ATTN_VARIANTS)}")
@@ -98,7 +98,8 @@ def add_cami2v(unet: DynamiCrafterUNet, attn_variant: str = "epipolar", attn_kwa
         raise ValueError(f"CamI2V add_type must be one of {CAMI2V_ADD_TYPES}, got {add_type!r}")
     for block in _blocks(unet, include_init_attn=False):
         c = _width(block)
-        block.pluker_projection = _zero_linear(c)
+        if plucker:  # plucker=False: the cross-frame attention alone (CamI2V Table 2, row 5)
+            block.pluker_projection = _zero_linear(c)
         if attn_variant != "temporal":
             block.epipolar = _cross_frame_module(c, block.attn1.heads, attn_variant, attn_kwargs)
         block.camera_mode = "cami2v"
@@ -116,7 +117,8 @@ def camera_trainable_modules(unet: DynamiCrafterUNet, method: str) -> list[nn.Mo
         elif method == "cameractrl":
             out.append(block.cc_projection)
         elif method == "cami2v":
-            out.append(block.pluker_projection)
+            if hasattr(block, "pluker_projection"):
+                out.append(block.pluker_projection)
             if hasattr(block, "epipolar"):
                 out.append(block.epipolar)
     return out

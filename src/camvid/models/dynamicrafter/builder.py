@@ -190,7 +190,7 @@ def _build(method, size, attn, attn_kwargs, num_frames, image_hw, vae_path, firs
         image_proj = Resampler(**proj_cfg)
 
     pose_encoder = None
-    if method in ("cameractrl", "cami2v", "cvd"):
+    if method in ("cameractrl", "cami2v", "cvd") and method_kwargs.get("plucker", True):
         pose_encoder = CameraPoseEncoder(
             downscale_factor=first_stage.downsample, channels=tuple(unet.level_channels()),
             temporal_attention_nhead=8 if size != "tiny" else 4, temporal_position_encoding_max_len=num_frames)

@@ -101,6 +101,7 @@ class DynamiCrafterI2V(VideoDiffusionModel):
         cami2v_add_type: str = "add_to_main_branch",
         first_frame: str = "concat",
         cvd: bool = False,
+        plucker: bool = True,
     ):
         super().__init__()
         if camera is not None and camera not in CAMERA_METHODS:
@@ -115,7 +116,12 @@ class DynamiCrafterI2V(VideoDiffusionModel):
                              f"parameterization='x0', got {parameterization!r}")
         if fs_condition_type not in ("frame_stride", "fps"):
             raise ValueError(f"fs_condition_type must be 'frame_stride' or 'fps', got {fs_condition_type!r}")
-        needs_pose = camera in ("cameractrl", "cami2v")
+        # plucker=False: CamI2V's epipolar attention without the Plücker embedding (CamI2V Table 2, row 5)
+        if not plucker and (camera != "cami2v" or attn_variant == "temporal"):
+            raise ValueError(f"plucker=False leaves a CamI2V cross-frame attention as the only camera input: it needs "
+                             f"camera='cami2v' with attn epipolar, epipolar_ref or full3d (got camera={camera!r}, "
+                             f"attn={attn_variant!r})")
+        needs_pose = camera == "cameractrl" or (camera == "cami2v" and plucker)
         if needs_pose != (pose_encoder is not None):
             raise ValueError(f"camera={camera!r} {'needs' if needs_pose else 'takes no'} pose_encoder")
         self._check_dims(unet, first_stage, text_encoder, image_encoder, image_proj, pose_encoder)
@@ -145,7 +151,7 @@ class DynamiCrafterI2V(VideoDiffusionModel):
         elif camera == "cameractrl":
             add_cameractrl(unet)
         elif camera == "cami2v":
-            add_cami2v(unet, attn_variant, attn_kwargs, cami2v_add_type)
+            add_cami2v(unet, attn_variant, attn_kwargs, cami2v_add_type, plucker=plucker)
         self.sync = None
         if cvd:
             from camvid.models.cvd.dynamicrafter import install_cvd_on_dynamicrafter
@@ -333,10 +339,11 @@ class DynamiCrafterI2V(VideoDiffusionModel):
             rt = invert_rigid(camera.c2w.float())[..., :3, :4].reshape(b, frames, 12)
             out.rt = (rt if keep is None else rt * keep).to(z_t.dtype)
             return out
-        plucker = plucker_rays(camera.K.float(), camera.c2w.float(), height, width)
-        if keep is not None:
-            plucker = plucker * keep.view(b, 1, 1, 1, 1)
-        out.pose_features = self.pose_encoder(plucker.to(z_t.dtype))
+        if hasattr(self, "pose_encoder"):  # not for CamI2V without Plücker (plucker=False)
+            plucker = plucker_rays(camera.K.float(), camera.c2w.float(), height, width)
+            if keep is not None:
+                plucker = plucker * keep.view(b, 1, 1, 1, 1)
+            out.pose_features = self.pose_encoder(plucker.to(z_t.dtype))
         if self.attn_variant != "temporal":
             out.attention_context = build_attention_context(self.attn_variant, camera, drop, self.attn_kwargs)
         return out
