@@ -318,7 +318,6 @@ def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset
                    collaborative=collaborative)
     written = []
     for v in range(out.shape[0]):
-        key = batch["key"][v]
         frames = to_uint8_video(out[v])
         folder = write_sample(
             out_dir, ids[v], frames, batch["K"][v].numpy(), batch["c2w"][v].numpy(),

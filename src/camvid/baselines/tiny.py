@@ -86,7 +86,11 @@ def tiny_sparsectrl_components(seed: int = 0, tokenizer_dir: Path | None = None)
 
 def tiny_svd_components(seed: int = 0) -> dict:
     """Stable Video Diffusion's UNet / temporal-decoder VAE / CLIP image tower at tiny width."""
-    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        UNetSpatioTemporalConditionModel,
+    )
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
