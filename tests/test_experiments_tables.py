@@ -44,15 +44,18 @@ def test_table_from_finished_jobs(tmp_path):
     assert "2/2 seeds" in cami2v.cells["FVD_videogpt"].note and "i3d_pretrained_400.pt" in cami2v.cells["FVD_videogpt"].note
     assert by["cami2v_t2_full3d"].cells["TransErr"].rel_diff == pytest.approx(0.0)
     assert "no finished job" in by["cami2v_t2_camco_like"].cells["RotErr"].note
-    row5 = next(r for r in rows if r.preset is None)
-    assert row5.cells["TransErr"].paper == pytest.approx(5.5119) and "not run" in row5.cells["TransErr"].note
+    row5 = by["cami2v_t2_epipolar_only"]  # the paper's row 5, read as epipolar attention without Plücker
+    assert row5.cells["TransErr"].paper == pytest.approx(5.5119) and "no finished job" in row5.cells["TransErr"].note
+    _, cvd_rows = collect_table("cvd_t1", tmp_path / "cvd_t1")  # a row without a preset says why
+    reference = next(r for r in cvd_rows if r.preset is None)
+    assert reference.label == "RE10K Reference" and "not run" in reference.cells["RotAUC@5"].note
 
     paths = main(["cami2v_t2", "--root", str(root)])
     md = paths["md"].read_text()
     assert "| TransErr ours | TransErr paper | TransErr Δ |" in md.replace("row | seeds | ", "")
     line = next(x for x in md.splitlines() if x.startswith("| Plücker + Epipolar (CamI2V) |"))
     assert "| 2 | 1.5 ± 0.7071 | 1.496 | +0.3% |" in line
-    assert "i3d_torchscript.pt missing" in md and "row 5 (one module ticked): not run" in md
+    assert "i3d_torchscript.pt missing" in md and "Epipolar only (row 5, read from the paper)" in md
     # the paper's row order, one line each
     labels = [x.split(" | ")[0][2:] for x in md.splitlines() if x.startswith("| ") and " | paper" not in x]
     assert labels[1:] == [r["label"] for r in spec["rows"]]

@@ -60,7 +60,8 @@ def run_job(cfg: DictConfig) -> dict:
         # released systems sampled as they are (CVD's SparseCtrl / SVD baselines), also at scale=tiny
         print(f"train: model={cfg.model.name} is sampling-only: stage skipped", flush=True)
         stages.remove("train")
-    validate_train_config(cfg)  # bad option values end the job before anything is read or built
+    if stages != ["benchmark"]:  # a measurement reads no data and no weights (random weights, synthetic batch)
+        validate_train_config(cfg)  # bad option values end the job before anything is read or built
     export_distributed_env()  # a multi-task submitit job: RANK/WORLD_SIZE/MASTER_* for accelerate
     summary: dict = {"stages": stages, "loss": float("nan")}
     with finish_runs_on_exit():
