@@ -55,8 +55,9 @@ def benchmark_rows(inference: dict, training: dict):
     ]
 
 
-def run_benchmark_stage(cfg: DictConfig, run_dir: Path) -> str:
-    """Measure the row's model and write its results (skipped when they exist)."""
+def run_benchmark_stage(cfg: DictConfig, run_dir: Path) -> tuple[str, list | None]:
+    """Measure the row's model and write its results; returns the results file and the measured rows
+    (``None`` when the file existed and the stage was skipped)."""
     import torch
 
     from camvid.evaluation.pipeline import _attach_paper
@@ -69,7 +70,7 @@ def run_benchmark_stage(cfg: DictConfig, run_dir: Path) -> str:
     results = out_dir / "results.json"
     if results.is_file():
         print(f"benchmark: {results} exists: stage skipped", flush=True)
-        return str(results)
+        return str(results), None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     inference, training = _case(cfg, "inference", device), _case(cfg, "training", device)
     rows = benchmark_rows(inference, training)
@@ -82,4 +83,4 @@ def run_benchmark_stage(cfg: DictConfig, run_dir: Path) -> str:
              "paper_row": cfg.get("paper_row")}
     paths = write_tables(out_dir, rows, extra, f"benchmark: {setting}", source)
     print(paths["md"].read_text(), flush=True)
-    return str(paths["json"])
+    return str(paths["json"]), rows

@@ -76,7 +76,9 @@ def run_job(cfg: DictConfig) -> dict:
         if "benchmark" in stages and rank_world()[0] == 0:
             from camvid.experiments.benchmark import run_benchmark_stage
 
-            summary["results"] = run_benchmark_stage(cfg, run_dir)
+            summary["results"], rows = run_benchmark_stage(cfg, run_dir)
+            if rows is not None:  # the measurement goes to the row's W&B run like an evaluation
+                _log_to_training_run(cfg, run_dir, run_dir / "samples", rows)
     return summary
 
 
