@@ -40,7 +40,7 @@ __all__ = ["METRIC_FAMILIES", "run_evaluation"]
 
 log = logging.getLogger(__name__)
 
-METRIC_FAMILIES = ("camera", "camera_following", "geometry", "fvd", "fid_kid", "clip")
+METRIC_FAMILIES = ("camera", "camera_following", "geometry", "fvd", "fid_kid", "clip", "identical_mse")
 _GEOMETRY_KEYS = [f"RotAUC@{t:g}" for t in AUC_THRESHOLDS] + [f"TransAUC@{t:g}" for t in AUC_THRESHOLDS] + [
     "Precision", "MatchingScore"]
 
@@ -346,6 +346,12 @@ def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
         rows += _fid_rows(records, dict(cfg.get("fid_kid", {})), weights, device)
     if "clip" in families:
         rows += _clip_rows(records, dict(cfg.get("clip", {})), weights, device)
+    if "identical_mse" in families:  # CVD appendix A.5 (camvid.evaluation.identical)
+        from camvid.evaluation.identical import identical_trajectory_rows
+
+        same_rows, same_details = identical_trajectory_rows(_groups(records))
+        rows += same_rows
+        details.update(same_details)
 
     row_id = cfg.get("paper_row") or _infer_paper_row(records)
     paper_source = _attach_paper(rows, row_id)
