@@ -183,3 +183,32 @@ def test_two_task_submitit_job_forms_one_process_group_with_disjoint_data(tmp_pa
     assert flat[0] and flat[1] and not flat[0] & flat[1]  # two ranks of one group, disjoint data
     state = json.loads((run / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
     assert state["resume"]["world_size"] == 2
+
+
+def test_cvd_table2_joins_its_two_sample_sets(tmp_path):
+    """CVD Table 2: CLIP on the WebVid-prompt samples, FID / KID on the RealEstate10K set
+    (``stage_sample.sets.re10k`` -> ``samples_re10k/eval``), one row per method."""
+    from camvid.experiments.stages import eval_config, sample_sets
+
+    cfg = compose(["experiment=cvd_t2_cvd"])
+    sets = sample_sets(cfg)
+    assert [name for name, _, _ in sets] == ["samples", "samples_re10k"]
+    assert sets[0][1].protocol.prompts == "webvid" and sets[0][1].num_samples == 1000
+    assert sets[1][1].protocol.prompts == "test" and sets[1][2] == {"metrics": ["fid_kid"]}
+    assert eval_config(cfg, tmp_path, sets[1][2], sets[1][1])["metrics"] == ["fid_kid"]
+    assert eval_config(cfg, tmp_path, sets[0][2], sets[0][1])["metrics"] == ["clip"]
+    a5 = compose(["experiment=cvd_a5_cameractrl", "scale=tiny"])  # tiny's metric families + the A.5 measure
+    assert eval_config(a5, tmp_path)["metrics"][-1] == "identical_mse"
+
+    root = tmp_path / "cvd_t2"
+    _job(root, "cvd_t2_cvd", 1, {"CLIP-T": 0.31, "CLIP-F": 0.9}, {"FID": "no gt.mp4 in any sample", "KID": "x"})
+    fid = root / "cvd_t2_cvd" / "seed_1" / "samples_re10k" / "eval"
+    fid.mkdir(parents=True)
+    fid_rows = [ResultRow("FID", 30.0), ResultRow("KID", 0.5), ResultRow("CLIP-F", None, note="not computed: x")]
+    (fid / "results.json").write_text(json.dumps({"rows": [asdict(r) for r in fid_rows]}))
+    _, rows = collect_table("cvd_t2", root)
+    cvd = next(r for r in rows if r.preset == "cvd_t2_cvd")
+    assert {c: cvd.cells[c].mean for c in ("CLIP-T", "CLIP-F", "FID", "KID")} == \
+        {"CLIP-T": 0.31, "CLIP-F": 0.9, "FID": 30.0, "KID": 0.5}
+    assert all(not cvd.cells[c].note for c in ("CLIP-T", "CLIP-F", "FID", "KID"))
+    assert cvd.cells["FID"].paper == pytest.approx(32.90)

@@ -434,8 +434,9 @@ def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset
                   "group": groups[v] if views > 1 else None, "view": v % views, "protocol": meta_protocol},
         )
         write_gif(folder / "video.gif", frames, fps=fps)
-        if views == 1 and test_root is not None:  # exact depth of the conditioning frame (camera following)
-            save_conditioning_depth(folder, test_root, split, batch, v)
+        if test_root is not None:  # exact depth of the conditioning frame (camera following)
+            # a pair's videos start on the clip's shared frame: its depth is found under the clip's key
+            save_conditioning_depth(folder, test_root, split, batch if views == 1 else {**batch, "key": groups}, v)
         save_path_picture(folder, batch["K"][v].numpy(), batch["c2w"][v].numpy(), tuple(frames.shape[1:3]), ids[v])
         written.append(folder)
     return written
