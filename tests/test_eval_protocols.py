@@ -75,7 +75,8 @@ def test_single_video_baseline_sampled_in_pairs_has_clip_f(data_root, tmp_path):
     captions = load_prompts(webvid)
     for idx, (name, (a, b)) in enumerate(sorted(groups.items())):
         assert a.sample_id == f"{name}_view0" and (a.view, b.view) == (0, 1)
-        assert a.caption == b.caption and a.caption in captions  # one WebVid prompt per pair
+        assert a.caption == b.caption == prompt_for(captions, idx)[0]  # clip idx's WebVid prompt, both videos
+        assert a.meta["protocol"]["prompt_row"] == prompt_for(captions, idx)[1]
         assert a.meta["protocol"]["pair_sampling"] == "independent" and a.seed == b.seed
         assert np.allclose(a.c2w[0], b.c2w[0], atol=1e-6) and not np.allclose(a.c2w, b.c2w)  # one start, 2 paths
         assert not np.array_equal(a.load_video(), b.load_video())

@@ -142,9 +142,8 @@ def _matcher_spec(spec, matchers: dict) -> dict:
 
 def _geometry_rows(records: list[SampleRecord], cfg: dict, reference: bool,
                    matchers: dict | None = None) -> tuple[list[ResultRow], dict]:
-    from hydra.utils import instantiate
-
     from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
 
     spec = _matcher_spec(cfg.get("matcher"), matchers or {})
     try:
