@@ -112,9 +112,11 @@ def test_cvd_pairs_form_one_group_and_identical_trajectories_give_the_mse(data_r
     row = result["rows"][0]
     expected = np.mean((a.load_video() / 255.0 - b.load_video() / 255.0) ** 2)
     assert row.value == pytest.approx(expected) and row.value > 0 and "1 groups" in row.note
-    with pytest.raises(ValueError, match="needs trajectory pairs"):
-        cfg1, m1 = _tiny("cvd_t2_cameractrl", data_root, tmp_path / "single")
-        sample_test_clip(m1, cfg1, eval_split_dataset(cfg1, str(data_root)), 0, tmp_path / "x", protocol=same, **kw)
+    single = compose(["experiment=cvd_t2_cameractrl", "scale=tiny", *TINY_DATA, *run_overrides(data_root, tmp_path),
+                      "data=synthetic"])
+    with pytest.raises(ValueError, match="needs trajectory pairs"):  # raised before the model is called
+        sample_test_clip(method, single, eval_split_dataset(single, str(data_root)), 0, tmp_path / "x",
+                         protocol=same, **kw)
 
 
 def test_identical_mse_of_known_videos(tmp_path):
