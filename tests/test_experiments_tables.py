@@ -212,3 +212,28 @@ def test_cvd_table2_joins_its_two_sample_sets(tmp_path):
         {"CLIP-T": 0.31, "CLIP-F": 0.9, "FID": 30.0, "KID": 0.5}
     assert all(not cvd.cells[c].note for c in ("CLIP-T", "CLIP-F", "FID", "KID"))
     assert cvd.cells["FID"].paper == pytest.approx(32.90)
+
+
+@pytest.mark.slow
+def test_cvd_table2_job_samples_both_sets_and_the_table_joins_them(tmp_path):
+    """One CVD Table 2 row at tiny size through train -> sample -> eval: WebVid-prompt pairs of the
+    single-video CameraCtrl as groups, the RealEstate10K set beside them, both in make table."""
+    env = _env(tmp_path)
+    job = ["src/train.py", "-m", "table=cvd_t2", "scale=tiny", "experiment=cvd_t2_cameractrl", *TINY_JOB]
+    done = _run(job, env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    seed = tmp_path / "outputs" / "tables" / "tiny" / "cvd_t2" / "cvd_t2_cameractrl" / "seed_42"
+    pairs = [json.loads(p.read_text()) for p in seed.glob("samples/*/meta.json")]
+    single = [json.loads(p.read_text()) for p in seed.glob("samples_re10k/*/meta.json")]
+    assert pairs and len(pairs) == 2 * len(single)
+    captions = (tmp_path / "data" / "synthetic" / "webvid" / "webvid.csv").read_text()
+    for m in pairs:
+        assert m["group"] and m["protocol"]["prompts"] == "webvid" and m["caption"] in captions
+        assert m["protocol"]["pair_sampling"] == "independent"
+    assert all(m["group"] is None and m["protocol"]["prompts"] == "test" for m in single)
+    assert (seed / "samples" / "eval" / "results.json").is_file()
+    assert (seed / "samples_re10k" / "eval" / "results.json").is_file()
+    table = _run(["-m", "camvid.experiments.tables", "cvd_t2", "--scale", "tiny"], env)
+    assert table.returncode == 0, table.stderr[-3000:]
+    md = (seed.parents[1] / "table.md").read_text()
+    assert "pt_inception-2015-12-05-6726825d.pth" in md  # FID / KID: the RealEstate10K set's own reason
