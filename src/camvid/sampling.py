@@ -442,8 +442,8 @@ def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset
     return written
 
 
-def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel, ckpt: Path) -> list[Path]:
-    protocol = SamplingProtocol.from_config(cfg.get("protocol"))
+def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel, ckpt: Path,
+                protocol: SamplingProtocol) -> list[Path]:
     dataset = eval_split_dataset(train_cfg, cfg.test_data, cfg.split, cfg.stride, pairs=protocol.pairs)
     n = min(int(cfg.num_samples), len(dataset))
     written = []
@@ -471,6 +471,8 @@ def pretrained_method(cfg: DictConfig, device) -> tuple[DictConfig, VideoDiffusi
 def run_sampling(cfg: DictConfig) -> list[Path]:
     """Entry point of ``src/sample.py``."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    # the protocol's options and prompt file are checked before the model is built
+    protocol = SamplingProtocol.from_config(cfg.get("protocol")) if cfg.test_data else None
     if cfg.get("model") is not None and not (cfg.ckpt_path or cfg.run_dir):
         train_cfg, method, ckpt = pretrained_method(cfg, device)
     else:
@@ -478,5 +480,5 @@ def run_sampling(cfg: DictConfig) -> list[Path]:
         train_cfg, method = load_trained_method(ckpt, device)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     if cfg.test_data:
-        return _batch_mode(cfg, train_cfg, method, ckpt)
+        return _batch_mode(cfg, train_cfg, method, ckpt, protocol)
     return _single(cfg, train_cfg, method, ckpt)

@@ -130,22 +130,25 @@ def sample_sets(cfg: DictConfig) -> list[tuple[str, DictConfig, dict]]:
 
 def _sample_stage(cfg: DictConfig, run_dir: Path, trained: bool) -> Path:
     from camvid.data.factory import prepare_dataset
+    from camvid.sampling import SamplingProtocol
 
     rank, world = rank_world()
     if rank == 0:
         prepare_dataset(cfg.data)  # the synthetic set of scale=tiny, when no training stage made it
+    # every set's protocol (options, prompt file) is checked before the model is loaded
+    sets = [(folder, scfg, SamplingProtocol.from_config(scfg.get("protocol"), f"stage_sample.protocol ({folder})"))
+            for folder, scfg, _ in sample_sets(cfg)]
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     train_cfg, method, ckpt = _load_method(cfg, run_dir, trained, device)
     train_cfg = OmegaConf.merge(train_cfg, {"paper_row": cfg.get("paper_row")})
-    for folder, scfg, _ in sample_sets(cfg):
-        _sample_set(cfg, scfg, run_dir / folder, train_cfg, method, ckpt, rank, world)
+    for folder, scfg, protocol in sets:
+        _sample_set(cfg, scfg, protocol, run_dir / folder, train_cfg, method, ckpt, rank, world)
     return run_dir / "samples"
 
 
-def _sample_set(cfg, scfg, out_dir: Path, train_cfg, method, ckpt, rank: int, world: int) -> None:
-    from camvid.sampling import SamplingProtocol, eval_split_dataset, sample_test_clip, shard_indices
+def _sample_set(cfg, scfg, protocol, out_dir: Path, train_cfg, method, ckpt, rank: int, world: int) -> None:
+    from camvid.sampling import eval_split_dataset, sample_test_clip, shard_indices
 
-    protocol = SamplingProtocol.from_config(scfg.get("protocol"), f"stage_sample.protocol ({out_dir.name})")
     out_dir.mkdir(parents=True, exist_ok=True)
     root, split = _test_root(cfg, scfg), str(scfg.get("split", "test"))
     dataset = eval_split_dataset(train_cfg, root, split, pairs=protocol.pairs)
