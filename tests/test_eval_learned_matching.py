@@ -111,3 +111,33 @@ def test_evaluation_without_matcher_weights_marks_geometry_not_computed(tmp_path
     with pytest.raises(ValueError, match="not a matcher"):
         run_evaluation({"samples_dir": str(tmp_path / "s"), "metrics": ["geometry"], "matchers": matchers,
                         "geometry": {"matcher": "superglue"}})
+
+
+@pytest.mark.slow  # a subprocess: ~1 min on a busy 2-core machine
+def test_evaluate_cli_runs_the_learned_matcher_by_name(weight_files, tmp_path):
+    """``src/evaluate.py geometry.matcher=lightglue_disk`` with the weights in place: the geometry rows
+    come from DISK + LightGlue (random weights here: numbers, not accuracy)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from camvid.data.synthetic import default_intrinsics, make_scene, make_trajectory, render_frames
+    from camvid.evaluation.layout import write_sample
+    from conftest import REPO
+
+    root = weight_files[0]
+    K = default_intrinsics(48, 48)
+    c2w = make_trajectory("truck", 3, 0)
+    video, _ = render_frames(make_scene(1), K, c2w, 48, 48)
+    write_sample(tmp_path / "s", "a", video, K, c2w, "a room", 0)
+    done = subprocess.run(
+        [sys.executable, "src/evaluate.py", f"samples_dir={tmp_path / 's'}", "metrics=[geometry]", "reference=false",
+         "geometry.matcher=lightglue_disk", f"matchers.lightglue_disk.extractor_weights={root / 'depth-save.pth'}",
+         f"matchers.lightglue_disk.lightglue_weights={root / 'disk_lightglue.pth'}",
+         "matchers.lightglue_disk.filter_threshold=0.0", f"hydra.run.dir={tmp_path / 'logs'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["metric"]: r for r in json.loads((tmp_path / "s" / "eval" / "results.json").read_text())["rows"]}
+    assert rows["Precision"]["value"] is not None and "2 pairs" in rows["Precision"]["note"]
