@@ -16,18 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import get_worker_info
 
-from camvid.data.batches import shared_uint8
 from camvid.data.decode import decode_frames, decode_image
 from camvid.data.layout import IMAGE_SUFFIXES, Re10kClip, WebVidClip
 from camvid.data.shards import frame_keys, read_video_frames
 from camvid.geometry.cameras import (
     CameraTrack,
-    normalized_to_pixel_intrinsics,
     parse_pose_lines,
+    resize_crop_factors,
     resize_crop_geometry,
-    resize_crop_intrinsics,
 )
 
 __all__ = [
@@ -226,11 +223,8 @@ def open_shard_sample(sample: dict) -> Clip:
         raise BadSample(f"{where}: json says source=webvid but the sample carries pose.txt", "metadata")
 
     def load(indices: Sequence[int]) -> np.ndarray:
-        # in a DataLoader worker, decode straight into shared memory: the batch then crosses to the
-        # main process without being copied again
-        alloc = shared_uint8 if get_worker_info() is not None else None
         try:
-            return decode_frames([(sample[keys[i]], f"{where}.{keys[i]}") for i in indices], alloc)
+            return decode_frames([(sample[keys[i]], f"{where}.{keys[i]}") for i in indices])
         except ValueError as err:
             raise BadSample(str(err), "corrupt_image") from None
 
@@ -313,8 +307,17 @@ def resize_crop_video(frames: np.ndarray, out_hw: tuple[int, int]) -> torch.Tens
     return video
 
 
-def clip_intrinsics(track: CameraTrack, indices: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
-    """Pixel K (T, 3, 3) at ``out_hw`` for the selected frames of a clip whose frames are ``src_hw``."""
-    norm = torch.from_numpy(track.intrinsics[indices]).double()
-    K = normalized_to_pixel_intrinsics(norm, width=src_hw[1], height=src_hw[0])
-    return resize_crop_intrinsics(K, src_hw, out_hw)
+def clip_intrinsics(track: CameraTrack, indices: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """Pixel K (T, 3, 3) float64 at ``out_hw`` for the selected frames of a clip whose frames are
+    ``src_hw`` (:func:`~camvid.geometry.cameras.normalized_to_pixel_intrinsics`, then
+    :func:`~camvid.geometry.cameras.resize_crop_intrinsics`, in numpy)."""
+    fx, fy, cx, cy = track.intrinsics[indices].T
+    sx, sy, top, left = resize_crop_factors(src_hw, out_hw)
+    src_h, src_w = src_hw
+    K = np.zeros((len(fx), 3, 3))
+    K[:, 0, 0] = fx * src_w * sx
+    K[:, 0, 2] = cx * src_w * sx - left
+    K[:, 1, 1] = fy * src_h * sy
+    K[:, 1, 2] = cy * src_h * sy - top
+    K[:, 2, 2] = 1.0
+    return K

@@ -73,31 +73,29 @@ def decode_image(data: bytes) -> np.ndarray:
     return _pil(data)
 
 
-def decode_frames(frames: list[tuple[bytes, str]], alloc=None):
+def decode_frames(frames: list[tuple[bytes, str]]) -> np.ndarray:
     """(n, H, W, 3) uint8 from ``(bytes, where)`` pairs. JPEG frames are decoded straight into one
-    array (no stacking copy); ``ValueError`` names the frame that fails or differs in size.
-
-    ``alloc(shape) -> (array, result)`` supplies the output buffer (e.g. a numpy view of a tensor in
-    shared memory, returning the tensor as ``result``); default: a numpy array."""
-    out = result = None
+    array (no stacking copy); ``ValueError`` names the frame that fails or differs in size."""
+    out = None
     for i, (data, where) in enumerate(frames):
         try:
             shape = _jpeg_shape(data)
-            if out is not None and shape is not None:
-                if shape != out.shape[1:3]:
+            if shape is not None:
+                if out is None:
+                    out = np.empty((len(frames), *shape, 3), dtype=np.uint8)
+                elif shape != out.shape[1:3]:
                     raise ValueError(f"frame size {shape} differs from the clip's {out.shape[1:3]}")
                 _simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out[i])
                 continue
-            image = _simple(data) if shape is not None else _pil(data)
+            image = _pil(data)
         except Exception as err:  # decoders raise several types for corrupt data
             raise ValueError(f"{where}: cannot decode image ({err})") from None
         if out is None:
-            shape = (len(frames), *image.shape)
-            out, result = alloc(shape) if alloc is not None else (np.empty(shape, dtype=np.uint8), None)
+            out = np.empty((len(frames), *image.shape), dtype=np.uint8)
         elif image.shape != out.shape[1:]:
             raise ValueError(f"{where}: cannot decode image (frame size {image.shape[:2]} differs from the "
                              f"clip's {out.shape[1:3]})")
         out[i] = image
     if out is None:
         raise ValueError("no frames to decode")
-    return out if result is None else result
+    return out

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from camvid.data.batches import normalize_video
 from camvid.data.clips import BadSample, Clip, open_re10k_clip, open_shard_sample, open_webvid_clip
+from camvid.data.handoff import SlotReceiver, SlotVideo, slots_supported, worker_ring
 from camvid.data.health import HEALTH_KEY, DataHealth, SkipCounter, SkipEvent
 from camvid.data.layout import Re10kClip, WebVidClip, list_re10k_clips, list_webvid_clips
 from camvid.data.samples import PAIRINGS, SampleSpec, collate, make_sample
@@ -234,6 +235,9 @@ class ClipStream(IterableDataset):
         self.max_skip_fraction, self.skip_check_min_samples, self.name = (
             max_skip_fraction, skip_check_min_samples, name)
         self.counters: dict[str, SkipCounter] = {}  # this process's counters, one per worker identity
+        # > 0: workers hand video over through that many reused shared-memory slots each
+        # (camvid.data.handoff); set by StreamLoader, which turns the references back into tensors
+        self.handoff_slots = 0
         if not resampled and len(self.units) < self.world_size:
             raise ValueError(
                 f"{len(self.units)} {kind} units cannot be split over {self.world_size} ranks without "
@@ -334,21 +338,29 @@ class ClipStream(IterableDataset):
 
         return stage
 
+    def _ring(self):
+        """This worker's shared-memory slots, when the video goes through them."""
+        if self.handoff_slots and get_worker_info() is not None and slots_supported():
+            return worker_ring(self.handoff_slots)
+        return None
+
     def _batches(self, ident: str, counter: SkipCounter):
         def stage(samples: Iterator[dict]) -> Iterator[dict]:
+            ring = self._ring()
+            alloc = ring.alloc if ring is not None else None
             group: list[dict] = []
             for sample in samples:
                 group.append(sample)
                 if len(group) == self.batch_size:
-                    yield self._with_health(collate(group), ident, counter)
+                    yield self._with_health(collate(group, alloc), ident, counter, ring)
                     group = []
             if group and not self.drop_last:
-                yield self._with_health(collate(group), ident, counter)
+                yield self._with_health(collate(group, alloc), ident, counter, ring)
 
         return stage
 
     @staticmethod
-    def _with_health(batch: dict, ident: str, counter: SkipCounter) -> dict:
+    def _with_health(batch: dict, ident: str, counter: SkipCounter, ring=None) -> dict:
         batch[HEALTH_KEY] = {ident: counter.report()}  # running counts; StreamLoader pops them
         if get_worker_info() is not None:
             # Small tensors travel inside the pickle as numpy arrays: each tensor would otherwise get
@@ -356,6 +368,9 @@ class ClipStream(IterableDataset):
             for name, value in batch.items():
                 if isinstance(value, torch.Tensor) and name != "video":
                     batch[name] = value.numpy()
+            ref = ring.reference(batch["video"]) if ring is not None else None
+            if ref is not None:
+                batch["video"] = ref
         return batch
 
     def iter_worker(self, worker: int, num_workers: int, worker_skip: int | None = None) -> Iterator[dict]:
@@ -454,9 +469,12 @@ def _with_final_report(batches: Iterator[dict], counters: dict[str, SkipCounter]
         yield {HEALTH_ONLY: True, HEALTH_KEY: {ident: c.report() for ident, c in counters.items()}}
 
 
+def _streams(dataset) -> list:
+    return [dataset.first, dataset.second] if isinstance(dataset, MixedStream) else [dataset]
+
+
 def _local_reports(dataset) -> dict[str, dict]:
-    streams = [dataset.first, dataset.second] if isinstance(dataset, MixedStream) else [dataset]
-    return {ident: c.report() for st in streams for ident, c in getattr(st, "counters", {}).items()}
+    return {ident: c.report() for st in _streams(dataset) for ident, c in getattr(st, "counters", {}).items()}
 
 
 class _MapDataset(Dataset):
@@ -521,17 +539,31 @@ def _as_is(batch):
 class StreamLoader(DataLoader):
     """A DataLoader over a stream whose batches carry their worker's skip counts: it pops them
     (``batch["data_health"]``) into ``self.health`` (a :class:`DataHealth`, summed over workers)
-    and stops the run when the sum exceeds ``max_skip_fraction``."""
+    and stops the run when the sum exceeds ``max_skip_fraction``.
+
+    With workers, video arrives through reused shared-memory slots (:mod:`camvid.data.handoff`):
+    each worker keeps up to ``prefetch_factor + 4`` (batches in flight, the one the caller holds
+    and the one before it, as the previous batch is still referenced until the caller takes the
+    next); a batch the caller keeps longer keeps its slot, and its worker then uses a fresh one."""
 
     def __init__(self, dataset, *, health: DataHealth, **kwargs):
         super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
         self.health = health
+        if self.num_workers:
+            for stream in _streams(dataset):
+                stream.handoff_slots = (self.prefetch_factor or 2) + 4
 
     def __iter__(self):
+        slots = SlotReceiver()
         for batch in super().__iter__():
+            slots.release_unused()  # slots of earlier batches the caller has let go of
             for name, value in batch.items():
                 if isinstance(value, np.ndarray):
                     batch[name] = torch.from_numpy(value)
+            if isinstance(batch.get("video"), SlotVideo):
+                batch["video"] = slots.resolve(batch["video"])
+                if self.pin_memory:  # a pinned copy; the slot goes back to its worker
+                    batch["video"] = batch["video"].pin_memory()
             snapshots = batch.pop(HEALTH_KEY, None)
             if snapshots:
                 self.health.update(snapshots)

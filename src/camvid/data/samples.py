@@ -33,7 +33,7 @@ from camvid.data.clips import (
     window_indices,
 )
 from camvid.data.synthetic import default_intrinsics
-from camvid.geometry.cameras import relative_poses
+from camvid.geometry.cameras import invert_rigid_np
 
 __all__ = ["SampleSpec", "PAIRINGS", "single_sample", "fold_pair", "homography_pair", "make_sample", "collate"]
 
@@ -70,24 +70,23 @@ class SampleSpec:
         return self.height, self.width
 
 
-def _cameras(clip: Clip, indices: np.ndarray, src_hw, spec: SampleSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def _cameras(clip: Clip, indices: np.ndarray, src_hw, spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
     """Absolute pixel K (T, 3, 3) and c2w (T, 4, 4) in float64; WebVid clips get identity cameras."""
     T = len(indices)
     if clip.track is None:
-        K = torch.from_numpy(default_intrinsics(spec.height, spec.width, spec.webvid_fov_deg))
-        return K.expand(T, 3, 3).clone(), torch.eye(4, dtype=torch.float64).expand(T, 4, 4).clone()
-    K = clip_intrinsics(clip.track, indices, src_hw, spec.out_hw)
-    c2w = torch.from_numpy(clip.track.subset(indices).c2w())
-    return K, c2w
+        K = default_intrinsics(spec.height, spec.width, spec.webvid_fov_deg)
+        return np.broadcast_to(K, (T, 3, 3)), np.broadcast_to(np.eye(4), (T, 4, 4))
+    return clip_intrinsics(clip.track, indices, src_hw, spec.out_hw), clip.track.subset(indices).c2w()
 
 
 def _view(clip: Clip, indices: np.ndarray, stride: int, cond: int, spec: SampleSpec) -> dict:
     frames = clip.frames(indices)
     K, c2w = _cameras(clip, indices, frames.shape[1:3], spec)
+    rel = invert_rigid_np(c2w[cond]) @ c2w  # relative_poses, in numpy
     return {
         "video": resize_crop_video(frames, spec.out_hw),
-        "K": K.float(),
-        "c2w": relative_poses(c2w, cond).float(),
+        "K": torch.from_numpy(K.astype(np.float32)),
+        "c2w": torch.from_numpy(rel.astype(np.float32)),
         "cond_index": torch.tensor(cond, dtype=torch.long),
         "frame_stride": torch.tensor(stride, dtype=torch.long),
         "frame_indices": torch.from_numpy(np.asarray(indices, dtype=np.int64)),
@@ -153,26 +152,24 @@ def make_sample(clip: Clip, spec: SampleSpec, rng: np.random.Generator, pairing:
 _STRING_FIELDS = ("caption", "key")
 
 
-def _stack_video(values: list[torch.Tensor], views: int) -> torch.Tensor:
-    """Stack ``video`` in its channel-last memory layout (a plain copy, not a transposing one),
-    straight into shared memory inside a DataLoader worker, so the batch crosses to the main
-    process without another copy (as torch's default_collate does)."""
+def _stack_video(values: list[torch.Tensor], views: int, alloc=None) -> torch.Tensor:
+    """Stack ``video`` in its channel-last memory layout (a plain copy, not a transposing one).
+
+    ``alloc(shape) -> uint8 tensor`` supplies the (channel-last) output, e.g. a reusable
+    shared-memory slot of a DataLoader worker (:mod:`camvid.data.handoff`); without it one clip
+    of one view is returned without copying."""
     hwc = [v.movedim(-3, -1) for v in values]  # (..., H, W, 3): contiguous for decoded frames
-    if len(hwc) == 1 and views == 1 and hwc[0].is_shared():
-        return values[0].unsqueeze(0)  # decoded straight into shared memory: nothing to copy
+    if alloc is None and len(hwc) == 1 and views == 1:
+        return values[0].unsqueeze(0)
     shape = (len(hwc), *hwc[0].shape)
-    out = None
-    if torch.utils.data.get_worker_info() is not None:
-        numel = int(np.prod(shape))
-        storage = hwc[0]._typed_storage()._new_shared(numel, device=hwc[0].device)
-        out = hwc[0].new(storage).resize_(*shape)
+    out = alloc(shape) if alloc is not None else None
     stacked = torch.stack(hwc, out=out).movedim(-1, -3)
     return stacked.flatten(0, 1) if views > 1 else stacked
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[dict], video_alloc=None) -> dict:
     """Stack samples into the batch layout of :mod:`camvid.models.base`; pairs are interleaved
-    ``[a0, b0, a1, b1, ...]``."""
+    ``[a0, b0, a1, b1, ...]``. ``video_alloc``: see :func:`_stack_video`."""
     if not samples:
         raise ValueError("collate: empty list of samples")
     views = samples[0]["num_views"]
@@ -189,7 +186,7 @@ def collate(samples: list[dict]) -> dict:
         if name in _STRING_FIELDS:
             batch[name] = [v for vs in values for v in vs] if views > 1 else list(values)
         elif name == "video":
-            batch[name] = _stack_video(values, views)
+            batch[name] = _stack_video(values, views, video_alloc)
         else:
             stacked = torch.stack(values)
             batch[name] = stacked.flatten(0, 1) if views > 1 else stacked
