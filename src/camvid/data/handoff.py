@@ -131,26 +131,30 @@ class SlotReceiver:
     """Main-process side: slot storages by (worker pid, slot), and the slots lent to the caller."""
 
     def __init__(self):
-        self.storages: dict[tuple[int, int], tuple[torch.UntypedStorage, int]] = {}  # -> (storage, own refs)
+        # (pid, slot) -> (storage, numpy view of its busy flag, use count when nothing else refers to it)
+        self.slots: dict[tuple[int, int], tuple[torch.UntypedStorage, object, int]] = {}
         self.lent: set[tuple[int, int]] = set()
+        self.resolved = 0  # batches received through slots
 
     def resolve(self, ref: SlotVideo) -> torch.Tensor:
+        """The batch video ``ref`` points at (a view of the slot, no copy)."""
         key = (ref.pid, ref.index)
         if ref.storage is not None:
-            self.storages[key] = (ref.storage, _use_count(ref.storage))
-            ref.storage = None  # the receiver's reference is the only one it counts on
-        if key not in self.storages:
+            storage, ref.storage = ref.storage, None
+            flag = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (1,)).numpy()
+            self.slots[key] = (storage, flag, _use_count(storage))
+        if key not in self.slots:
             raise RuntimeError(f"loader worker {ref.pid} sent slot {ref.index} by reference before sending it")
         if key in self.lent:
             raise RuntimeError(f"loader worker {ref.pid} reused slot {ref.index} before the main process freed it")
-        storage, _ = self.storages[key]
         self.lent.add(key)
-        return torch.empty(0, dtype=torch.uint8).set_(storage, ref.offset, ref.shape, ref.stride)
+        self.resolved += 1
+        return torch.empty(0, dtype=torch.uint8).set_(self.slots[key][0], ref.offset, ref.shape, ref.stride)
 
     def release_unused(self) -> int:
         """Hand back every lent slot nothing refers to any more; returns how many."""
-        freed = [key for key in self.lent if _use_count(self.storages[key][0]) <= self.storages[key][1]]
+        freed = [key for key in self.lent if _use_count(self.slots[key][0]) <= self.slots[key][2]]
         for key in freed:
-            self.storages[key][0][0] = _FREE
+            self.slots[key][1][0] = _FREE
             self.lent.discard(key)
         return len(freed)

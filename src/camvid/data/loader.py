@@ -549,12 +549,13 @@ class StreamLoader(DataLoader):
     def __init__(self, dataset, *, health: DataHealth, **kwargs):
         super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
         self.health = health
+        self.slot_receiver: SlotReceiver | None = None
         if self.num_workers:
             for stream in _streams(dataset):
                 stream.handoff_slots = (self.prefetch_factor or 2) + 4
 
     def __iter__(self):
-        slots = SlotReceiver()
+        slots = self.slot_receiver = SlotReceiver()  # kept for inspection (tests, benchmarks)
         for batch in super().__iter__():
             slots.release_unused()  # slots of earlier batches the caller has let go of
             for name, value in batch.items():
@@ -565,8 +566,7 @@ class StreamLoader(DataLoader):
                 if self.pin_memory:  # a pinned copy; the slot goes back to its worker
                     batch["video"] = batch["video"].pin_memory()
             snapshots = batch.pop(HEALTH_KEY, None)
-            if snapshots:
-                self.health.update(snapshots)
+            if snapshots and self.health.update(snapshots):
                 self.health.check()
             if not batch.pop(HEALTH_ONLY, False):
                 yield batch
