@@ -353,7 +353,7 @@ def read_shard(ref: ShardRef):
     url, expected = ref.url, ref.count
     yielded, group, problem = 0, None, None
     try:
-        fh = open(url, "rb", buffering=1 << 20)
+        fh = open(url, "rb", buffering=0)
     except OSError as err:
         yield SkipEvent("unreadable_shard", url, f"{url}: shard listed in the manifest cannot be read ({err})",
                         max(expected or 1, 1))
