@@ -101,15 +101,17 @@ class Clip:
     caption: str
     num_frames: int
     track: CameraTrack | None  # None for WebVid clips (no cameras)
-    load: Callable[[Sequence[int]], np.ndarray | torch.Tensor]  # indices -> (n, H, W, 3) uint8
+    load: Callable[..., np.ndarray | torch.Tensor]  # (indices, out=None) -> (n, H, W, 3) uint8
     source: str  # "re10k" or "webvid"
     where: str  # file or shard member, for error messages
 
-    def frames(self, indices: Sequence[int]) -> np.ndarray:
+    def frames(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """(n, H, W, 3) uint8 frames; decoded straight into ``out`` when it has their shape (a
+        worker's shared-memory batch slot), else into new memory."""
         bad = [int(i) for i in indices if not 0 <= int(i) < self.num_frames]
         if bad:
             raise IndexError(f"{self.where}: frame indices {bad} out of range [0, {self.num_frames})")
-        return self.load(list(indices))
+        return self.load(list(indices), out)
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
@@ -146,7 +148,7 @@ def open_re10k_clip(clip: Re10kClip) -> Clip:
             "refusing to pair frames and poses by position", "frame_count"
         )
 
-    def load(indices: Sequence[int]) -> np.ndarray:
+    def load(indices: Sequence[int], out=None) -> np.ndarray:
         return _stack([_read_image(files[i]) for i in indices], str(clip.frame_dir))
 
     return Clip(clip.clip_id, clip.caption, len(track), track, load, "re10k", str(clip.pose_path))
@@ -160,7 +162,7 @@ def open_webvid_clip(clip: WebVidClip) -> Clip:
         if not frames:
             raise ValueError(f"{path}: video has no frames")
 
-        def load(indices: Sequence[int]) -> np.ndarray:
+        def load(indices: Sequence[int], out=None) -> np.ndarray:
             return _stack([frames[i] for i in indices], str(path))
 
         return Clip(clip.videoid, clip.caption, len(frames), None, load, "webvid", str(path))
@@ -170,7 +172,7 @@ def open_webvid_clip(clip: WebVidClip) -> Clip:
     if not files:
         raise ValueError(f"no frames (png/jpg) in {path}")
 
-    def load_files(indices: Sequence[int]) -> np.ndarray:
+    def load_files(indices: Sequence[int], out=None) -> np.ndarray:
         return _stack([_read_image(files[i]) for i in indices], str(path))
 
     return Clip(clip.videoid, clip.caption, len(files), None, load_files, "webvid", str(path))
@@ -222,9 +224,9 @@ def open_shard_sample(sample: dict) -> Clip:
     elif "pose.txt" in sample:
         raise BadSample(f"{where}: json says source=webvid but the sample carries pose.txt", "metadata")
 
-    def load(indices: Sequence[int]) -> np.ndarray:
+    def load(indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
         try:
-            return decode_frames([(sample[keys[i]], f"{where}.{keys[i]}") for i in indices])
+            return decode_frames([(sample[keys[i]], f"{where}.{keys[i]}") for i in indices], out)
         except ValueError as err:
             raise BadSample(str(err), "corrupt_image") from None
 

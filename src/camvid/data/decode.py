@@ -73,16 +73,21 @@ def decode_image(data: bytes) -> np.ndarray:
     return _pil(data)
 
 
-def decode_frames(frames: list[tuple[bytes, str]]) -> np.ndarray:
+def _output(given: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    return given if given is not None and given.shape == shape else np.empty(shape, dtype=np.uint8)
+
+
+def decode_frames(frames: list[tuple[bytes, str]], out: np.ndarray | None = None) -> np.ndarray:
     """(n, H, W, 3) uint8 from ``(bytes, where)`` pairs. JPEG frames are decoded straight into one
-    array (no stacking copy); ``ValueError`` names the frame that fails or differs in size."""
-    out = None
+    array (no stacking copy): ``out`` when it has the frames' shape, else a new one. ``ValueError``
+    names the frame that fails or differs in size."""
+    given, out = out, None
     for i, (data, where) in enumerate(frames):
         try:
             shape = _jpeg_shape(data)
             if shape is not None:
                 if out is None:
-                    out = np.empty((len(frames), *shape, 3), dtype=np.uint8)
+                    out = _output(given, (len(frames), *shape, 3))
                 elif shape != out.shape[1:3]:
                     raise ValueError(f"frame size {shape} differs from the clip's {out.shape[1:3]}")
                 _simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out[i])
@@ -91,7 +96,7 @@ def decode_frames(frames: list[tuple[bytes, str]]) -> np.ndarray:
         except Exception as err:  # decoders raise several types for corrupt data
             raise ValueError(f"{where}: cannot decode image ({err})") from None
         if out is None:
-            out = np.empty((len(frames), *image.shape), dtype=np.uint8)
+            out = _output(given, (len(frames), *image.shape))
         elif image.shape != out.shape[1:]:
             raise ValueError(f"{where}: cannot decode image (frame size {image.shape[:2]} differs from the "
                              f"clip's {out.shape[1:3]})")

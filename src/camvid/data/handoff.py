@@ -103,17 +103,25 @@ class SlotRing:
         return torch.empty(0, dtype=torch.uint8).set_(self.storages[index], HEADER_BYTES, tuple(shape),
                                                        _contiguous_strides(tuple(shape)))
 
+    def _index(self, tensor: torch.Tensor) -> int | None:
+        ptr = tensor.untyped_storage().data_ptr()
+        return next((i for i, storage in enumerate(self.storages) if storage.data_ptr() == ptr), None)
+
+    def release(self, tensor: torch.Tensor) -> None:
+        """Give back the slot of a batch that is not sent after all (no-op for other memory)."""
+        index = self._index(tensor)
+        if index is not None:
+            self.flags[index][0] = _FREE
+
     def reference(self, tensor: torch.Tensor) -> SlotVideo | None:
         """The slot reference for ``tensor`` (a view of memory from :meth:`alloc`); None when it
         does not live in a slot (it then travels the usual way)."""
-        ptr = tensor.untyped_storage().data_ptr()
-        for index, storage in enumerate(self.storages):
-            if storage.data_ptr() == ptr:
-                first = not self.sent[index]
-                self.sent[index] = True
-                return SlotVideo(self.pid, index, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()),
-                                 storage if first else None)
-        return None
+        index = self._index(tensor)
+        if index is None:
+            return None
+        first, self.sent[index] = not self.sent[index], True
+        return SlotVideo(self.pid, index, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()),
+                         self.storages[index] if first else None)
 
 
 _RING: SlotRing | None = None

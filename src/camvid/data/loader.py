@@ -46,7 +46,7 @@ from camvid.data.clips import BadSample, Clip, open_re10k_clip, open_shard_sampl
 from camvid.data.handoff import SlotReceiver, SlotVideo, slots_supported, worker_ring
 from camvid.data.health import HEALTH_KEY, DataHealth, SkipCounter, SkipEvent
 from camvid.data.layout import Re10kClip, WebVidClip, list_re10k_clips, list_webvid_clips
-from camvid.data.samples import PAIRINGS, SampleSpec, collate, make_sample
+from camvid.data.samples import PAIRINGS, SampleSpec, collate, make_sample, num_views
 from camvid.data.shards import (
     ShardMember,
     ShardRef,
@@ -188,6 +188,34 @@ def _where(item) -> str:
     return f"{item.get('__url__', '<shard>')}:{item.get('__key__', '<no key>')}"
 
 
+class _BatchBuffer:
+    """Where the batch being built goes, in a worker that hands video over through
+    shared-memory slots (:mod:`camvid.data.handoff`): the batch's slot is taken when its first
+    sample is made, each sample decodes straight into its place (``place``), and ``collate``
+    gets the whole slot (``take``). Without a ring (in the main process) everything is None."""
+
+    def __init__(self, ring, shape: tuple[int, ...]):
+        self.ring, self.shape = ring, shape  # shape: (batch, views, T, H, W, 3)
+        self.tensor: torch.Tensor | None = None
+        self.filled = 0  # samples of the current batch already made
+
+    def place(self) -> torch.Tensor | None:
+        if self.ring is None:
+            return None
+        if self.tensor is None:
+            self.tensor = self.ring.alloc(self.shape)
+        return self.tensor[self.filled]
+
+    def take(self) -> torch.Tensor | None:
+        tensor, self.tensor, self.filled = self.tensor, None, 0
+        return tensor
+
+    def drop(self) -> None:
+        tensor = self.take()
+        if tensor is not None:
+            self.ring.release(tensor)
+
+
 class ClipStream(IterableDataset):
     """Batches of one pairing from shards (``kind="shards"``, units = shard urls) or from a
     directory layout (``kind="directory"``, units = clips)."""
@@ -317,7 +345,7 @@ class ClipStream(IterableDataset):
                     f"{len(self.units)}: {why}"
                 )
 
-    def _samples(self, worker: int, skip_samples: int, counter: SkipCounter):
+    def _samples(self, worker: int, skip_samples: int, counter: SkipCounter, buffer: _BatchBuffer):
         def stage(items: Iterator) -> Iterator[dict]:
             number = -1
             for item in items:
@@ -329,7 +357,7 @@ class ClipStream(IterableDataset):
                     continue
                 rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch, number])
                 try:
-                    sample = make_sample(_open_unit(item), self.spec, rng, self.pairing)
+                    sample = make_sample(_open_unit(item), self.spec, rng, self.pairing, buffer.place())
                 except _BAD_SAMPLE as err:
                     counter.skip(SkipEvent(_reason(err), _shard_of(item), f"{_where(item)}: {err}"))
                     continue
@@ -344,18 +372,24 @@ class ClipStream(IterableDataset):
             return worker_ring(self.handoff_slots)
         return None
 
-    def _batches(self, ident: str, counter: SkipCounter):
+    def _buffer(self) -> _BatchBuffer:
+        T, (H, W) = self.spec.num_frames, self.spec.out_hw
+        return _BatchBuffer(self._ring(), (self.batch_size, num_views(self.pairing), T, H, W, 3))
+
+    def _batches(self, ident: str, counter: SkipCounter, buffer: _BatchBuffer):
         def stage(samples: Iterator[dict]) -> Iterator[dict]:
-            ring = self._ring()
-            alloc = ring.alloc if ring is not None else None
             group: list[dict] = []
-            for sample in samples:
-                group.append(sample)
-                if len(group) == self.batch_size:
-                    yield self._with_health(collate(group, alloc), ident, counter, ring)
-                    group = []
-            if group and not self.drop_last:
-                yield self._with_health(collate(group, alloc), ident, counter, ring)
+            try:
+                for sample in samples:
+                    group.append(sample)
+                    buffer.filled = len(group)
+                    if len(group) == self.batch_size:
+                        yield self._with_health(collate(group, buffer.take()), ident, counter, buffer.ring)
+                        group = []
+                if group and not self.drop_last:
+                    yield self._with_health(collate(group, buffer.take()), ident, counter, buffer.ring)
+            finally:
+                buffer.drop()  # a batch left unfinished (end of the epoch) gives its slot back
 
         return stage
 
@@ -393,8 +427,9 @@ class ClipStream(IterableDataset):
         if self.spec.train and self.shuffle_buffer > 1:
             rng = _seeded(self.seed, self.rank, worker, self.epoch, tag="shuffle")
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 10), rng=rng))
-        stages.append(self._samples(worker, skip * self.batch_size, counter))
-        stages.append(self._batches(ident, counter))
+        buffer = self._buffer()  # shared by the two stages: samples are decoded into their place in the batch
+        stages.append(self._samples(worker, skip * self.batch_size, counter, buffer))
+        stages.append(self._batches(ident, counter, buffer))
         pipeline = wds.DataPipeline(*stages)
         if self.epoch_length is not None and own_epoch:
             remaining = self._share(self.epoch_length, worker, num_workers) - skip
