@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from camvid.data.clips import open_shard_sample
 from camvid.data.decode import decode_image
 from camvid.data.handoff import HEADER_BYTES, SlotReceiver, SlotRing, slots_supported
 from camvid.data.loader import build_dataloader
+from camvid.data.samples import SampleSpec, collate, make_sample, num_views
 from camvid.data.shards import iter_tar_samples, shard_urls, write_re10k_shards
 from camvid.data.synthetic_writer import write_synthetic_re10k
 from camvid.geometry.cameras import parse_pose_lines
@@ -145,3 +147,30 @@ def test_plain_dataloader_over_a_stream_gets_tensors(shards):
     assert isinstance(batch["video"], torch.Tensor)
     _check_batch({**batch, **{k: torch.as_tensor(v) for k, v in batch.items() if isinstance(v, np.ndarray)}},
                  _clips(shards))
+
+
+@pytest.mark.parametrize("pairing, num_frames", [("none", T), ("re10k_fold", 4), ("webvid_homography", 4)])
+def test_samples_decode_into_their_place_in_the_batch_buffer(shards, pairing, num_frames):
+    """What a worker does with a slot, here in one process: samples given their place in a batch
+    buffer decode straight into it, and collate returns a view of the buffer equal to a plain
+    collate of the same samples."""
+    clips = _clips(shards)
+    spec = SampleSpec(num_frames, H, W, 1, 1, train=True, random_cond=True)
+    views = num_views(pairing)
+    buf = torch.full((3, views, num_frames, H, W, 3), 7, dtype=torch.uint8)
+    keys = sorted(clips)[:2]
+    placed = [make_sample(open_shard_sample(clips[k]), spec, np.random.default_rng(i), pairing, buf[i])
+              for i, k in enumerate(keys)]
+    plain = [make_sample(open_shard_sample(clips[k]), spec, np.random.default_rng(i), pairing)
+             for i, k in enumerate(keys)]
+    in_place = placed[0]["video"] if views == 1 else placed[0]["video"][0]
+    assert in_place.data_ptr() == buf[0, 0].data_ptr()  # decoded there, not copied there
+    batch, expected = collate(placed, buf), collate(plain)
+    assert batch["video"].data_ptr() == buf.data_ptr() and batch["video"].shape == expected["video"].shape
+    torch.testing.assert_close(batch["video"], expected["video"], rtol=0, atol=0)
+    for name in ("K", "c2w", "frame_indices", "cond_index"):
+        torch.testing.assert_close(batch[name], expected[name], rtol=0, atol=0)
+    assert batch["key"] == expected["key"]
+    assert (buf[2] == 7).all()  # the unused third place is untouched
+    if pairing != "webvid_homography":  # (homography pairs carry identity cameras)
+        _check_batch(batch, clips)
