@@ -4,19 +4,23 @@ Writes ``--clips`` clips of 16 frames at 256x256 as JPEG (quality 95) shards, th
 count W in ``--workers``:
 
 - loader: clips/s delivered by ``build_dataloader`` (training stream, batch 1, 16 frames, no
-  resize) with W DataLoader workers, after the first batch (worker start-up excluded);
+  resize) with W DataLoader workers, from the arrival of the first batch to that of the last
+  (worker start-up and shut-down excluded);
 - decode limit: clips/s of decoding exactly those JPEG frames (``camvid.data.decode.decode_image``,
-  the loader's decoder) in max(W, 1) processes, nothing else.
+  the loader's decoder) in max(W, 1) processes that hold the frames already and do nothing else
+  (a pool forked after the frames were read; only clip numbers and CPU times cross processes).
 
-``ratio`` = loader / decode limit; the loader's other work (tar reading, batching, moving uint8
-tensors between processes) is what it loses. CPU ms per clip (all processes of each side; for the
-loader the workers' start-up is included) gives the same comparison independent of how much of the
-machine other programs leave: ``CPU ratio`` = decode CPU / loader CPU. Each number is the best of ``--repeats`` rounds, the
-rounds interleaved so that load from other programs affects both sides alike. A decoder table
-compares PIL, simplejpeg and PyTurboJPEG (where installed) decoding the same frames in one process.
+``ratio`` = loader / decode limit; the loader's other work (tar reading, pose parsing, batching,
+handing uint8 video to the main process) is what it loses. CPU ms per clip (all processes of each
+side; for the loader the workers' start-up is included) shows the same from the CPU side: ``CPU
+ratio`` = decode CPU / loader CPU. Rounds are interleaved (per round, per W: decode, then loader)
+so that load from other programs affects both sides alike; the table shows the median of
+``--repeats`` rounds and the range of the per-round ratios. A decoder table compares PIL,
+simplejpeg, PyTurboJPEG and OpenCV (where installed: ``pip install -e ".[bench]"``) decoding the
+same frames in one process, with the largest pixel difference from PIL.
 
-    .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 3 repeats
-    .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 5 --json out.json
+    .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 5 repeats
+    .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 3 --json out.json
 """
 
 from __future__ import annotations
@@ -136,17 +140,19 @@ def loader_rate(shards: Path, workers: int, n: int) -> tuple[float, float]:
     return got / (end - start), 1e3 * cpu / (got + 1)
 
 
-def decoders(clips: list[list[bytes]], n: int) -> dict[str, float | str]:
-    """frames/s per decoder in this process, same frames; a string says why one is missing."""
+def decoders(clips: list[list[bytes]], n: int) -> dict[str, dict | str]:
+    """frames/s per decoder in this process on the same frames, and the largest pixel difference
+    from PIL's output; a string says why a decoder is missing."""
     from camvid.data.decode import decode_with
 
     frames = [f for clip in clips for f in clip][:n]
-    out: dict[str, float | str] = {}
-    for name in ("pil", "simplejpeg", "turbojpeg"):
+    reference = [decode_with("pil")(f).astype(np.int16) for f in frames]
+    out: dict[str, dict | str] = {}
+    for name in ("pil", "simplejpeg", "turbojpeg", "opencv"):
         try:
             fn = decode_with(name)
             fn(frames[0])
-        except (ImportError, OSError, RuntimeError) as err:
+        except (ImportError, OSError, RuntimeError, AttributeError) as err:
             out[name] = f"not available ({type(err).__name__}: {str(err).splitlines()[0][:60]})"
             continue
         best = 0.0
@@ -155,7 +161,8 @@ def decoders(clips: list[list[bytes]], n: int) -> dict[str, float | str]:
             for f in frames:
                 fn(f)
             best = max(best, len(frames) / (time.perf_counter() - start))
-        out[name] = best
+        diff = max(int(np.abs(fn(f).astype(np.int16) - ref).max()) for f, ref in zip(frames, reference))
+        out[name] = {"frames_per_s": best, "max_abs_diff_vs_pil": diff}
     return out
 
 
@@ -219,10 +226,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['workers']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
               f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} {r['decode_cpu_ms']:>18.1f} "
               f"{r['cpu_ratio']:>9.2f}")
-    print("JPEG decoders, one process, same frames (frames/s, ratio to PIL):")
+    print("JPEG decoders, one process, same frames (frames/s, ratio to PIL, largest pixel difference from PIL):")
     pil = dec.get("pil")
     for name, v in dec.items():
-        shown = f"{v:8.0f}  x{v / pil:.2f}" if isinstance(v, float) and isinstance(pil, float) else str(v)
+        if isinstance(v, dict) and isinstance(pil, dict):
+            shown = (f"{v['frames_per_s']:8.0f}  x{v['frames_per_s'] / pil['frames_per_s']:.2f}  "
+                     f"max |diff| {v['max_abs_diff_vs_pil']}")
+        else:
+            shown = str(v)
         print(f"  {name:>10}: {shown}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

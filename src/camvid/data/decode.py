@@ -2,8 +2,8 @@
 platform) when it is installed, everything else and the fallback through PIL.
 
 benchmarks/data.py measures the decoders side by side (docs/performance.md): simplejpeg decodes
-the 256x256 JPEG frames the loader reads faster than PIL. PyTurboJPEG needs a system libturbojpeg
-and pillow-simd replaces Pillow with a source build, so neither is a dependency.
+the 256x256 JPEG frames the loader reads faster than PIL and OpenCV. PyTurboJPEG needs a system
+libturbojpeg and pillow-simd replaces Pillow with a source build, so neither is a dependency.
 """
 
 from __future__ import annotations
@@ -39,7 +39,15 @@ def _turbo():
     return lambda data: tj.decode(data, pixel_format=TJPF_RGB)
 
 
-DECODERS = {"pil": lambda: _pil, "simplejpeg": lambda: _simple if _simplejpeg else None, "turbojpeg": _turbo}
+def _opencv():
+    import cv2  # opencv-python-headless (the "bench" extra); IMREAD_COLOR_RGB needs OpenCV >= 4.10
+
+    flag = cv2.IMREAD_COLOR_RGB
+    return lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+
+
+DECODERS = {"pil": lambda: _pil, "simplejpeg": lambda: _simple if _simplejpeg else None, "turbojpeg": _turbo,
+            "opencv": _opencv}
 
 
 def decode_with(name: str):
