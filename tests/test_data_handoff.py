@@ -112,7 +112,7 @@ def test_workers_deliver_exact_batches_through_reused_slots(shards, pairing, num
     loader = build_dataloader(str(shards), pairing=pairing, num_frames=num_frames, height=H, width=W,
                               stride_min=1, stride_max=1, batch_size=batch_size, num_workers=2, shuffle_buffer=1,
                               epoch_length=24, seed=2)
-    loader.dataset.handoff_slots = 3  # few slots: reuse and fallbacks both happen within 24 batches
+    loader.handoff_slots = 3  # few slots: reuse and fallbacks both happen within 24 batches
     kept, count = [], 0
     for number, batch in enumerate(loader):
         assert batch["video"].shape[:2] == (batch_size * (2 if pairing == "re10k_fold" else 1), num_frames)
@@ -131,7 +131,7 @@ def test_held_batches_are_never_overwritten(shards):
     clips = _clips(shards)
     loader = build_dataloader(str(shards), num_frames=T, height=H, width=W, stride_min=1, stride_max=1,
                               batch_size=1, num_workers=1, shuffle_buffer=1, epoch_length=12, seed=4)
-    loader.dataset.handoff_slots = 2
+    loader.handoff_slots = 2
     batches = list(loader)  # every batch held: the worker must not reuse a slot
     assert len(batches) == 12
     for batch in batches:
@@ -139,9 +139,12 @@ def test_held_batches_are_never_overwritten(shards):
 
 
 def test_plain_dataloader_over_a_stream_gets_tensors(shards):
-    """Slots are used only under StreamLoader, which turns the references back into tensors."""
-    stream = build_dataloader(str(shards), num_frames=T, height=H, width=W, stride_min=1, stride_max=1,
-                              batch_size=1, epoch_length=2, seed=4).dataset
+    """Slots are used only under StreamLoader, which turns the references back into tensors, even
+    when the same data set was read by a StreamLoader before."""
+    loader = build_dataloader(str(shards), num_frames=T, height=H, width=W, stride_min=1, stride_max=1,
+                              batch_size=1, num_workers=1, epoch_length=2, seed=4)
+    assert loader.handoff_slots > 0 and len(list(loader)) == 2 and loader.slot_receiver.resolved == 2
+    stream = loader.dataset
     assert stream.handoff_slots == 0
     batch = next(iter(DataLoader(stream, batch_size=None, num_workers=1)))
     assert isinstance(batch["video"], torch.Tensor)

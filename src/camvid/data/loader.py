@@ -585,13 +585,24 @@ class StreamLoader(DataLoader):
         super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
         self.health = health
         self.slot_receiver: SlotReceiver | None = None
-        if self.num_workers:
-            for stream in _streams(dataset):
-                stream.handoff_slots = (self.prefetch_factor or 2) + 4
+        self.handoff_slots = (self.prefetch_factor or 2) + 4 if self.num_workers else 0  # per worker
+
+    def _start(self):
+        """The DataLoader iterator; its workers (started here) hand video over through slots. The
+        streams carry the setting only while the workers start, so another DataLoader over the
+        same data set (which would not turn slot references back into tensors) never gets it."""
+        streams = _streams(self.dataset)
+        for stream in streams:
+            stream.handoff_slots = self.handoff_slots
+        try:
+            return super().__iter__()
+        finally:
+            for stream in streams:
+                stream.handoff_slots = 0
 
     def __iter__(self):
         slots = self.slot_receiver = SlotReceiver()  # kept for inspection (tests, benchmarks)
-        for batch in super().__iter__():
+        for batch in self._start():
             slots.release_unused()  # slots of earlier batches the caller has let go of
             for name, value in batch.items():
                 if isinstance(value, np.ndarray):
