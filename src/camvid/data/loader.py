@@ -601,7 +601,9 @@ class StreamLoader(DataLoader):
                 stream.handoff_slots = 0
 
     def __iter__(self):
-        slots = self.slot_receiver = SlotReceiver()  # kept for inspection (tests, benchmarks)
+        if self.slot_receiver is None or not self.persistent_workers:  # persistent workers keep their slots
+            self.slot_receiver = SlotReceiver()  # kept on the loader for inspection (tests, benchmarks)
+        slots = self.slot_receiver
         for batch in self._start():
             slots.release_unused()  # slots of earlier batches the caller has let go of
             for name, value in batch.items():
