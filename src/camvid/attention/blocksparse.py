@@ -22,7 +22,7 @@ import threading
 
 import torch
 
-__all__ = ["block_sparse_attention"]
+__all__ = ["block_sparse_attention", "prepare_plan"]
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -95,6 +95,13 @@ def _chunk_inputs(chunk, R: int, dtype):
         cache.clear()  # one register count and dtype per level in practice: keep memory bounded
         cache[key] = (kids, bias.unsqueeze(1))
     return cache[key]
+
+
+def prepare_plan(plan, num_registers: int, dtype=torch.float32) -> None:
+    """Make every chunk's key ids and additive bias now (otherwise the first call makes them), so
+    the cost of a plan can be measured whole: the tiles and sub-masks plus these."""
+    for c in plan.chunks:
+        _chunk_inputs(c, num_registers, dtype)
 
 
 class _BlockSparseAttention(torch.autograd.Function):

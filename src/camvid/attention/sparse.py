@@ -24,7 +24,7 @@ __all__ = ["TilePlan", "build_tile_plan", "build_tile_plan_from_runs", "tiled_sp
            "default_tile_hw"]
 
 # Gathered keys per chunk (tiles x union length), before the feature dimension.
-DEFAULT_CHUNK_KEYS = 1 << 14
+DEFAULT_CHUNK_KEYS = 1 << 16
 
 
 @dataclass
