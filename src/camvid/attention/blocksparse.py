@@ -1,15 +1,15 @@
 """Exact block-sparse attention over a :class:`~camvid.attention.sparse.TilePlan`, forward and backward.
 
-A plan lists, per query tile (a few cells of one frame), the keys its bands touch and the tile's
+A plan lists, per query tile (a few cells of a few frames), the keys its bands touch and the tile's
 (Q, U) sub-mask. Tiles with similar key counts are packed into chunks; one chunk of n tiles is a
 single call of PyTorch's fused CPU attention kernel (``_scaled_dot_product_flash_attention_for_cpu``)
 on the gathered blocks, batch n x heads, queries Q, keys R + U (the register tokens are rows 0..R-1
 of an extended key tensor and open to every query), with the sub-mask as an additive bias. So the
-Python loop runs over chunks (tens to hundreds per level), never over queries or tiles.
+Python loop runs over chunks (tens per level), never over queries or tiles.
 
 The backward pass re-gathers each chunk and calls the fused kernel's backward with the forward's
-saved output and log-sum-exp (recomputation, as FlashAttention): memory stays at one chunk, and
-the gathered keys' gradients are scattered back with one ``index_add_`` per chunk.
+saved output and log-sum-exp (recomputation, as FlashAttention): no scores are stored, and the
+gathered keys' and values' gradients are scattered back with one ``index_add_`` each per chunk.
 
 A query with no key and no register is a fully masked row: the fused kernel returns 0 for it and
 passes no gradient through it, the convention of every path here.

@@ -1,15 +1,18 @@
 """Tile plans for the exact block-sparse attention of band masks (epipolar lines, CVD bands).
 
-Queries are grouped into small spatial tiles (``tile_hw`` cells of one frame, default 4x8). A tile
-gathers one key list (for plans from row runs: per key frame and key row, the hull of its queries'
-runs; from a mask or neighbour lists: the union of its queries' keys) and carries its exact (Q, U)
-sub-mask. Neighbouring cells have neighbouring epipolar lines, so the list stays a few times the
-band of one query while the gathered keys are shared by the whole tile.
+Queries are grouped into small tiles: ``tile_hw`` cells at the same place in ``tile_frames``
+consecutive frames (default 2x4 cells x 4 frames, or 4x8 x 1 when the frame count does not allow
+it; ``default_tile``). A tile gathers one key list (for plans from row runs: per key frame and key
+row, the hull of its queries' runs; from a mask or neighbour lists: the union of its queries' keys)
+and carries its exact (Q, U) sub-mask. Neighbouring cells, and the same cell in neighbouring frames
+of a smooth camera path, have neighbouring epipolar lines, so the list stays a few times the band
+of one query while the gathered keys are shared by the whole tile.
 
 Tiles are sorted by list length and packed into chunks whose gathered keys stay under a fixed number
 of elements, so padding is small and memory is bounded. The plan depends only on the cameras and the
 feature size: ``AttentionContext`` builds it once per forward and level, every layer and head reuses
-it, and ``camvid.attention.blocksparse`` computes it (one fused attention call per chunk).
+it, and ``camvid.attention.blocksparse`` computes it (one gather and one fused attention call per
+chunk).
 """
 
 from __future__ import annotations
