@@ -88,10 +88,10 @@ def _chunk_inputs(chunk, R: int, dtype):
         n = chunk.key_ids.shape[0]
         regs = torch.arange(R, device=chunk.key_ids.device).expand(n, R)
         kids = torch.cat([regs, chunk.key_ids + R], dim=1).reshape(-1)
-        blocked = chunk.blocked
-        if R:
-            blocked = torch.nn.functional.pad(blocked, (R, 0), value=False)
-        bias = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
+        mask = chunk.mask  # (n, Q, U) True = attend; register columns 0..R-1 are always open
+        bias = torch.full((*mask.shape[:2], R + mask.shape[2]), float("-inf"), dtype=dtype, device=mask.device)
+        bias[..., :R] = 0.0
+        bias[..., R:].masked_fill_(mask, 0.0)
         cache.clear()  # one register count and dtype per level in practice: keep memory bounded
         cache[key] = (kids, bias.unsqueeze(1))
     return cache[key]

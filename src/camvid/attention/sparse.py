@@ -36,13 +36,6 @@ class TileChunk:
     key_ids: torch.Tensor  # (n, U) long into the flat (B * Lk) key axis (padding points at a valid key)
     mask: torch.Tensor  # (n, Q, U) bool, True = attend (padding False)
 
-    @property
-    def blocked(self) -> torch.Tensor:
-        """``~mask``, computed once (the kernels fill these entries with -inf)."""
-        if getattr(self, "_blocked", None) is None:
-            self._blocked = ~self.mask
-        return self._blocked
-
 
 @dataclass
 class TilePlan:
