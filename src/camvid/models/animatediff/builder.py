@@ -76,13 +76,17 @@ def build_animatediff_method(
             "videos; with that model use attn=temporal, or use model=cvd"
         )
     _check_frames(num_frames, image_hw)
-    check_weight_files(pretrained, method_ckpt)
+    method_kind = check_weight_files(pretrained, method_ckpt, method)
     dry_run = str(device if device is not None else torch.get_default_device()) == "meta"
     # full size with weights: what the files fill is built with meta parameters (real buffers)
     lazy = pretrained is not None and size == "full" and not dry_run
     real = torch.device("cpu") if lazy else None  # lazy: built on the CPU, loaded there, then moved
+    target = device
     if lazy:
-        device_arg, device = device, None
+        device = None
+    # CVD.ckpt (in the folder or as method_ckpt) fills the sync modules: their parameters wait on meta too
+    sync_from_file = method == "cvd" and not dry_run and (
+        method_kind == "CVD.ckpt" or (pretrained is not None and (Path(pretrained) / "CVD.ckpt").is_file()))
     trunk = _meta_params if lazy else contextlib.nullcontext
     if first_stage is None or text_encoder is None:
         with trunk():
@@ -113,6 +117,7 @@ def build_animatediff_method(
         camera={"animatediff": None, "motionctrl": "motionctrl"}.get(method, "cameractrl"),
         cvd=method == "cvd", attn_variant=attn, pose_encoder=pose_encoder,
         attn_kwargs=attn_kwargs, beta_schedule=beta_schedule, image_hw=image_hw, module_device=real,
+        sync_from_file=sync_from_file,
     )
     if pretrained is not None:
         model.load_pretrained(Path(pretrained))
@@ -127,26 +132,37 @@ def build_animatediff_method(
                 "stable-diffusion-v1-5/ (unet, vae, text_encoder, tokenizer) and v3_sd15_mm.ckpt"
                 + ("" if model.pose_encoder is None else ", and CameraCtrl.ckpt")
             )
-    if lazy and device_arg is not None:
-        model.to(device_arg)
+    if target is not None and not dry_run:
+        model.to(target)  # what the loads materialised sits on the CPU
     if freeze:
         model.freeze_base()
     return model
 
 
-def check_weight_files(pretrained, method_ckpt) -> None:
-    """Missing weights fail here, naming the expected layout, before anything is allocated."""
-    from camvid.models.animatediff.checkpoints import CAMERACTRL_FILE, CVD_FILE, MOTION_FILE, SD15_DIR
+def check_weight_files(pretrained, method_ckpt, method: str | None = None) -> str | None:
+    """Missing or wrong-kind weights fail here, naming the expected layout and where to get it, before
+    anything is allocated. Returns the kind of ``method_ckpt`` (``CameraCtrl.ckpt``, ``CVD.ckpt``,
+    ``lora``), read from its keys, or None."""
+    from camvid.models.animatediff.checkpoints import (
+        CAMERACTRL_FILE,
+        CVD_FILE,
+        MOTION_FILE,
+        SD15_DIR,
+        check_method_file,
+        WEIGHT_SOURCES,
+        method_file_kind,
+    )
 
     if pretrained is not None and not Path(pretrained).is_dir():
+        what = " (a file: the AnimateDiff family's pretrained= is a folder)" if Path(pretrained).is_file() else ""
         raise FileNotFoundError(
-            f"pretrained={pretrained}: no such folder. The AnimateDiff family loads a folder holding "
+            f"pretrained={pretrained}: no such folder{what}. The AnimateDiff family loads a folder holding "
             f"{SD15_DIR}/, {MOTION_FILE}, {CAMERACTRL_FILE} (camera methods) and optionally {CVD_FILE}; "
-            "see docs/models.md"
+            f"get them from {WEIGHT_SOURCES}; see docs/models.md"
         )
-    if method_ckpt is not None and not Path(method_ckpt).is_file():
-        raise FileNotFoundError(f"method_ckpt={method_ckpt}: file not found (CameraCtrl.ckpt, CVD.ckpt or "
-                                "CameraCtrl's RealEstate10K LoRA)")
+    if method_ckpt is None:
+        return None
+    return check_method_file(Path(method_ckpt), method) if method is not None else method_file_kind(Path(method_ckpt))
 
 
 def meta_tensors(model: nn.Module) -> list[str]:
