@@ -367,8 +367,13 @@ def test_full_size_build_names_missing_weights_before_and_after(tmp_path):
     torch.manual_seed(0)
     _write_official_files(_full_small("cameractrl"), tmp_path)
     (tmp_path / "v3_sd15_mm.ckpt").unlink()
-    with pytest.raises(RuntimeError, match=r"stay on meta, e\.g\. \['unet\.down_blocks\.0\.motion_modules"):
+    (tmp_path / "CameraCtrl.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"needs v3_sd15_mm.ckpt \(huggingface.co/guoyww/animatediff\), "
+                                                r"CameraCtrl.ckpt \(huggingface.co/hehao13/CameraCtrl\) in that folder"):
         _full_small("cameractrl", pretrained=tmp_path)
+    # the SD1.5 encoders are needed too when the model's own (full-size) encoders are to be filled
+    with pytest.raises(FileNotFoundError, match=r"stable-diffusion-v1-5/vae/ \(huggingface.co/stable-diffusion-v1-5"):
+        build_animatediff_method("animatediff", "full", pretrained=tmp_path)
 
 
 @pytest.mark.parametrize("method", ["cvd", "motionctrl", "cami2v"])

@@ -77,6 +77,8 @@ def build_animatediff_method(
         )
     _check_frames(num_frames, image_hw)
     method_kind = check_weight_files(pretrained, method_ckpt, method)
+    if pretrained is not None and size == "full":
+        check_weight_folder(Path(pretrained), method, vae=first_stage is None, text=text_encoder is None)
     dry_run = str(device if device is not None else torch.get_default_device()) == "meta"
     # full size with weights: what the files fill is built with meta parameters (real buffers)
     lazy = pretrained is not None and size == "full" and not dry_run
@@ -163,6 +165,27 @@ def check_weight_files(pretrained, method_ckpt, method: str | None = None) -> st
     if method_ckpt is None:
         return None
     return check_method_file(Path(method_ckpt), method) if method is not None else method_file_kind(Path(method_ckpt))
+
+
+def check_weight_folder(folder: Path, method: str, vae: bool = True, text: bool = True) -> None:
+    """The files a full-size ``method`` needs from the weights folder (``vae``/``text``: the SD1.5
+    encoders are ours to fill), all named at once with where to get them, before anything is built."""
+    from camvid.models.animatediff.checkpoints import CAMERACTRL_FILE, MOTION_FILE, SD15_DIR
+
+    sd15 = "huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"
+    needs = {f"{SD15_DIR}/unet/": sd15, MOTION_FILE: "huggingface.co/guoyww/animatediff"}
+    if vae:
+        needs[f"{SD15_DIR}/vae/"] = sd15
+    if text:
+        needs[f"{SD15_DIR}/text_encoder/"] = sd15
+        needs[f"{SD15_DIR}/tokenizer/"] = sd15
+    if method in ("cameractrl", "cami2v", "cvd"):
+        needs[CAMERACTRL_FILE] = "huggingface.co/hehao13/CameraCtrl"
+    missing = [f"{name} ({source})" for name, source in needs.items()
+               if not ((folder / name).is_dir() if name.endswith("/") else (folder / name).is_file())]
+    if missing:
+        raise FileNotFoundError(f"pretrained={folder}: model={method} at full size needs " + ", ".join(missing)
+                                + " in that folder; see docs/models.md")
 
 
 def meta_tensors(model: nn.Module) -> list[str]:
