@@ -22,7 +22,7 @@ from camvid.geometry.cameras import (
 )
 from camvid.models.base import VideoDiffusionModel
 from camvid.training.preview import to_uint8_video, write_gif
-from camvid.trajectories import resolve_trajectories, save_path_picture
+from camvid.trajectories import resolve_trajectories, save_path_picture, source_aspect
 
 __all__ = [
     "sampler_settings",
@@ -105,7 +105,7 @@ def pose_source_hw(intrinsics: np.ndarray, hw: tuple[int, int],
     fx, fy = float(np.median(intrinsics[:, 0])), float(np.median(intrinsics[:, 1]))
     if fx <= 0 or fy <= 0:
         raise ValueError(f"pose file intrinsics fx={fx}, fy={fy}: must be positive")
-    return hw[0], max(1, round(hw[0] * fy / fx))
+    return hw[0], max(1, round(hw[0] * float(source_aspect([fx, fy]))))
 
 
 def trajectory_cameras(spec: str, num_frames: int, hw: tuple[int, int], *, src_hw: tuple[int, int] | None = None,
