@@ -150,8 +150,8 @@ def check_weight_files(pretrained, method_ckpt, method: str | None = None) -> st
         CVD_FILE,
         MOTION_FILE,
         SD15_DIR,
-        check_method_file,
         WEIGHT_SOURCES,
+        check_method_file,
         method_file_kind,
     )
 
