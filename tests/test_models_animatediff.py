@@ -418,6 +418,8 @@ def test_cvd_ckpt_fills_sync_modules_built_on_meta(tmp_path, monkeypatch, where)
         if key.startswith(("unet.", "pose_encoder.")):
             torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
     assert any(".epi_modules." in k for k in model.state_dict())
+    if where == "folder":
+        return  # the same load as method_ckpt=; the output check below runs once
     batch = make_batch(B=2, num_views=2)
     with torch.no_grad():
         z = model.encode_video(batch["video"])
