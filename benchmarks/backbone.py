@@ -2,19 +2,23 @@
 and time (inference; training forward / backward / optimizer step).
 
     python benchmarks/backbone.py params
-        every method x backbone, built on the meta device (no memory): total, trainable (the papers'
-        setting: a pretrained base frozen, only the method's modules train) and UNet parameters.
+        every method x backbone pair that runs (check_combination's), built on the meta device (no
+        memory): total, trainable (the papers' setting: a pretrained base frozen, only the method's
+        modules train) and UNet parameters.
 
     python benchmarks/backbone.py speed --backbone dynamicrafter_256 --models dynamicrafter,cami2v
         [--height 256 --width 256 --frames 16 --batch 1 --steps 25 --grad-checkpointing
-         --precision bf16 --zero1 --device cuda --repeat 3]
+         --precision fp16 --zero1 --device cuda --warmup 1 --repeat 3 --threads N
+         --phases inference,training --cache-encoders]
 
 Each (model, phase) runs in a fresh child process, so one case's allocator state cannot help or
-hurt another. Peak memory: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) of the
-measured call; on the CPU the child's resident-set high-water mark (``VmHWM``, reset through
-``/proc/self/clear_refs`` before the call) minus its resident size just before it. Times are the
-best of ``--repeat`` runs after one warm-up. The ratio columns compare each model with the first one
-of ``--models``, measured in the same run (machine load affects both alike).
+hurt another. Models get random weights (full sizes need no released files; their text towers get a
+stand-in tokenizer). Memory, per measured call: ``total``, the process's peak (CUDA: the allocator's
+``max_memory_allocated``; CPU: the resident-set high-water mark ``VmHWM``, reset through
+``/proc/self/clear_refs`` before the call), and ``peak``, that minus what the process held just
+before the call. Times are the best of ``--repeat`` runs after ``--warmup`` untimed ones. The ratio
+column compares each model with the first one of ``--models``, measured in the same run (machine
+load affects both alike). See docs/models.md, "Memory and time".
 """
 
 from __future__ import annotations
@@ -274,7 +278,7 @@ def run_case(args) -> dict:
         marks.append(time.perf_counter())
         return [b - a for a, b in zip(marks, marks[1:])]
 
-    for _ in range(max(args.warmup, 1)):  # the first step allocates the optimizer state
+    for _ in range(args.warmup):  # without one, the timed optimizer step also creates its state
         step()
     base = _reset_peak(device)
     runs = [step() for _ in range(args.repeat)]
