@@ -316,8 +316,8 @@ def print_speed(rows: list[dict], args) -> None:
     print(f"backbone={args.backbone} {args.height}x{args.width}, {args.frames} frames, batch {args.batch}, "
           f"{args.device}, {args.precision}, {args.threads or torch.get_num_threads()} threads, grad checkpointing "
           f"{args.grad_checkpointing}, zero1 {args.zero1}, encoders cached in training {args.cache_encoders}; "
-          f"{args.warmup} warm-up + best of {args.repeat} timed; "
-          f"inference = {args.steps} DDIM step(s) with the model's guidance")
+          f"{args.warmup} warm-up + best of {args.repeat} timed"
+          + (f"; inference = {args.steps} DDIM step(s) with the model's guidance" if "inference" in args.phases else ""))
     print("peak = the measured call's peak above the memory held before it; total = the process's peak "
           "(weights, optimizer state and activations; on the CPU the resident-set high-water mark)")
     inf = {r["model"]: r for r in rows if r["phase"] == "inference"}
