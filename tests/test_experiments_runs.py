@@ -159,6 +159,9 @@ def test_eval_results_and_samples_go_to_the_training_runs_wandb_run(tmp_path):
                             "logger": {"name": "wandb", "project": "camvid", "mode": "offline", "group": "table-t",
                                        "tags": ["cami2v", "t2"], "log_videos": True}})
     _log_to_training_run(cfg, run, run / "samples", [ResultRow("TransErr", 1.25), ResultRow("FVD_videogpt", None)])
+    import wandb
+
+    wandb.teardown()  # run.finish() returns before W&B's service process has written the last records
     runs = list((run / "wandb").glob(f"offline-run-*-{the_id}"))
     assert len(runs) == 1
     data = next(runs[0].glob("*.wandb")).read_bytes()
