@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from camvid.assets import resolve_weights
 from camvid.config import check_combination
 from camvid.models.base import VideoDiffusionModel
 
@@ -80,7 +81,7 @@ def build_method(cfg: DictConfig) -> VideoDiffusionModel:
         from camvid.models.animatediff import build_animatediff_method as build
     else:
         raise ValueError(f"backbone.family={family}: unknown; choose dynamicrafter or animatediff")
-    pretrained = cfg.get("pretrained") or None
+    pretrained = resolve_weights(cfg.get("pretrained"))
     method_ckpt = cfg.get("method_ckpt") or None
     if family == "dynamicrafter":
         # the builder checks both files first, builds the pretrained trunk on meta and loads it
