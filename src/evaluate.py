@@ -30,10 +30,9 @@ def main(cfg: DictConfig) -> None:
     from camvid.validation import validate_eval_config
 
     validate_eval_config(cfg)  # types, ranges, paths: before any video is read
-    keys = ("samples_dir", "out_dir", "reference", "paper_row", "metrics", "device", "camera", "geometry", "fvd",
-            "fid_kid", "clip", "weights", "wandb")
+    # every setting of conf/eval.yaml (and keys added to it) reaches the pipeline; paths are resolved into them
     settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-                for k in keys}
+                for k in cfg if k not in ("paths", "hydra", "task_name")}
     with finish_runs_on_exit():  # the W&B results run (wandb.enabled) is finished even on failure
         result = run_evaluation(settings)
     print(result["markdown"])

@@ -3,7 +3,9 @@
 Single video: ``python src/sample.py ckpt_path=RUN/checkpoints/step_N image=cond.png trajectory=orbit``
 -> ``video.mp4`` + ``video.gif`` with ``cameras.txt`` (the trajectory and intrinsics) beside them.
 Batch mode over a test list: ``python src/sample.py run_dir=RUN test_data=DATA_ROOT num_samples=8``
--> one folder per sample in the layout ``src/evaluate.py`` reads (docs/evaluation.md).
+-> one folder per sample in the layout ``src/evaluate.py`` reads (docs/evaluation.md); ``protocol.pairs=true``
+``protocol.prompts=webvid protocol.prompts_path=webvid.csv`` samples CVD's WebVid-prompt trajectory pairs
+(docs/evaluation.md "Sampling protocols").
 """
 
 from __future__ import annotations

@@ -183,3 +183,57 @@ def test_two_task_submitit_job_forms_one_process_group_with_disjoint_data(tmp_pa
     assert flat[0] and flat[1] and not flat[0] & flat[1]  # two ranks of one group, disjoint data
     state = json.loads((run / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
     assert state["resume"]["world_size"] == 2
+
+
+def test_cvd_table2_joins_its_two_sample_sets(tmp_path):
+    """CVD Table 2: CLIP on the WebVid-prompt samples, FID / KID on the RealEstate10K set
+    (``stage_sample.sets.re10k`` -> ``samples_re10k/eval``), one row per method."""
+    from camvid.experiments.stages import eval_config, sample_sets
+
+    cfg = compose(["experiment=cvd_t2_cvd"])
+    sets = sample_sets(cfg)
+    assert [name for name, _, _ in sets] == ["samples", "samples_re10k"]
+    assert sets[0][1].protocol.prompts == "webvid" and sets[0][1].num_samples == 1000
+    assert sets[1][1].protocol.prompts == "test" and sets[1][2] == {"metrics": ["fid_kid"]}
+    assert eval_config(cfg, tmp_path, sets[1][2], sets[1][1])["metrics"] == ["fid_kid"]
+    assert eval_config(cfg, tmp_path, sets[0][2], sets[0][1])["metrics"] == ["clip"]
+    a5 = compose(["experiment=cvd_a5_cameractrl", "scale=tiny"])  # tiny's metric families + the A.5 measure
+    assert eval_config(a5, tmp_path)["metrics"][-1] == "identical_mse"
+
+    root = tmp_path / "cvd_t2"
+    _job(root, "cvd_t2_cvd", 1, {"CLIP-T": 0.31, "CLIP-F": 0.9}, {"FID": "no gt.mp4 in any sample", "KID": "x"})
+    fid = root / "cvd_t2_cvd" / "seed_1" / "samples_re10k" / "eval"
+    fid.mkdir(parents=True)
+    fid_rows = [ResultRow("FID", 30.0), ResultRow("KID", 0.5), ResultRow("CLIP-F", None, note="not computed: x")]
+    (fid / "results.json").write_text(json.dumps({"rows": [asdict(r) for r in fid_rows]}))
+    _, rows = collect_table("cvd_t2", root)
+    cvd = next(r for r in rows if r.preset == "cvd_t2_cvd")
+    assert {c: cvd.cells[c].mean for c in ("CLIP-T", "CLIP-F", "FID", "KID")} == \
+        {"CLIP-T": 0.31, "CLIP-F": 0.9, "FID": 30.0, "KID": 0.5}
+    assert all(not cvd.cells[c].note for c in ("CLIP-T", "CLIP-F", "FID", "KID"))
+    assert cvd.cells["FID"].paper == pytest.approx(32.90)
+
+
+@pytest.mark.slow
+def test_cvd_table2_job_samples_both_sets_and_the_table_joins_them(tmp_path):
+    """One CVD Table 2 row at tiny size through train -> sample -> eval: WebVid-prompt pairs of the
+    single-video CameraCtrl as groups, the RealEstate10K set beside them, both in make table."""
+    env = _env(tmp_path)
+    job = ["src/train.py", "-m", "table=cvd_t2", "scale=tiny", "experiment=cvd_t2_cameractrl", *TINY_JOB]
+    done = _run(job, env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    seed = tmp_path / "outputs" / "tables" / "tiny" / "cvd_t2" / "cvd_t2_cameractrl" / "seed_42"
+    pairs = [json.loads(p.read_text()) for p in seed.glob("samples/*/meta.json")]
+    single = [json.loads(p.read_text()) for p in seed.glob("samples_re10k/*/meta.json")]
+    assert pairs and len(pairs) == 2 * len(single)
+    captions = (tmp_path / "data" / "synthetic" / "webvid" / "webvid.csv").read_text()
+    for m in pairs:
+        assert m["group"] and m["protocol"]["prompts"] == "webvid" and m["caption"] in captions
+        assert m["protocol"]["pair_sampling"] == "independent"
+    assert all(m["group"] is None and m["protocol"]["prompts"] == "test" for m in single)
+    assert (seed / "samples" / "eval" / "results.json").is_file()
+    assert (seed / "samples_re10k" / "eval" / "results.json").is_file()
+    table = _run(["-m", "camvid.experiments.tables", "cvd_t2", "--scale", "tiny"], env)
+    assert table.returncode == 0, table.stderr[-3000:]
+    md = (seed.parents[1] / "table.md").read_text()
+    assert "pt_inception-2015-12-05-6726825d.pth" in md  # FID / KID: the RealEstate10K set's own reason

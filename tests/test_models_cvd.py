@@ -288,3 +288,62 @@ def test_gradient_checkpointing_keeps_the_injected_modules_exact(cvd):
     assert grads[0].keys() == grads[1].keys() and any("pose_encoder" in n for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_webvid_pairs_run_without_camera_input(cvd):
+    """CVD's WebVid phase (public code: ``pose_embedding=None``): a camera-free batch runs neither the
+    pose encoder nor CameraCtrl's merge, so its cameras change nothing and no gradient reaches them,
+    while a RealEstate10K batch trains the pose encoder through the merge."""
+    from camvid.diffusion.losses import diffusion_loss
+
+    model = perturbed(cvd)
+    with torch.no_grad():  # a "trained" CameraCtrl: the zero-initialised merge holds weights
+        for proc, _ in model.pose_adaptor.processors:
+            torch.nn.init.normal_(proc.qkv_merge.weight, std=0.2)
+    for p in [*model.pose_encoder.parameters(), *model.pose_adaptor.parameters()]:
+        p.requires_grad_(True)
+    calls = []
+    model.pose_encoder.register_forward_hook(lambda *_: calls.append(1))
+
+    def grads(batch):
+        model.zero_grad(set_to_none=True)
+        calls.clear()
+        diffusion_loss(model, batch, generator=torch.Generator().manual_seed(0))["loss"].backward()
+        enc = [p.grad for p in model.pose_encoder.parameters()]
+        merge = [p.grad for p in model.pose_adaptor.parameters()]
+        epi = [p.grad for p in model.sync.parameters()]
+        return len(calls), enc, merge, epi
+
+    re10k = pair_batch(P=1)
+    n, enc, merge, epi = grads(re10k)
+    assert n == 1 and all(g is not None for g in enc + merge) and any(float(g.abs().sum()) > 0 for g in enc)
+
+    webvid = pair_batch(P=1)
+    H = torch.eye(3).repeat(2, T, 1, 1)
+    H[1, :, 0, 2] = torch.arange(T) * 2.0
+    webvid.update(c2w=torch.eye(4).repeat(2, T, 1, 1), homography=H, camera_free=torch.ones(2, dtype=torch.bool))
+    n, enc, merge, epi = grads(webvid)
+    assert n == 0 and all(g is None for g in enc + merge), "the WebVid phase fed the camera encoder"
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in epi)  # the sync modules still train
+
+    with torch.no_grad():  # other cameras change nothing: there is no camera input
+        moved = dict(webvid, c2w=pair_batch(P=1, seed=3)["c2w"])
+        assert torch.equal(run(model, webvid), run(model, moved))
+        assert not torch.equal(run(model, re10k), run(model, dict(re10k, c2w=moved["c2w"])))
+    with pytest.raises(ValueError, match="mixes camera-free"):
+        model.conditions(dict(webvid, camera_free=torch.tensor([True, False])))
+
+
+def test_homography_pairs_are_marked_camera_free():
+    import numpy as np
+
+    from camvid.data.clips import Clip
+    from camvid.data.samples import SampleSpec, collate, homography_pair, single_sample
+
+    frames = np.random.default_rng(0).integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
+    clip = Clip(key="w0", caption="a ball", num_frames=12, track=None, load=lambda idx: frames[list(idx)],
+                source="webvid", where="w0")
+    spec = SampleSpec(num_frames=4, height=16, width=16, train=False, stride_max=2)
+    batch = collate([homography_pair(clip, spec, np.random.default_rng(0))] * 2)
+    assert batch["camera_free"].tolist() == [True] * 4
+    assert "camera_free" not in single_sample(clip, spec, np.random.default_rng(0))

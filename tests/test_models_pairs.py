@@ -171,3 +171,20 @@ def test_cvd_on_dynamicrafter_starts_as_cameractrl_and_couples_the_pair():
     assert not torch.allclose(out[0], out2[0], atol=1e-5), "video a must see its partner"
     with pytest.raises(ValueError, match="num_views=2"):
         cvd.conditions({**batch, "num_views": 1})
+    # CVD's WebVid phase: a camera-free (homography) pair runs without the pose encoder, its cameras
+    # change nothing, while the cross-video modules still couple the pair
+    calls = []
+    hook = cvd.pose_encoder.register_forward_hook(lambda *_: calls.append(1))
+    H = torch.eye(3).repeat(2, 4, 1, 1)
+    H[1, :, 0, 2] = torch.arange(4) * 2.0
+    webvid = {**batch, "homography": H, "camera_free": torch.ones(2, dtype=torch.bool)}
+    with torch.no_grad():
+        cvd.denoise(z, t, cvd.conditions(batch))
+        assert calls, "the hook sees the pose encoder of a RealEstate10K pair"
+        calls.clear()
+        free = cvd.denoise(z, t, cvd.conditions(webvid))
+        moved = cvd.denoise(z, t, cvd.conditions({**webvid, "c2w": c2w.flip(0)}))
+        coupled = cvd.denoise(z2, t, cvd.conditions(webvid))
+    hook.remove()
+    assert not calls and torch.equal(free, moved)
+    assert not torch.allclose(free[0], coupled[0], atol=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -78,9 +79,16 @@ def _env() -> dict:
     return env
 
 
+def _free_port() -> int:
+    """A port no other process listens on now (a fixed one collides when two suites run at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_processes_see_disjoint_samples(data_root, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(REPO / "src" / "train.py"), *run_overrides(data_root, out, "model=cami2v",
                                                        "backbone=tiny_dynamicrafter", "trainer.max_steps=3",
                                                        "trainer.log_sample_keys=true")]

@@ -6,6 +6,8 @@ of :mod:`camvid.evaluation.layout`) and by the demo.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from camvid.geometry.cameras import (
 )
 from camvid.models.base import VideoDiffusionModel
 from camvid.training.preview import to_uint8_video, write_gif
-from camvid.trajectories import resolve_trajectories, save_path_picture
+from camvid.trajectories import resolve_trajectories, save_path_picture, source_aspect
 
 __all__ = [
     "sampler_settings",
@@ -34,6 +36,7 @@ __all__ = [
     "run_sampling",
     "shard_indices",
     "sample_test_clip",
+    "SamplingProtocol",
 ]
 
 
@@ -105,7 +108,7 @@ def pose_source_hw(intrinsics: np.ndarray, hw: tuple[int, int],
     fx, fy = float(np.median(intrinsics[:, 0])), float(np.median(intrinsics[:, 1]))
     if fx <= 0 or fy <= 0:
         raise ValueError(f"pose file intrinsics fx={fx}, fy={fy}: must be positive")
-    return hw[0], max(1, round(hw[0] * fy / fx))
+    return hw[0], max(1, round(hw[0] * float(source_aspect([fx, fy]))))
 
 
 def trajectory_cameras(spec: str, num_frames: int, hw: tuple[int, int], *, src_hw: tuple[int, int] | None = None,
@@ -277,62 +280,178 @@ def shard_indices(n: int, shard_index: int = 0, num_shards: int = 1) -> list[int
     return list(range(shard_index, n, num_shards))
 
 
-def eval_split_dataset(train_cfg: DictConfig, root, split: str = "test", stride: int | None = None):
+PROMPT_SOURCES = ("test", "webvid")
+
+
+@dataclass(frozen=True)
+class SamplingProtocol:
+    """How test clips become samples (CVD's evaluation protocols; docs/evaluation.md).
+
+    - ``pairs``: every test clip is a RealEstate10K trajectory pair (a folded clip: two trajectories
+      from one start). A multi-view method (CVD) samples its pairs anyway; a single-video method
+      (CameraCtrl, MotionCtrl, CamI2V) generates the two videos one at a time, with the same prompt
+      and the clip's seed (the two draw different noise, as CVD's two videos do), and they are
+      written as one group, so CLIP-F and the cross-video metrics apply to it.
+    - ``identical_trajectories``: the second video of each pair takes the first one's trajectory
+      (CVD appendix A.5, scored by the ``identical_mse`` metric family).
+    - ``prompts``: ``test`` (the clips' own captions) or ``webvid`` (captions from ``prompts_path``,
+      clip ``i`` taking entry ``i`` of a fixed permutation of the file: CVD's "WebVid prompts").
+    """
+
+    pairs: bool = False
+    identical_trajectories: bool = False
+    prompts: str = "test"
+    prompts_path: str | None = None
+    prompts_seed: int = 0
+    captions: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def from_config(cls, node, where: str = "protocol") -> SamplingProtocol:
+        """From a config node (``stage_sample.protocol`` / sample.yaml's ``protocol``); None: the default."""
+        from camvid.data.prompts import load_prompts
+
+        values = {} if node is None else (OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node)
+                                          else dict(node))
+        known = {"pairs", "identical_trajectories", "prompts", "prompts_path", "prompts_seed"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+        for key in ("pairs", "identical_trajectories"):
+            if not isinstance(values.get(key, False), bool):
+                raise ValueError(f"{where}.{key}={values[key]!r}: give true or false")
+        source = values.get("prompts") or "test"
+        if source not in PROMPT_SOURCES:
+            raise ValueError(f"{where}.prompts={source!r}: choose one of {list(PROMPT_SOURCES)}")
+        path = values.get("prompts_path")
+        captions: tuple[str, ...] = ()
+        if source == "webvid":
+            if not path:
+                raise ValueError(f"{where}.prompts=webvid needs {where}.prompts_path: a WebVid CSV (column "
+                                 "'name'), a JSON list of captions or a text file with one per line")
+            captions = tuple(load_prompts(path))
+        seed = values.get("prompts_seed", 0)
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"{where}.prompts_seed={seed!r}: give an integer >= 0")
+        return cls(pairs=bool(values.get("pairs", False)),
+                   identical_trajectories=bool(values.get("identical_trajectories", False)),
+                   prompts=source, prompts_path=None if path is None else str(path), prompts_seed=seed,
+                   captions=captions)
+
+    def describe(self) -> dict:
+        """What a sample's ``meta.json`` records about the protocol."""
+        return {"pairs": self.pairs, "identical_trajectories": self.identical_trajectories, "prompts": self.prompts,
+                **({"prompts_path": self.prompts_path} if self.prompts != "test" else {})}
+
+
+def model_views(train_cfg: DictConfig) -> int:
+    """How many videos the method generates together (1: single-video methods)."""
+    return int(train_cfg.model.get("views", 1) or 1)
+
+
+def eval_split_dataset(train_cfg: DictConfig, root, split: str = "test", stride: int | None = None,
+                       pairs: bool = False):
+    """The evaluation split of the run's data config; ``pairs=True`` reads it as folded
+    RealEstate10K trajectory pairs also for a single-video method (``SamplingProtocol.pairs``)."""
     from camvid.data import build_eval_dataset
 
     stride = int(stride) if stride is not None else int(train_cfg.data.stride_eval)
-    return build_eval_dataset(train_cfg.data, root=root, split=split, stride=stride)
+    data_cfg = train_cfg.data
+    if pairs and int(data_cfg.get("views", 1) or 1) == 1:
+        if data_cfg.get("format") == "webvid":
+            raise ValueError(f"protocol.pairs=true needs RealEstate10K trajectories; data={data_cfg.get('name')} "
+                             "is WebVid (no cameras)")
+        data_cfg = OmegaConf.merge(data_cfg, {"pairing": "fold", "views": 2})
+    return build_eval_dataset(data_cfg, root=root, split=split, stride=stride)
+
+
+def _scene_key(key: str) -> str:
+    """The clip a pair's video came from: its key without the view suffix (``clip:a`` -> ``clip``)."""
+    return re.sub(r":[a-z]$", "", str(key))
+
+
+def _same_trajectory(batch: dict, views: int) -> dict:
+    """Every view of a group takes the first view's cameras (and GT frames, which they then share)."""
+    batch = dict(batch)
+    for name in ("K", "c2w", "video"):
+        value = batch[name].clone()
+        first = value[0::views]
+        for v in range(1, views):
+            value[v::views] = first
+        batch[name] = value
+    return batch
 
 
 def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset, idx: int, out_dir, *,
                      base_seed: int, ckpt, steps=None, eta=None, guidance=None, collaborative=None,
-                     fps: float = 8, skip_existing: bool = True, test_root=None, split: str = "test") -> list[Path]:
+                     fps: float = 8, skip_existing: bool = True, test_root=None, split: str = "test",
+                     protocol: SamplingProtocol | None = None) -> list[Path]:
     """Sample test clip ``idx`` into ``out_dir`` (one folder per video, GT beside it). The noise seed
     is ``base_seed + idx``, so a clip's sample is the same whichever rank or shard draws it; a clip
     whose folders are all written already is skipped (an interrupted run resumes). ``test_root`` /
-    ``split``: where the clip came from, for the conditioning frame's depth (camera-following metric)."""
+    ``split``: where the clip came from, for the conditioning frame's depth (camera-following metric).
+    ``protocol``: pairs, identical trajectories and the prompt source (:class:`SamplingProtocol`)."""
+    from camvid.data.prompts import prompt_for
     from camvid.evaluation.camera_following import save_conditioning_depth
     from camvid.evaluation.layout import META_FILE, write_sample
 
+    protocol = protocol or SamplingProtocol()
     item = dataset[idx]
     batch = dataset.collate([item])
     views = int(batch.get("num_views", 1))
     n_videos = batch["video"].shape[0]
-    ids = [batch["key"][v] if views == 1 else f"{batch['key'][v]}_view{v % views}" for v in range(n_videos)]
+    groups = [_scene_key(batch["key"][v]) for v in range(n_videos)]
+    ids = [batch["key"][v] if views == 1 else f"{groups[v]}_view{v % views}" for v in range(n_videos)]
     folders = [Path(out_dir) / sid for sid in ids]
     if skip_existing and all((f / META_FILE).is_file() for f in folders):
         return []
+    if protocol.identical_trajectories:
+        if views < 2:
+            raise ValueError("protocol.identical_trajectories=true needs trajectory pairs: a multi-view method "
+                             "(model=cvd) or protocol.pairs=true")
+        batch = _same_trajectory(batch, views)
+    meta_protocol = protocol.describe()
+    if protocol.prompts == "webvid":
+        caption, row = prompt_for(list(protocol.captions), idx, protocol.prompts_seed)
+        batch["caption"] = [caption] * n_videos
+        meta_protocol["prompt_row"] = row
+    # a single-video method on a pair: the two videos are generated one at a time (one batch of
+    # independent videos, so each draws its own noise), then written as one group
+    together = views > 1 and model_views(train_cfg) > 1
+    gen_batch = batch if together or views == 1 else {**batch, "num_views": 1}
+    if views > 1:
+        meta_protocol["pair_sampling"] = "joint" if together else "independent"
     seed = int(base_seed) + idx
-    out = generate(method, train_cfg, batch, seed=seed, steps=steps, eta=eta, guidance=guidance,
+    out = generate(method, train_cfg, gen_batch, seed=seed, steps=steps, eta=eta, guidance=guidance,
                    collaborative=collaborative)
     written = []
     for v in range(out.shape[0]):
-        key = batch["key"][v]
         frames = to_uint8_video(out[v])
         folder = write_sample(
             out_dir, ids[v], frames, batch["K"][v].numpy(), batch["c2w"][v].numpy(),
             caption=batch["caption"][v], seed=seed, gt_video=to_uint8_video(batch["video"][v]), fps=fps,
             meta={"method": train_cfg.model.name, "attn": train_cfg.attn.name, "checkpoint": str(ckpt),
                   "frame_stride": int(batch["frame_stride"][v]), "paper_row": train_cfg.get("paper_row"),
-                  "group": key if views > 1 else None, "view": v % views},
+                  "group": groups[v] if views > 1 else None, "view": v % views, "protocol": meta_protocol},
         )
         write_gif(folder / "video.gif", frames, fps=fps)
-        if views == 1 and test_root is not None:  # exact depth of the conditioning frame (camera following)
-            save_conditioning_depth(folder, test_root, split, batch, v)
+        if test_root is not None:  # exact depth of the conditioning frame (camera following)
+            # a pair's videos start on the clip's shared frame: its depth is found under the clip's key
+            save_conditioning_depth(folder, test_root, split, batch if views == 1 else {**batch, "key": groups}, v)
         save_path_picture(folder, batch["K"][v].numpy(), batch["c2w"][v].numpy(), tuple(frames.shape[1:3]), ids[v])
         written.append(folder)
     return written
 
 
-def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel, ckpt: Path) -> list[Path]:
-    dataset = eval_split_dataset(train_cfg, cfg.test_data, cfg.split, cfg.stride)
+def _batch_mode(cfg: DictConfig, train_cfg: DictConfig, method: VideoDiffusionModel, ckpt: Path,
+                protocol: SamplingProtocol) -> list[Path]:
+    dataset = eval_split_dataset(train_cfg, cfg.test_data, cfg.split, cfg.stride, pairs=protocol.pairs)
     n = min(int(cfg.num_samples), len(dataset))
     written = []
     for idx in shard_indices(n, int(cfg.get("shard_index") or 0), int(cfg.get("num_shards") or 1)):
         written += sample_test_clip(method, train_cfg, dataset, idx, cfg.out_dir, base_seed=int(cfg.seed),
                                     ckpt=ckpt, steps=cfg.steps, eta=cfg.eta, guidance=cfg.guidance,
                                     collaborative=cfg.get("collaborative"), fps=cfg.fps, test_root=cfg.test_data,
-                                    split=cfg.split)
+                                    split=cfg.split, protocol=protocol)
     return written
 
 
@@ -352,6 +471,8 @@ def pretrained_method(cfg: DictConfig, device) -> tuple[DictConfig, VideoDiffusi
 def run_sampling(cfg: DictConfig) -> list[Path]:
     """Entry point of ``src/sample.py``."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    # the protocol's options and prompt file are checked before the model is built
+    protocol = SamplingProtocol.from_config(cfg.get("protocol")) if cfg.test_data else None
     if cfg.get("model") is not None and not (cfg.ckpt_path or cfg.run_dir):
         train_cfg, method, ckpt = pretrained_method(cfg, device)
     else:
@@ -359,5 +480,5 @@ def run_sampling(cfg: DictConfig) -> list[Path]:
         train_cfg, method = load_trained_method(ckpt, device)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     if cfg.test_data:
-        return _batch_mode(cfg, train_cfg, method, ckpt)
+        return _batch_mode(cfg, train_cfg, method, ckpt, protocol)
     return _single(cfg, train_cfg, method, ckpt)

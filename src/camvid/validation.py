@@ -259,7 +259,7 @@ SAMPLE_RULES: list[Rule] = [
 EVAL_RULES: list[Rule] = [
     Rule("samples_dir", existing_dir, required=True, is_path=True),
     Rule("reference", boolean),
-    Rule("metrics", list_of(("camera", "camera_following", "geometry", "fvd", "fid_kid", "clip"))),
+    Rule("metrics", list_of(("camera", "camera_following", "geometry", "fvd", "fid_kid", "clip", "identical_mse"))),
     Rule("device", text),
     Rule("camera.trials", integer(1)),
     Rule("camera.base_seed", integer(0)),

@@ -13,6 +13,7 @@ Per-sample layout (``V`` = number of views: no view dim for single videos, 2 for
     caption, key  str (pairs: list of V str, keys suffixed ":a" / ":b")
     num_views     int
     homography    (V, T, 3, 3)     float32, homography pairs only: x_b ~ H[t] x_a (identity for view a)
+    camera_free   (V,)             bool, homography pairs only (all True): no camera input (CVD's WebVid phase)
 
 :func:`collate` stacks samples and flattens the view dim, giving ``[a0, b0, a1, b1, ...]``.
 """
@@ -137,6 +138,8 @@ def homography_pair(clip: Clip, spec: SampleSpec, rng: np.random.Generator) -> d
         view_a["c2w"], view_b["c2w"] = eye, eye
     out = _pair([view_a, view_b], clip)
     out["homography"] = torch.stack([torch.eye(3, dtype=torch.float64).expand_as(H), H]).float()
+    # WebVid has no cameras: CVD trains this phase without camera input (models skip the camera encoder)
+    out["camera_free"] = torch.ones(2, dtype=torch.bool)
     return out
 
 

@@ -40,7 +40,7 @@ __all__ = ["METRIC_FAMILIES", "run_evaluation"]
 
 log = logging.getLogger(__name__)
 
-METRIC_FAMILIES = ("camera", "camera_following", "geometry", "fvd", "fid_kid", "clip")
+METRIC_FAMILIES = ("camera", "camera_following", "geometry", "fvd", "fid_kid", "clip", "identical_mse")
 _GEOMETRY_KEYS = [f"RotAUC@{t:g}" for t in AUC_THRESHOLDS] + [f"TransAUC@{t:g}" for t in AUC_THRESHOLDS] + [
     "Precision", "MatchingScore"]
 
@@ -126,10 +126,36 @@ def _write_per_video(path: Path, per_video: list[dict], reference: list[dict] | 
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _geometry_rows(records: list[SampleRecord], cfg: dict, reference: bool) -> tuple[list[ResultRow], dict]:
+def _matcher_spec(spec, matchers: dict) -> dict:
+    """``geometry.matcher``: a name under ``matchers`` (conf/eval.yaml) or a ``{_target_: ...}`` node."""
+    if spec is None:
+        return {"_target_": "camvid.evaluation.matching.SiftMatcher"}
+    if isinstance(spec, str):
+        if spec not in matchers:
+            raise ValueError(f"geometry.matcher={spec!r}: not a matcher of conf/eval.yaml (known: "
+                             f"{sorted(matchers)}); or give a node with _target_")
+        return dict(matchers[spec])
+    if not isinstance(spec, dict) or "_target_" not in spec:
+        raise ValueError(f"geometry.matcher={spec!r}: give a name ({sorted(matchers)}) or a node with _target_")
+    return spec
+
+
+def _geometry_rows(records: list[SampleRecord], cfg: dict, reference: bool,
+                   matchers: dict | None = None) -> tuple[list[ResultRow], dict]:
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    matcher = instantiate(cfg.get("matcher") or {"_target_": "camvid.evaluation.matching.SiftMatcher"})
+    spec = _matcher_spec(cfg.get("matcher"), matchers or {})
+    try:
+        matcher = instantiate(spec)
+    except (InstantiationException, MissingWeights, ImportError) as err:
+        # a learned matcher without its weight files (or kornia): the geometry rows say why
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        if not isinstance(cause, (MissingWeights, ImportError)):
+            raise
+        log.warning("geometry metrics not computed: %s", cause)
+        keys = _GEOMETRY_KEYS + [f"x{k}" for k in _GEOMETRY_KEYS]
+        return _not_computed(keys, f"matcher {spec.get('_target_')}: {cause}", "higher"), {}
     config = GeometryConsistencyConfig(**{k: v for k, v in cfg.items() if k != "matcher"})
     gen_pairs, gt_pairs = [], []
     for r in records:
@@ -309,7 +335,8 @@ def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
         rows += follow_rows
         details.update(follow_details)
     if "geometry" in families:
-        geo_rows, geo_details = _geometry_rows(records, dict(cfg.get("geometry", {})), reference)
+        geo_rows, geo_details = _geometry_rows(records, dict(cfg.get("geometry", {})), reference,
+                                               dict(cfg.get("matchers") or {}))
         rows += geo_rows
         details.update(geo_details)
     if "fvd" in families:
@@ -318,6 +345,12 @@ def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
         rows += _fid_rows(records, dict(cfg.get("fid_kid", {})), weights, device)
     if "clip" in families:
         rows += _clip_rows(records, dict(cfg.get("clip", {})), weights, device)
+    if "identical_mse" in families:  # CVD appendix A.5 (camvid.evaluation.identical)
+        from camvid.evaluation.identical import identical_trajectory_rows
+
+        same_rows, same_details = identical_trajectory_rows(_groups(records))
+        rows += same_rows
+        details.update(same_details)
 
     row_id = cfg.get("paper_row") or _infer_paper_row(records)
     paper_source = _attach_paper(rows, row_id)

@@ -43,6 +43,14 @@ WEIGHTS: dict[str, WeightSpec] = {
             "https://huggingface.co/openai/clip-vit-large-patch14 (save a local copy with "
             "CLIPModel/CLIPTokenizer.save_pretrained)",
         ),
+        WeightSpec(
+            "disk", "depth-save.pth", "the LightGlue matcher's DISK keypoints (geometry metrics)",
+            "https://github.com/cvlab-epfl/disk (depth-save.pth; also https://huggingface.co/kornia/disk)",
+        ),
+        WeightSpec(
+            "lightglue_disk", "disk_lightglue.pth", "the LightGlue matcher (geometry metrics)",
+            "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/disk_lightglue.pth",
+        ),
     )
 }
 

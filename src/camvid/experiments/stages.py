@@ -8,6 +8,9 @@
   ``method_ckpt=``; otherwise from the run's latest checkpoint.
 - ``eval``: ``conf/eval.yaml``'s evaluation of ``<run>/samples`` (rank 0; skipped when its results
   are newer than every sample), into ``<run>/samples/eval``; the paper numbers come from ``paper_row``.
+- ``stage_sample.sets``: further sample sets of the same model (own protocol, count, metrics), into
+  ``<run>/samples_<name>`` and evaluated into ``<run>/samples_<name>/eval`` (CVD Table 2: CLIP on
+  WebVid prompts, FID / KID on RealEstate10K).
 
 Samples and final metrics are logged to the training run's W&B run (same id, resumed).
 """
@@ -86,8 +89,8 @@ def _train_stage(cfg: DictConfig, run_dir: Path) -> dict:
 
 # --- sample --------------------------------------------------------------------------------------
 
-def _test_root(cfg: DictConfig) -> str:
-    root = cfg.stage_sample.get("test_data")
+def _test_root(cfg: DictConfig, scfg=None) -> str:
+    root = (scfg if scfg is not None else cfg.stage_sample).get("test_data")
     if root:
         return str(root)
     if cfg.data.get("format") == "mix":  # CVD's mix: its evaluation pairs come from RealEstate10K
@@ -105,44 +108,79 @@ def _load_method(cfg: DictConfig, run_dir: Path, trained: bool, device):
     return pretrained_method(cfg, device)
 
 
+def sample_sets(cfg: DictConfig) -> list[tuple[str, DictConfig, dict]]:
+    """The job's sample sets: ``(folder, stage_sample settings, stage_eval overrides)``.
+
+    The first is ``samples`` (``stage_sample`` / ``stage_eval``); every entry of
+    ``stage_sample.sets`` adds ``samples_<name>``, its keys overriding ``stage_sample`` (``protocol``,
+    ``num_samples``, ...) and its ``metrics`` the evaluated families. CVD's Table 2 needs two: CLIP on
+    WebVid prompts, FID / KID on RealEstate10K prompts.
+    """
+    base = OmegaConf.create(OmegaConf.to_container(cfg.stage_sample, resolve=True))
+    extra = base.pop("sets", None) or {}
+    out = [("samples", base, {})]
+    for name, spec in extra.items():
+        if not str(name).replace("_", "").isalnum():
+            raise ValueError(f"stage_sample.sets.{name}: name sample sets with letters, digits and _")
+        spec = OmegaConf.create(spec or {})
+        metrics = spec.pop("metrics", None)
+        out.append((f"samples_{name}", OmegaConf.merge(base, spec), {} if metrics is None else {"metrics": metrics}))
+    return out
+
+
 def _sample_stage(cfg: DictConfig, run_dir: Path, trained: bool) -> Path:
     from camvid.data.factory import prepare_dataset
-    from camvid.sampling import eval_split_dataset, sample_test_clip, shard_indices
+    from camvid.sampling import SamplingProtocol
 
     rank, world = rank_world()
-    scfg = cfg.stage_sample
-    out_dir = run_dir / "samples"
-    out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         prepare_dataset(cfg.data)  # the synthetic set of scale=tiny, when no training stage made it
+    # every set's protocol (options, prompt file) is checked before the model is loaded
+    sets = [(folder, scfg, SamplingProtocol.from_config(scfg.get("protocol"), f"stage_sample.protocol ({folder})"))
+            for folder, scfg, _ in sample_sets(cfg)]
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     train_cfg, method, ckpt = _load_method(cfg, run_dir, trained, device)
     train_cfg = OmegaConf.merge(train_cfg, {"paper_row": cfg.get("paper_row")})
-    root, split = _test_root(cfg), str(scfg.get("split", "test"))
-    dataset = eval_split_dataset(train_cfg, root, split)
+    for folder, scfg, protocol in sets:
+        _sample_set(cfg, scfg, protocol, run_dir / folder, train_cfg, method, ckpt, rank, world)
+    return run_dir / "samples"
+
+
+def _sample_set(cfg, scfg, protocol, out_dir: Path, train_cfg, method, ckpt, rank: int, world: int) -> None:
+    from camvid.sampling import eval_split_dataset, sample_test_clip, shard_indices
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root, split = _test_root(cfg, scfg), str(scfg.get("split", "test"))
+    dataset = eval_split_dataset(train_cfg, root, split, pairs=protocol.pairs)
     n = min(int(scfg.num_samples), len(dataset))
     mine = shard_indices(n, rank, world)
     written = 0
     for idx in mine:
         written += len(sample_test_clip(method, train_cfg, dataset, idx, out_dir, base_seed=int(scfg.seed),
-                                        ckpt=ckpt, steps=scfg.get("steps"), test_root=root, split=split))
+                                        ckpt=ckpt, steps=scfg.get("steps"), test_root=root, split=split,
+                                        protocol=protocol))
     (out_dir / f".rank{rank}_of_{world}.done").write_text(json.dumps({"clips": mine, "written": written}))
     print(f"sample: rank {rank}/{world} wrote {written} videos ({len(mine)} clips, the rest already there) "
           f"into {out_dir}", flush=True)
-    return out_dir
 
 
 # --- eval ----------------------------------------------------------------------------------------
 
-def eval_config(cfg: DictConfig, samples_dir: Path) -> dict:
-    """conf/eval.yaml's settings with this run's paths, ``stage_eval`` overriding them."""
+def eval_config(cfg: DictConfig, samples_dir: Path, overrides: dict | None = None, scfg=None) -> dict:
+    """conf/eval.yaml's settings with this run's paths, ``stage_eval`` (then a sample set's
+    ``overrides``) overriding them. Samples drawn along identical trajectories are also scored by the
+    ``identical_mse`` family, which is what they are for (CVD appendix A.5)."""
     base = OmegaConf.load(CONF_DIR / "eval.yaml")
     for key in ("defaults", "hydra", "task_name"):
         base.pop(key, None)
-    merged = OmegaConf.merge(base, {"paths": cfg.paths}, cfg.get("stage_eval") or {},
+    merged = OmegaConf.merge(base, {"paths": cfg.paths}, cfg.get("stage_eval") or {}, overrides or {},
                              {"samples_dir": str(samples_dir), "paper_row": cfg.get("paper_row")})
     merged.paths.output_dir = str(samples_dir)  # the hydra: resolver is not available outside a job
-    return OmegaConf.to_container(merged, resolve=True)
+    out = OmegaConf.to_container(merged, resolve=True)
+    protocol = ((scfg if scfg is not None else cfg.get("stage_sample") or {}).get("protocol") or {})
+    if protocol.get("identical_trajectories") and "identical_mse" not in out["metrics"]:
+        out["metrics"] = [*out["metrics"], "identical_mse"]
+    return out
 
 
 def _wait_for_ranks(samples_dir: Path, world: int, timeout_s: float = 6 * 3600) -> None:
@@ -156,22 +194,29 @@ def _wait_for_ranks(samples_dir: Path, world: int, timeout_s: float = 6 * 3600) 
 def _eval_stage(cfg: DictConfig, run_dir: Path) -> str:
     from camvid.evaluation.pipeline import run_evaluation
 
-    samples_dir = run_dir / "samples"
-    _wait_for_ranks(samples_dir, rank_world()[1])
-    ecfg = eval_config(cfg, samples_dir)
-    out_dir = Path(ecfg.get("out_dir") or samples_dir / "eval")
-    results = out_dir / RESULTS_FILE
-    newest = max((p.stat().st_mtime for p in samples_dir.glob("*/meta.json")), default=0.0)
-    if results.is_file() and results.stat().st_mtime >= newest:
-        print(f"eval: {results} is newer than every sample: stage skipped", flush=True)
-        return str(results)
-    result = run_evaluation(ecfg)
-    print(result["markdown"], flush=True)
-    _log_to_training_run(cfg, run_dir, samples_dir, result["rows"])
-    return str(result["paths"]["json"])
+    first = None
+    for folder, scfg, overrides in sample_sets(cfg):
+        samples_dir = run_dir / folder
+        _wait_for_ranks(samples_dir, rank_world()[1])
+        ecfg = eval_config(cfg, samples_dir, overrides, scfg)
+        out_dir = Path(ecfg.get("out_dir") or samples_dir / "eval")
+        if folder != "samples" and ecfg.get("out_dir"):  # one results folder per set
+            out_dir = Path(ecfg["out_dir"]) / folder
+            ecfg["out_dir"] = str(out_dir)
+        results = out_dir / RESULTS_FILE
+        first = first or str(results)
+        newest = max((p.stat().st_mtime for p in samples_dir.glob("*/meta.json")), default=0.0)
+        if results.is_file() and results.stat().st_mtime >= newest:
+            print(f"eval: {results} is newer than every sample: stage skipped", flush=True)
+            continue
+        result = run_evaluation(ecfg)
+        print(result["markdown"], flush=True)
+        prefix = "eval" if folder == "samples" else f"eval_{folder.removeprefix('samples_')}"
+        _log_to_training_run(cfg, run_dir, samples_dir, result["rows"], prefix)
+    return first
 
 
-def _log_to_training_run(cfg: DictConfig, run_dir: Path, samples_dir: Path, rows) -> None:
+def _log_to_training_run(cfg: DictConfig, run_dir: Path, samples_dir: Path, rows, prefix: str = "eval") -> None:
     """Final metrics and a few sample videos into the training run's W&B run (same id, resumed)."""
     from camvid.training.logger import build_logger
     from camvid.training.run_identity import run_id, run_name
@@ -180,9 +225,9 @@ def _log_to_training_run(cfg: DictConfig, run_dir: Path, samples_dir: Path, rows
                           run_name=run_name(cfg, run_dir), run_id=run_id(run_dir))
     # one step past training: a resumed W&B run drops points logged at a step it has passed already
     step = int(cfg.trainer.max_steps) + 1 if "train" in _stages(cfg) else 0
-    logger.log({f"eval/{r.metric}": r.value for r in rows if r.value is not None}, step=step)
-    logger.log_table("eval/results", ["metric", "ours", "gt_reference", "paper", "note"],
+    logger.log({f"{prefix}/{r.metric}": r.value for r in rows if r.value is not None}, step=step)
+    logger.log_table(f"{prefix}/results", ["metric", "ours", "gt_reference", "paper", "note"],
                      [[r.metric, r.value, r.reference, r.paper, r.note] for r in rows], step=step)
     for gif in sorted(samples_dir.glob("*/video.gif"))[:4]:
-        logger.log_video(f"samples/{gif.parent.name}", gif, step=step)
+        logger.log_video(f"{samples_dir.name}/{gif.parent.name}", gif, step=step)
     logger.finish()

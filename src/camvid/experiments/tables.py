@@ -87,18 +87,29 @@ def preset_paper_row(preset: str, conf_dir: Path = CONF_DIR) -> str | None:
     return (yaml.safe_load(path.read_text()) or {}).get("paper_row")
 
 
-def _job_results(row_dir: Path) -> dict[str, Path]:
-    """seed folder name -> results.json of every finished job of one row."""
-    return {p.parents[2].name: p for p in sorted(row_dir.glob("seed_*/samples/eval/results.json"))}
+def _job_results(row_dir: Path) -> dict[str, list[Path]]:
+    """seed folder name -> the results.json files of every finished job of one row: ``samples/eval``
+    and those of the job's further sample sets (``samples_<name>/eval``, ``stage_sample.sets``)."""
+    jobs: dict[str, list[Path]] = {}
+    for p in sorted(row_dir.glob("seed_*/samples/eval/results.json")):
+        seed_dir = p.parents[2]
+        jobs[seed_dir.name] = [p, *sorted(seed_dir.glob("samples_*/eval/results.json"))]
+    return jobs
 
 
-def _results_by_metric(results: Path) -> dict[str, dict]:
-    """metric -> results row, plus ``<metric>_gt`` for every row carrying a ground-truth reference."""
-    rows = json.loads(results.read_text())["rows"]
-    found = {r["metric"]: r for r in rows}
-    for r in rows:
-        if r.get("reference") is not None and f"{r['metric']}{GT_SUFFIX}" not in found:
-            found[f"{r['metric']}{GT_SUFFIX}"] = {"metric": f"{r['metric']}{GT_SUFFIX}", "value": r["reference"]}
+def _results_by_metric(results: Path | list[Path]) -> dict[str, dict]:
+    """metric -> results row, plus ``<metric>_gt`` for every row carrying a ground-truth reference.
+    Over several sample sets a metric's computed value wins over another set's "not computed"."""
+    found: dict[str, dict] = {}
+    for path in [results] if isinstance(results, Path) else results:
+        rows = json.loads(path.read_text())["rows"]
+        for r in rows:
+            extra = {r["metric"]: r}
+            if r.get("reference") is not None:
+                extra[f"{r['metric']}{GT_SUFFIX}"] = {"metric": f"{r['metric']}{GT_SUFFIX}", "value": r["reference"]}
+            for name, row in extra.items():
+                if name not in found or (found[name].get("value") is None and row.get("value") is not None):
+                    found[name] = row
     return found
 
 

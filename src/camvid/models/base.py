@@ -15,6 +15,8 @@ and ``camvid.data.batches.to_device`` normalises it on the device):
     caption    list[str] of length B
     key        list[str] of length B
     num_views  int (1 for single videos; 2 for CVD pairs, laid out [a0, b0, a1, b1, ...])
+    camera_free (B,) bool, optional: True for CVD's WebVid homography pairs, which have no cameras;
+               such a batch runs without camera input (see :func:`batch_camera_free`)
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class Conditions:
     drop_image: torch.Tensor | None = None
     drop_camera: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
+    # the whole batch has no camera input (CVD's WebVid phase): the camera encoder and its injections
+    # are not run at all, unlike ``drop_camera`` (the null camera of classifier-free guidance)
+    camera_free: bool = False
 
     def with_drops(self, text=None, image=None, camera=None) -> Conditions:
         """Copy with the given per-sample drop flags OR-ed into the existing ones."""
@@ -84,6 +89,26 @@ class Conditions:
                 v = replace(v, K=torch.cat([v.K] * n), c2w=torch.cat([v.c2w] * n), cond_index=ci)
             out[f.name] = v
         return Conditions(**out)
+
+
+def batch_camera_free(batch: dict) -> bool:
+    """Whether a batch is camera-free (CVD's WebVid homography pairs carry ``camera_free``).
+
+    CVD's public training code feeds WebVid batches with ``pose_embedding=None``: the pose encoder
+    is not run and no pose feature is merged into the motion modules; only the cross-video modules
+    (with the homography's pseudo-epipolar band) and the backbone see the batch. The CVD mix never
+    puts both sources into one batch, so a batch is camera-free as a whole or not at all.
+    """
+    flags = batch.get("camera_free")
+    if flags is None:
+        return False
+    flags = torch.as_tensor(flags, dtype=torch.bool)
+    if bool(flags.all()):
+        return True
+    if bool(flags.any()):
+        raise ValueError(f"batch['camera_free'] = {flags.tolist()}: a batch mixes camera-free (WebVid) and "
+                         "camera samples; the CVD mix draws each batch from one source")
+    return False
 
 
 class VideoDiffusionModel(nn.Module):

@@ -26,7 +26,7 @@ from camvid.diffusion.schedule import make_alphas_cumprod
 from camvid.geometry import invert_rigid
 from camvid.geometry.plucker import plucker_rays
 from camvid.models.animatediff.pose_adaptor import PoseAdaptor, install_pose_adaptor
-from camvid.models.base import CameraInputs, Conditions, VideoDiffusionModel
+from camvid.models.base import CameraInputs, Conditions, VideoDiffusionModel, batch_camera_free
 
 __all__ = ["AnimateDiffT2V", "CAMERA_METHODS"]
 
@@ -151,7 +151,8 @@ class AnimateDiffT2V(VideoDiffusionModel):
         if self.cvd and batch.get("homography") is not None:
             # WebVid homography pairs: the epi modules' band follows the homography, not the cameras
             extras["homography"] = batch["homography"].to(device)
-        return Conditions(text=text, camera=camera, frame_stride=batch.get("frame_stride"), extras=extras)
+        return Conditions(text=text, camera=camera, frame_stride=batch.get("frame_stride"), extras=extras,
+                          camera_free=batch_camera_free(batch))
 
     def _image_hw(self, batch: dict) -> tuple[int, int]:
         """Pixel size the intrinsics refer to: the batch's video, else the size the model was built for
@@ -188,7 +189,8 @@ class AnimateDiffT2V(VideoDiffusionModel):
             t = t.expand(b)
 
         features, keep_camera = None, None
-        if self.pose_adaptor is not None:
+        # a camera-free batch (CVD's WebVid phase) runs the plain backbone: no pose encoder, no merge
+        if self.pose_adaptor is not None and not cond.camera_free:
             if cond.camera is None:
                 raise ValueError(f"{self._name()} needs cameras: conditions have camera=None")
             features = self.pose_features(cond.camera, z_t.dtype)

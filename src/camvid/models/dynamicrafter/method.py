@@ -29,7 +29,7 @@ from camvid.diffusion.i2v import (
 )
 from camvid.diffusion.schedule import check_parameterization, dynamic_rescale_scales, make_alphas_cumprod
 from camvid.geometry import invert_rigid, plucker_rays
-from camvid.models.base import CameraInputs, Conditions, VideoDiffusionModel
+from camvid.models.base import CameraInputs, Conditions, VideoDiffusionModel, batch_camera_free
 from camvid.models.camera.context import build_attention_context, context_kwargs
 from camvid.models.camera.injection import (
     CAMERA_METHODS,
@@ -268,6 +268,7 @@ class DynamiCrafterI2V(VideoDiffusionModel):
             if batch.get("homography") is not None:
                 extras["homography"] = batch["homography"]
         return Conditions(
+            camera_free=batch_camera_free(batch),
             text=self.cond_stage_model(list(captions)),
             image=self.embedder(frame),
             camera=camera,
@@ -299,7 +300,7 @@ class DynamiCrafterI2V(VideoDiffusionModel):
         x = torch.cat([z_in, concat.unsqueeze(2).expand(-1, -1, frames, -1, -1)], dim=1)
         fs = None if cond.frame_stride is None else _tile(cond.frame_stride, b)
         camera = None
-        if self.camera is not None:
+        if self.camera is not None and not cond.camera_free:  # camera-free: CVD's WebVid phase
             camera = self._unet_camera(cond.camera, _flags(cond.drop_camera, b, device), z_t)
         if self.sync is None:
             out = self.unet(x, t, text.to(z_t.dtype), image, fs, camera)
