@@ -8,13 +8,13 @@ import json
 
 import pytest
 import torch
-from conftest import compose
 from safetensors.torch import load_file
 
 from camvid.assets import BUILTIN_WEIGHTS, resolve_weights
 from camvid.models.dynamicrafter.checkpoint import is_camera_key
 from camvid.models.registry import build_method, set_trainable
 from camvid.validation import weights_path
+from conftest import compose
 
 BASE = BUILTIN_WEIGHTS["tiny_dynamicrafter_base"]
 
