@@ -2,19 +2,23 @@
 and time (inference; training forward / backward / optimizer step).
 
     python benchmarks/backbone.py params
-        every method x backbone, built on the meta device (no memory): total, trainable (the papers'
-        setting: a pretrained base frozen, only the method's modules train) and UNet parameters.
+        every method x backbone pair that runs (check_combination's), built on the meta device (no
+        memory): total, trainable (the papers' setting: a pretrained base frozen, only the method's
+        modules train) and UNet parameters.
 
     python benchmarks/backbone.py speed --backbone dynamicrafter_256 --models dynamicrafter,cami2v
         [--height 256 --width 256 --frames 16 --batch 1 --steps 25 --grad-checkpointing
-         --precision bf16 --zero1 --device cuda --repeat 3]
+         --precision fp16 --zero1 --device cuda --warmup 1 --repeat 3 --threads N
+         --phases inference,training --cache-encoders]
 
 Each (model, phase) runs in a fresh child process, so one case's allocator state cannot help or
-hurt another. Peak memory: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) of the
-measured call; on the CPU the child's resident-set high-water mark (``VmHWM``, reset through
-``/proc/self/clear_refs`` before the call) minus its resident size just before it. Times are the
-best of ``--repeat`` runs after one warm-up. The ratio columns compare each model with the first one
-of ``--models``, measured in the same run (machine load affects both alike).
+hurt another. Models get random weights (full sizes need no released files; their text towers get a
+stand-in tokenizer). Memory, per measured call: ``total``, the process's peak (CUDA: the allocator's
+``max_memory_allocated``; CPU: the resident-set high-water mark ``VmHWM``, reset through
+``/proc/self/clear_refs`` before the call), and ``peak``, that minus what the process held just
+before the call. Times are the best of ``--repeat`` runs after ``--warmup`` untimed ones. The ratio
+column compares each model with the first one of ``--models``, measured in the same run (machine
+load affects both alike). See docs/models.md, "Memory and time".
 """
 
 from __future__ import annotations
@@ -33,12 +37,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PAIRS = {  # backbone config -> models (conf/model) that run on it
-    "dynamicrafter_256": ["dynamicrafter", "motionctrl", "cameractrl", "cami2v"],
-    "dynamicrafter_512": ["dynamicrafter", "motionctrl", "cameractrl", "cami2v"],
-    "animatediff": ["animatediff", "cameractrl", "cvd"],
-    "tiny_dynamicrafter": ["dynamicrafter", "motionctrl", "cameractrl", "cami2v"],
-    "tiny_animatediff": ["animatediff", "cameractrl", "cvd"],
+FAMILY_MODELS = {  # backbone family -> models (conf/model) that run on it (check_combination's pairs)
+    "dynamicrafter": ["dynamicrafter", "motionctrl", "cameractrl", "cami2v", "cvd"],
+    "animatediff": ["animatediff", "motionctrl", "cameractrl", "cami2v", "cvd"],
+}
+PAIRS = {  # backbone config -> models
+    "dynamicrafter_256": FAMILY_MODELS["dynamicrafter"],
+    "dynamicrafter_512": FAMILY_MODELS["dynamicrafter"],
+    "animatediff": FAMILY_MODELS["animatediff"],
+    "tiny_dynamicrafter": FAMILY_MODELS["dynamicrafter"],
+    "tiny_animatediff": FAMILY_MODELS["animatediff"],
 }
 
 
@@ -113,6 +121,13 @@ def _reset_peak(device: torch.device) -> int:
     return _rss_kib("VmRSS") * 1024
 
 
+def _total(device: torch.device, base: int) -> int:
+    """The process's peak over the measured call, everything it holds included."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return _rss_kib("VmHWM") * 1024
+
+
 def _peak(device: torch.device, base: int) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -139,44 +154,98 @@ def batch_for(cfg, batch_size: int, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def tokenizer_folder(path: Path) -> Path:
+    """A stand-in CLIP BPE tokenizer (one id per character, no merges) for the full-size text towers,
+    whose real tokenizer files are not here. Captions are padded to 77 tokens either way, so the
+    tower's cost is that of the real one."""
+    vocab = {}
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = 49406
+    vocab["<|endoftext|>"] = 49407
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
+    return path
+
+
+def _give_tokenizer(method, folder: Path) -> None:
+    """Full-size text towers without their released tokenizer get the stand-in one."""
+    text = getattr(method, "text_encoder", None) or getattr(method, "cond_stage_model", None)
+    if hasattr(text, "load_tokenizer") and getattr(text, "tokenizer", None) is None:  # SD1.5 CLIP (AnimateDiff)
+        text.load_tokenizer(folder)
+    elif hasattr(text, "tokenizer_path") and not (text.tokenizer_path and (text.tokenizer_path / "vocab.json").is_file()):
+        text.tokenizer_path = folder  # OpenCLIP (DynamiCrafter) without its tokenizer files
+
+
 def run_case(args) -> dict:
     """One (model, phase) measurement, in this (child) process."""
+    import tempfile
+
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # random weights must not wander into slow denormal arithmetic
     cfg = compose(args.model, args.backbone, [f"backbone.height={args.height}", f"backbone.width={args.width}",
                                               f"backbone.num_frames={args.frames}"])
+    t0 = time.perf_counter()
     method = build(cfg, device=device, gradient_checkpointing=args.grad_checkpointing)
+    build_s = time.perf_counter() - t0
     method.freeze_base()
+    _give_tokenizer(method, tokenizer_folder(Path(tempfile.mkdtemp()) / "tokenizer"))
     batch = batch_for(cfg, args.batch, device)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else (lambda: torch.autocast(
         device.type, enabled=False))
-    out = {"model": args.model, "phase": args.phase}
+    out = {"model": args.model, "phase": args.phase, "build_s": build_s,
+           "params": count(method.parameters())}
     if args.phase == "inference":
-        from camvid.diffusion.sampler import sample_video
+        from camvid.diffusion.sampler import prepare_conditions, sample_latents
 
         method.eval()
         guidance = dict(cfg.model.guidance)
 
-        def call():
+        def call() -> list[float]:
+            marks = [time.perf_counter()]
             with torch.no_grad(), autocast():
-                sample_video(method, batch, num_steps=args.steps, guidance=guidance,
-                             generator=torch.Generator(device=device).manual_seed(0))
+                cond, shape = prepare_conditions(method, batch, None)  # encoders: video, text, image
+                _sync(device)
+                marks.append(time.perf_counter())
+                z0 = sample_latents(method, cond, latent_shape=shape, num_steps=args.steps, guidance=guidance,
+                                    generator=torch.Generator(device=device).manual_seed(0))
+                _sync(device)
+                marks.append(time.perf_counter())
+                method.decode_latents(z0)
+                _sync(device)
+                marks.append(time.perf_counter())
+            return [b - a for a, b in zip(marks, marks[1:])]
 
-        call()
-        base = _reset_peak(device)
-        times = []
-        for _ in range(args.repeat):
-            _sync(device)
-            t0 = time.perf_counter()
+        for _ in range(args.warmup):
             call()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        out.update(peak=_peak(device, base), time=min(times), per_step=min(times) / args.steps)
+        base = _reset_peak(device)
+        runs = [call() for _ in range(args.repeat)]
+        best = min(runs, key=sum)
+        out.update(peak=_peak(device, base), total=_total(device, base), encode=best[0],
+                   per_step=best[1] / args.steps, decode=best[2])
         return out
 
     from camvid.diffusion.losses import diffusion_loss
 
     method.train()
+    if args.cache_encoders:
+        # the frozen encoders (VAE, text and image towers) run once here, and their weights are freed:
+        # the timed step is then the denoiser's (UNet, projector, camera modules) plus the optimizer
+        with torch.no_grad():
+            x0 = method.encode_video(batch["video"])
+            cached = method.conditions(batch, x0)
+        method.encode_video = lambda video: x0
+        method.conditions = lambda batch, latents=None: cached
+        for encoder in method.encoder_modules():
+            encoder.to("meta")
+        out["encoders_cached"] = True
     params = [p for p in method.parameters() if p.requires_grad]
     if args.zero1:
         import torch.distributed as dist
@@ -192,7 +261,7 @@ def run_case(args) -> dict:
         optim = torch.optim.AdamW(params, lr=1e-5)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def step(timed: bool):
+    def step() -> list[float]:
         marks = []
         _sync(device)
         marks.append(time.perf_counter())
@@ -209,27 +278,34 @@ def run_case(args) -> dict:
         marks.append(time.perf_counter())
         return [b - a for a, b in zip(marks, marks[1:])]
 
-    step(False)  # warm-up: optimizer state allocated here
+    for _ in range(args.warmup):  # without one, the timed optimizer step also creates its state
+        step()
     base = _reset_peak(device)
-    runs = [step(True) for _ in range(args.repeat)]
-    out.update(peak=_peak(device, base), forward=min(r[0] for r in runs), backward=min(r[1] for r in runs),
-               optimizer=min(r[2] for r in runs), trainable=count(params))
+    runs = [step() for _ in range(args.repeat)]
+    out.update(peak=_peak(device, base), total=_total(device, base), forward=min(r[0] for r in runs),
+               backward=min(r[1] for r in runs), optimizer=min(r[2] for r in runs), trainable=count(params))
     return out
 
 
 def speed_table(args) -> list[dict]:
     rows = []
+    flags = ("grad_checkpointing", "zero1", "cache_encoders")
+    skip = ("command", "models", "model", "phase", "phases", *flags)
     for model in args.models.split(","):
-        for phase in ("inference", "training"):
+        for phase in args.phases.split(","):
             cmd = [sys.executable, __file__, "_case", "--model", model, "--phase", phase,
-                   *[f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                     if k not in ("command", "models", "model", "phase", "grad_checkpointing", "zero1")],
-                   *(["--grad-checkpointing"] if args.grad_checkpointing else []), *(["--zero1"] if args.zero1 else [])]
+                   *[f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in skip],
+                   *[f"--{k.replace('_', '-')}" for k in flags if getattr(args, k)]]
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
             if proc.returncode:
                 raise RuntimeError(f"{model} {phase} failed:\n{proc.stderr[-3000:]}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: full-size cases take minutes
     return rows
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
 def _gib(n: int) -> str:
@@ -238,20 +314,30 @@ def _gib(n: int) -> str:
 
 def print_speed(rows: list[dict], args) -> None:
     print(f"backbone={args.backbone} {args.height}x{args.width}, {args.frames} frames, batch {args.batch}, "
-          f"{args.device}, {args.precision}, grad checkpointing {args.grad_checkpointing}, zero1 {args.zero1}, "
-          f"inference = {args.steps} DDIM steps with the model's guidance")
+          f"{args.device}, {args.precision}, {args.threads or torch.get_num_threads()} threads, grad checkpointing "
+          f"{args.grad_checkpointing}, zero1 {args.zero1}, encoders cached in training {args.cache_encoders}; "
+          f"{args.warmup} warm-up + best of {args.repeat} timed"
+          + (f"; inference = {args.steps} DDIM step(s) with the model's guidance" if "inference" in args.phases else ""))
+    print("peak = the measured call's peak above the memory held before it; total = the process's peak "
+          "(weights, optimizer state and activations; on the CPU the resident-set high-water mark)")
     inf = {r["model"]: r for r in rows if r["phase"] == "inference"}
     tr = {r["model"]: r for r in rows if r["phase"] == "training"}
-    ref = next(iter(tr))
-    print("| model | inference peak GiB | s / step | training peak GiB | forward s | backward s | optimizer s | "
-          f"train step vs {ref} |")
-    print("|---|---|---|---|---|---|---|---|")
-    ref_total = sum(tr[ref][k] for k in ("forward", "backward", "optimizer"))
-    for model in tr:
-        total = sum(tr[model][k] for k in ("forward", "backward", "optimizer"))
-        print(f"| {model} | {_gib(inf[model]['peak'])} | {inf[model]['per_step']:.3f} | {_gib(tr[model]['peak'])} | "
-              f"{tr[model]['forward']:.3f} | {tr[model]['backward']:.3f} | {tr[model]['optimizer']:.3f} | "
-              f"{total / ref_total:.2f}x |")
+    if inf:
+        print("\n| model | params | inference total GiB | peak GiB | encode s | s / DDIM step | decode s |")
+        print("|---|---|---|---|---|---|---|")
+        for model, r in inf.items():
+            print(f"| {model} | {_count(r['params'])} | {_gib(r['total'])} | {_gib(r['peak'])} | {r['encode']:.1f} | "
+                  f"{r['per_step']:.1f} | {r['decode']:.1f} |")
+    if tr:
+        ref = next(iter(tr))
+        ref_total = sum(tr[ref][k] for k in ("forward", "backward", "optimizer"))
+        print(f"\n| model | trainable | training total GiB | peak GiB | forward s | backward s | optimizer s | "
+              f"step vs {ref} |")
+        print("|---|---|---|---|---|---|---|---|")
+        for model, r in tr.items():
+            total = sum(r[k] for k in ("forward", "backward", "optimizer"))
+            print(f"| {model} | {_count(r['trainable'])} | {_gib(r['total'])} | {_gib(r['peak'])} | "
+                  f"{r['forward']:.2f} | {r['backward']:.2f} | {r['optimizer']:.2f} | {total / ref_total:.2f}x |")
 
 
 def main() -> None:
@@ -266,7 +352,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs (the best is reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in each case (0: torch's default)")
+    parser.add_argument("--phases", default="inference,training")
+    parser.add_argument("--cache-encoders", action="store_true",
+                        help="training: run the frozen encoders once before timing and free their weights "
+                             "(fits a small machine; forward then excludes them)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--zero1", action="store_true", help="ZeroRedundancyOptimizer (under torchrun: sharded)")

@@ -4,19 +4,23 @@ Writes ``--clips`` clips of 16 frames at 256x256 as JPEG (quality 95) shards, th
 count W in ``--workers``:
 
 - loader: clips/s delivered by ``build_dataloader`` (training stream, batch 1, 16 frames, no
-  resize) with W DataLoader workers, after the first batch (worker start-up excluded);
+  resize) with W DataLoader workers, from the arrival of the first batch to that of the last
+  (worker start-up and shut-down excluded);
 - decode limit: clips/s of decoding exactly those JPEG frames (``camvid.data.decode.decode_image``,
-  the loader's decoder) in max(W, 1) processes, nothing else.
+  the loader's decoder) in max(W, 1) processes that hold the frames already and do nothing else
+  (a pool forked after the frames were read; only clip numbers and CPU times cross processes).
 
-``ratio`` = loader / decode limit; the loader's other work (tar reading, batching, moving uint8
-tensors between processes) is what it loses. CPU ms per clip (all processes of each side; for the
-loader the workers' start-up is included) gives the same comparison independent of how much of the
-machine other programs leave: ``CPU ratio`` = decode CPU / loader CPU. Each number is the best of ``--repeats`` rounds, the
-rounds interleaved so that load from other programs affects both sides alike. A decoder table
-compares PIL, simplejpeg and PyTurboJPEG (where installed) decoding the same frames in one process.
+``ratio`` = loader / decode limit; the loader's other work (tar reading, pose parsing, batching,
+handing uint8 video to the main process) is what it loses. CPU ms per clip (all processes of each
+side; for the loader the workers' start-up is included) shows the same from the CPU side: ``CPU
+ratio`` = decode CPU / loader CPU. Rounds are interleaved (per round, per W: decode, then loader)
+so that load from other programs affects both sides alike; the table shows the median of
+``--repeats`` rounds and the range of the per-round ratios. A decoder table compares PIL,
+simplejpeg, PyTurboJPEG and OpenCV (where installed: ``pip install -e ".[bench]"``) decoding the
+same frames in one process, with the largest pixel difference from PIL.
 
-    .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 3 repeats
-    .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 5 --json out.json
+    .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 5 repeats
+    .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 3 --json out.json
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def write_clips(out: Path, num_clips: int, shard_size: int, seed: int = 0) -> li
             if writer is not None:
                 writer.close()
             shards.append({"name": f"shard-{len(shards):06d}.tar", "count": 0})
-            writer = wds.TarWriter(str(out / shards[-1]["name"]))
+            writer = wds.TarWriter(str(out / shards[-1]["name"]), mtime=0)  # as data_prep writes them
         frames = []
         for _ in range(FRAMES):
             buf = io.BytesIO()
@@ -86,12 +90,15 @@ def write_clips(out: Path, num_clips: int, shard_size: int, seed: int = 0) -> li
     return clips
 
 
-def _decode_clip(frames: list[bytes]) -> float:
-    """Decode one clip; returns the CPU seconds it took in this process."""
+_CLIPS: list[list[bytes]] = []  # the frames; set before the decode pools fork, so tasks are clip numbers
+
+
+def _decode_clip(index: int) -> float:
+    """Decode clip ``index`` of ``_CLIPS``; returns the CPU seconds it took in this process."""
     from camvid.data.decode import decode_image
 
     start = time.process_time()
-    for f in frames:
+    for f in _CLIPS[index]:
         decode_image(f)
     return time.process_time() - start
 
@@ -101,18 +108,21 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def decode_limit(clips: list[list[bytes]], processes: int, n: int, pool=None) -> tuple[float, float]:
-    """(clips/s, CPU ms per clip) decoding ``n`` clips (cycling through ``clips``) in ``processes`` processes."""
-    work = [clips[i % len(clips)] for i in range(n)]
+def decode_limit(processes: int, n: int, pool=None) -> tuple[float, float]:
+    """(clips/s, CPU ms per clip) decoding ``n`` clips (cycling through ``_CLIPS``) in ``processes``
+    processes: ``pool`` (already started, holding the frames since the fork) or this process. Only
+    clip numbers and CPU times travel between processes, so the rate is the decoders' alone."""
+    work = [i % len(_CLIPS) for i in range(n)]
     start = time.perf_counter()
     cpu = sum(pool.map(_decode_clip, work, chunksize=1) if pool is not None else map(_decode_clip, work))
     return n / (time.perf_counter() - start), 1e3 * cpu / n
 
 
 def loader_rate(shards: Path, workers: int, n: int) -> tuple[float, float]:
-    """(clips/s, CPU ms per clip over the main process and its workers) of the training stream over
-    ``n`` batches of one clip, after its first batch (worker start-up is not throughput; the CPU
-    figure includes it, and the first clip, since worker CPU is only known once they exit)."""
+    """(clips/s, CPU ms per clip over the main process and its workers) of the training stream:
+    ``n`` batches of one clip timed from the arrival of the first batch to that of the last (worker
+    start-up and shut-down are not throughput; the CPU figure includes them, and the first clip,
+    since worker CPU is only known once they exit)."""
     from camvid.data.loader import build_dataloader
 
     loader = build_dataloader(str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1,
@@ -121,24 +131,28 @@ def loader_rate(shards: Path, workers: int, n: int) -> tuple[float, float]:
     it = iter(loader)
     next(it)
     start = time.perf_counter()
-    got = sum(1 for _ in it)  # the epoch ends: workers exit and are joined
-    rate = got / (time.perf_counter() - start)
-    del it
+    got = 0
+    for _ in it:
+        got += 1
+        end = time.perf_counter()
+    del it  # the epoch has ended: workers exit and are joined
     cpu = (time.process_time() - cpu0) + (_children_cpu() - kids0)
-    return rate, 1e3 * cpu / (got + 1)
+    return got / (end - start), 1e3 * cpu / (got + 1)
 
 
-def decoders(clips: list[list[bytes]], n: int) -> dict[str, float | str]:
-    """frames/s per decoder in this process, same frames; a string says why one is missing."""
+def decoders(clips: list[list[bytes]], n: int) -> dict[str, dict | str]:
+    """frames/s per decoder in this process on the same frames, and the largest pixel difference
+    from PIL's output; a string says why a decoder is missing."""
     from camvid.data.decode import decode_with
 
     frames = [f for clip in clips for f in clip][:n]
-    out: dict[str, float | str] = {}
-    for name in ("pil", "simplejpeg", "turbojpeg"):
+    reference = [decode_with("pil")(f).astype(np.int16) for f in frames]
+    out: dict[str, dict | str] = {}
+    for name in ("pil", "simplejpeg", "turbojpeg", "opencv"):
         try:
             fn = decode_with(name)
             fn(frames[0])
-        except (ImportError, OSError, RuntimeError) as err:
+        except (ImportError, OSError, RuntimeError, AttributeError) as err:
             out[name] = f"not available ({type(err).__name__}: {str(err).splitlines()[0][:60]})"
             continue
         best = 0.0
@@ -147,8 +161,13 @@ def decoders(clips: list[list[bytes]], n: int) -> dict[str, float | str]:
             for f in frames:
                 fn(f)
             best = max(best, len(frames) / (time.perf_counter() - start))
-        out[name] = best
+        diff = max(int(np.abs(fn(f).astype(np.int16) - ref).max()) for f, ref in zip(frames, reference))
+        out[name] = {"frames_per_s": best, "max_abs_diff_vs_pil": diff}
     return out
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -156,9 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--clips", type=int, default=32, help="distinct clips written (16 JPEG frames each)")
     p.add_argument("--batches", type=int, default=48, help="clips timed per measurement")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4])
-    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best of each is kept")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the table shows their medians")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
+    if args.repeats < 1 or args.batches < 2 or args.clips < 1 or min(args.workers) < 0:
+        p.error("--repeats and --clips must be >= 1, --batches >= 2, --workers >= 0")
 
     from camvid.data.decode import jpeg_backend
 
@@ -168,43 +189,51 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "shards"
-        clips = write_clips(shards, args.clips, shard_size=4)
-        size_kb = np.mean([len(f) for c in clips for f in c]) / 1024
-        best = {w: {"loader": 0.0, "decode": 0.0, "loader_cpu_ms": 1e9, "decode_cpu_ms": 1e9} for w in args.workers}
+        _CLIPS[:] = write_clips(shards, args.clips, shard_size=4)
+        size_kb = np.mean([len(f) for c in _CLIPS for f in c]) / 1024
+        rounds: dict[int, list[dict]] = {w: [] for w in args.workers}
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         pools = {w: ctx.Pool(w) for w in args.workers if w > 1}
         try:
             for pool in pools.values():
-                pool.map(_decode_clip, clips[:len(pool._pool)])  # start and warm the processes
+                pool.map(_decode_clip, range(len(pool._pool)))  # start and warm the processes
             for _ in range(args.repeats):
                 for w in args.workers:
-                    rate, cpu = decode_limit(clips, max(w, 1), args.batches, pools.get(w))
-                    best[w]["decode"], best[w]["decode_cpu_ms"] = max(best[w]["decode"], rate), min(
-                        best[w]["decode_cpu_ms"], cpu)
-                    rate, cpu = loader_rate(shards, w, args.batches)
-                    best[w]["loader"], best[w]["loader_cpu_ms"] = max(best[w]["loader"], rate), min(
-                        best[w]["loader_cpu_ms"], cpu)
+                    decode, decode_cpu = decode_limit(max(w, 1), args.batches, pools.get(w))
+                    loader, loader_cpu = loader_rate(shards, w, args.batches)
+                    rounds[w].append({"loader": loader, "decode": decode, "ratio": loader / decode,
+                                      "loader_cpu_ms": loader_cpu, "decode_cpu_ms": decode_cpu,
+                                      "cpu_ratio": decode_cpu / loader_cpu})
         finally:
             for pool in pools.values():
                 pool.terminate()
-        dec = decoders(clips, 8 * FRAMES)
+        dec = decoders(_CLIPS, 8 * FRAMES)
 
-    rows = [{"workers": w, "decode_processes": max(w, 1), **best[w], "ratio": best[w]["loader"] / best[w]["decode"],
-             "cpu_ratio": best[w]["decode_cpu_ms"] / best[w]["loader_cpu_ms"]} for w in args.workers]
+    keys = ("loader", "decode", "ratio", "loader_cpu_ms", "decode_cpu_ms", "cpu_ratio")
+    rows = [{"workers": w, "decode_processes": max(w, 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
+             "ratio_range": [min(r["ratio"] for r in rounds[w]), max(r["ratio"] for r in rounds[w])],
+             "rounds": rounds[w]} for w in args.workers]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = {"clip": f"{FRAMES}x{SIZE}x{SIZE} JPEG q95, {size_kb:.0f} KB/frame", "decoder": jpeg_backend(),
-              "cpus": os.cpu_count(), "python": platform.python_version(), "rows": rows,
-              "decoders_frames_per_s": dec}
-    print(f"clips: {result['clip']}; loader decoder: {result['decoder']}; {result['cpus']} CPUs; "
-          f"best of {args.repeats} interleaved rounds of {args.batches} clips")
-    print(f"{'workers':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6}   "
+              "cpus": os.cpu_count(), "load_average_1min": load, "python": platform.python_version(),
+              "repeats": args.repeats, "batches": args.batches, "rows": rows, "decoders_frames_per_s": dec}
+    print(f"clips: {result['clip']}; loader decoder: {result['decoder']}; {result['cpus']} CPUs, load average "
+          f"{load:.1f} at the end; medians of {args.repeats} interleaved rounds of {args.batches} clips")
+    print(f"{'workers':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} {'(range)':>11}   "
           f"{'loader CPU ms/clip':>18} {'decode CPU ms/clip':>18} {'CPU ratio':>9}")
     for r in rows:
-        print(f"{r['workers']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f}   "
-              f"{r['loader_cpu_ms']:>18.1f} {r['decode_cpu_ms']:>18.1f} {r['cpu_ratio']:>9.2f}")
-    print("JPEG decoders, one process, same frames (frames/s, ratio to PIL):")
+        lo, hi = r["ratio_range"]
+        print(f"{r['workers']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
+              f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} {r['decode_cpu_ms']:>18.1f} "
+              f"{r['cpu_ratio']:>9.2f}")
+    print("JPEG decoders, one process, same frames (frames/s, ratio to PIL, largest pixel difference from PIL):")
     pil = dec.get("pil")
     for name, v in dec.items():
-        shown = f"{v:8.0f}  x{v / pil:.2f}" if isinstance(v, float) and isinstance(pil, float) else str(v)
+        if isinstance(v, dict) and isinstance(pil, dict):
+            shown = (f"{v['frames_per_s']:8.0f}  x{v['frames_per_s'] / pil['frames_per_s']:.2f}  "
+                     f"max |diff| {v['max_abs_diff_vs_pil']}")
+        else:
+            shown = str(v)
         print(f"  {name:>10}: {shown}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

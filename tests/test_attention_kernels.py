@@ -67,16 +67,16 @@ def test_dense_matches_explicit_reference_with_empty_rows(registers):
         assert torch.equal(out[:, 0], torch.zeros_like(out[:, 0]))
 
 
-@pytest.mark.parametrize("tile_hw", [(1, 1), (2, 2), (2, 4)])
+@pytest.mark.parametrize("tile_hw,tile_frames", [((1, 1), 1), ((2, 2), 1), ((2, 4), 1), ((2, 2), 3)])
 @pytest.mark.parametrize("registers", [0, 2])
-def test_sparse_equals_dense_forward_and_grads(tile_hw, registers):
+def test_sparse_equals_dense_forward_and_grads(tile_hw, tile_frames, registers):
     B, T, h, w, H, D = 2, 3, 4, 4, 2, 8
     L = T * h * w
     mask = random_mask(B, L, L, 0.08, seed=4, empty_rows=(1, 17))
     g = torch.Generator().manual_seed(5)
     reg = [torch.randn(1, H, registers, D, generator=g).requires_grad_() for _ in range(2)] if registers else [None] * 2
     q, k, v = qkv(B, L, L, H, D, seed=6, requires_grad=True)
-    plan = build_tile_plan((h, w), mask=mask, tile_hw=tile_hw, chunk_keys=64)  # many small chunks
+    plan = build_tile_plan((h, w), mask=mask, tile_hw=tile_hw, tile_frames=tile_frames, chunk_keys=64)  # many chunks
     assert len(plan.chunks) > 1
     out_s = tiled_sparse_attention(q, k, v, plan, *reg)
     out_d = dense(q, k, v, mask, *reg)
@@ -120,5 +120,7 @@ def test_bad_inputs_raise_clear_errors():
         pad_mask_for_registers(torch.zeros(1, 2, 2), 0)
     with pytest.raises(ValueError, match="divide"):
         build_tile_plan((3, 3), mask=torch.zeros(1, 9, 9, dtype=torch.bool), tile_hw=(2, 2))
+    with pytest.raises(ValueError, match="tile_frames=2 does not divide the 3 query frames"):
+        build_tile_plan((2, 2), mask=torch.zeros(1, 12, 12, dtype=torch.bool), tile_frames=2)
     with pytest.raises(ValueError, match="exactly one"):
         build_tile_plan((2, 2))

@@ -114,8 +114,10 @@ def test_plan_from_runs_lists_exactly_the_mask():
     for mode in ("all", "ref"):
         runs = geo.epipolar_runs(K, c2w, (64, 96), (8, 12), mode=mode, ref_index=torch.tensor([0, 2]))
         dense = runs.rows(0, runs.num_queries)  # (B, Lq, Lk)
-        for tile in [(1, 1), (2, 4), (4, 6), (8, 12)]:
-            plan = build_tile_plan_from_runs(runs.start, runs.end, (8, 12), tile_hw=tile, chunk_keys=97)
+        for tile, frames in [((1, 1), 1), ((2, 4), 1), ((4, 6), 1), ((8, 12), 1), ((2, 4), 3), ((1, 2), 3)]:
+            plan = build_tile_plan_from_runs(runs.start, runs.end, (8, 12), tile_hw=tile, tile_frames=frames,
+                                             chunk_keys=97)
+            assert plan.chunks[0].query_ids.shape[1] == tile[0] * tile[1] * frames
             rebuilt = torch.zeros(dense.numel() + 1, dtype=torch.bool)
             seen = torch.zeros(plan.batch * plan.num_queries, dtype=torch.long)
             for c in plan.chunks:
@@ -124,7 +126,7 @@ def test_plan_from_runs_lists_exactly_the_mask():
                     c.key_ids)), "a tile gathers keys of its own sample only"
                 rebuilt[torch.where(c.mask, flat, dense.numel())] = True
                 seen[c.query_ids.flatten()] += 1
-            assert torch.equal(rebuilt[:-1].view_as(dense), dense), (mode, tile)
+            assert torch.equal(rebuilt[:-1].view_as(dense), dense), (mode, tile, frames)
             assert bool((seen == 1).all()), "every query is in exactly one tile"
             assert plan.computed_pairs >= int(dense.sum())
 

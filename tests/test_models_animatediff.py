@@ -367,8 +367,13 @@ def test_full_size_build_names_missing_weights_before_and_after(tmp_path):
     torch.manual_seed(0)
     _write_official_files(_full_small("cameractrl"), tmp_path)
     (tmp_path / "v3_sd15_mm.ckpt").unlink()
-    with pytest.raises(RuntimeError, match=r"stay on meta, e\.g\. \['unet\.down_blocks\.0\.motion_modules"):
+    (tmp_path / "CameraCtrl.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"needs v3_sd15_mm.ckpt \(huggingface.co/guoyww/animatediff\), "
+                                                r"CameraCtrl.ckpt \(huggingface.co/hehao13/CameraCtrl\) in that folder"):
         _full_small("cameractrl", pretrained=tmp_path)
+    # the SD1.5 encoders are needed too when the model's own (full-size) encoders are to be filled
+    with pytest.raises(FileNotFoundError, match=r"stable-diffusion-v1-5/vae/ \(huggingface.co/stable-diffusion-v1-5"):
+        build_animatediff_method("animatediff", "full", pretrained=tmp_path)
 
 
 @pytest.mark.parametrize("method", ["cvd", "motionctrl", "cami2v"])
@@ -377,3 +382,77 @@ def test_full_size_meta_dry_run_allocates_nothing(method):
     model = build_animatediff_method(method, "full", attn=attn, device="meta")
     real = [n for n, p in model.named_parameters() if not p.is_meta]
     assert real == [] and sum(p.numel() for p in model.parameters()) > 1_000_000_000
+
+
+def _cvd_file(path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"unet_trainable_dict": state}, path)
+
+
+@pytest.mark.parametrize("where", ["method_ckpt", "folder"])
+def test_cvd_ckpt_fills_sync_modules_built_on_meta(tmp_path, monkeypatch, where):
+    """CVD.ckpt given (method_ckpt= or in the weights folder): the sync modules are built with meta
+    parameters and materialised by its strict load, as every other loaded part."""
+    from camvid.models.animatediff import checkpoints
+    from camvid.models.animatediff.builder import meta_tensors
+
+    torch.manual_seed(3)
+    src = _full_small("cvd")
+    with torch.no_grad():
+        for p in [*src.unet.parameters(), *src.pose_encoder.parameters()]:
+            p.add_(torch.randn_like(p) * 0.02)  # the epi modules' zero output layers included
+    _write_official_files(src, tmp_path / "base", cvd=where == "folder")
+    epi = {k: v for k, v in convert_to_official_state_dict(src.unet.state_dict()).items()
+           if ".epi_modules." in k and "coords" not in k}
+    if where == "method_ckpt":
+        _cvd_file(tmp_path / "released" / "CVD.ckpt", epi)
+    seen = []
+    load_cvd = checkpoints.load_cvd
+    monkeypatch.setattr(checkpoints, "load_cvd", lambda model, path: (
+        seen.append(sorted({p.device.type for p in model.sync.parameters()})), load_cvd(model, path))[1])
+    kw = {"method_ckpt": tmp_path / "released" / "CVD.ckpt"} if where == "method_ckpt" else {}
+    model = _full_small("cvd", pretrained=tmp_path / "base", **kw)
+    assert seen == [["meta"]]  # nothing allocated for them before the file was read
+    assert meta_tensors(model) == []
+    for key, value in src.state_dict().items():
+        if key.startswith(("unet.", "pose_encoder.")):
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    assert any(".epi_modules." in k for k in model.state_dict())
+    if where == "folder":
+        return  # the same load as method_ckpt=; the output check below runs once
+    batch = make_batch(B=2, num_views=2)
+    with torch.no_grad():
+        z = model.encode_video(batch["video"])
+        cond, t = model.conditions(batch, z), torch.tensor((10, 700))
+        torch.testing.assert_close(model.eval().denoise(z, t, cond), src.eval().denoise(z, t, cond))
+
+
+def test_cvd_ckpt_load_is_strict_and_wrong_kinds_fail_before_building(tmp_path, monkeypatch):
+    from camvid.models.animatediff import builder
+
+    torch.manual_seed(0)
+    src = _full_small("cvd")
+    _write_official_files(src, tmp_path / "base")
+    epi = {k: v for k, v in convert_to_official_state_dict(src.unet.state_dict()).items()
+           if ".epi_modules." in k and "coords" not in k}
+    first = sorted(epi)[0]
+    bad = {k: v for k, v in epi.items() if k != first} | {"down_blocks.0.epi_modules.0.extra.weight": epi[first]}
+    _cvd_file(tmp_path / "bad" / "CVD.ckpt", bad)
+    with pytest.raises(ValueError, match=rf"CVD.ckpt \[unet_trainable_dict\]: 1 missing key\(s\) \['{first}'\], "
+                                         r"1 unexpected key\(s\) \['down_blocks.0.epi_modules.0.extra.weight'\]"):
+        _full_small("cvd", pretrained=tmp_path / "base", method_ckpt=tmp_path / "bad" / "CVD.ckpt")
+
+    # wrong-kind files are named from their keys before anything is built
+    monkeypatch.setattr(builder, "build_unet", lambda *a, **k: pytest.fail("built before checking the files"))
+    with pytest.raises(ValueError, match="CVD.ckpt but model=cameractrl has no CVD sync modules; use model=cvd"):
+        build_animatediff_method("cameractrl", "full", pretrained=tmp_path / "base",
+                                 method_ckpt=tmp_path / "bad" / "CVD.ckpt")
+    with pytest.raises(ValueError, match="CameraCtrl.ckpt but model=animatediff has no CameraCtrl modules"):
+        build_animatediff_method("animatediff", "full", pretrained=tmp_path / "base",
+                                 method_ckpt=tmp_path / "base" / "CameraCtrl.ckpt")
+    with pytest.raises(ValueError, match=r"v3_sd15_mm.ckpt: not an AnimateDiff method file; it has keys \['state_dict'\]"):
+        build_animatediff_method("cvd", "full", attn="cross_video", pretrained=tmp_path / "base",
+                                 method_ckpt=tmp_path / "base" / "v3_sd15_mm.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"a file: the AnimateDiff family's pretrained= is a folder.*"
+                                                r"huggingface.co/guoyww/animatediff"):
+        build_animatediff_method("cvd", "full", attn="cross_video", pretrained=tmp_path / "base" / "CameraCtrl.ckpt")

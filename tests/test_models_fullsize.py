@@ -110,6 +110,26 @@ def test_wrong_kind_files_are_named_before_allocation(tmp_path):
         model.load_weights(tmp_path / "model.ckpt", kind="method")
 
 
+def test_wrong_kind_files_fail_before_the_real_build(tmp_path, monkeypatch):
+    """Without device="meta" the files are checked against a model built on meta first: nothing is
+    built for real (no camera modules) and no base is loaded before a wrong-kind file is named."""
+    from camvid.models.dynamicrafter import builder
+
+    devices = []
+    real_build = builder._build
+    monkeypatch.setattr(builder, "_build", lambda *a, **k: (devices.append(str(torch.get_default_device())),
+                                                           real_build(*a, **k))[1])
+    torch.save({"pose_encoder_state_dict": {}, "attention_processor_state_dict": {}}, tmp_path / "CameraCtrl.ckpt")
+    with pytest.raises(ValueError, match=r"CameraCtrl.ckpt: the file looks like CameraCtrl's AnimateDiff checkpoint"):
+        build_dynamicrafter_method("cami2v", "256", pretrained=str(tmp_path / "CameraCtrl.ckpt"))
+    _meta_file(tmp_path / "model.ckpt", load_manifest("dynamicrafter_256x256"))
+    with pytest.raises(ValueError, match=r"model.ckpt: \d+ parameters of cami2v are missing, e\.g\. \['model\.diffusion"
+                                         r".*The file looks like a full DynamiCrafter-family checkpoint"):
+        build_dynamicrafter_method("cami2v", "256", pretrained=str(tmp_path / "model.ckpt"),
+                                   method_ckpt=str(tmp_path / "model.ckpt"))
+    assert devices == ["meta", "meta"]  # one shadow build per call, nothing built for real
+
+
 # ----------------------------------------------------------------------------- encoder key mappings
 
 SMALL_TEXT = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,

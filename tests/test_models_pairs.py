@@ -188,3 +188,21 @@ def test_cvd_on_dynamicrafter_starts_as_cameractrl_and_couples_the_pair():
     hook.remove()
     assert not calls and torch.equal(free, moved)
     assert not torch.allclose(free[0], coupled[0], atol=1e-5)
+
+
+def test_parameter_table_lists_every_pair_check_combination_allows():
+    """``benchmarks/backbone.py params`` prints every model x backbone that runs."""
+    import importlib.util
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("backbone_bench", root / "benchmarks" / "backbone.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for backbone in sorted((root / "conf" / "backbone").glob("*.yaml")):
+        family = OmegaConf.load(backbone).family
+        allowed = sorted(m.stem for m in (root / "conf" / "model").glob("*.yaml")
+                         if family in OmegaConf.load(m).families)
+        assert sorted(bench.PAIRS[backbone.stem]) == allowed, backbone.stem

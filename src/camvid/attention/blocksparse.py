@@ -1,15 +1,15 @@
 """Exact block-sparse attention over a :class:`~camvid.attention.sparse.TilePlan`, forward and backward.
 
-A plan lists, per query tile (a few cells of one frame), the keys its bands touch and the tile's
+A plan lists, per query tile (a few cells of a few frames), the keys its bands touch and the tile's
 (Q, U) sub-mask. Tiles with similar key counts are packed into chunks; one chunk of n tiles is a
 single call of PyTorch's fused CPU attention kernel (``_scaled_dot_product_flash_attention_for_cpu``)
 on the gathered blocks, batch n x heads, queries Q, keys R + U (the register tokens are rows 0..R-1
 of an extended key tensor and open to every query), with the sub-mask as an additive bias. So the
-Python loop runs over chunks (tens to hundreds per level), never over queries or tiles.
+Python loop runs over chunks (tens per level), never over queries or tiles.
 
 The backward pass re-gathers each chunk and calls the fused kernel's backward with the forward's
-saved output and log-sum-exp (recomputation, as FlashAttention): memory stays at one chunk, and
-the gathered keys' gradients are scattered back with one ``index_add_`` per chunk.
+saved output and log-sum-exp (recomputation, as FlashAttention): no scores are stored, and the
+gathered keys' and values' gradients are scattered back with one ``index_add_`` each per chunk.
 
 A query with no key and no register is a fully masked row: the fused kernel returns 0 for it and
 passes no gradient through it, the convention of every path here.
@@ -18,40 +18,46 @@ passes no gradient through it, the convention of every path here.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
-__all__ = ["block_sparse_attention"]
+__all__ = ["block_sparse_attention", "prepare_plan"]
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
 class _Workspace:
-    """Buffers reused by every chunk of one call.
+    """Buffers reused by every chunk of one call, and by the next call on the same plan.
 
     Fresh multi-megabyte tensors on the CPU come from ``mmap`` and are paid for again in page
     faults on first touch, which made a gather 6x slower than the same gather into a reused buffer
-    (measured on the 2-core development host); the gathers therefore write into these buffers.
+    (measured on the 2-core development host); the gathers therefore write into these buffers. One
+    workspace lives on each plan (per thread), so every layer of a level reuses the same pages.
     """
 
-    def __init__(self, like: torch.Tensor):
-        self.like = like
+    def __init__(self):
         self.bufs: dict[str, torch.Tensor] = {}
 
-    def get(self, name: str, *shape: int, dtype=None) -> torch.Tensor:
+    def get(self, like: torch.Tensor, name: str, *shape: int) -> torch.Tensor:
         numel = math.prod(shape)
         buf = self.bufs.get(name)
-        if buf is None or buf.numel() < numel or (dtype is not None and buf.dtype != dtype):
-            buf = self.like.new_empty(numel, dtype=dtype)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+            buf = like.new_empty(numel)
             self.bufs[name] = buf
         return buf[:numel].view(shape)
+
+
+def _workspace(plan) -> _Workspace:
+    per_thread = plan.__dict__.setdefault("_workspaces", {})
+    return per_thread.setdefault(threading.get_ident(), _Workspace())
 
 
 def _gather_kv(ws, kv, idx, n):
     """Rows ``idx`` of the packed (tokens, 2, H, D) key/value tensor -> k, v (n, H, X, D) strided views."""
     _, _, H, D = kv.shape
-    out = ws.get("kv", idx.numel(), 2 * H * D)
+    out = ws.get(kv, "kv", idx.numel(), 2 * H * D)
     torch.index_select(kv.view(kv.shape[0], -1), 0, idx, out=out)
     out = out.view(n, -1, 2, H, D)
     return out[:, :, 0].transpose(1, 2), out[:, :, 1].transpose(1, 2)
@@ -82,19 +88,31 @@ def _chunk_inputs(chunk, R: int, dtype):
         n = chunk.key_ids.shape[0]
         regs = torch.arange(R, device=chunk.key_ids.device).expand(n, R)
         kids = torch.cat([regs, chunk.key_ids + R], dim=1).reshape(-1)
-        blocked = chunk.blocked
-        if R:
-            blocked = torch.nn.functional.pad(blocked, (R, 0), value=False)
-        bias = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
+        mask = chunk.mask  # (n, Q, U) True = attend; register columns 0..R-1 are always open
+        bias = torch.full((*mask.shape[:2], R + mask.shape[2]), float("-inf"), dtype=dtype, device=mask.device)
+        bias[..., :R] = 0.0
+        bias[..., R:].masked_fill_(mask, 0.0)
         cache.clear()  # one register count and dtype per level in practice: keep memory bounded
         cache[key] = (kids, bias.unsqueeze(1))
     return cache[key]
 
 
+def prepare_plan(plan, num_registers: int, dtype=torch.float32) -> None:
+    """Make every chunk's key ids and additive bias now (otherwise the first call makes them), so
+    the cost of a plan can be measured whole: the tiles and sub-masks plus these."""
+    for c in plan.chunks:
+        _chunk_inputs(c, num_registers, dtype)
+
+
 class _BlockSparseAttention(torch.autograd.Function):
-    """Queries are permuted once into chunk order, so each chunk reads and writes one contiguous slice
-    of them (no per-chunk query gather or output scatter); keys and values are packed side by side
-    and gathered with one ``index_select`` per chunk."""
+    """Queries are permuted once into chunk order, so each chunk reads one contiguous slice of them
+    (no per-chunk query gather); keys and values are packed side by side and gathered with one
+    ``index_select`` per chunk.
+
+    Every tensor op is a parallel region, and on a busy host each region can wait a scheduler
+    time slice for a descheduled worker thread; so a chunk costs exactly two ops forward (gather,
+    fused attention) and the outputs are joined once at the end, not copied chunk by chunk.
+    """
 
     @staticmethod
     def forward(ctx, q, k_ext, v_ext, R, plan):
@@ -103,34 +121,35 @@ class _BlockSparseAttention(torch.autograd.Function):
         ids, bounds = _tile_order(plan)
         qs = q.index_select(0, ids)  # (Nq', H, D) in chunk order
         kv = torch.stack([k_ext, v_ext], dim=1)  # (R + Nk, 2, H, D)
-        out_s = q.new_empty(qs.shape)
-        lse_s = q.new_empty(qs.shape[:2])
-        ws = _Workspace(q)
+        ws = _workspace(plan)
+        outs, lses = [], []
         for c, (a, b) in zip(plan.chunks, bounds):
             n, Q = c.query_ids.shape
             kids, bias = _chunk_inputs(c, R, q.dtype)
             kg, vg = _gather_kv(ws, kv, kids, n)
             o, lse_c = _flash(qs[a:b].view(n, Q, H, D).transpose(1, 2), kg, vg, attn_mask=bias)
-            out_s[a:b].view(n, Q, H, D).copy_(o.transpose(1, 2))
-            lse_s[a:b].view(n, Q, H).copy_(lse_c.transpose(1, 2))
+            outs.append(o.transpose(1, 2))  # (n, Q, H, D): the kernel's own memory order, no copy
+            lses.append(lse_c)  # (n, H, Q)
+        out_s = torch.cat(outs).view(-1, H, D) if len(outs) > 1 else outs[0].reshape(-1, H, D)
         out = q.new_zeros(Nq, H, D).index_copy_(0, ids, out_s)
         ctx.plan, ctx.R = plan, R
-        ctx.save_for_backward(q, k_ext, v_ext, out_s, lse_s)
+        ctx.save_for_backward(q, k_ext, v_ext, out_s, *lses)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k_ext, v_ext, out_s, lse_s = ctx.saved_tensors
+        q, k_ext, v_ext, out_s, *lses = ctx.saved_tensors
         plan, R = ctx.plan, ctx.R
         Nq, H, D = q.shape
         ids, bounds = _tile_order(plan)
         qs = q.index_select(0, ids)
         dos = dout.index_select(0, ids)
         kv = torch.stack([k_ext, v_ext], dim=1)
-        dq_s = torch.empty_like(qs)
-        dkv = torch.zeros_like(kv)
-        ws = _Workspace(q)
-        for c, (a, b) in zip(plan.chunks, bounds):
+        dk = torch.zeros_like(k_ext)
+        dv = torch.zeros_like(v_ext)
+        ws = _workspace(plan)
+        dqs = []
+        for c, (a, b), lg in zip(plan.chunks, bounds, lses):
             n, Q = c.query_ids.shape
             kids, bias = _chunk_inputs(c, R, q.dtype)
             kg, vg = _gather_kv(ws, kv, kids, n)
@@ -138,15 +157,13 @@ class _BlockSparseAttention(torch.autograd.Function):
             def view(t, a=a, b=b, n=n, Q=Q):
                 return t[a:b].view(n, Q, H, D).transpose(1, 2)
 
-            lg = lse_s[a:b].view(n, Q, H).transpose(1, 2).contiguous()
-            gq, gk, gv = _flash_backward(view(dos), view(qs), kg, vg, view(out_s), lg, 0.0, False, attn_mask=bias)
-            dq_s[a:b].view(n, Q, H, D).copy_(gq.transpose(1, 2))
-            gkv = ws.get("gkv", kids.numel(), 2, H, D)
-            gkv[:, 0].view(n, -1, H, D).copy_(gk.transpose(1, 2))
-            gkv[:, 1].view(n, -1, H, D).copy_(gv.transpose(1, 2))
-            dkv.index_add_(0, kids, gkv)
-        dq = torch.zeros_like(q).index_copy_(0, ids, dq_s)
-        return dq, dkv[:, 0], dkv[:, 1], None, None
+            gq, gk, gv = _flash_backward(view(dos), view(qs), kg, vg, view(out_s), lg.contiguous(), 0.0, False,
+                                         attn_mask=bias)
+            dqs.append(gq.transpose(1, 2).reshape(-1, H, D))
+            dk.index_add_(0, kids, gk.transpose(1, 2).reshape(-1, H, D))
+            dv.index_add_(0, kids, gv.transpose(1, 2).reshape(-1, H, D))
+        dq = torch.zeros_like(q).index_copy_(0, ids, torch.cat(dqs))
+        return dq, dk, dv, None, None
 
 
 def _chunk_sdpa(q, k_ext, v_ext, qflat, kids, bias, n):

@@ -56,6 +56,8 @@ class AttentionContext:
     coarse levels empty). For ``band="soft"`` it is CVD's ``pixel_band`` (None = 3).
     ``band``: "hard" (bool band mask) or "soft" (CVD's additive bias, dense path only).
     ``grid``: feature-cell centres, "camvid" or "cami2v_release" (the released CamI2V masks).
+    ``tile_hw`` / ``tile_frames``: query tile of the sparse path (cells x frames; default 2x4 cells
+    x 4 frames when the frame count allows, ``camvid.attention.sparse.default_tile``); speed only.
     ``mask_fn`` / ``neighbors_fn`` replace the geometry builders (tests, inspection); they take
     ``(ctx, kind, feat_hw)`` and return the token-layout mask / (index, valid) of that kind.
     """
@@ -70,6 +72,7 @@ class AttentionContext:
     threshold: float | None = None
     seed: int = 0
     tile_hw: tuple[int, int] | None = None
+    tile_frames: int | None = None
     band: str = "hard"
     grid: str = "camvid"
     mask_fn: Callable | None = None
@@ -250,13 +253,15 @@ class AttentionContext:
         if key not in self._cache:
             if self.uses_runs(kind, feat_hw):
                 runs = self.runs(kind, feat_hw)
-                plan = build_tile_plan_from_runs(runs.start, runs.end, tuple(feat_hw), tile_hw=self.tile_hw)
+                plan = build_tile_plan_from_runs(runs.start, runs.end, tuple(feat_hw), tile_hw=self.tile_hw,
+                                                 tile_frames=self.tile_frames)
             elif self._mask_is_source(kind, feat_hw):
-                plan = build_tile_plan(feat_hw, mask=self.mask(kind, feat_hw), tile_hw=self.tile_hw)
+                plan = build_tile_plan(feat_hw, mask=self.mask(kind, feat_hw), tile_hw=self.tile_hw,
+                                       tile_frames=self.tile_frames)
             else:
                 index, valid = self.neighbors(kind, feat_hw)
                 plan = build_tile_plan(feat_hw, neighbors=(index, valid), num_keys=self._num_keys(kind, feat_hw),
-                                       tile_hw=self.tile_hw)
+                                       tile_hw=self.tile_hw, tile_frames=self.tile_frames)
             self._cache[key] = plan
         return self._cache[key]
 

@@ -7,19 +7,9 @@ in [-1, 1]. :func:`to_device` does the conversion after the copy, so it runs on 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-__all__ = ["normalize_video", "to_device", "shared_uint8"]
-
-
-def shared_uint8(shape: tuple[int, ...]):
-    """A uint8 tensor in shared memory and a numpy view of it (``(array, tensor)``). Inside a
-    DataLoader worker, frames decoded into it reach the main process without a copy (torch's
-    default_collate allocates its batches the same way)."""
-    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
-    tensor = torch.empty(0, dtype=torch.uint8).set_(storage).view(*shape)
-    return tensor.numpy(), tensor
+__all__ = ["normalize_video", "to_device"]
 
 
 def normalize_video(video: torch.Tensor) -> torch.Tensor:

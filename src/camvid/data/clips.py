@@ -16,18 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import get_worker_info
 
-from camvid.data.batches import shared_uint8
 from camvid.data.decode import decode_frames, decode_image
 from camvid.data.layout import IMAGE_SUFFIXES, Re10kClip, WebVidClip
 from camvid.data.shards import frame_keys, read_video_frames
 from camvid.geometry.cameras import (
     CameraTrack,
-    normalized_to_pixel_intrinsics,
     parse_pose_lines,
+    resize_crop_factors,
     resize_crop_geometry,
-    resize_crop_intrinsics,
 )
 
 __all__ = [
@@ -104,15 +101,17 @@ class Clip:
     caption: str
     num_frames: int
     track: CameraTrack | None  # None for WebVid clips (no cameras)
-    load: Callable[[Sequence[int]], np.ndarray | torch.Tensor]  # indices -> (n, H, W, 3) uint8
+    load: Callable[..., np.ndarray | torch.Tensor]  # (indices, out=None) -> (n, H, W, 3) uint8
     source: str  # "re10k" or "webvid"
     where: str  # file or shard member, for error messages
 
-    def frames(self, indices: Sequence[int]) -> np.ndarray:
+    def frames(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """(n, H, W, 3) uint8 frames; decoded straight into ``out`` when it has their shape (a
+        worker's shared-memory batch slot), else into new memory."""
         bad = [int(i) for i in indices if not 0 <= int(i) < self.num_frames]
         if bad:
             raise IndexError(f"{self.where}: frame indices {bad} out of range [0, {self.num_frames})")
-        return self.load(list(indices))
+        return self.load(list(indices), out)
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
@@ -149,7 +148,7 @@ def open_re10k_clip(clip: Re10kClip) -> Clip:
             "refusing to pair frames and poses by position", "frame_count"
         )
 
-    def load(indices: Sequence[int]) -> np.ndarray:
+    def load(indices: Sequence[int], out=None) -> np.ndarray:
         return _stack([_read_image(files[i]) for i in indices], str(clip.frame_dir))
 
     return Clip(clip.clip_id, clip.caption, len(track), track, load, "re10k", str(clip.pose_path))
@@ -163,7 +162,7 @@ def open_webvid_clip(clip: WebVidClip) -> Clip:
         if not frames:
             raise ValueError(f"{path}: video has no frames")
 
-        def load(indices: Sequence[int]) -> np.ndarray:
+        def load(indices: Sequence[int], out=None) -> np.ndarray:
             return _stack([frames[i] for i in indices], str(path))
 
         return Clip(clip.videoid, clip.caption, len(frames), None, load, "webvid", str(path))
@@ -173,7 +172,7 @@ def open_webvid_clip(clip: WebVidClip) -> Clip:
     if not files:
         raise ValueError(f"no frames (png/jpg) in {path}")
 
-    def load_files(indices: Sequence[int]) -> np.ndarray:
+    def load_files(indices: Sequence[int], out=None) -> np.ndarray:
         return _stack([_read_image(files[i]) for i in indices], str(path))
 
     return Clip(clip.videoid, clip.caption, len(files), None, load_files, "webvid", str(path))
@@ -225,12 +224,9 @@ def open_shard_sample(sample: dict) -> Clip:
     elif "pose.txt" in sample:
         raise BadSample(f"{where}: json says source=webvid but the sample carries pose.txt", "metadata")
 
-    def load(indices: Sequence[int]) -> np.ndarray:
-        # in a DataLoader worker, decode straight into shared memory: the batch then crosses to the
-        # main process without being copied again
-        alloc = shared_uint8 if get_worker_info() is not None else None
+    def load(indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
         try:
-            return decode_frames([(sample[keys[i]], f"{where}.{keys[i]}") for i in indices], alloc)
+            return decode_frames([(sample[keys[i]], f"{where}.{keys[i]}") for i in indices], out)
         except ValueError as err:
             raise BadSample(str(err), "corrupt_image") from None
 
@@ -313,8 +309,17 @@ def resize_crop_video(frames: np.ndarray, out_hw: tuple[int, int]) -> torch.Tens
     return video
 
 
-def clip_intrinsics(track: CameraTrack, indices: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
-    """Pixel K (T, 3, 3) at ``out_hw`` for the selected frames of a clip whose frames are ``src_hw``."""
-    norm = torch.from_numpy(track.intrinsics[indices]).double()
-    K = normalized_to_pixel_intrinsics(norm, width=src_hw[1], height=src_hw[0])
-    return resize_crop_intrinsics(K, src_hw, out_hw)
+def clip_intrinsics(track: CameraTrack, indices: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """Pixel K (T, 3, 3) float64 at ``out_hw`` for the selected frames of a clip whose frames are
+    ``src_hw`` (:func:`~camvid.geometry.cameras.normalized_to_pixel_intrinsics`, then
+    :func:`~camvid.geometry.cameras.resize_crop_intrinsics`, in numpy)."""
+    fx, fy, cx, cy = track.intrinsics[indices].T
+    sx, sy, top, left = resize_crop_factors(src_hw, out_hw)
+    src_h, src_w = src_hw
+    K = np.zeros((len(fx), 3, 3))
+    K[:, 0, 0] = fx * src_w * sx
+    K[:, 0, 2] = cx * src_w * sx - left
+    K[:, 1, 1] = fy * src_h * sy
+    K[:, 1, 2] = cy * src_h * sy - top
+    K[:, 2, 2] = 1.0
+    return K

@@ -2,8 +2,8 @@
 platform) when it is installed, everything else and the fallback through PIL.
 
 benchmarks/data.py measures the decoders side by side (docs/performance.md): simplejpeg decodes
-the 256x256 JPEG frames the loader reads faster than PIL. PyTurboJPEG needs a system libturbojpeg
-and pillow-simd replaces Pillow with a source build, so neither is a dependency.
+the 256x256 JPEG frames the loader reads faster than PIL and OpenCV. PyTurboJPEG needs a system
+libturbojpeg and pillow-simd replaces Pillow with a source build, so neither is a dependency.
 """
 
 from __future__ import annotations
@@ -39,7 +39,15 @@ def _turbo():
     return lambda data: tj.decode(data, pixel_format=TJPF_RGB)
 
 
-DECODERS = {"pil": lambda: _pil, "simplejpeg": lambda: _simple if _simplejpeg else None, "turbojpeg": _turbo}
+def _opencv():
+    import cv2  # opencv-python-headless (the "bench" extra); IMREAD_COLOR_RGB needs OpenCV >= 4.10
+
+    flag = cv2.IMREAD_COLOR_RGB
+    return lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+
+
+DECODERS = {"pil": lambda: _pil, "simplejpeg": lambda: _simple if _simplejpeg else None, "turbojpeg": _turbo,
+            "opencv": _opencv}
 
 
 def decode_with(name: str):
@@ -73,31 +81,34 @@ def decode_image(data: bytes) -> np.ndarray:
     return _pil(data)
 
 
-def decode_frames(frames: list[tuple[bytes, str]], alloc=None):
-    """(n, H, W, 3) uint8 from ``(bytes, where)`` pairs. JPEG frames are decoded straight into one
-    array (no stacking copy); ``ValueError`` names the frame that fails or differs in size.
+def _output(given: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    return given if given is not None and given.shape == shape else np.empty(shape, dtype=np.uint8)
 
-    ``alloc(shape) -> (array, result)`` supplies the output buffer (e.g. a numpy view of a tensor in
-    shared memory, returning the tensor as ``result``); default: a numpy array."""
-    out = result = None
+
+def decode_frames(frames: list[tuple[bytes, str]], out: np.ndarray | None = None) -> np.ndarray:
+    """(n, H, W, 3) uint8 from ``(bytes, where)`` pairs. JPEG frames are decoded straight into one
+    array (no stacking copy): ``out`` when it has the frames' shape, else a new one. ``ValueError``
+    names the frame that fails or differs in size."""
+    given, out = out, None
     for i, (data, where) in enumerate(frames):
         try:
             shape = _jpeg_shape(data)
-            if out is not None and shape is not None:
-                if shape != out.shape[1:3]:
+            if shape is not None:
+                if out is None:
+                    out = _output(given, (len(frames), *shape, 3))
+                elif shape != out.shape[1:3]:
                     raise ValueError(f"frame size {shape} differs from the clip's {out.shape[1:3]}")
                 _simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out[i])
                 continue
-            image = _simple(data) if shape is not None else _pil(data)
+            image = _pil(data)
         except Exception as err:  # decoders raise several types for corrupt data
             raise ValueError(f"{where}: cannot decode image ({err})") from None
         if out is None:
-            shape = (len(frames), *image.shape)
-            out, result = alloc(shape) if alloc is not None else (np.empty(shape, dtype=np.uint8), None)
+            out = _output(given, (len(frames), *image.shape))
         elif image.shape != out.shape[1:]:
             raise ValueError(f"{where}: cannot decode image (frame size {image.shape[:2]} differs from the "
                              f"clip's {out.shape[1:3]})")
         out[i] = image
     if out is None:
         raise ValueError("no frames to decode")
-    return out if result is None else result
+    return out

@@ -160,8 +160,11 @@ class DataHealth:
         self.max_skip_fraction, self.min_samples = max_skip_fraction, min_samples
         self._latest: dict[str, dict] = {}
 
-    def update(self, snapshots: dict[str, dict]) -> None:
+    def update(self, snapshots: dict[str, dict]) -> bool:
+        """Store the snapshots; True when some worker has skipped a sample (only then can
+        :meth:`check` fail, so the loader skips it for healthy data)."""
         self._latest.update(snapshots)
+        return any(rep["skipped"] for rep in self._latest.values())
 
     def report(self) -> dict:
         return merge_reports(self._latest.values())

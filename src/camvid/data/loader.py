@@ -43,9 +43,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from camvid.data.batches import normalize_video
 from camvid.data.clips import BadSample, Clip, open_re10k_clip, open_shard_sample, open_webvid_clip
+from camvid.data.handoff import SlotReceiver, SlotVideo, slots_supported, worker_ring
 from camvid.data.health import HEALTH_KEY, DataHealth, SkipCounter, SkipEvent
 from camvid.data.layout import Re10kClip, WebVidClip, list_re10k_clips, list_webvid_clips
-from camvid.data.samples import PAIRINGS, SampleSpec, collate, make_sample
+from camvid.data.samples import PAIRINGS, SampleSpec, collate, make_sample, num_views
 from camvid.data.shards import (
     ShardMember,
     ShardRef,
@@ -187,6 +188,34 @@ def _where(item) -> str:
     return f"{item.get('__url__', '<shard>')}:{item.get('__key__', '<no key>')}"
 
 
+class _BatchBuffer:
+    """Where the batch being built goes, in a worker that hands video over through
+    shared-memory slots (:mod:`camvid.data.handoff`): the batch's slot is taken when its first
+    sample is made, each sample decodes straight into its place (``place``), and ``collate``
+    gets the whole slot (``take``). Without a ring (in the main process) everything is None."""
+
+    def __init__(self, ring, shape: tuple[int, ...]):
+        self.ring, self.shape = ring, shape  # shape: (batch, views, T, H, W, 3)
+        self.tensor: torch.Tensor | None = None
+        self.filled = 0  # samples of the current batch already made
+
+    def place(self) -> torch.Tensor | None:
+        if self.ring is None:
+            return None
+        if self.tensor is None:
+            self.tensor = self.ring.alloc(self.shape)
+        return self.tensor[self.filled]
+
+    def take(self) -> torch.Tensor | None:
+        tensor, self.tensor, self.filled = self.tensor, None, 0
+        return tensor
+
+    def drop(self) -> None:
+        tensor = self.take()
+        if tensor is not None:
+            self.ring.release(tensor)
+
+
 class ClipStream(IterableDataset):
     """Batches of one pairing from shards (``kind="shards"``, units = shard urls) or from a
     directory layout (``kind="directory"``, units = clips)."""
@@ -234,6 +263,9 @@ class ClipStream(IterableDataset):
         self.max_skip_fraction, self.skip_check_min_samples, self.name = (
             max_skip_fraction, skip_check_min_samples, name)
         self.counters: dict[str, SkipCounter] = {}  # this process's counters, one per worker identity
+        # > 0: workers hand video over through that many reused shared-memory slots each
+        # (camvid.data.handoff); set by StreamLoader, which turns the references back into tensors
+        self.handoff_slots = 0
         if not resampled and len(self.units) < self.world_size:
             raise ValueError(
                 f"{len(self.units)} {kind} units cannot be split over {self.world_size} ranks without "
@@ -313,7 +345,7 @@ class ClipStream(IterableDataset):
                     f"{len(self.units)}: {why}"
                 )
 
-    def _samples(self, worker: int, skip_samples: int, counter: SkipCounter):
+    def _samples(self, worker: int, skip_samples: int, counter: SkipCounter, buffer: _BatchBuffer):
         def stage(items: Iterator) -> Iterator[dict]:
             number = -1
             for item in items:
@@ -325,7 +357,7 @@ class ClipStream(IterableDataset):
                     continue
                 rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch, number])
                 try:
-                    sample = make_sample(_open_unit(item), self.spec, rng, self.pairing)
+                    sample = make_sample(_open_unit(item), self.spec, rng, self.pairing, buffer.place())
                 except _BAD_SAMPLE as err:
                     counter.skip(SkipEvent(_reason(err), _shard_of(item), f"{_where(item)}: {err}"))
                     continue
@@ -334,21 +366,35 @@ class ClipStream(IterableDataset):
 
         return stage
 
-    def _batches(self, ident: str, counter: SkipCounter):
+    def _ring(self):
+        """This worker's shared-memory slots, when the video goes through them."""
+        if self.handoff_slots and get_worker_info() is not None and slots_supported():
+            return worker_ring(self.handoff_slots)
+        return None
+
+    def _buffer(self) -> _BatchBuffer:
+        T, (H, W) = self.spec.num_frames, self.spec.out_hw
+        return _BatchBuffer(self._ring(), (self.batch_size, num_views(self.pairing), T, H, W, 3))
+
+    def _batches(self, ident: str, counter: SkipCounter, buffer: _BatchBuffer):
         def stage(samples: Iterator[dict]) -> Iterator[dict]:
             group: list[dict] = []
-            for sample in samples:
-                group.append(sample)
-                if len(group) == self.batch_size:
-                    yield self._with_health(collate(group), ident, counter)
-                    group = []
-            if group and not self.drop_last:
-                yield self._with_health(collate(group), ident, counter)
+            try:
+                for sample in samples:
+                    group.append(sample)
+                    buffer.filled = len(group)
+                    if len(group) == self.batch_size:
+                        yield self._with_health(collate(group, buffer.take()), ident, counter, buffer.ring)
+                        group = []
+                if group and not self.drop_last:
+                    yield self._with_health(collate(group, buffer.take()), ident, counter, buffer.ring)
+            finally:
+                buffer.drop()  # a batch left unfinished (end of the epoch) gives its slot back
 
         return stage
 
     @staticmethod
-    def _with_health(batch: dict, ident: str, counter: SkipCounter) -> dict:
+    def _with_health(batch: dict, ident: str, counter: SkipCounter, ring=None) -> dict:
         batch[HEALTH_KEY] = {ident: counter.report()}  # running counts; StreamLoader pops them
         if get_worker_info() is not None:
             # Small tensors travel inside the pickle as numpy arrays: each tensor would otherwise get
@@ -356,6 +402,9 @@ class ClipStream(IterableDataset):
             for name, value in batch.items():
                 if isinstance(value, torch.Tensor) and name != "video":
                     batch[name] = value.numpy()
+            ref = ring.reference(batch["video"]) if ring is not None else None
+            if ref is not None:
+                batch["video"] = ref
         return batch
 
     def iter_worker(self, worker: int, num_workers: int, worker_skip: int | None = None) -> Iterator[dict]:
@@ -378,8 +427,9 @@ class ClipStream(IterableDataset):
         if self.spec.train and self.shuffle_buffer > 1:
             rng = _seeded(self.seed, self.rank, worker, self.epoch, tag="shuffle")
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 10), rng=rng))
-        stages.append(self._samples(worker, skip * self.batch_size, counter))
-        stages.append(self._batches(ident, counter))
+        buffer = self._buffer()  # shared by the two stages: samples are decoded into their place in the batch
+        stages.append(self._samples(worker, skip * self.batch_size, counter, buffer))
+        stages.append(self._batches(ident, counter, buffer))
         pipeline = wds.DataPipeline(*stages)
         if self.epoch_length is not None and own_epoch:
             remaining = self._share(self.epoch_length, worker, num_workers) - skip
@@ -454,9 +504,12 @@ def _with_final_report(batches: Iterator[dict], counters: dict[str, SkipCounter]
         yield {HEALTH_ONLY: True, HEALTH_KEY: {ident: c.report() for ident, c in counters.items()}}
 
 
+def _streams(dataset) -> list:
+    return [dataset.first, dataset.second] if isinstance(dataset, MixedStream) else [dataset]
+
+
 def _local_reports(dataset) -> dict[str, dict]:
-    streams = [dataset.first, dataset.second] if isinstance(dataset, MixedStream) else [dataset]
-    return {ident: c.report() for st in streams for ident, c in getattr(st, "counters", {}).items()}
+    return {ident: c.report() for st in _streams(dataset) for ident, c in getattr(st, "counters", {}).items()}
 
 
 class _MapDataset(Dataset):
@@ -521,20 +574,47 @@ def _as_is(batch):
 class StreamLoader(DataLoader):
     """A DataLoader over a stream whose batches carry their worker's skip counts: it pops them
     (``batch["data_health"]``) into ``self.health`` (a :class:`DataHealth`, summed over workers)
-    and stops the run when the sum exceeds ``max_skip_fraction``."""
+    and stops the run when the sum exceeds ``max_skip_fraction``.
+
+    With workers, video arrives through reused shared-memory slots (:mod:`camvid.data.handoff`):
+    each worker keeps up to ``prefetch_factor + 4`` (batches in flight, the one the caller holds
+    and the one before it, as the previous batch is still referenced until the caller takes the
+    next); a batch the caller keeps longer keeps its slot, and its worker then uses a fresh one."""
 
     def __init__(self, dataset, *, health: DataHealth, **kwargs):
         super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
         self.health = health
+        self.slot_receiver: SlotReceiver | None = None
+        self.handoff_slots = (self.prefetch_factor or 2) + 4 if self.num_workers else 0  # per worker
+
+    def _start(self):
+        """The DataLoader iterator; its workers (started here) hand video over through slots. The
+        streams carry the setting only while the workers start, so another DataLoader over the
+        same data set (which would not turn slot references back into tensors) never gets it."""
+        streams = _streams(self.dataset)
+        for stream in streams:
+            stream.handoff_slots = self.handoff_slots
+        try:
+            return super().__iter__()
+        finally:
+            for stream in streams:
+                stream.handoff_slots = 0
 
     def __iter__(self):
-        for batch in super().__iter__():
+        if self.slot_receiver is None or not self.persistent_workers:  # persistent workers keep their slots
+            self.slot_receiver = SlotReceiver()  # kept on the loader for inspection (tests, benchmarks)
+        slots = self.slot_receiver
+        for batch in self._start():
+            slots.release_unused()  # slots of earlier batches the caller has let go of
             for name, value in batch.items():
                 if isinstance(value, np.ndarray):
                     batch[name] = torch.from_numpy(value)
+            if isinstance(batch.get("video"), SlotVideo):
+                batch["video"] = slots.resolve(batch["video"])
+                if self.pin_memory:  # a pinned copy; the slot goes back to its worker
+                    batch["video"] = batch["video"].pin_memory()
             snapshots = batch.pop(HEALTH_KEY, None)
-            if snapshots:
-                self.health.update(snapshots)
+            if snapshots and self.health.update(snapshots):
                 self.health.check()
             if not batch.pop(HEALTH_ONLY, False):
                 yield batch

@@ -34,9 +34,10 @@ from camvid.data.clips import (
     window_indices,
 )
 from camvid.data.synthetic import default_intrinsics
-from camvid.geometry.cameras import relative_poses
+from camvid.geometry.cameras import invert_rigid_np
 
-__all__ = ["SampleSpec", "PAIRINGS", "single_sample", "fold_pair", "homography_pair", "make_sample", "collate"]
+__all__ = ["SampleSpec", "PAIRINGS", "single_sample", "fold_pair", "homography_pair", "make_sample", "collate",
+           "num_views"]
 
 PAIRINGS = ("none", "re10k_fold", "webvid_homography")
 
@@ -71,62 +72,84 @@ class SampleSpec:
         return self.height, self.width
 
 
-def _cameras(clip: Clip, indices: np.ndarray, src_hw, spec: SampleSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def _cameras(clip: Clip, indices: np.ndarray, src_hw, spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
     """Absolute pixel K (T, 3, 3) and c2w (T, 4, 4) in float64; WebVid clips get identity cameras."""
     T = len(indices)
     if clip.track is None:
-        K = torch.from_numpy(default_intrinsics(spec.height, spec.width, spec.webvid_fov_deg))
-        return K.expand(T, 3, 3).clone(), torch.eye(4, dtype=torch.float64).expand(T, 4, 4).clone()
-    K = clip_intrinsics(clip.track, indices, src_hw, spec.out_hw)
-    c2w = torch.from_numpy(clip.track.subset(indices).c2w())
-    return K, c2w
+        K = default_intrinsics(spec.height, spec.width, spec.webvid_fov_deg)
+        return np.broadcast_to(K, (T, 3, 3)), np.broadcast_to(np.eye(4), (T, 4, 4))
+    return clip_intrinsics(clip.track, indices, src_hw, spec.out_hw), clip.track.subset(indices).c2w()
 
 
-def _view(clip: Clip, indices: np.ndarray, stride: int, cond: int, spec: SampleSpec) -> dict:
-    frames = clip.frames(indices)
+def _view(clip: Clip, indices: np.ndarray, stride: int, cond: int, spec: SampleSpec,
+          out: torch.Tensor | None = None) -> dict:
+    frames = clip.frames(indices, None if out is None else out.numpy())
     K, c2w = _cameras(clip, indices, frames.shape[1:3], spec)
+    rel = invert_rigid_np(c2w[cond]) @ c2w  # relative_poses, in numpy
     return {
         "video": resize_crop_video(frames, spec.out_hw),
-        "K": K.float(),
-        "c2w": relative_poses(c2w, cond).float(),
+        "K": torch.from_numpy(K.astype(np.float32)),
+        "c2w": torch.from_numpy(rel.astype(np.float32)),
         "cond_index": torch.tensor(cond, dtype=torch.long),
         "frame_stride": torch.tensor(stride, dtype=torch.long),
         "frame_indices": torch.from_numpy(np.asarray(indices, dtype=np.int64)),
     }
 
 
-def single_sample(clip: Clip, spec: SampleSpec, rng: np.random.Generator) -> dict:
-    """One video of ``num_frames`` frames; poses relative to a random (eval: first) frame."""
+def single_sample(clip: Clip, spec: SampleSpec, rng: np.random.Generator, out: torch.Tensor | None = None) -> dict:
+    """One video of ``num_frames`` frames; poses relative to a random (eval: first) frame.
+    ``out``: see :func:`make_sample`."""
     stride = choose_stride(clip.num_frames, spec.num_frames, spec.stride_min, spec.stride_max,
                            rng if spec.train else None, clip.where)
     indices = window_indices(clip.num_frames, spec.num_frames, stride, rng if spec.train else None)
     cond = int(rng.integers(spec.num_frames)) if spec.train and spec.random_cond else 0
-    return {**_view(clip, indices, stride, cond, spec), "caption": clip.caption, "key": clip.key, "num_views": 1}
+    view = _view(clip, indices, stride, cond, spec, None if out is None else out[0])
+    return {**view, "caption": clip.caption, "key": clip.key, "num_views": 1}
 
 
-def _pair(views: list[dict], clip: Clip) -> dict:
-    out = {name: torch.stack([v[name] for v in views]) for name in views[0]}
-    out.update(caption=[clip.caption] * 2, key=[f"{clip.key}:a", f"{clip.key}:b"], num_views=2)
-    return out
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
-def fold_pair(clip: Clip, spec: SampleSpec, rng: np.random.Generator) -> dict:
+def _place(videos: list[torch.Tensor], out: torch.Tensor | None) -> torch.Tensor:
+    """(V, T, 3, H, W) from V videos (T, 3, H, W): a view of ``out`` (V, T, H, W, 3) holding them
+    (copying only those not decoded there already), or a new stack."""
+    if out is None:
+        return torch.stack(videos)
+    for k, video in enumerate(videos):
+        if not _same_memory(video.movedim(-3, -1), out[k]):
+            out[k].copy_(video.movedim(-3, -1))
+    return out.movedim(-1, -3)
+
+
+def _pair(views: list[dict], clip: Clip, out: torch.Tensor | None = None) -> dict:
+    pair = {name: torch.stack([v[name] for v in views]) for name in views[0] if name != "video"}
+    pair["video"] = _place([v["video"] for v in views], out)
+    pair.update(caption=[clip.caption] * 2, key=[f"{clip.key}:a", f"{clip.key}:b"], num_views=2)
+    return pair
+
+
+def fold_pair(clip: Clip, spec: SampleSpec, rng: np.random.Generator, out: torch.Tensor | None = None) -> dict:
     """CVD fold pair from one RealEstate10K clip: both videos start on the shared middle frame and
-    their poses are relative to it (conditioning index 0 for both)."""
+    their poses are relative to it (conditioning index 0 for both). ``out``: see :func:`make_sample`."""
     if clip.track is None:
         raise ValueError(f"{clip.where}: re10k_fold pairing needs camera poses, this clip has none")
     stride = choose_stride(clip.num_frames, 2 * spec.num_frames - 1, spec.stride_min, spec.stride_max,
                            rng if spec.train else None, f"{clip.where} (re10k_fold pair)")
     fwd, bwd = fold_indices(clip.num_frames, spec.num_frames, stride, rng if spec.train else None)
-    return _pair([_view(clip, fwd, stride, 0, spec), _view(clip, bwd, stride, 0, spec)], clip)
+    views = [_view(clip, idx, stride, 0, spec, None if out is None else out[k]) for k, idx in enumerate((fwd, bwd))]
+    return _pair(views, clip, out)
 
 
-def homography_pair(clip: Clip, spec: SampleSpec, rng: np.random.Generator) -> dict:
+def homography_pair(clip: Clip, spec: SampleSpec, rng: np.random.Generator,
+                    out: torch.Tensor | None = None) -> dict:
     """CVD WebVid pair: the clip and a copy warped by per-frame homographies that grow from the
-    identity at frame 0 (``homography`` maps view a's pixels to view b's). Cameras are identity."""
+    identity at frame 0 (``homography`` maps view a's pixels to view b's). Cameras are identity.
+    ``out``: see :func:`make_sample`."""
     from camvid.geometry.homography import random_homography_sequence, warp_images
 
-    single = single_sample(clip, SampleSpec(**{**spec.__dict__, "random_cond": False}), rng)
+    single = single_sample(clip, SampleSpec(**{**spec.__dict__, "random_cond": False}), rng,
+                           None if out is None else out[:1])
     gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
     H = random_homography_sequence(gen, spec.homography_strength, spec.out_hw, spec.num_frames)
     # Warp in [0, 1] so pixels pulled from outside the frame come out black, as in the paper's figures.
@@ -136,46 +159,56 @@ def homography_pair(clip: Clip, spec: SampleSpec, rng: np.random.Generator) -> d
     if clip.track is not None:  # a RealEstate10K clip used as WebVid-style content: drop its cameras
         eye = torch.eye(4).expand_as(view_a["c2w"]).clone()
         view_a["c2w"], view_b["c2w"] = eye, eye
-    out = _pair([view_a, view_b], clip)
-    out["homography"] = torch.stack([torch.eye(3, dtype=torch.float64).expand_as(H), H]).float()
+    pair = _pair([view_a, view_b], clip, out)
+    pair["homography"] = torch.stack([torch.eye(3, dtype=torch.float64).expand_as(H), H]).float()
     # WebVid has no cameras: CVD trains this phase without camera input (models skip the camera encoder)
-    out["camera_free"] = torch.ones(2, dtype=torch.bool)
-    return out
+    pair["camera_free"] = torch.ones(2, dtype=torch.bool)
+    return pair
 
 
-def make_sample(clip: Clip, spec: SampleSpec, rng: np.random.Generator, pairing: str = "none") -> dict:
+def make_sample(clip: Clip, spec: SampleSpec, rng: np.random.Generator, pairing: str = "none",
+                out: torch.Tensor | None = None) -> dict:
+    """One sample of ``pairing``. ``out``: uint8 ``(V, T, H, W, 3)`` (``V`` = views of the
+    pairing) where the video should go, e.g. the sample's place in a DataLoader worker's
+    shared-memory batch slot; frames of the output size are decoded straight into it (others are
+    resized, then copied by :func:`collate`)."""
     if pairing == "none":
-        return single_sample(clip, spec, rng)
+        return single_sample(clip, spec, rng, out)
     if pairing == "re10k_fold":
-        return fold_pair(clip, spec, rng)
+        return fold_pair(clip, spec, rng, out)
     if pairing == "webvid_homography":
-        return homography_pair(clip, spec, rng)
+        return homography_pair(clip, spec, rng, out)
     raise ValueError(f"unknown pairing {pairing!r}; expected one of {PAIRINGS}")
+
+
+def num_views(pairing: str) -> int:
+    return 1 if pairing == "none" else 2
 
 
 _STRING_FIELDS = ("caption", "key")
 
 
-def _stack_video(values: list[torch.Tensor], views: int) -> torch.Tensor:
-    """Stack ``video`` in its channel-last memory layout (a plain copy, not a transposing one),
-    straight into shared memory inside a DataLoader worker, so the batch crosses to the main
-    process without another copy (as torch's default_collate does)."""
+def _stack_video(values: list[torch.Tensor], views: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Stack ``video`` in its channel-last memory layout (a plain copy, not a transposing one).
+
+    ``out``: a channel-last ``(B', V, T, H, W, 3)`` buffer (B' >= B; a worker's shared-memory
+    slot) that samples were decoded into: only videos not already in their place are copied.
+    Without it one clip of one view is returned without copying."""
+    if out is not None:
+        target = out[: len(values)]
+        for i, video in enumerate(values):
+            _place([video] if views == 1 else list(video.unbind(0)), target[i])
+        return target.flatten(0, 1).movedim(-1, -3)
     hwc = [v.movedim(-3, -1) for v in values]  # (..., H, W, 3): contiguous for decoded frames
-    if len(hwc) == 1 and views == 1 and hwc[0].is_shared():
-        return values[0].unsqueeze(0)  # decoded straight into shared memory: nothing to copy
-    shape = (len(hwc), *hwc[0].shape)
-    out = None
-    if torch.utils.data.get_worker_info() is not None:
-        numel = int(np.prod(shape))
-        storage = hwc[0]._typed_storage()._new_shared(numel, device=hwc[0].device)
-        out = hwc[0].new(storage).resize_(*shape)
-    stacked = torch.stack(hwc, out=out).movedim(-1, -3)
+    if len(hwc) == 1 and views == 1:
+        return values[0].unsqueeze(0)
+    stacked = torch.stack(hwc).movedim(-1, -3)
     return stacked.flatten(0, 1) if views > 1 else stacked
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[dict], video_out: torch.Tensor | None = None) -> dict:
     """Stack samples into the batch layout of :mod:`camvid.models.base`; pairs are interleaved
-    ``[a0, b0, a1, b1, ...]``."""
+    ``[a0, b0, a1, b1, ...]``. ``video_out``: see :func:`_stack_video`."""
     if not samples:
         raise ValueError("collate: empty list of samples")
     views = samples[0]["num_views"]
@@ -192,7 +225,7 @@ def collate(samples: list[dict]) -> dict:
         if name in _STRING_FIELDS:
             batch[name] = [v for vs in values for v in vs] if views > 1 else list(values)
         elif name == "video":
-            batch[name] = _stack_video(values, views)
+            batch[name] = _stack_video(values, views, video_out)
         else:
             stacked = torch.stack(values)
             batch[name] = stacked.flatten(0, 1) if views > 1 else stacked

@@ -126,7 +126,7 @@ def _write_shards(clips: list, build, out: Path, shard_size: int, meta: dict) ->
                 close()
                 name = SHARD_PATTERN.format(len(shards))
                 tmp = out / f".{name}.tmp-{os.getpid()}"
-                writer = wds.TarWriter(str(tmp))
+                writer = wds.TarWriter(str(tmp), mtime=0)  # an int mtime: no pax header per member
                 shards.append({"name": name, "count": 0})
             writer.write(sample)
             shards[-1]["count"] += 1
@@ -264,6 +264,7 @@ def shard_urls(shard_dir: str | Path) -> list[str]:
 
 
 _BLOCK = 512
+_ZERO_BLOCK = bytes(_BLOCK)
 
 
 class _Truncated(Exception):
@@ -301,7 +302,7 @@ def iter_tar_members(fh) -> Iterator[tuple[str, bytes]]:
         header = fh.read(_BLOCK)
         if len(header) < _BLOCK:
             raise _Truncated("no end-of-archive marker: the file was cut short")
-        if header == bytes(_BLOCK):
+        if header == _ZERO_BLOCK:
             return
         stored = _octal(header[148:156])
         computed = sum(header) - sum(header[148:156]) + 8 * 32
@@ -352,7 +353,7 @@ def read_shard(ref: ShardRef):
     url, expected = ref.url, ref.count
     yielded, group, problem = 0, None, None
     try:
-        fh = open(url, "rb", buffering=1 << 20)
+        fh = open(url, "rb", buffering=0)
     except OSError as err:
         yield SkipEvent("unreadable_shard", url, f"{url}: shard listed in the manifest cannot be read ({err})",
                         max(expected or 1, 1))

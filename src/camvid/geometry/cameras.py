@@ -11,7 +11,6 @@ Conventions (docs/conventions.md):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,8 @@ __all__ = [
     "resize_crop_intrinsics",
     "resize_crop_geometry",
     "invert_rigid",
+    "invert_rigid_np",
+    "resize_crop_factors",
     "w2c_to_c2w",
     "relative_poses",
     "validate_cameras",
@@ -49,23 +50,27 @@ class CameraTrack:
 
     def c2w(self) -> np.ndarray:
         """(T, 4, 4) camera-to-world in float64."""
-        return w2c_to_c2w(torch.from_numpy(self.w2c).double()).numpy()
+        return invert_rigid_np(self.w2c)
 
     def subset(self, indices) -> CameraTrack:
         idx = np.asarray(indices)
         return CameraTrack(self.url, self.timestamps[idx], self.intrinsics[idx], self.w2c[idx])
 
 
-def parse_pose_lines(lines: list[str], source: str = "<pose lines>") -> CameraTrack:
-    """Parse the text of a RealEstate10K pose file; errors name ``source`` and the line number."""
-    lines = [ln.strip() for ln in lines]
-    while lines and not lines[-1]:
-        lines.pop()
-    if not lines:
-        raise ValueError(f"{source}: empty pose file (expected a URL line, then one line per frame)")
-    url, rows = lines[0], lines[1:]
-    if not rows:
-        raise ValueError(f"{source}: no frame lines after the URL line")
+def _pose_rows_fast(rows: list[str]) -> np.ndarray | None:
+    """(N, 19) float64 through numpy's C parser, or None when any row is unusual (a blank line,
+    which loadtxt would skip, a wrong column count, text that is not a number): the checked parser
+    then finds and names the line."""
+    if not all(rows):
+        return None
+    try:
+        arr = np.loadtxt(rows, dtype=np.float64, comments=None, ndmin=2)
+    except ValueError:
+        return None
+    return arr if arr.shape == (len(rows), 19) else None
+
+
+def _pose_rows_checked(rows: list[str], source: str) -> np.ndarray:
     values = []
     for lineno, row in enumerate(rows, start=2):
         parts = row.split()
@@ -75,15 +80,34 @@ def parse_pose_lines(lines: list[str], source: str = "<pose lines>") -> CameraTr
                 f"(timestamp fx fy cx cy 0 0 + 12 world-to-camera entries), got {len(parts)}"
             )
         try:
-            nums = [float(p) for p in parts]
+            values.append([float(p) for p in parts])
         except ValueError as err:
             raise ValueError(f"{source}:{lineno}: malformed pose line: {err}") from None
-        if not all(math.isfinite(v) for v in nums):
-            raise ValueError(f"{source}:{lineno}: malformed pose line: non-finite value")
-        if nums[1] <= 0 or nums[2] <= 0:
-            raise ValueError(f"{source}:{lineno}: malformed pose line: focal lengths must be positive")
-        values.append(nums)
-    arr = np.asarray(values, dtype=np.float64)
+    return np.asarray(values, dtype=np.float64)
+
+
+def parse_pose_lines(lines: list[str], source: str = "<pose lines>") -> CameraTrack:
+    """Parse the text of a RealEstate10K pose file; errors name ``source`` and the line number
+    (the first bad line: wrong number of fields, not a number, non-finite, focal length <= 0)."""
+    lines = [ln.strip() for ln in lines]
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        raise ValueError(f"{source}: empty pose file (expected a URL line, then one line per frame)")
+    url, rows = lines[0], lines[1:]
+    if not rows:
+        raise ValueError(f"{source}: no frame lines after the URL line")
+    # numpy's parser: a clip's pose file is parsed every time the loader draws the clip, and real
+    # ones hold a few hundred lines
+    arr = _pose_rows_fast(rows)
+    if arr is None:
+        arr = _pose_rows_checked(rows, source)
+    problems = [(~np.isfinite(arr).all(axis=1), "non-finite value"),
+                (~((arr[:, 1] > 0) & (arr[:, 2] > 0)), "focal lengths must be positive")]
+    first = [(int(np.argmax(mask)), order) for order, (mask, _) in enumerate(problems) if mask.any()]
+    if first:
+        row, order = min(first)
+        raise ValueError(f"{source}:{row + 2}: malformed pose line: {problems[order][1]}")
     timestamps = arr[:, 0].astype(np.int64)
     intrinsics = arr[:, 1:5]
     w2c = arr[:, 7:19].reshape(-1, 3, 4)
@@ -142,6 +166,16 @@ def resize_crop_geometry(src_hw: tuple[int, int], out_hw: tuple[int, int]) -> tu
     return s, (new_h - out_h) // 2, (new_w - out_w) // 2
 
 
+def resize_crop_factors(src_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[float, float, int, int]:
+    """``(sx, sy, top, left)`` of :func:`resize_crop_geometry`: the exact per-axis scale
+    ``new / src`` (what the resampler does) and the crop offsets."""
+    src_h, src_w = src_hw
+    out_h, out_w = out_hw
+    s, top, left = resize_crop_geometry(src_hw, out_hw)
+    new_h, new_w = max(out_h, round(src_h * s)), max(out_w, round(src_w * s))
+    return new_w / src_w, new_h / src_h, top, left
+
+
 def resize_crop_intrinsics(
     K: torch.Tensor, src_hw: tuple[int, int], out_hw: tuple[int, int]
 ) -> torch.Tensor:
@@ -150,11 +184,7 @@ def resize_crop_intrinsics(
     Scaling uses the exact per-axis factor ``new/src`` (what the resampler does), and the crop
     shifts the principal point. Pixel centres sit at +0.5, so a pure scale maps ``c -> c * s``.
     """
-    src_h, src_w = src_hw
-    out_h, out_w = out_hw
-    s, top, left = resize_crop_geometry(src_hw, out_hw)
-    new_h, new_w = max(out_h, round(src_h * s)), max(out_w, round(src_w * s))
-    sx, sy = new_w / src_w, new_h / src_h
+    sx, sy, top, left = resize_crop_factors(src_hw, out_hw)
     K = K.clone()
     K[..., 0, 0] = K[..., 0, 0] * sx
     K[..., 0, 2] = K[..., 0, 2] * sx - left
@@ -171,6 +201,18 @@ def invert_rigid(T: torch.Tensor) -> torch.Tensor:
     Rt = R.transpose(-1, -2)
     out[..., :3, :3] = Rt
     out[..., :3, 3:] = -Rt @ t
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def invert_rigid_np(T: np.ndarray) -> np.ndarray:
+    """:func:`invert_rigid` for numpy arrays (the loader builds each sample's cameras with numpy:
+    a torch call per 4x4 costs more than the arithmetic)."""
+    R = T[..., :3, :3]
+    Rt = np.swapaxes(R, -1, -2)
+    out = np.zeros((*T.shape[:-2], 4, 4), dtype=T.dtype)
+    out[..., :3, :3] = Rt
+    out[..., :3, 3:] = -Rt @ T[..., :3, 3:]
     out[..., 3, 3] = 1.0
     return out
 

@@ -76,13 +76,19 @@ def build_animatediff_method(
             "videos; with that model use attn=temporal, or use model=cvd"
         )
     _check_frames(num_frames, image_hw)
-    check_weight_files(pretrained, method_ckpt)
+    method_kind = check_weight_files(pretrained, method_ckpt, method)
+    if pretrained is not None and size == "full":
+        check_weight_folder(Path(pretrained), method, vae=first_stage is None, text=text_encoder is None)
     dry_run = str(device if device is not None else torch.get_default_device()) == "meta"
     # full size with weights: what the files fill is built with meta parameters (real buffers)
     lazy = pretrained is not None and size == "full" and not dry_run
     real = torch.device("cpu") if lazy else None  # lazy: built on the CPU, loaded there, then moved
+    target = device
     if lazy:
-        device_arg, device = device, None
+        device = None
+    # CVD.ckpt (in the folder or as method_ckpt) fills the sync modules: their parameters wait on meta too
+    sync_from_file = method == "cvd" and not dry_run and (
+        method_kind == "CVD.ckpt" or (pretrained is not None and (Path(pretrained) / "CVD.ckpt").is_file()))
     trunk = _meta_params if lazy else contextlib.nullcontext
     if first_stage is None or text_encoder is None:
         with trunk():
@@ -113,6 +119,7 @@ def build_animatediff_method(
         camera={"animatediff": None, "motionctrl": "motionctrl"}.get(method, "cameractrl"),
         cvd=method == "cvd", attn_variant=attn, pose_encoder=pose_encoder,
         attn_kwargs=attn_kwargs, beta_schedule=beta_schedule, image_hw=image_hw, module_device=real,
+        sync_from_file=sync_from_file,
     )
     if pretrained is not None:
         model.load_pretrained(Path(pretrained))
@@ -127,26 +134,58 @@ def build_animatediff_method(
                 "stable-diffusion-v1-5/ (unet, vae, text_encoder, tokenizer) and v3_sd15_mm.ckpt"
                 + ("" if model.pose_encoder is None else ", and CameraCtrl.ckpt")
             )
-    if lazy and device_arg is not None:
-        model.to(device_arg)
+    if target is not None and not dry_run:
+        model.to(target)  # what the loads materialised sits on the CPU
     if freeze:
         model.freeze_base()
     return model
 
 
-def check_weight_files(pretrained, method_ckpt) -> None:
-    """Missing weights fail here, naming the expected layout, before anything is allocated."""
-    from camvid.models.animatediff.checkpoints import CAMERACTRL_FILE, CVD_FILE, MOTION_FILE, SD15_DIR
+def check_weight_files(pretrained, method_ckpt, method: str | None = None) -> str | None:
+    """Missing or wrong-kind weights fail here, naming the expected layout and where to get it, before
+    anything is allocated. Returns the kind of ``method_ckpt`` (``CameraCtrl.ckpt``, ``CVD.ckpt``,
+    ``lora``), read from its keys, or None."""
+    from camvid.models.animatediff.checkpoints import (
+        CAMERACTRL_FILE,
+        CVD_FILE,
+        MOTION_FILE,
+        SD15_DIR,
+        WEIGHT_SOURCES,
+        check_method_file,
+        method_file_kind,
+    )
 
     if pretrained is not None and not Path(pretrained).is_dir():
+        what = " (a file: the AnimateDiff family's pretrained= is a folder)" if Path(pretrained).is_file() else ""
         raise FileNotFoundError(
-            f"pretrained={pretrained}: no such folder. The AnimateDiff family loads a folder holding "
+            f"pretrained={pretrained}: no such folder{what}. The AnimateDiff family loads a folder holding "
             f"{SD15_DIR}/, {MOTION_FILE}, {CAMERACTRL_FILE} (camera methods) and optionally {CVD_FILE}; "
-            "see docs/models.md"
+            f"get them from {WEIGHT_SOURCES}; see docs/models.md"
         )
-    if method_ckpt is not None and not Path(method_ckpt).is_file():
-        raise FileNotFoundError(f"method_ckpt={method_ckpt}: file not found (CameraCtrl.ckpt, CVD.ckpt or "
-                                "CameraCtrl's RealEstate10K LoRA)")
+    if method_ckpt is None:
+        return None
+    return check_method_file(Path(method_ckpt), method) if method is not None else method_file_kind(Path(method_ckpt))
+
+
+def check_weight_folder(folder: Path, method: str, vae: bool = True, text: bool = True) -> None:
+    """The files a full-size ``method`` needs from the weights folder (``vae``/``text``: the SD1.5
+    encoders are ours to fill), all named at once with where to get them, before anything is built."""
+    from camvid.models.animatediff.checkpoints import CAMERACTRL_FILE, MOTION_FILE, SD15_DIR
+
+    sd15 = "huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"
+    needs = {f"{SD15_DIR}/unet/": sd15, MOTION_FILE: "huggingface.co/guoyww/animatediff"}
+    if vae:
+        needs[f"{SD15_DIR}/vae/"] = sd15
+    if text:
+        needs[f"{SD15_DIR}/text_encoder/"] = sd15
+        needs[f"{SD15_DIR}/tokenizer/"] = sd15
+    if method in ("cameractrl", "cami2v", "cvd"):
+        needs[CAMERACTRL_FILE] = "huggingface.co/hehao13/CameraCtrl"
+    missing = [f"{name} ({source})" for name, source in needs.items()
+               if not ((folder / name).is_dir() if name.endswith("/") else (folder / name).is_file())]
+    if missing:
+        raise FileNotFoundError(f"pretrained={folder}: model={method} at full size needs " + ", ".join(missing)
+                                + " in that folder; see docs/models.md")
 
 
 def meta_tensors(model: nn.Module) -> list[str]:

@@ -32,6 +32,9 @@ SD15_DIR = "stable-diffusion-v1-5"
 MOTION_FILE = "v3_sd15_mm.ckpt"
 CAMERACTRL_FILE = "CameraCtrl.ckpt"
 CVD_FILE = "CVD.ckpt"
+WEIGHT_SOURCES = ("huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5 (stable-diffusion-v1-5/), "
+                  "huggingface.co/guoyww/animatediff (v3_sd15_mm.ckpt), huggingface.co/hehao13/CameraCtrl "
+                  "(CameraCtrl.ckpt), github.com/CollaborativeVideoDiffusion/CVD (CVD.ckpt)")
 
 
 def read_state_dict(path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -111,7 +114,8 @@ def load_animatediff_weights(model, folder: Path) -> list[str]:
     if model.pose_adaptor is not None:
         path = folder / CAMERACTRL_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{model._name()} needs {path} (hehao13/CameraCtrl, CameraCtrl.ckpt)")
+            raise FileNotFoundError(f"{model._name()} needs {path} (CameraCtrl.ckpt from "
+                                    "huggingface.co/hehao13/CameraCtrl)")
         load_cameractrl(model, path)
         loaded.append(CAMERACTRL_FILE)
     if model.sync is not None and (folder / CVD_FILE).is_file():
@@ -120,7 +124,8 @@ def load_animatediff_weights(model, folder: Path) -> list[str]:
         loaded.append(CVD_FILE)
     if not loaded:
         raise FileNotFoundError(
-            f"no AnimateDiff weights under {folder}: expected {SD15_DIR}/, {MOTION_FILE}, {CAMERACTRL_FILE} or {CVD_FILE}"
+            f"no AnimateDiff weights under {folder}: expected {SD15_DIR}/, {MOTION_FILE}, {CAMERACTRL_FILE} or "
+            f"{CVD_FILE} (from {WEIGHT_SOURCES})"
         )
     return loaded
 
@@ -175,29 +180,58 @@ def merge_lora(model, path: Path, scale: float = 1.0) -> int:
     return len(pairs)
 
 
-def load_method_file(model, path: Path) -> str:
-    """A released method file over a loaded base, recognised by its content: CameraCtrl.ckpt,
-    CVD.ckpt or CameraCtrl's LoRA. Returns which one it was."""
+def method_file_kind(path: Path) -> str:
+    """What a released AnimateDiff-family method file is, from its keys (memory-mapped, so nothing
+    large is read): ``CameraCtrl.ckpt``, ``CVD.ckpt`` or ``"lora"`` (CameraCtrl's RealEstate10K
+    image LoRA). Anything else raises ValueError naming the file, its first keys and what was expected."""
     path = Path(path)
-    raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True) if path.suffix != ".safetensors" \
-        else read_state_dict(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"method_ckpt={path}: file not found (CameraCtrl.ckpt from hehao13/CameraCtrl, "
+                                "CVD.ckpt from CollaborativeVideoDiffusion/CVD, or CameraCtrl's RealEstate10K LoRA)")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw = {k: None for k in f.keys()}
+    else:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     if isinstance(raw, dict) and "pose_encoder_state_dict" in raw:
-        if model.pose_adaptor is None:
-            raise ValueError(f"{path} is CameraCtrl.ckpt but model={model._name()} has no CameraCtrl modules")
-        load_cameractrl(model, path)
         return CAMERACTRL_FILE
     if isinstance(raw, dict) and "unet_trainable_dict" in raw:
-        if model.sync is None:
-            raise ValueError(f"{path} is CVD.ckpt but model={model._name()} has no CVD sync modules; use model=cvd")
-        load_cvd(model, path)
         return CVD_FILE
     keys = list(raw.get("lora_state_dict", raw)) if isinstance(raw, dict) else []
-    if keys and all("_lora." in k for k in keys):
-        merge_lora(model, path)
+    if keys and all(isinstance(k, str) and "_lora." in k for k in keys):
         return "lora"
     raise ValueError(f"{path}: not an AnimateDiff method file; it has keys {keys[:4]}. Expected CameraCtrl.ckpt "
                      "(pose_encoder_state_dict), CVD.ckpt (unet_trainable_dict) or CameraCtrl's RealEstate10K LoRA "
                      "(*.processor.to_q_lora.down.weight ...)")
+
+
+def check_method_file(path: Path, method: str) -> str:
+    """The kind of ``path`` (:func:`method_file_kind`), checked against ``model=method`` before anything
+    is built: CameraCtrl.ckpt needs the CameraCtrl modules (cameractrl, cami2v, cvd), CVD.ckpt needs cvd;
+    the image LoRA (spatial attention of the SD1.5 UNet) goes on any model."""
+    kind = method_file_kind(path)
+    if kind == CVD_FILE and method != "cvd":
+        raise ValueError(f"{path} is CVD.ckpt but model={method} has no CVD sync modules; use model=cvd")
+    if kind == CAMERACTRL_FILE and method not in ("cameractrl", "cami2v", "cvd"):
+        raise ValueError(f"{path} is CameraCtrl.ckpt but model={method} has no CameraCtrl modules; use "
+                         "model=cameractrl, cami2v or cvd")
+    return kind
+
+
+def load_method_file(model, path: Path) -> str:
+    """A released method file over a loaded base, recognised by its content: CameraCtrl.ckpt,
+    CVD.ckpt or CameraCtrl's LoRA. Returns which one it was."""
+    path = Path(path)
+    kind = check_method_file(path, model._name())
+    if kind == CAMERACTRL_FILE:
+        load_cameractrl(model, path)
+    elif kind == CVD_FILE:
+        load_cvd(model, path)
+    else:
+        merge_lora(model, path)
+    return kind
 
 
 def _load_sd15(model, folder: Path) -> None:
@@ -220,4 +254,5 @@ def _diffusers_weights(folder: Path, stem: str = "diffusion_pytorch_model") -> P
     for name in (f"{stem}.safetensors", f"{stem}.bin", "pytorch_model.bin"):
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"no weights in {folder} (expected {stem}.safetensors or .bin)")
+    raise FileNotFoundError(f"no weights in {folder} (expected {stem}.safetensors or .bin, as in the "
+                            "huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5 folder)")

@@ -51,6 +51,8 @@ class AnimateDiffT2V(VideoDiffusionModel):
         module_device: where the modules no released file holds (MotionCtrl, cross-frame, CVD sync) are
             built with their initialisation; default beside the UNet weights. A UNet built on ``meta``
             to be materialised by a load passes the real device here.
+        sync_from_file: CVD.ckpt will fill the sync modules: build their parameters on ``meta`` (buffers
+            real), to be materialised by :func:`~camvid.models.animatediff.checkpoints.load_cvd`.
     """
 
     parameterization = "eps"
@@ -71,6 +73,7 @@ class AnimateDiffT2V(VideoDiffusionModel):
         num_train_timesteps: int = 1000,
         image_hw: tuple[int, int] | None = None,
         module_device: torch.device | str | None = None,
+        sync_from_file: bool = False,
     ):
         super().__init__()
         _check_combination(camera, cvd, attn_variant, pose_encoder)
@@ -117,7 +120,8 @@ class AnimateDiffT2V(VideoDiffusionModel):
         if cvd:
             from camvid.models.cvd import install_cvd_modules
 
-            self.sync = install_cvd_modules(unet, **(attn_kwargs or {}), module_device=module_device)
+            with _meta_params() if sync_from_file else nullcontext():
+                self.sync = install_cvd_modules(unet, **(attn_kwargs or {}), module_device=module_device)
 
     # ------------------------------------------------------------------ latents
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
@@ -269,6 +273,12 @@ class AnimateDiffT2V(VideoDiffusionModel):
         if self.cvd:
             return "cvd"
         return "cami2v" if self.cross_frame is not None else (self.camera or "animatediff")
+
+
+def _meta_params():
+    from accelerate import init_empty_weights
+
+    return init_empty_weights(include_buffers=False)
 
 
 def _check_combination(camera: str | None, cvd: bool, attn_variant: str, pose_encoder: nn.Module | None) -> None:

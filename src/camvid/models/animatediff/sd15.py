@@ -56,7 +56,8 @@ class CLIPTextTokens(FrozenModule):
 
         folder = Path(folder)
         if not (folder / "vocab.json").is_file():
-            raise FileNotFoundError(f"CLIP tokenizer not found: {folder / 'vocab.json'} (SD1.5 tokenizer/ folder)")
+            raise FileNotFoundError(f"CLIP tokenizer not found: {folder / 'vocab.json'} (the tokenizer/ folder of "
+                                    "huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5)")
         self.tokenizer = CLIPTokenizer.from_pretrained(str(folder))
 
     def forward(self, captions: list[str]) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from camvid.models.base import CameraInputs
 
 # attn config keys that configure the context; the module keys are in camera.injection.MODULE_KWARGS
-CONTEXT_KWARGS = ("threshold", "path", "tau", "seed", "tile_hw", "band", "grid")
+CONTEXT_KWARGS = ("threshold", "path", "tau", "seed", "tile_hw", "tile_frames", "band", "grid")
 KIND = {"epipolar": "all", "epipolar_ref": "ref"}
 
 

@@ -69,7 +69,7 @@ def add_cameractrl(unet: DynamiCrafterUNet) -> None:
 
 
 # attn config keys (conf/attn/*.yaml) -> cross-frame module constructor arguments; the other keys
-# (threshold, path, tau, seed, tile_hw) configure the AttentionContext (camvid.models.camera.context)
+# (threshold, path, tau, seed, tile_hw, tile_frames) configure the AttentionContext (camvid.models.camera.context)
 MODULE_KWARGS = {"num_registers": "num_register_tokens", "num_register_tokens": "num_register_tokens",
                  "dim_head": "dim_head"}
 

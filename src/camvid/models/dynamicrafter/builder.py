@@ -106,6 +106,20 @@ def build_dynamicrafter_method(
     # no device given: keep the caller's default device (e.g. an enclosing ``with torch.device("meta")``,
     # a dry run that builds and loads manifest-shaped files without memory)
     dry_run = str(device if device is not None else torch.get_default_device()) == "meta"
+    own_encoders = vae_path is None and first_stage is None and text_encoder is None and image_encoder is None
+    if not dry_run and size != "tiny" and own_encoders and (pretrained is not None or method_ckpt is not None):
+        # a file of the wrong kind fails here, checked against the model built on meta (nothing
+        # allocated, nothing read), before the real build allocates the camera modules or the load the base
+        with torch.device("meta"):
+            shadow = _build(method, size, attn, attn_kwargs, num_frames, image_hw, None, None, None, None,
+                            pixel_shuffle_factor, unet_overrides, gradient_checkpointing, dict(method_kwargs),
+                            tokenizer_path, False, encoder_config or {}, proj_overrides or {})
+        from camvid.models.dynamicrafter.checkpoint import load_dynamicrafter_weights
+
+        for path, kind in ((pretrained, "base"), (method_ckpt, "method")):
+            if path is not None:
+                load_dynamicrafter_weights(shadow, path, kind=kind, check_only=True)
+        del shadow
     # the pretrained trunk gets meta parameters (real buffers) and is materialised by the load
     lazy = pretrained is not None and size != "tiny" and not dry_run
     with torch.device(device) if device is not None else contextlib.nullcontext():

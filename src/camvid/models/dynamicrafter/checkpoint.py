@@ -172,10 +172,11 @@ def _convert_encoders(model, state: dict, path, report: dict) -> dict:
     return out
 
 
-def load_dynamicrafter_weights(model, path: str | Path, kind: str = "auto") -> dict[str, int]:
+def load_dynamicrafter_weights(model, path: str | Path, kind: str = "auto", check_only: bool = False) -> dict[str, int]:
     """Load ``path`` into ``model``; returns tensors loaded per top-level module, plus
     ``unused:<encoder>`` (OpenCLIP tensors DynamiCrafter never runs, checked and counted) and
-    ``skipped:<encoder>`` (encoder weights a tiny CPU encoder cannot take)."""
+    ``skipped:<encoder>`` (encoder weights a tiny CPU encoder cannot take). ``check_only``: every
+    check, nothing copied (with a model built on ``meta`` and a memory-mapped file, nothing is read)."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: choose one of {', '.join(KINDS)}")
     path = Path(path)
@@ -217,7 +218,8 @@ def load_dynamicrafter_weights(model, path: str | Path, kind: str = "auto") -> d
             raise _error(path, raw, model, kind, f"the file has UNet weights but lacks {len(missing)} of them",
                          missing)
 
-    _assign(model, own, state)
+    if not check_only:
+        _assign(model, own, state)
     for key in state:
         top = key.split(".", 1)[0]
         report[top] = report.get(top, 0) + 1
