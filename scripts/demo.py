@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="everything the demo writes goes here")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: conf/experiment/demo.yaml)")
-    p.add_argument("--clips", type=int, default=30, help="synthetic clips to render (every 5th is a test clip)")
+    p.add_argument("--clips", type=int, default=36,
+                   help="synthetic clips to render (every 6th is a test clip: all five trajectory kinds are tested)")
     p.add_argument("--samples", type=int, default=6, help="test clips to sample and evaluate")
     p.add_argument("--trials", type=int, default=2, help="SfM trials per video (the paper uses 5)")
     args = p.parse_args(argv)
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         # rendered at the model's resolution: the depth the metric warps with is then exact per pixel
         run("render", [py, "data_prep/synthetic.py", "--out", str(data), "--num-clips", str(args.clips),
                        "--num-frames", "40", "--height", "64", "--width", "64", "--texture-size", "128",
-                       "--seed", "0"], timings, env, logs)
+                       "--seed", "0", "--test-every", "6"], timings, env, logs)
     for split in ("train", "test"):
         if not (data / "shards" / split / "manifest.json").is_file():
             run(f"shards/{split}", [py, "data_prep/make_shards.py", "re10k", "--root", str(data), "--split", split,

@@ -14,7 +14,7 @@ from camvid.models.registry import _attn_kwargs, build_method
 from conftest import CONF_DIR, TINY_DATA, compose, data_overrides, run_overrides
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")
-                 if p.stem != "demo" and not p.stem.startswith("recipe_"))
+                 if p.stem not in ("demo", "tiny_base") and not p.stem.startswith("recipe_"))
 TABLES = sorted(p.stem for p in (CONF_DIR / "table").glob("*.yaml"))
 
 
@@ -48,9 +48,11 @@ def test_preset_composes_and_instantiates_at_tiny_size(name):
         assert list(cfg.data.mix_weights) == [0.7, 0.3]
     # the same row at tiny size: the CPU stand-in builds (full size: test_full_size_presets_build_on_meta)
     tiny = compose([f"experiment={name}", "scale=tiny", "backbone.num_frames=8"])
-    assert tiny.backbone.size == "tiny" and tiny.trainer.cpu and tiny.pretrained is None
+    # DynamiCrafter rows start from the shipped tiny base; AnimateDiff has none
+    base = "builtin:tiny_dynamicrafter_base" if cfg.backbone.family == "dynamicrafter" else None
+    assert tiny.backbone.size == "tiny" and tiny.trainer.cpu and tiny.pretrained == base
     assert tiny.trainer.precision == "no" and tiny.trainer.get("distributed") is None
-    assert tiny.stages == ["train", "sample", "eval"]  # no pretrained tiny base: every row trains
+    assert tiny.stages == ["train", "sample", "eval"]  # every row trains (zero-shot rows fine-tune the base)
     if cfg.model.get("sampling_only"):  # released systems: run_job skips train (tests/test_baselines.py)
         assert cfg.stages == ["sample", "eval"] and cfg.data.views == 2
         if name not in ("cvd_t2_cameractrl_sparsectrl", "cvd_t2_motionctrl_svd"):

@@ -158,6 +158,19 @@ def existing_dir(v) -> str | None:
     return None if Path(v).expanduser().is_dir() else "an existing directory (not found)"
 
 
+def weights_path(v) -> str | None:
+    """An existing file or directory, or ``builtin:<name>``: weights shipped with the package."""
+    if isinstance(v, str) and v.startswith("builtin:"):
+        from camvid.assets import resolve_weights
+
+        try:
+            resolve_weights(v)
+        except (ValueError, FileNotFoundError) as err:
+            return f"a known built-in file ({err})"
+        return None
+    return existing_path(v)
+
+
 def existing_path(v) -> str | None:
     if not isinstance(v, str) or not v:
         return "a path to an existing file or directory"
@@ -221,7 +234,7 @@ TRAIN_RULES: list[Rule] = [
     _optional_path("ckpt_path", existing_dir),
     _optional_path("method_ckpt", existing_file),
     Rule("released_masks", one_of("auto", True, False)),
-    _optional_path("pretrained", hint="the base model's weights (docs/models.md); set CAMVID_WEIGHTS or "
+    _optional_path("pretrained", weights_path, hint="the base model's weights (docs/models.md); set CAMVID_WEIGHTS or "
                    "pretrained=PATH, or use backbone=tiny_<family> to train from scratch"),
 ]
 

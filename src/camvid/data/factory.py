@@ -85,7 +85,8 @@ def prepare_dataset(data_cfg: Mapping) -> None:
     """Render (and shard) the synthetic set when ``data.prepare`` asks for it; a no-op otherwise.
 
     ``prepare`` keys: ``num_clips``, ``num_frames``, ``height``, ``width``, ``seed`` and optionally
-    ``webvid_clips``, ``texture_size``. Idempotent and safe if several ranks call it at once, but
+    ``webvid_clips``, ``texture_size``, ``test_every`` (every N-th clip is a test clip; 6 with the 5
+    trajectory kinds puts every kind in the test split, 5 puts only ``mixed`` there). Idempotent and safe if several ranks call it at once, but
     cheaper when only the main process does and the others wait at a barrier.
     """
     prep = data_cfg.get("prepare")
@@ -101,6 +102,7 @@ def prepare_dataset(data_cfg: Mapping) -> None:
         seed=int(_get(prep, "seed", 0)),
         webvid_clips=int(_get(prep, "webvid_clips", 0)),
         texture_size=prep.get("texture_size") if hasattr(prep, "get") else None,
+        test_every=int(_get(prep, "test_every", 5)),
     )
     for split in ("train", "test"):
         _atomic_shards(root, split)

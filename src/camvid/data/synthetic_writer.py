@@ -228,6 +228,7 @@ def ensure_synthetic_dataset(
     seed: int = 0,
     webvid_clips: int = 0,
     texture_size: int | None = None,
+    test_every: int = 5,
 ) -> Path:
     """Render the synthetic RealEstate10K set (and ``webvid_clips`` WebVid-like clips under
     ``root/webvid``) unless ``root`` already holds it; returns ``root``.
@@ -246,7 +247,8 @@ def ensure_synthetic_dataset(
     # mkdtemp makes a 0700 directory: give it the umask's mode so collaborators can read it once renamed
     tmp = share_like_umask(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        write_synthetic_re10k(tmp, num_clips, num_frames, height, width, seed=seed, texture_size=texture_size)
+        write_synthetic_re10k(tmp, num_clips, num_frames, height, width, seed=seed, texture_size=texture_size,
+                              test_every=test_every)
         if webvid_clips:
             write_synthetic_webvid(tmp / "webvid", webvid_clips, num_frames, height, width, seed=seed)
         try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from camvid.assets import resolve_weights
 from camvid.config import check_combination
 from camvid.models.base import VideoDiffusionModel
 
@@ -89,7 +90,7 @@ def build_method(cfg: DictConfig) -> VideoDiffusionModel:
             raise ValueError(f"model.plucker=false is CamI2V on DynamiCrafter without its Plücker embedding; got "
                              f"model={cfg.model.name} on a {family} backbone")
         kwargs["plucker"] = False
-    pretrained = cfg.get("pretrained") or None
+    pretrained = resolve_weights(cfg.get("pretrained"))
     method_ckpt = cfg.get("method_ckpt") or None
     if family == "dynamicrafter":
         # the builder checks both files first, builds the pretrained trunk on meta and loads it

@@ -1,0 +1,75 @@
+"""The shipped tiny pretrained base (``pretrained=builtin:tiny_dynamicrafter_base``): it loads
+strictly into the demo's model, only the camera modules train on top of it, and the configs that
+should use it do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from camvid.assets import BUILTIN_WEIGHTS, resolve_weights
+from camvid.models.dynamicrafter.checkpoint import is_camera_key
+from camvid.models.registry import build_method, set_trainable
+from camvid.validation import weights_path
+from conftest import compose
+
+BASE = BUILTIN_WEIGHTS["tiny_dynamicrafter_base"]
+
+
+def test_shipped_base_is_small_and_documented():
+    assert BASE.is_file() and BASE.stat().st_size <= 25 * 2**20
+    card = json.loads(BASE.with_suffix(".json").read_text())
+    for key in ("command", "recipe", "seed", "step", "train_seconds", "parameters", "data"):
+        assert card[key] is not None, key
+    assert card["bytes"] == BASE.stat().st_size
+
+
+def test_demo_loads_the_base_strictly_and_trains_only_camera_modules():
+    cfg = compose(["experiment=demo"])
+    assert cfg.pretrained == "builtin:tiny_dynamicrafter_base"
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    state = load_file(str(BASE))
+    own = method.state_dict()
+    base_keys = {k for k in own if not is_camera_key(k) and not k.startswith("pose_encoder.")}
+    # every base tensor of the model comes from the file, and the file holds nothing else
+    assert set(state) == base_keys
+    for key, value in state.items():
+        assert torch.equal(own[key], value), key
+    assert set_trainable(method, cfg) is False  # a pretrained base: frozen
+    trained = {n for n, p in method.named_parameters() if p.requires_grad}
+    assert trained and all(is_camera_key(n) or n.startswith("pose_encoder.") for n in trained)
+
+
+def test_base_file_with_a_missing_tensor_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    state = load_file(str(BASE))
+    state.pop(next(k for k in state if k.startswith("model.diffusion_model.")))
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad))
+    cfg = compose(["experiment=demo", f"pretrained={bad}"])
+    with pytest.raises(ValueError, match="missing"):
+        build_method(cfg)
+
+
+def test_builtin_names_are_checked():
+    assert resolve_weights("builtin:tiny_dynamicrafter_base") == str(BASE)
+    assert resolve_weights(None) is None and resolve_weights("/some/file.ckpt") == "/some/file.ckpt"
+    with pytest.raises(ValueError, match="builtin:tiny_dynamicrafter_base"):
+        resolve_weights("builtin:nope")
+    assert weights_path("builtin:tiny_dynamicrafter_base") is None
+    assert "known built-in" in weights_path("builtin:nope")
+
+
+@pytest.mark.parametrize("table,preset,base", [
+    ("cami2v_t2", "cami2v_t2_pluecker_only", "builtin:tiny_dynamicrafter_base"),
+    ("cami2v_t1", "cami2v_t1_motionctrl", "builtin:tiny_dynamicrafter_base"),
+    ("cvd_t3", "cvd_t3_cvd", None),  # AnimateDiff has no tiny base: its rows train from scratch
+])
+def test_tiny_rows_start_from_the_base_of_their_family(table, preset, base):
+    row = compose([f"table={table}", "scale=tiny", f"experiment={preset}"])
+    assert row.pretrained == base and row.backbone.pretrained == base
