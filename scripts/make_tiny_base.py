@@ -21,29 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "src" / "camvid" / "assets" / "tiny_dynamicrafter_base.safetensors"
-
-
-def run(stage: str, cmd: list[str], log_dir: Path, env: dict) -> float:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{stage}.log"
-    print(f"=== {stage}  (log: {log})", flush=True)
-    start = time.perf_counter()
-    with log.open("w") as f:
-        f.write(" ".join(cmd) + "\n")
-        f.flush()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=None)
-    if proc.returncode:
-        sys.exit(f"stage {stage} failed (exit {proc.returncode}); see {log}")
-    took = time.perf_counter() - start
-    print(f"    done in {took:.1f} s", flush=True)
-    return took
+sys.path.insert(0, str(REPO / "scripts"))
+from demo import run  # noqa: E402  (one stage runner for both scripts: log file, timing, exit on failure)
 
 
 def export_base(ckpt: Path, out: Path, card: dict) -> dict:
@@ -98,18 +82,18 @@ def main(argv: list[str] | None = None) -> None:
             timings["train"] = args.train_seconds
     else:
         if not (data / "captions.json").is_file():
-            timings["render"] = run("render", [
+            run("render", [
                 py, "data_prep/synthetic.py", "--out", str(data), "--num-clips", str(args.clips), "--num-frames", "40",
                 "--height", "64", "--width", "64", "--texture-size", "128", "--seed", str(args.data_seed),
-                "--test-every", "0"], logs, env)
+                "--test-every", "0"], timings, env, logs)
         if not (data / "shards" / "train" / "manifest.json").is_file():
-            timings["shards"] = run("shards", [
+            run("shards", [
                 py, "data_prep/make_shards.py", "re10k", "--root", str(data), "--split", "train",
-                "--out", str(data / "shards" / "train"), "--shard-size", "8"], logs, env)
+                "--out", str(data / "shards" / "train"), "--shard-size", "8"], timings, env, logs)
         steps = [f"trainer.max_steps={args.steps}"] if args.steps else []
-        timings["train"] = run("train", [
+        run("train", [
             py, "src/train.py", "experiment=tiny_base", f"data.root={data}", f"seed={args.seed}", *steps,
-            f"hydra.run.dir={run_dir}", "hydra.job_logging.root.level=WARNING"], logs, env)
+            f"hydra.run.dir={run_dir}", "hydra.job_logging.root.level=WARNING"], timings, env, logs)
         sys.path.insert(0, str(REPO / "src"))
         from camvid.training.checkpoint import find_latest
 

@@ -73,3 +73,25 @@ def test_builtin_names_are_checked():
 def test_tiny_rows_start_from_the_base_of_their_family(table, preset, base):
     row = compose([f"table={table}", "scale=tiny", f"experiment={preset}"])
     assert row.pretrained == base and row.backbone.pretrained == base
+
+
+def test_make_tiny_base_command_writes_a_base_the_demo_loads(tmp_path):
+    """The documented command end to end at a toy size (4 clips, 2 steps): a base file with its card,
+    which ``pretrained=PATH`` loads strictly into the demo's model."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "base.safetensors"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_base.py"), "--work", str(tmp_path / "w"),
+                           "--out", str(out), "--clips", "4", "--steps", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["step"] == 2 and card["bytes"] == out.stat().st_size
+    assert set(load_file(str(out))) == set(load_file(str(BASE)))  # same tensors as the shipped base
+    method = build_method(compose(["experiment=demo", f"pretrained={out}"]))
+    state = load_file(str(out))
+    own = method.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in state.items())
