@@ -341,7 +341,7 @@ def test_homography_pairs_are_marked_camera_free():
     from camvid.data.samples import SampleSpec, collate, homography_pair, single_sample
 
     frames = np.random.default_rng(0).integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
-    clip = Clip(key="w0", caption="a ball", num_frames=12, track=None, load=lambda idx: frames[list(idx)],
+    clip = Clip(key="w0", caption="a ball", num_frames=12, track=None, load=lambda idx, out=None: frames[list(idx)],
                 source="webvid", where="w0")
     spec = SampleSpec(num_frames=4, height=16, width=16, train=False, stride_max=2)
     batch = collate([homography_pair(clip, spec, np.random.default_rng(0))] * 2)
