@@ -29,6 +29,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from camvid.data.checks import check_track
 from camvid.data.layout import IMAGE_SUFFIXES, Re10kClip, WebVidClip, list_re10k_clips, list_webvid_clips
 from camvid.geometry.cameras import read_pose_file
 
@@ -148,8 +149,6 @@ def _write_shards(clips: list, build, out: Path, shard_size: int, meta: dict) ->
 
 
 def _re10k_sample(clip: Re10kClip, image_format: str, with_depth: bool) -> dict:
-    from camvid.data.clips import check_track  # clips imports this module
-
     track = check_track(read_pose_file(clip.pose_path), str(clip.pose_path))  # validated before it is shipped
     files = _frame_files(clip.frame_dir)
     if len(files) != len(track):
