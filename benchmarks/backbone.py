@@ -243,6 +243,10 @@ def run_case(args) -> dict:
             cached = method.conditions(batch, x0)
         method.encode_video = lambda video: x0
         method.conditions = lambda batch, latents=None: cached
+        if hasattr(method, "null_text"):  # AnimateDiff encodes the empty caption in denoise (text dropout)
+            with torch.no_grad():
+                null = method.null_text(1)
+            method.null_text = lambda batch_size: null.expand(batch_size, -1, -1)
         for encoder in method.encoder_modules():
             encoder.to("meta")
         out["encoders_cached"] = True
