@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from camvid.attention import AttentionContext, Query, attention_layers, build_cross_frame_attention, capture
+from test_attention_integration import cameras  # the same clips: B=2 clips of T=3 frames at 64x96
 
 B, T, C, HEADS = 2, 3, 32, 2
 IMAGE_HW, FEAT_HW = (64, 96), (4, 6)
@@ -14,22 +15,6 @@ HW = H_ * W_
 # (frame, x, y) pixels, plus one query of the second clip / video
 QUERIES = [(0, 40.0, 30.0), (2, 5.0, 60.0), Query(1, 90.0, 2.0, sample=1)]
 KIND = {"epipolar": "all", "epipolar_ref": "ref", "cross_video": "cross", "full3d": None}
-
-
-def cameras(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    H, W = IMAGE_HW
-    K = torch.tensor([[0.9 * W, 0.0, W / 2], [0.0, 0.9 * W, H / 2], [0.0, 0.0, 1.0]]).expand(B, T, 3, 3)
-    c2w = torch.eye(4).repeat(B, T, 1, 1)
-    for b in range(B):
-        direction = torch.randn(3, generator=g)
-        yaw = float(torch.rand(1, generator=g)) - 0.5
-        for t in range(T):
-            a = yaw * t / T
-            c2w[b, t, :3, :3] = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0],
-                                              [-math.sin(a), 0, math.cos(a)]])
-            c2w[b, t, :3, 3] = 0.3 * t * direction / direction.norm()
-    return K.contiguous(), c2w
 
 
 def make_ctx(variant, path, **kw):
