@@ -4,11 +4,13 @@ Writes ``--clips`` clips of 16 frames at 256x256 as JPEG (quality 95) shards, th
 count W in ``--workers``:
 
 - loader: clips/s delivered by ``build_dataloader`` (training stream, batch 1, 16 frames, no
-  resize) with W DataLoader workers, from the arrival of the first batch to that of the last
-  (worker start-up and shut-down excluded);
+  resize) asked for W DataLoader workers, from the arrival of the first batch to that of the last
+  (worker start-up and shut-down excluded; ``start ms`` shows the time to the first batch). The
+  loader caps W at the cores this process may use (``camvid.data.workers``; ``started`` is the
+  number it started); ``--no-cap`` starts W regardless;
 - decode limit: clips/s of decoding exactly those JPEG frames (``camvid.data.decode.decode_image``,
-  the loader's decoder) in max(W, 1) processes that hold the frames already and do nothing else
-  (a pool forked after the frames were read; only clip numbers and CPU times cross processes).
+  the loader's decoder) in max(started, 1) processes that hold the frames already and do nothing
+  else (a pool forked after the frames were read; only clip numbers and CPU times cross processes).
 
 ``ratio`` = loader / decode limit; the loader's other work (tar reading, pose parsing, batching,
 handing uint8 video to the main process) is what it loses. CPU ms per clip (all processes of each
@@ -21,6 +23,11 @@ same frames in one process, with the largest pixel difference from PIL.
 
     .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 5 repeats
     .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 3 --json out.json
+    .venv/bin/python benchmarks/data.py --workers 2 4 --no-cap   # what 4 workers on 2 cores cost
+
+The timed window (``--batches``, default 160) is long enough that a fresh worker's one-time costs
+inside it (its first shared-memory slots: about 4 ms each, up to ``prefetch_factor + 4``) are a
+few per cent, as over a training epoch; at 48 batches they were 5-7 % (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import multiprocessing as mp
 import os
 import platform
@@ -118,16 +126,25 @@ def decode_limit(processes: int, n: int, pool=None) -> tuple[float, float]:
     return n / (time.perf_counter() - start), 1e3 * cpu / n
 
 
-def loader_rate(shards: Path, workers: int, n: int) -> tuple[float, float]:
-    """(clips/s, CPU ms per clip over the main process and its workers) of the training stream:
-    ``n`` batches of one clip timed from the arrival of the first batch to that of the last (worker
-    start-up and shut-down are not throughput; the CPU figure includes them, and the first clip,
-    since worker CPU is only known once they exit)."""
+def started_workers(workers: int, cap: bool = True) -> int:
+    """The workers ``build_dataloader(num_workers=workers, cap_workers=cap)`` starts here."""
+    from camvid.data.workers import effective_workers
+
+    return effective_workers(workers, cap)
+
+
+def loader_rate(shards: Path, workers: int, n: int, cap: bool = True) -> tuple[float, float, float]:
+    """(clips/s, CPU ms per clip over the main process and its workers, ms to the first batch) of
+    the training stream: ``n`` batches of one clip timed from the arrival of the first batch to
+    that of the last (worker start-up and shut-down are not throughput; the CPU figure includes
+    them, and the first clip, since worker CPU is only known once they exit)."""
     from camvid.data.loader import build_dataloader
 
     loader = build_dataloader(str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1,
-                              batch_size=1, num_workers=workers, shuffle_buffer=1, epoch_length=n + 1, seed=1)
+                              batch_size=1, num_workers=workers, shuffle_buffer=1, epoch_length=n + 1, seed=1,
+                              cap_workers=cap)
     cpu0, kids0 = time.process_time(), _children_cpu()
+    begin = time.perf_counter()
     it = iter(loader)
     next(it)
     start = time.perf_counter()
@@ -137,7 +154,7 @@ def loader_rate(shards: Path, workers: int, n: int) -> tuple[float, float]:
         end = time.perf_counter()
     del it  # the epoch has ended: workers exit and are joined
     cpu = (time.process_time() - cpu0) + (_children_cpu() - kids0)
-    return got / (end - start), 1e3 * cpu / (got + 1)
+    return got / (end - start), 1e3 * cpu / (got + 1), 1e3 * (start - begin)
 
 
 def decoders(clips: list[list[bytes]], n: int) -> dict[str, dict | str]:
@@ -173,17 +190,24 @@ def _median(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=32, help="distinct clips written (16 JPEG frames each)")
-    p.add_argument("--batches", type=int, default=48, help="clips timed per measurement")
+    p.add_argument("--batches", type=int, default=160, help="clips timed per measurement")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4])
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the table shows their medians")
+    p.add_argument("--no-cap", action="store_true",
+                   help="start every requested worker (build_dataloader(cap_workers=False)); by default the loader "
+                        "caps them at this process's cores, as training does")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.batches < 2 or args.clips < 1 or min(args.workers) < 0:
         p.error("--repeats and --clips must be >= 1, --batches >= 2, --workers >= 0")
 
     from camvid.data.decode import jpeg_backend
+    from camvid.data.workers import available_cores
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cap = not args.no_cap
+    started = {w: started_workers(w, cap) for w in args.workers}
+    logging.getLogger("camvid.data.workers").setLevel(logging.ERROR)  # the table's `started` column says it
     import torch
 
     torch.set_num_threads(1)
@@ -193,15 +217,15 @@ def main(argv: list[str] | None = None) -> dict:
         size_kb = np.mean([len(f) for c in _CLIPS for f in c]) / 1024
         rounds: dict[int, list[dict]] = {w: [] for w in args.workers}
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        pools = {w: ctx.Pool(w) for w in args.workers if w > 1}
+        pools = {w: ctx.Pool(started[w]) for w in args.workers if started[w] > 1}
         try:
             for pool in pools.values():
                 pool.map(_decode_clip, range(len(pool._pool)))  # start and warm the processes
             for _ in range(args.repeats):
                 for w in args.workers:
-                    decode, decode_cpu = decode_limit(max(w, 1), args.batches, pools.get(w))
-                    loader, loader_cpu = loader_rate(shards, w, args.batches)
-                    rounds[w].append({"loader": loader, "decode": decode, "ratio": loader / decode,
+                    decode, decode_cpu = decode_limit(max(started[w], 1), args.batches, pools.get(w))
+                    loader, loader_cpu, first_ms = loader_rate(shards, w, args.batches, cap)
+                    rounds[w].append({"loader": loader, "decode": decode, "ratio": loader / decode, "start_ms": first_ms,
                                       "loader_cpu_ms": loader_cpu, "decode_cpu_ms": decode_cpu,
                                       "cpu_ratio": decode_cpu / loader_cpu})
         finally:
@@ -209,23 +233,25 @@ def main(argv: list[str] | None = None) -> dict:
                 pool.terminate()
         dec = decoders(_CLIPS, 8 * FRAMES)
 
-    keys = ("loader", "decode", "ratio", "loader_cpu_ms", "decode_cpu_ms", "cpu_ratio")
-    rows = [{"workers": w, "decode_processes": max(w, 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
+    keys = ("loader", "decode", "ratio", "loader_cpu_ms", "decode_cpu_ms", "cpu_ratio", "start_ms")
+    rows = [{"workers": w, "started": started[w], "decode_processes": max(started[w], 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
              "ratio_range": [min(r["ratio"] for r in rounds[w]), max(r["ratio"] for r in rounds[w])],
              "rounds": rounds[w]} for w in args.workers]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = {"clip": f"{FRAMES}x{SIZE}x{SIZE} JPEG q95, {size_kb:.0f} KB/frame", "decoder": jpeg_backend(),
-              "cpus": os.cpu_count(), "load_average_1min": load, "python": platform.python_version(),
+              "cpus": os.cpu_count(), "available_cores": available_cores(), "cap_workers": cap,
+              "load_average_1min": load, "python": platform.python_version(),
               "repeats": args.repeats, "batches": args.batches, "rows": rows, "decoders_frames_per_s": dec}
-    print(f"clips: {result['clip']}; loader decoder: {result['decoder']}; {result['cpus']} CPUs, load average "
-          f"{load:.1f} at the end; medians of {args.repeats} interleaved rounds of {args.batches} clips")
-    print(f"{'workers':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} {'(range)':>11}   "
-          f"{'loader CPU ms/clip':>18} {'decode CPU ms/clip':>18} {'CPU ratio':>9}")
+    print(f"clips: {result['clip']}; loader decoder: {result['decoder']}; {result['cpus']} CPUs "
+          f"({result['available_cores']} available), workers {'capped at them' if cap else 'not capped (--no-cap)'}; "
+          f"load average {load:.1f} at the end; medians of {args.repeats} interleaved rounds of {args.batches} clips")
+    print(f"{'workers':>7} {'started':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} "
+          f"{'(range)':>11}   {'loader CPU ms/clip':>18} {'decode CPU ms/clip':>18} {'CPU ratio':>9} {'start ms':>8}")
     for r in rows:
         lo, hi = r["ratio_range"]
-        print(f"{r['workers']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
+        print(f"{r['workers']:>7} {r['started']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
               f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} {r['decode_cpu_ms']:>18.1f} "
-              f"{r['cpu_ratio']:>9.2f}")
+              f"{r['cpu_ratio']:>9.2f} {r['start_ms']:>8.0f}")
     print("JPEG decoders, one process, same frames (frames/s, ratio to PIL, largest pixel difference from PIL):")
     pil = dec.get("pil")
     for name, v in dec.items():

@@ -112,6 +112,7 @@ def test_a_successful_run_prints_one_summary_and_finishes_wandb(data_root, tmp_p
     ("trainer.max_grad_norm=0", "trainer.max_grad_norm=0: must be a number > 0.0"),
     ("trainer.precision=fp8", "trainer.precision=fp8: must be one of no, fp16, bf16"),
     ("trainer.cpu=maybe", "trainer.cpu=maybe: must be true or false"),
+    ("trainer.cap_workers=maybe", "trainer.cap_workers=maybe: must be true or false"),
     ("model.optimizer.lr=fast", "model.optimizer.lr=fast: must be a number > 0.0"),
     ("model.optimizer.lr=0", "model.optimizer.lr=0: must be a number > 0.0"),
     ("model.optimizer.betas=[0.9]", "model.optimizer.betas=[0.9]: must be a list of 2 numbers"),

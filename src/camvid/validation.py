@@ -201,6 +201,7 @@ TRAIN_RULES: list[Rule] = [
     Rule("trainer.batch_size", integer(1), required=True),
     Rule("trainer.grad_accum", integer(1), required=True),
     Rule("trainer.num_workers", integer(0), required=True),
+    Rule("trainer.cap_workers", boolean),
     Rule("trainer.max_grad_norm", number(0.0, lo_open=True)),
     Rule("trainer.lr_warmup_steps", integer(0)),
     Rule("trainer.ckpt_every", integer(1)),

@@ -161,10 +161,13 @@ def build_train_dataloader(
     world_size: int | None = None,
     epoch: int = 0,
     skip_batches: int = 0,
+    cap_workers: bool = True,
 ) -> DataLoader:
-    """The training loader of a data config (resampled, endless unless ``epoch_length`` is set)."""
+    """The training loader of a data config (resampled, endless unless ``epoch_length`` is set);
+    ``cap_workers``: see :mod:`camvid.data.workers`."""
     return build_dataloader(**loader_kwargs(data_cfg, train=True), batch_size=batch_size, num_workers=num_workers,
-                            seed=seed, rank=rank, world_size=world_size, epoch=epoch, skip_batches=skip_batches)
+                            seed=seed, rank=rank, world_size=world_size, epoch=epoch, skip_batches=skip_batches,
+                            cap_workers=cap_workers)
 
 
 def build_eval_dataset(data_cfg: Mapping, root: str | None = None, split: str = "test", stride: int | None = None,

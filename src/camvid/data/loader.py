@@ -56,6 +56,7 @@ from camvid.data.shards import (
     shard_refs,
     shard_urls,
 )
+from camvid.data.workers import effective_workers
 
 __all__ = [
     "ClipStream",
@@ -650,6 +651,7 @@ def build_dataloader(
     max_skip_fraction: float = 0.1,
     skip_check_min_samples: int = 100,
     pin_memory: bool = False,
+    cap_workers: bool = True,
 ) -> StreamLoader:
     """The loader a Hydra ``data`` config instantiates.
 
@@ -660,7 +662,10 @@ def build_dataloader(
     ``train``; resampled streams without ``epoch_length`` (batches per rank per epoch) are endless.
     Batches hold uint8 ``video`` (normalise with :func:`camvid.data.batches.to_device`). Once
     ``skip_check_min_samples`` samples were attempted, more than ``max_skip_fraction`` of them
-    skipped raises :class:`camvid.data.health.TooManySkips`.
+    skipped raises :class:`camvid.data.health.TooManySkips`. ``num_workers`` is capped at this
+    process's share of the CPU cores (:mod:`camvid.data.workers`, with a log line) unless
+    ``cap_workers=False``; ``loader.num_workers`` is the number started, ``loader.requested_workers``
+    the one asked for.
     """
     if stride_min is None:
         stride_min = 1 if train else 8
@@ -691,8 +696,11 @@ def build_dataloader(
     else:
         raise ValueError(f"unknown pairing {pairing!r}; expected one of {(*PAIRINGS, 'cvd_mix')}")
     health = DataHealth(max_skip_fraction, skip_check_min_samples)
-    return StreamLoader(dataset, health=health, num_workers=num_workers, persistent_workers=False,
-                        pin_memory=pin_memory, prefetch_factor=4 if num_workers else None)
+    workers = effective_workers(num_workers, cap_workers, announce=True)
+    loader = StreamLoader(dataset, health=health, num_workers=workers, persistent_workers=False,
+                          pin_memory=pin_memory, prefetch_factor=4 if workers else None)
+    loader.requested_workers = num_workers
+    return loader
 
 
 def build_synthetic_dataloader(

@@ -30,6 +30,7 @@ def build_train_loader(cfg: DictConfig, rank: int, world_size: int, skip_batches
     return build_train_dataloader(
         data_cfg, batch_size=int(cfg.trainer.batch_size), num_workers=int(cfg.trainer.num_workers),
         seed=int(cfg.seed), rank=rank, world_size=world_size, skip_batches=skip_batches,
+        cap_workers=bool(cfg.trainer.get("cap_workers", True)),
     )
 
 

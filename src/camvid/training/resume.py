@@ -16,6 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from camvid.data.workers import effective_workers
+
 __all__ = ["ResumeMismatchError", "run_fingerprint", "fingerprint_differences", "check_resume_compatible",
            "RESUME_POLICIES"]
 
@@ -36,6 +38,9 @@ _OPTIONS = {
     "backbone": "backbone",
     "camvid_version": "camvid version",
 }
+
+_NOTES = {"num_workers": " (workers started: the request capped at this process's CPU cores unless "
+                         "trainer.cap_workers=false)"}
 
 
 class ResumeMismatchError(RuntimeError):
@@ -83,7 +88,8 @@ def run_fingerprint(cfg: DictConfig, world_size: int) -> dict:
         "world_size": int(world_size),
         "batch_size": int(cfg.trainer.batch_size),
         "grad_accum": int(cfg.trainer.grad_accum),
-        "num_workers": int(cfg.trainer.num_workers),
+        # the workers actually started (the stream depends on them), not the number asked for
+        "num_workers": effective_workers(int(cfg.trainer.num_workers), bool(cfg.trainer.get("cap_workers", True))),
         "seed": int(cfg.seed),
         "data_roots": roots,
         "shards": _shard_listing(roots),
@@ -101,7 +107,8 @@ def fingerprint_differences(saved: dict, now: dict) -> list[str]:
         if key not in saved:
             out.append(f"{option}: not recorded in the checkpoint, now {json.dumps(now.get(key))}")
         elif saved[key] != now.get(key):
-            out.append(f"{option}: checkpoint {json.dumps(saved[key])}, now {json.dumps(now.get(key))}")
+            out.append(f"{option}: checkpoint {json.dumps(saved[key])}, now {json.dumps(now.get(key))}"
+                       + _NOTES.get(key, ""))
     return out
 
 
