@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ from camvid.data.clips import BadSample, Clip, open_re10k_clip, open_shard_sampl
 from camvid.data.handoff import SlotReceiver, SlotVideo, slots_supported, worker_ring
 from camvid.data.health import HEALTH_KEY, DataHealth, SkipCounter, SkipEvent
 from camvid.data.layout import Re10kClip, WebVidClip, list_re10k_clips, list_webvid_clips
+from camvid.data.readahead import read_ahead
 from camvid.data.samples import PAIRINGS, SampleSpec, collate, make_sample, num_views
 from camvid.data.shards import (
     ShardMember,
@@ -240,6 +242,7 @@ class ClipStream(IterableDataset):
         max_skip_fraction: float = 0.1,
         skip_check_min_samples: int = 100,
         name: str = "data",
+        read_ahead: int = 2,
     ):
         if kind not in ("shards", "directory"):
             raise ValueError(f"kind must be 'shards' or 'directory', got {kind!r}")
@@ -267,6 +270,8 @@ class ClipStream(IterableDataset):
         # > 0: workers hand video over through that many reused shared-memory slots each
         # (camvid.data.handoff); set by StreamLoader, which turns the references back into tensors
         self.handoff_slots = 0
+        # > 0: a DataLoader worker reads that many samples ahead in a thread (camvid.data.readahead)
+        self.read_ahead = read_ahead
         if not resampled and len(self.units) < self.world_size:
             raise ValueError(
                 f"{len(self.units)} {kind} units cannot be split over {self.world_size} ranks without "
@@ -428,6 +433,8 @@ class ClipStream(IterableDataset):
         if self.spec.train and self.shuffle_buffer > 1:
             rng = _seeded(self.seed, self.rank, worker, self.epoch, tag="shuffle")
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 10), rng=rng))
+        if self.read_ahead and get_worker_info() is not None:
+            stages.append(partial(read_ahead, depth=self.read_ahead))  # tar reading overlaps decoding
         buffer = self._buffer()  # shared by the two stages: samples are decoded into their place in the batch
         stages.append(self._samples(worker, skip * self.batch_size, counter, buffer))
         stages.append(self._batches(ident, counter, buffer))
