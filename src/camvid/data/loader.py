@@ -351,19 +351,41 @@ class ClipStream(IterableDataset):
                     f"{len(self.units)}: {why}"
                 )
 
-    def _samples(self, worker: int, skip_samples: int, counter: SkipCounter, buffer: _BatchBuffer):
-        def stage(items: Iterator) -> Iterator[dict]:
+    @staticmethod
+    def _opened(skip_samples: int):
+        """Items -> ``(number, item, clip)`` or :class:`SkipEvent`, in order: samples are numbered
+        (their seeds follow the number), the first ``skip_samples`` dropped unopened (resume), and
+        each opened and checked against its metadata (pose file, frame count; no pixels decoded).
+        In a worker this runs in the read-ahead thread, ahead of the decoding."""
+        def stage(items: Iterator) -> Iterator:
             number = -1
             for item in items:
                 if isinstance(item, SkipEvent):
-                    counter.skip(item)
+                    yield item
                     continue
                 number += 1
                 if number < skip_samples:
                     continue
+                try:
+                    clip = _open_unit(item)
+                except _BAD_SAMPLE as err:
+                    yield SkipEvent(_reason(err), _shard_of(item), f"{_where(item)}: {err}")
+                    continue
+                yield number, item, clip
+
+        return stage
+
+    def _samples(self, worker: int, counter: SkipCounter, buffer: _BatchBuffer):
+        """Opened clips -> samples (frames decoded into their place in the batch); every skip counted."""
+        def stage(opened: Iterator) -> Iterator[dict]:
+            for entry in opened:
+                if isinstance(entry, SkipEvent):
+                    counter.skip(entry)
+                    continue
+                number, item, clip = entry
                 rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch, number])
                 try:
-                    sample = make_sample(_open_unit(item), self.spec, rng, self.pairing, buffer.place())
+                    sample = make_sample(clip, self.spec, rng, self.pairing, buffer.place())
                 except _BAD_SAMPLE as err:
                     counter.skip(SkipEvent(_reason(err), _shard_of(item), f"{_where(item)}: {err}"))
                     continue
@@ -433,10 +455,12 @@ class ClipStream(IterableDataset):
         if self.spec.train and self.shuffle_buffer > 1:
             rng = _seeded(self.seed, self.rank, worker, self.epoch, tag="shuffle")
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 10), rng=rng))
+        stages.append(self._opened(skip * self.batch_size))
         if self.read_ahead and get_worker_info() is not None:
-            stages.append(partial(read_ahead, depth=self.read_ahead))  # tar reading overlaps decoding
+            # tar reading, pose parsing and checks of the next samples overlap this one's decoding
+            stages.append(partial(read_ahead, depth=self.read_ahead))
         buffer = self._buffer()  # shared by the two stages: samples are decoded into their place in the batch
-        stages.append(self._samples(worker, skip * self.batch_size, counter, buffer))
+        stages.append(self._samples(worker, counter, buffer))
         stages.append(self._batches(ident, counter, buffer))
         pipeline = wds.DataPipeline(*stages)
         if self.epoch_length is not None and own_epoch:

@@ -1,11 +1,12 @@
-"""Read-ahead: a background thread pulls the next items of an iterator (tar members of the next
-samples) while the caller works on the current one.
+"""Read-ahead: a background thread pulls the next items of an iterator (the next samples, read
+from their tar and opened) while the caller works on the current one.
 
 Why: a DataLoader worker spends most of each sample in the JPEG decoder, which releases the GIL
-(simplejpeg), and the rest in Python: reading and splitting the tar, which holds it. With the
-reading in a second thread, the two overlap, so one worker delivers a clip in about the decode time
-plus the sample's own bookkeeping instead of decode + tar reading; that pays for the worker's
-hand-off to the main process (benchmarks/data.py, docs/performance.md). Only DataLoader workers
+(simplejpeg), and the rest in Python, which holds it: reading and splitting the tar, parsing and
+checking the pose file and metadata (about 1 ms of a 16-frame 256 x 256 clip's 12). With that in a
+second thread the two overlap, so a worker delivers a clip in about the decode time plus the
+sample's own bookkeeping; that pays for the worker's hand-off to the main process
+(benchmarks/data.py, docs/performance.md). Only DataLoader workers
 read ahead: in the main process (``num_workers=0``) the training loop's own Python would compete
 with the thread for the GIL.
 
