@@ -15,7 +15,8 @@ count W in ``--workers``:
 ``ratio`` = loader / decode limit; the loader's other work (tar reading, pose parsing, batching,
 handing uint8 video to the main process) is what it loses. CPU ms per clip (all processes of each
 side; for the loader the workers' start-up is included) shows the same from the CPU side: ``CPU
-ratio`` = decode CPU / loader CPU. Rounds are interleaved (per round, per W: decode, then loader)
+ratio`` = decode CPU / loader CPU. ``vs fewer`` = the loader's clips/s over that of the row
+above (the next smaller worker count), median of the per-round quotients. Rounds are interleaved (per round, per W: decode, then loader)
 so that load from other programs affects both sides alike; the table shows the median of
 ``--repeats`` rounds and the range of the per-round ratios. A decoder table compares PIL,
 simplejpeg, PyTurboJPEG and OpenCV (where installed: ``pip install -e ".[bench]"``) decoding the
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"workers": w, "started": started[w], "decode_processes": max(started[w], 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
              "ratio_range": [min(r["ratio"] for r in rounds[w]), max(r["ratio"] for r in rounds[w])],
              "rounds": rounds[w]} for w in args.workers]
+    for prev, row in zip(rows, rows[1:]):  # same-round comparison: load that drifts between rounds cancels
+        row["vs_fewer"] = _median([a["loader"] / b["loader"] for a, b in zip(row["rounds"], prev["rounds"])])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = {"clip": f"{FRAMES}x{SIZE}x{SIZE} JPEG q95, {size_kb:.0f} KB/frame", "decoder": jpeg_backend(),
               "cpus": os.cpu_count(), "available_cores": available_cores(), "cap_workers": cap,
@@ -246,12 +249,13 @@ def main(argv: list[str] | None = None) -> dict:
           f"({result['available_cores']} available), workers {'capped at them' if cap else 'not capped (--no-cap)'}; "
           f"load average {load:.1f} at the end; medians of {args.repeats} interleaved rounds of {args.batches} clips")
     print(f"{'workers':>7} {'started':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} "
-          f"{'(range)':>11}   {'loader CPU ms/clip':>18} {'decode CPU ms/clip':>18} {'CPU ratio':>9} {'start ms':>8}")
+          f"{'(range)':>11}   {'loader CPU ms/clip':>18} {'decode CPU ms/clip':>18} {'CPU ratio':>9} {'start ms':>8} "
+          f"{'vs fewer':>8}")
     for r in rows:
         lo, hi = r["ratio_range"]
         print(f"{r['workers']:>7} {r['started']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
               f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} {r['decode_cpu_ms']:>18.1f} "
-              f"{r['cpu_ratio']:>9.2f} {r['start_ms']:>8.0f}")
+              f"{r['cpu_ratio']:>9.2f} {r['start_ms']:>8.0f} {r['vs_fewer'] if 'vs_fewer' in r else '':>8.3}")
     print("JPEG decoders, one process, same frames (frames/s, ratio to PIL, largest pixel difference from PIL):")
     pil = dec.get("pil")
     for name, v in dec.items():
