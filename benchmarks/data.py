@@ -158,6 +158,39 @@ def loader_rate(shards: Path, workers: int, n: int, cap: bool = True) -> tuple[f
     return got / (end - start), 1e3 * cpu / (got + 1), 1e3 * (start - begin)
 
 
+def decode_thread_cpu(shards: Path, n: int, skip: int = 20) -> dict[str, float | str]:
+    """CPU ms per clip of the thread that decodes (``time.thread_time`` between consecutive
+    batches, after ``skip`` batches of warm-up), i.e. the loader's critical path when the other
+    threads and processes have a core of their own: in-process (0 workers), in one worker with
+    read-ahead (the default) and in one worker without it. Needs fork (the batches are stamped by
+    a patched ``ClipStream._with_health``, which the workers inherit)."""
+    import camvid.data.loader as loader_mod
+
+    if mp.get_start_method() != "fork":
+        return {"skipped": "needs the fork start method"}
+    plain = loader_mod.ClipStream._with_health
+
+    def stamped(batch, ident, counter, ring=None):
+        batch = plain(batch, ident, counter, ring)
+        batch["bench_thread_cpu"] = np.array(time.thread_time())
+        return batch
+
+    out: dict[str, float | str] = {}
+    loader_mod.ClipStream._with_health = staticmethod(stamped)
+    try:
+        for name, workers, ahead in (("in_process", 0, None), ("worker", 1, None), ("worker_no_read_ahead", 1, 0)):
+            loader = loader_mod.build_dataloader(
+                str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1, batch_size=1,
+                num_workers=workers, shuffle_buffer=1, epoch_length=n + skip, seed=1, cap_workers=False)
+            if ahead is not None:
+                loader.dataset.read_ahead = ahead
+            stamps = [float(b["bench_thread_cpu"]) for b in loader][skip:]
+            out[name] = 1e3 * (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    finally:
+        loader_mod.ClipStream._with_health = staticmethod(plain)
+    return out
+
+
 def decoders(clips: list[list[bytes]], n: int) -> dict[str, dict | str]:
     """frames/s per decoder in this process on the same frames, and the largest pixel difference
     from PIL's output; a string says why a decoder is missing."""
@@ -233,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
             for pool in pools.values():
                 pool.terminate()
         dec = decoders(_CLIPS, 8 * FRAMES)
+        thread_cpu = decode_thread_cpu(shards, args.batches)
 
     keys = ("loader", "decode", "ratio", "loader_cpu_ms", "decode_cpu_ms", "cpu_ratio", "start_ms")
     rows = [{"workers": w, "started": started[w], "decode_processes": max(started[w], 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
@@ -244,7 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"clip": f"{FRAMES}x{SIZE}x{SIZE} JPEG q95, {size_kb:.0f} KB/frame", "decoder": jpeg_backend(),
               "cpus": os.cpu_count(), "available_cores": available_cores(), "cap_workers": cap,
               "load_average_1min": load, "python": platform.python_version(),
-              "repeats": args.repeats, "batches": args.batches, "rows": rows, "decoders_frames_per_s": dec}
+              "repeats": args.repeats, "batches": args.batches, "rows": rows, "decoders_frames_per_s": dec,
+              "decode_thread_cpu_ms_per_clip": thread_cpu}
     print(f"clips: {result['clip']}; loader decoder: {result['decoder']}; {result['cpus']} CPUs "
           f"({result['available_cores']} available), workers {'capped at them' if cap else 'not capped (--no-cap)'}; "
           f"load average {load:.1f} at the end; medians of {args.repeats} interleaved rounds of {args.batches} clips")
@@ -256,6 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['workers']:>7} {r['started']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
               f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} {r['decode_cpu_ms']:>18.1f} "
               f"{r['cpu_ratio']:>9.2f} {r['start_ms']:>8.0f} {r['vs_fewer'] if 'vs_fewer' in r else '':>8.3}")
+    print("CPU ms per clip of the decoding thread (the critical path when the rest has a core of its own): "
+          + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in thread_cpu.items()))
     print("JPEG decoders, one process, same frames (frames/s, ratio to PIL, largest pixel difference from PIL):")
     pil = dec.get("pil")
     for name, v in dec.items():
