@@ -158,12 +158,13 @@ def loader_rate(shards: Path, workers: int, n: int, cap: bool = True) -> tuple[f
     return got / (end - start), 1e3 * cpu / (got + 1), 1e3 * (start - begin)
 
 
-def decode_thread_cpu(shards: Path, n: int, skip: int = 20) -> dict[str, float | str]:
+def decode_thread_cpu(shards: Path, n: int, rounds: int, skip: int = 20) -> dict[str, float | str]:
     """CPU ms per clip of the thread that decodes (``time.thread_time`` between consecutive
     batches, after ``skip`` batches of warm-up), i.e. the loader's critical path when the other
     threads and processes have a core of their own: in-process (0 workers), in one worker with
-    read-ahead (the default) and in one worker without it. Needs fork (the batches are stamped by
-    a patched ``ClipStream._with_health``, which the workers inherit)."""
+    read-ahead (the default) and in one worker without it; medians of ``rounds`` interleaved
+    rounds. Needs fork (the batches are stamped by a patched ``ClipStream._with_health``, which the
+    workers inherit)."""
     import camvid.data.loader as loader_mod
 
     if mp.get_start_method() != "fork":
@@ -175,20 +176,21 @@ def decode_thread_cpu(shards: Path, n: int, skip: int = 20) -> dict[str, float |
         batch["bench_thread_cpu"] = np.array(time.thread_time())
         return batch
 
-    out: dict[str, float | str] = {}
+    out: dict[str, list] = {}
     loader_mod.ClipStream._with_health = staticmethod(stamped)
     try:
-        for name, workers, ahead in (("in_process", 0, None), ("worker", 1, None), ("worker_no_read_ahead", 1, 0)):
+        for name, workers, ahead in [("in_process", 0, None), ("worker", 1, None),
+                                     ("worker_no_read_ahead", 1, 0)] * rounds:
             loader = loader_mod.build_dataloader(
                 str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1, batch_size=1,
                 num_workers=workers, shuffle_buffer=1, epoch_length=n + skip, seed=1, cap_workers=False)
             if ahead is not None:
                 loader.dataset.read_ahead = ahead
             stamps = [float(b["bench_thread_cpu"]) for b in loader][skip:]
-            out[name] = 1e3 * (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+            out.setdefault(name, []).append(1e3 * (stamps[-1] - stamps[0]) / (len(stamps) - 1))
     finally:
         loader_mod.ClipStream._with_health = staticmethod(plain)
-    return out
+    return {name: _median(values) for name, values in out.items()}
 
 
 def decoders(clips: list[list[bytes]], n: int) -> dict[str, dict | str]:
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
             for pool in pools.values():
                 pool.terminate()
         dec = decoders(_CLIPS, 8 * FRAMES)
-        thread_cpu = decode_thread_cpu(shards, args.batches)
+        thread_cpu = decode_thread_cpu(shards, args.batches, args.repeats)
 
     keys = ("loader", "decode", "ratio", "loader_cpu_ms", "decode_cpu_ms", "cpu_ratio", "start_ms")
     rows = [{"workers": w, "started": started[w], "decode_processes": max(started[w], 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
