@@ -253,8 +253,9 @@ class AttentionContext:
         if key not in self._cache:
             if self.uses_runs(kind, feat_hw):
                 runs = self.runs(kind, feat_hw)
-                plan = build_tile_plan_from_runs(runs.start, runs.end, tuple(feat_hw), tile_hw=self.tile_hw,
-                                                 tile_frames=self.tile_frames)
+                order = None if (self.tile_hw or self.tile_frames) else self._pencil_order(kind, tuple(feat_hw))
+                plan = build_tile_plan_from_runs(runs.start, runs.end, tuple(feat_hw), order=order,
+                                                 tile_hw=self.tile_hw, tile_frames=self.tile_frames)
             elif self._mask_is_source(kind, feat_hw):
                 plan = build_tile_plan(feat_hw, mask=self.mask(kind, feat_hw), tile_hw=self.tile_hw,
                                        tile_frames=self.tile_frames)
@@ -264,6 +265,35 @@ class AttentionContext:
                                        tile_hw=self.tile_hw, tile_frames=self.tile_frames)
             self._cache[key] = plan
         return self._cache[key]
+
+    def _pencil_order(self, kind: str, feat_hw: tuple[int, int]) -> torch.Tensor:
+        """Sort keys (runs layout (N, Lq)) that put queries with nearly the same epipolar line side by
+        side (``camvid.geometry.pencil_order``); the tile plan may cut its tiles along this order.
+
+        One key view per query frame: "ref" the reference frame, "cross" the first partner, "all"
+        the next frame (the last frame: the previous one). On a smooth camera path every key frame's
+        epipole sits near that one's, so the order suits the other key frames too.
+        """
+        from camvid.geometry import epipolar as geo
+
+        B, T = self.K.shape[:2]
+        rows = torch.arange(B, device=self.K.device)
+        if kind == "cross":
+            p = self._partners()[0]
+            angles = geo.pseudo_line_angles((B, T), self.seed).to(self.K.device)  # as the cross band's lines
+            key = geo.pencil_order(self.K, self.c2w, self.K[p], self.c2w[p], self.image_hw, feat_hw, angles,
+                                   grid=self.grid)
+            return key.reshape(B * T, -1)
+        if kind == "ref":
+            dst = self.reference_index(B, self.K.device).view(B, 1).expand(B, T)
+        else:
+            t = torch.arange(T, device=self.K.device)
+            dst = torch.where(t + 1 < T, t + 1, (t - 1).clamp(min=0)).expand(B, T)
+        angles = geo.pseudo_line_angles((B, T, T), self.seed, symmetric_last_two=True).to(self.K.device)
+        angles = angles[rows[:, None], torch.arange(T, device=self.K.device), dst]
+        key = geo.pencil_order(self.K, self.c2w, self.K[rows[:, None], dst], self.c2w[rows[:, None], dst],
+                               self.image_hw, feat_hw, angles, grid=self.grid)
+        return key.reshape(B, -1)
 
     def flex_block_mask(self, kind: str, feat_hw: tuple[int, int], num_registers: int):
         """FlexAttention block mask of ``kind`` (``camvid.attention.flex``), built from :meth:`runs`, memoised."""
