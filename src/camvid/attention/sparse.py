@@ -65,9 +65,10 @@ class TileChunk:
         """(n, 1, Q, R + U) additive bias: 0 on the R register columns and kept slots, -inf elsewhere."""
         R = num_registers
         if self.sub_mask is None:
-            # 1 on kept slots and registers, 0 elsewhere, then log: 0 / -inf (exact: small integers)
+            # 1 on kept slots and registers, 0 elsewhere; then 1/x - 1 negated: 0 / -inf, exactly
+            # (three cheap in-place passes; log would do it in one but costs several times more)
             counts = _intervals_to_counts(self.run_lo, self.run_hi, R, self.shape[2], dtype)
-            return counts.log_().unsqueeze(1)
+            return counts.reciprocal_().sub_(1).neg_().unsqueeze(1)
         mask = self.sub_mask
         bias = torch.full((*mask.shape[:2], R + mask.shape[2]), float("-inf"), dtype=dtype, device=mask.device)
         bias[..., :R] = 0.0
@@ -267,7 +268,7 @@ def _pack_tiles(union: torch.Tensor, chunk_keys: int, max_padding: float = 1.0):
 # along the band: 1x32 for horizontal CVD bands), and queries sorted by ``order``.
 _CANDIDATE_SHAPES = ((4, 8), (8, 4), (2, 16), (16, 2), (1, 32), (32, 1))
 # Tiles sampled to estimate a candidate's computed pairs (the choice affects speed only).
-_ESTIMATE_TILES = 4096
+_ESTIMATE_TILES = 512
 # Padding bound of ``_pack_tiles`` for plans from runs (a chunk's tiles have >= 75 % of its width).
 DEFAULT_MAX_PADDING = 0.25
 
@@ -370,10 +371,15 @@ def _plan_from_runs(start, end, feat_hw, order, tile_hw, tile_frames, chunk_keys
     qids = candidates[0].to(device)  # (tiles, Q) into N*Lq
     first, length = _hulls(lo, hi, qids, w)  # (tiles, G)
     union = length.sum(-1)
+    packed = list(_pack_tiles(union, chunk_keys, max_padding))
+    # Tiles in chunk order, so that each chunk below is a slice (a view) of these tensors.
+    perm = torch.cat([sel for sel, _ in packed])
+    qids, first, length = qids[perm], first[perm], length[perm]
     row_valid = (hi > lo).any(-1)
     # Slot intervals of every query of every tile: segment-row g of a tile occupies slots
     # [offset_g, offset_g + length_g), column c at slot offset_g + c - first_g.
-    offset = length.cumsum(-1) - length  # (tiles, G)
+    ends = length.cumsum(-1)  # (tiles, G)
+    offset = ends - length
     idt = small if int(union.max()) < torch.iinfo(small).max else torch.int32
     shift = (offset - first).to(idt).unsqueeze(1)
     q_lo, q_hi = lo[qids].to(idt), hi[qids].to(idt)  # (tiles, Q, G)
@@ -383,17 +389,19 @@ def _plan_from_runs(start, end, feat_hw, order, tile_hw, tile_frames, chunk_keys
     del shift, empty
     seg_first = (torch.arange(G, device=device) * w).view(1, -1)  # token of column 0 of (s, r)
     chunks: list[TileChunk] = []
-    for sel, width in _pack_tiles(union, chunk_keys, max_padding):
-        ln, ends = length[sel], (offset[sel] + length[sel])
-        # Slot j of a tile lies in segment-row g(j) (cumulative lengths) at column first[g] + j - offset[g].
-        slots = torch.arange(width, device=device).expand(len(sel), -1).contiguous()
-        g = torch.searchsorted(ends, slots, right=True).clamp_(max=G - 1)
-        col = first[sel].gather(1, g) + slots - (ends - ln).gather(1, g)
-        keys = torch.where(slots < ends[:, -1:], seg_first.expand(len(sel), -1).gather(1, g) + col, 0)
-        tq = qids[sel]
+    i = 0
+    for sel, width in packed:
+        j = i + len(sel)
+        # Slot u of a tile lies in segment-row g(u) (cumulative lengths) at column first[g] + u - offset[g].
+        slots = torch.arange(width, device=device).expand(j - i, -1).contiguous()
+        g = torch.searchsorted(ends[i:j], slots, right=True).clamp_(max=G - 1)
+        col = first[i:j].gather(1, g) + slots - offset[i:j].gather(1, g)
+        keys = torch.where(slots < ends[i:j, -1:], seg_first.expand(j - i, -1).gather(1, g) + col, 0)
+        tq = qids[i:j]
         sample = tq[:, :1] // Lq
         # padding slots point at key 0 of the tile's own sample (never kept, any valid index works)
-        chunks.append(TileChunk(tq, keys + sample * (S * hw), run_lo=run_lo[sel], run_hi=run_hi[sel]))
+        chunks.append(TileChunk(tq, keys + sample * (S * hw), run_lo=run_lo[i:j], run_hi=run_hi[i:j]))
+        i = j
     return TilePlan(N, Lq, S * hw, chunks, row_valid)
 
 

@@ -317,8 +317,9 @@ def pencil_order(
     """
     centers = feature_cell_centers(image_hw, feat_hw, device=K_src.device, grid=grid)
     lines = epipolar_lines(K_src, c2w_src, K_dst, c2w_dst, centers, angles)  # (P..., hw, 3)
-    basis = torch.linalg.svd(lines, full_matrices=False).Vh[..., :2, :]  # (P..., 2, 3): the lines' span
-    coords = lines @ basis.transpose(-1, -2)  # (P..., hw, 2)
+    # the lines' span: the two leading eigenvectors of their 3x3 scatter matrix (eigh: ascending)
+    basis = torch.linalg.eigh(lines.transpose(-1, -2) @ lines).eigenvectors[..., 1:]  # (P..., 3, 2)
+    coords = lines @ basis  # (P..., hw, 2)
     return torch.atan2(coords[..., 1], coords[..., 0]).remainder(math.pi)  # a line and its negative agree
 
 
