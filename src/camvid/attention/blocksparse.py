@@ -57,7 +57,19 @@ def _workspace(plan) -> _Workspace:
 
 
 def _gather_kv(ws, kv, idx, n):
-    """Rows ``idx`` of the packed (tokens, 2, H, D) key/value tensor -> k, v (n, H, X, D) strided views."""
+    """Rows ``idx`` of the keys and values -> k, v (n, H, X, D) strided views.
+
+    ``kv`` is the packed (tokens, 2, H, D) tensor (one ``index_select``), or a (k, v) pair of
+    (tokens, H, D) tensors when there are no register tokens (two ``index_select``s, no packing pass).
+    """
+    if isinstance(kv, tuple):
+        k, v = kv
+        H, D = k.shape[1:]
+        kg = ws.get(k, "k", idx.numel(), H, D)
+        vg = ws.get(v, "v", idx.numel(), H, D)
+        torch.index_select(k, 0, idx, out=kg)
+        torch.index_select(v, 0, idx, out=vg)
+        return kg.view(n, -1, H, D).transpose(1, 2), vg.view(n, -1, H, D).transpose(1, 2)
     _, _, H, D = kv.shape
     out = ws.get(kv, "kv", idx.numel(), 2 * H * D)
     torch.index_select(kv.view(kv.shape[0], -1), 0, idx, out=out)
@@ -105,8 +117,11 @@ def prepare_plan(plan, num_registers: int, dtype=torch.float32) -> None:
 
 def _packed_kv(k, v, reg_k, reg_v):
     """(R + Nk, 2, H, D): register tokens first, then the keys; keys and values side by side, so one
-    ``index_select`` gathers both. Written in one pass (no separate cat and stack)."""
+    ``index_select`` gathers both. Written in one pass (no separate cat and stack). Without
+    registers the pair (k, v) itself: gathering each costs less than packing them first."""
     R = 0 if reg_k is None else reg_k.shape[0]
+    if not R:
+        return (k.contiguous(), v.contiguous()), 0
     kv = k.new_empty(R + k.shape[0], 2, *k.shape[1:])
     if R:
         kv[:R, 0] = reg_k
