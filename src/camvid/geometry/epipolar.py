@@ -305,7 +305,7 @@ def pencil_order(
     *,
     grid: str = "camvid",
 ) -> torch.Tensor:
-    """Where each feature cell's epipolar line sits in its pencil: (P..., h*w) float64 in [0, pi).
+    """Where each feature cell's epipolar line sits in its pencil: (P..., h*w) float64 in [0, pi].
 
     The lines of all points of one view in another pass through one point, the epipole (a pencil;
     parallel lines when the epipole is at infinity, or pseudo lines of one direction ``angles``
