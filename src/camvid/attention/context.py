@@ -36,10 +36,12 @@ GRIDS = ("camvid", "cami2v_release")
 # On the CPU, "auto" takes the block-sparse kernel when a mask has more (query, key) pairs than
 # this; below it one dense SDPA call is cheaper than the sparse bookkeeping (docs/performance.md).
 AUTO_SPARSE_PAIRS = 1 << 23
-# ... and each query row has at least this many keys: with few keys (epipolar_ref, cross_video up to
-# 64x64 cells) a tile's key list is short and the fused kernel's per-tile overhead outweighs the
-# skipped pairs (measured in docs/performance.md), so one dense SDPA call is faster.
+# ... and each query row has at least this many keys, or the level has at least AUTO_SPARSE_CELLS
+# cells per frame. Few keys on a coarse level (epipolar_ref, cross_video at 16x16 and below) make
+# short key lists whose per-tile overhead outweighs the skipped pairs; from 32x32 cells on, the
+# pencil-sorted tiles beat one dense SDPA call for those kinds too (docs/performance.md).
 AUTO_SPARSE_KEYS = 8192
+AUTO_SPARSE_CELLS = 1024
 
 
 @dataclass
@@ -326,7 +328,8 @@ class AttentionContext:
 
             if flex_available():
                 return "flex"
-        large = rows * num_queries * num_keys > AUTO_SPARSE_PAIRS and num_keys >= AUTO_SPARSE_KEYS
+        large = rows * num_queries * num_keys > AUTO_SPARSE_PAIRS and (
+            num_keys >= AUTO_SPARSE_KEYS or feat_hw[0] * feat_hw[1] >= AUTO_SPARSE_CELLS)
         return "sparse" if large else "dense"
 
     # ------------------------------------------------------------------ builders (camvid.geometry)
