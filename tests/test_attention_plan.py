@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from camvid.attention import AttentionContext
-from camvid.attention import sparse
+from camvid.attention import AttentionContext, sparse
 from camvid.attention.sparse import TileChunk, build_tile_plan_from_runs, tiled_sparse_attention
 from camvid.geometry import epipolar as geo
 
