@@ -58,8 +58,9 @@ class AttentionContext:
     coarse levels empty). For ``band="soft"`` it is CVD's ``pixel_band`` (None = 3).
     ``band``: "hard" (bool band mask) or "soft" (CVD's additive bias, dense path only).
     ``grid``: feature-cell centres, "camvid" or "cami2v_release" (the released CamI2V masks).
-    ``tile_hw`` / ``tile_frames``: query tile of the sparse path (cells x frames; default 2x4 cells
-    x 4 frames when the frame count allows, ``camvid.attention.sparse.default_tile``); speed only.
+    ``tile_hw`` / ``tile_frames``: fix the query tile of the sparse path (cells x frames); by default
+    each plan picks the tiling with the fewest computed pairs among rectangles and tiles of queries
+    sorted by their epipolar line (``camvid.attention.sparse.build_tile_plan_from_runs``); speed only.
     ``mask_fn`` / ``neighbors_fn`` replace the geometry builders (tests, inspection); they take
     ``(ctx, kind, feat_hw)`` and return the token-layout mask / (index, valid) of that kind.
     """
