@@ -28,7 +28,9 @@ reports medians. Every ratio is taken against the PUBLIC reference measured in t
   ``sparse`` (block-sparse kernel of ``camvid.attention.blocksparse``; its plan is built before
   timing, once per forward and level, and its build time is listed), ``flex`` (FlexAttention, CUDA
   only unless ``--flex-cpu``), and ``unmasked`` (the same attention without a mask: full3d for
-  ``epipolar``). DENSITY LIMIT = unmasked time x the fraction of (query, key) pairs the sparse kernel
+  ``epipolar``). ``projections``: the call's linear layers alone, no attention; no path can be
+  faster than public time / this time (the bound on what any attention kernel can gain).
+  DENSITY LIMIT = unmasked time x the fraction of (query, key) pairs the sparse kernel
   computes; "vs limit" is sparse time / density limit.
 "equal outputs": max |difference| of every path's output (and input gradient) to the public one.
 """
