@@ -495,7 +495,8 @@ def attention_table(base: dict, L: int, feat_hw, paths, args) -> None:
                          "unmasked": "unmasked (full attention)",
                          "projections": "projections only"}.get(name, f"ours {name}")
                 sp = f"{pub['time'] / r['time']:.2f}x" if pub else "-"
-                mm = f"{pub['mem'] / max(r['mem'], 1):.1f}x" if pub else "-"
+                # below 1 MiB the resident-set difference is noise (it can be negative): no ratio
+                mm = f"{pub['mem'] / r['mem']:.1f}x" if pub and r["mem"] >= 2**20 else "-"
                 note = r["note"]
                 if name == "sparse" and limit:
                     note += (f"; density limit {limit:.3f}s, sparse/limit {r['time'] / limit:.2f}; "
