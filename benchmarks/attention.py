@@ -17,15 +17,20 @@ reports medians. Every ratio is taken against the PUBLIC reference measured in t
   columns, ONE ``F.scaled_dot_product_attention`` call with the (B, 1, L, R + L) bool mask for all
   heads. For ``epipolar_ref`` the same with the reference frame as context (CamI2V's
   ``only_on_cond_frame``). For ``cross_video`` the module itself over a stored dense bool band mask
-  (one SDPA call with the bool mask per attention block). The dense mask is built before timing,
-  as the public code builds it once per batch.
+  (one SDPA call with the bool mask per attention block); ``cross_view`` times one of that module's
+  attention calls alone (projections and attention of frame t of each video onto frame t of its
+  partner, one SDPA call with the (B*T, 1, hw, hw) bool band mask), the part the sparse kernel
+  replaces: the module's feed-forward, norms and projections are most of its time and bound its
+  speed-up. The dense mask is built before timing, as the public code builds it once per batch.
 - FLOAT (second column, epipolar only): the bool mask turned into a float additive bias and an
   explicit ``softmax(q k^T / sqrt(d) + bias) v``, heads one at a time (the earlier reference).
 - ours: ``dense`` (SDPA per query chunk, mask rows expanded from the memoised row runs),
   ``sparse`` (block-sparse kernel of ``camvid.attention.blocksparse``; its plan is built before
   timing, once per forward and level, and its build time is listed), ``flex`` (FlexAttention, CUDA
   only unless ``--flex-cpu``), and ``unmasked`` (the same attention without a mask: full3d for
-  ``epipolar``). DENSITY LIMIT = unmasked time x the fraction of (query, key) pairs the sparse kernel
+  ``epipolar``). ``projections``: the call's linear layers alone, no attention; no path can be
+  faster than public time / this time (the bound on what any attention kernel can gain).
+  DENSITY LIMIT = unmasked time x the fraction of (query, key) pairs the sparse kernel
   computes; "vs limit" is sparse time / density limit.
 "equal outputs": max |difference| of every path's output (and input gradient) to the public one.
 """
@@ -157,6 +162,16 @@ def public_attention(x, context, attn, mask):
     return attn.to_out(out.transpose(1, 2).reshape(B, L, -1))
 
 
+def projections_only(x, context, attn):
+    """The call's linear layers (to_q, to_k, to_v over registers + context, to_out) without the
+    attention: every path pays this, so public time / this time bounds any path's speed-up."""
+    B, R = x.shape[0], attn.num_register_tokens
+    if R:
+        context = torch.cat([attn.register_tokens.repeat(B, 1, 1), context], dim=1)
+    q, k, v = attn.to_q(x), attn.to_k(context), attn.to_v(context)
+    return attn.to_out(q) + 0 * (k.mean() + v.mean())  # k and v stay in the graph (their backward too)
+
+
 # ------------------------------------------------------------------------------------ one case
 def run_case(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
@@ -198,21 +213,27 @@ def attention_level(spec: dict, K, c2w) -> dict:
     T, C, heads = spec["frames"], spec["dim"], spec["heads"]
     variant, mode, rep = spec["variant"], spec["mode"], spec["repeat"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    views = 2 if variant == "cross_video" else 1
+    cross = variant in ("cross_video", "cross_view")
+    views = 2 if cross else 1
     B = views
     Kb, c2wb = K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)
     if B > 1:
         c2wb[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])  # the partner video is shifted sideways
     Kb, c2wb = Kb.to(device), c2wb.to(device)
-    kind = {"epipolar": "all", "epipolar_ref": "ref", "cross_video": "cross"}[variant]
-    kw = {"norm_num_groups": 32} if variant == "cross_video" else {}
-    module = build_cross_frame_attention(variant, C, heads, **kw).to(device)
+    kind = {"epipolar": "all", "epipolar_ref": "ref", "cross_video": "cross", "cross_view": "cross"}[variant]
+    kw = {"norm_num_groups": 32} if cross else {}
+    module = build_cross_frame_attention("cross_video" if cross else variant, C, heads, **kw).to(device)
     with torch.no_grad():  # non-zero outputs so "equal outputs" means something
         for p in module.parameters():
             if not p.any():
                 p.normal_(0, 0.02)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(B, T, h * w, C, generator=g).to(device).requires_grad_(mode == "fwdbwd")
+    x = torch.randn(B, T, h * w, C, generator=g).to(device)
+    if variant == "cross_view":  # one attention block of the module: queries (B*T, hw, C), partner frames as keys
+        attn_block = module.epi_transformer.transformer_blocks[0].attention_blocks[0]
+        partner = x.roll(-1, dims=0).reshape(B * T, h * w, C)  # V = 2: each video's partner is the other one
+        x = x.reshape(B * T, h * w, C)
+    x.requires_grad_(mode == "fwdbwd")
     cond = torch.zeros(B, dtype=torch.long, device=device)
 
     def ctx_for(path, **extra):
@@ -225,6 +246,11 @@ def attention_level(spec: dict, K, c2w) -> dict:
         mask = public_ctx.mask(kind, (h, w))  # the dense bool mask, built before timing
     if skip_public:
         pass
+    elif variant == "cross_view":
+        calls["public"] = lambda: public_attention(x, partner, attn_block, mask)
+        calls["unmasked"] = lambda: attn_block(x, partner)
+        calls["projections"] = lambda: projections_only(x, partner, attn_block)
+        notes["projections"] = "no attention: bounds every path"
     elif variant == "cross_video":
         calls["public"] = lambda: module(x, public_ctx, (h, w))
         open_ctx = ctx_for("dense", mask_fn=lambda c, k_, fh: torch.ones_like(mask))
@@ -236,6 +262,8 @@ def attention_level(spec: dict, K, c2w) -> dict:
         context = tokens if variant == "epipolar" else x[:, 0]
         calls["public"] = lambda: public_attention(tokens, context, attn, mask).view_as(x)
         calls["unmasked"] = lambda: attn(tokens, context).view_as(x)
+        calls["projections"] = lambda: projections_only(tokens, context, attn).view_as(x)
+        notes["projections"] = "no attention: bounds every path"
         if variant == "epipolar" and spec.get("float_ref", True):
             calls["float"] = lambda: naive_attention(tokens, attn, mask).view_as(x)
     ours = {}
@@ -246,7 +274,7 @@ def attention_level(spec: dict, K, c2w) -> dict:
         if path == "sparse":
             from camvid.attention.blocksparse import prepare_plan
 
-            regs = 0 if variant == "cross_video" else module.epipolar_attn.num_register_tokens
+            regs = 0 if cross else module.epipolar_attn.num_register_tokens
             t0 = time.perf_counter()
             plan = ctx.tile_plan(kind, (h, w))
             prepare_plan(plan, regs, x.dtype)  # the per-chunk biases belong to the plan's cost
@@ -261,11 +289,14 @@ def attention_level(spec: dict, K, c2w) -> dict:
             ours["fraction"] = plan.computed_fraction
             ours["plan_time"] = plan_time
         if path == "flex":
-            regs = 0 if variant == "cross_video" else module.epipolar_attn.num_register_tokens
+            regs = 0 if cross else module.epipolar_attn.num_register_tokens
             fbm = ctx.flex_block_mask(kind, (h, w), regs)
             notes["flex"] = f"block sparsity {100 * fbm.sparsity:.1f}%"
             ours["block_sparsity"] = fbm.sparsity
-        calls[path] = (lambda c=ctx: module(x, c, (h, w)))
+        if variant == "cross_view":
+            calls[path] = (lambda c=ctx: attn_block(x, partner, c, "cross", (h, w)))
+        else:
+            calls[path] = (lambda c=ctx: module(x, c, (h, w)))
 
     def step(fn):
         def run():
@@ -333,8 +364,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="timed rounds per path (median reported)")
     ap.add_argument("--bwd-repeat", type=int, default=None,
                     help="timed rounds for forward+backward (default: --repeat)")
-    ap.add_argument("--variants", nargs="*", default=["epipolar", "epipolar_ref", "cross_video"],
-                    choices=["epipolar", "epipolar_ref", "cross_video"])
+    ap.add_argument("--variants", nargs="*", default=["epipolar", "epipolar_ref", "cross_video", "cross_view"],
+                    choices=["epipolar", "epipolar_ref", "cross_video", "cross_view"],
+                    help="cross_view: one attention call of the cross_video module alone")
     ap.add_argument("--paths", nargs="*", default=None, choices=["dense", "sparse", "flex"],
                     help="our paths to time (default: dense sparse, plus flex on CUDA)")
     ap.add_argument("--flex-cpu", action="store_true", help="also time FlexAttention on the CPU (torch.compile)")
@@ -432,9 +464,10 @@ def attention_table(base: dict, L: int, feat_hw, paths, args) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     hw = feat_hw[0] * feat_hw[1]
     for variant in args.variants:
-        Lk = {"epipolar": L, "epipolar_ref": hw, "cross_video": hw}[variant]
-        rows = L if variant != "cross_video" else hw
-        batch = 1 if variant != "cross_video" else 2 * base["frames"]
+        cross = variant in ("cross_video", "cross_view")
+        Lk = {"epipolar": L, "epipolar_ref": hw}.get(variant, hw)
+        rows = hw if cross else L
+        batch = 2 * base["frames"] if cross else 1
         cost = batch * rows * (Lk + 4) * args.dim * 4
         for mode in args.modes:
             spec = {**base, "what": "attention", "variant": variant, "mode": mode, "paths": list(paths)}
@@ -459,9 +492,11 @@ def attention_table(base: dict, L: int, feat_hw, paths, args) -> None:
                 limit = res["paths"]["unmasked"]["time"] * res["fraction"]
             for name, r in res["paths"].items():
                 label = {"public": "public CamI2V (bool SDPA)", "float": "float-bias softmax",
-                         "unmasked": "unmasked (full attention)"}.get(name, f"ours {name}")
+                         "unmasked": "unmasked (full attention)",
+                         "projections": "projections only"}.get(name, f"ours {name}")
                 sp = f"{pub['time'] / r['time']:.2f}x" if pub else "-"
-                mm = f"{pub['mem'] / max(r['mem'], 1):.1f}x" if pub else "-"
+                # below 1 MiB the resident-set difference is noise (it can be negative): no ratio
+                mm = f"{pub['mem'] / r['mem']:.1f}x" if pub and r["mem"] >= 2**20 else "-"
                 note = r["note"]
                 if name == "sparse" and limit:
                     note += (f"; density limit {limit:.3f}s, sparse/limit {r['time'] / limit:.2f}; "

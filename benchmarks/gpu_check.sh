@@ -33,11 +33,13 @@ timeout 110 "$PY" benchmarks/gpu_correctness.py > "$OUT_DIR/correctness.md" 2>> 
 
 log "2/3 attention benchmark 256x256"
 timeout 120 "$PY" benchmarks/attention.py --sizes 256x256 --levels 32x32 16x16 --parts attention \
-  --paths dense sparse flex --repeat 3 --max-cost 3e12 --timeout 100 --out "$OUT_DIR/attention_256.md" \
+  --variants epipolar epipolar_ref cross_video --paths dense sparse flex --repeat 3 --max-cost 3e12 --timeout 100 \
+  --out "$OUT_DIR/attention_256.md" \
   > /dev/null 2>> "$OUT_DIR/gpu_check.log" || log "attention 256x256 failed or timed out (rc=$?)"
 log "2/3 attention benchmark 512x320"
 timeout 120 "$PY" benchmarks/attention.py --sizes 512x320 --levels 40x64 20x32 --parts attention \
-  --paths dense sparse flex --repeat 3 --max-cost 3e12 --timeout 100 --out "$OUT_DIR/attention_512.md" \
+  --variants epipolar epipolar_ref cross_video --paths dense sparse flex --repeat 3 --max-cost 3e12 --timeout 100 \
+  --out "$OUT_DIR/attention_512.md" \
   > /dev/null 2>> "$OUT_DIR/gpu_check.log" || log "attention 512x320 failed or timed out (rc=$?)"
 
 log "3/3 CamI2V training step (benchmarks/backbone.py)"

@@ -345,7 +345,8 @@ def test_generic_block_sparse_path_equals_the_fused_cpu_kernel():
     for R in (0, 2):
         q, k, v = (torch.randn(12 + (R if i else 0), 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
                    for i in range(3))
-        fused = blocksparse._BlockSparseAttention.apply(q, k, v, R, plan)
+        regs = (k[:R], v[:R]) if R else (None, None)  # the fused kernel takes the register tokens apart
+        fused = blocksparse._BlockSparseAttention.apply(q, k[R:], v[R:], *regs, plan)
         generic = blocksparse._generic(q, k, v, R, plan)
         torch.testing.assert_close(generic, fused)
         w = torch.randn(fused.shape, generator=g, dtype=torch.float64)
@@ -360,7 +361,9 @@ def test_auto_path_choice():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert ctx.choose_path("all", (8, 8), 1, 192, 192, cpu) == "dense"  # small: one SDPA call
     assert ctx.choose_path("all", (32, 32), 1, 16384, 16384, cpu) == "sparse"  # 32x32 x 16 frames
-    assert ctx.choose_path("ref", (32, 32), 1, 16384, 1024, cpu) == "dense"  # few keys per row
+    assert ctx.choose_path("cross", (16, 16), 256, 256, 256, cpu) == "dense"  # many pairs, few keys, coarse level
+    assert ctx.choose_path("ref", (32, 32), 1, 16384, 1024, cpu) == "sparse"  # pencil-sorted tiles pay off
+    assert ctx.choose_path("cross", (32, 32), 32, 1024, 1024, cpu) == "sparse"
     assert ctx.choose_path("all", (8, 8), 1, 192, 192, cuda) == "flex"  # decided from the device type only
     soft = AttentionContext(K=K, c2w=c2w, image_hw=(64, 64), num_views=2, band="soft")
     assert soft.choose_path("cross", (8, 8), 6, 64, 64, cuda) == "bias"

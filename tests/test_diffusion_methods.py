@@ -139,6 +139,18 @@ def test_loss_is_deterministic_for_a_generator(parameterization):
     torch.testing.assert_close(a["loss"], a["loss_per_sample"].mean())
 
 
+def test_loss_timestep_range_bounds_the_drawn_timesteps():
+    model, batch = make_model(), make_batch(B=64)
+    t = diffusion_loss(model, batch, generator=torch.Generator().manual_seed(0), timestep_range=(600, 610))["timesteps"]
+    assert int(t.min()) >= 600 and int(t.max()) <= 610 and len(set(t.tolist())) > 1
+    one = diffusion_loss(model, batch, generator=torch.Generator().manual_seed(0), timestep_range=(5, 5))["timesteps"]
+    assert set(one.tolist()) == {5}
+    T_train = len(model.alphas_cumprod)
+    for bad in ((10, 5), (-1, 5), (0, T_train)):
+        with pytest.raises(ValueError, match="train_timesteps"):
+            diffusion_loss(model, batch, timestep_range=bad)
+
+
 def test_loss_drop_flags_reach_the_model():
     model, batch = make_model(), make_batch(B=3)
     seen = {}

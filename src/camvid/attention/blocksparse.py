@@ -22,6 +22,8 @@ import threading
 
 import torch
 
+from camvid.geometry.epipolar import _one_thread as one_thread  # small or scatter ops: one thread is faster
+
 __all__ = ["block_sparse_attention", "prepare_plan"]
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -55,7 +57,19 @@ def _workspace(plan) -> _Workspace:
 
 
 def _gather_kv(ws, kv, idx, n):
-    """Rows ``idx`` of the packed (tokens, 2, H, D) key/value tensor -> k, v (n, H, X, D) strided views."""
+    """Rows ``idx`` of the keys and values -> k, v (n, H, X, D) strided views.
+
+    ``kv`` is the packed (tokens, 2, H, D) tensor (one ``index_select``), or a (k, v) pair of
+    (tokens, H, D) tensors when there are no register tokens (two ``index_select``s, no packing pass).
+    """
+    if isinstance(kv, tuple):
+        k, v = kv
+        H, D = k.shape[1:]
+        kg = ws.get(k, "k", idx.numel(), H, D)
+        vg = ws.get(v, "v", idx.numel(), H, D)
+        torch.index_select(k, 0, idx, out=kg)
+        torch.index_select(v, 0, idx, out=vg)
+        return kg.view(n, -1, H, D).transpose(1, 2), vg.view(n, -1, H, D).transpose(1, 2)
     _, _, H, D = kv.shape
     out = ws.get(kv, "kv", idx.numel(), 2 * H * D)
     torch.index_select(kv.view(kv.shape[0], -1), 0, idx, out=out)
@@ -88,20 +102,33 @@ def _chunk_inputs(chunk, R: int, dtype):
         n = chunk.key_ids.shape[0]
         regs = torch.arange(R, device=chunk.key_ids.device).expand(n, R)
         kids = torch.cat([regs, chunk.key_ids + R], dim=1).reshape(-1)
-        mask = chunk.mask  # (n, Q, U) True = attend; register columns 0..R-1 are always open
-        bias = torch.full((*mask.shape[:2], R + mask.shape[2]), float("-inf"), dtype=dtype, device=mask.device)
-        bias[..., :R] = 0.0
-        bias[..., R:].masked_fill_(mask, 0.0)
         cache.clear()  # one register count and dtype per level in practice: keep memory bounded
-        cache[key] = (kids, bias.unsqueeze(1))
+        cache[key] = (kids, chunk.bias(R, dtype))
     return cache[key]
 
 
 def prepare_plan(plan, num_registers: int, dtype=torch.float32) -> None:
     """Make every chunk's key ids and additive bias now (otherwise the first call makes them), so
-    the cost of a plan can be measured whole: the tiles and sub-masks plus these."""
-    for c in plan.chunks:
-        _chunk_inputs(c, num_registers, dtype)
+    the cost of a plan can be measured whole: the tiles and slot intervals plus these."""
+    with one_thread():  # small ops: see build_tile_plan_from_runs
+        for c in plan.chunks:
+            _chunk_inputs(c, num_registers, dtype)
+
+
+def _packed_kv(k, v, reg_k, reg_v):
+    """(R + Nk, 2, H, D): register tokens first, then the keys; keys and values side by side, so one
+    ``index_select`` gathers both. Written in one pass (no separate cat and stack). Without
+    registers the pair (k, v) itself: gathering each costs less than packing them first."""
+    R = 0 if reg_k is None else reg_k.shape[0]
+    if not R:
+        return (k.contiguous(), v.contiguous()), 0
+    kv = k.new_empty(R + k.shape[0], 2, *k.shape[1:])
+    if R:
+        kv[:R, 0] = reg_k
+        kv[:R, 1] = reg_v
+    kv[R:, 0] = k
+    kv[R:, 1] = v
+    return kv, R
 
 
 class _BlockSparseAttention(torch.autograd.Function):
@@ -110,60 +137,71 @@ class _BlockSparseAttention(torch.autograd.Function):
     ``index_select`` per chunk.
 
     Every tensor op is a parallel region, and on a busy host each region can wait a scheduler
-    time slice for a descheduled worker thread; so a chunk costs exactly two ops forward (gather,
-    fused attention) and the outputs are joined once at the end, not copied chunk by chunk.
+    time slice for a descheduled worker thread; so a chunk costs three ops forward (gather, fused
+    attention, and the copy of its output into place).
+
+    The scatters (``index_copy_``, and the backward's ``index_add_`` of the key and value gradients)
+    run on one thread: with two, PyTorch's CPU ``index_add_`` takes a parallel scatter path that was
+    16-40x slower than the serial one for these shapes (rows of H*D floats, each key repeated by many
+    tiles; measured on the development host), which made it most of the backward pass.
     """
 
     @staticmethod
-    def forward(ctx, q, k_ext, v_ext, R, plan):
-        # q (Nq, H, D); k_ext / v_ext (R + Nk, H, D): the R register tokens first, then the keys
+    def forward(ctx, q, k, v, reg_k, reg_v, plan):
+        # q (Nq, H, D); k / v (Nk, H, D); reg_k / reg_v (R, H, D) or None (always-visible keys)
         Nq, H, D = q.shape
         ids, bounds = _tile_order(plan)
-        qs = q.index_select(0, ids)  # (Nq', H, D) in chunk order
-        kv = torch.stack([k_ext, v_ext], dim=1)  # (R + Nk, 2, H, D)
+        qs = q.index_select(0, ids)  # (Nq, H, D) in chunk order
+        kv, R = _packed_kv(k, v, reg_k, reg_v)
         ws = _workspace(plan)
+        out = q.new_empty(Nq, H, D)  # every query is in exactly one tile: fully written below
         outs, lses = [], []
         for c, (a, b) in zip(plan.chunks, bounds):
             n, Q = c.query_ids.shape
             kids, bias = _chunk_inputs(c, R, q.dtype)
             kg, vg = _gather_kv(ws, kv, kids, n)
             o, lse_c = _flash(qs[a:b].view(n, Q, H, D).transpose(1, 2), kg, vg, attn_mask=bias)
-            outs.append(o.transpose(1, 2))  # (n, Q, H, D): the kernel's own memory order, no copy
+            o = o.transpose(1, 2)  # (n, Q, H, D): the kernel's own memory order, no copy
+            with one_thread():
+                out.index_copy_(0, ids[a:b], o.reshape(-1, H, D))
+            outs.append(o)
             lses.append(lse_c)  # (n, H, Q)
-        out_s = torch.cat(outs).view(-1, H, D) if len(outs) > 1 else outs[0].reshape(-1, H, D)
-        out = q.new_zeros(Nq, H, D).index_copy_(0, ids, out_s)
-        ctx.plan, ctx.R = plan, R
-        ctx.save_for_backward(q, k_ext, v_ext, out_s, *lses)
+        ctx.plan, ctx.R, ctx.nk = plan, R, k.shape[0]
+        ctx.regs = reg_k is not None
+        ctx.save_for_backward(qs, k, v, reg_k, reg_v, *outs, *lses)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k_ext, v_ext, out_s, *lses = ctx.saved_tensors
         plan, R = ctx.plan, ctx.R
-        Nq, H, D = q.shape
+        qs, k, v, reg_k, reg_v, *rest = ctx.saved_tensors
+        nc = len(plan.chunks)
+        outs, lses = rest[:nc], rest[nc:]
+        Nq, H, D = qs.shape
         ids, bounds = _tile_order(plan)
-        qs = q.index_select(0, ids)
         dos = dout.index_select(0, ids)
-        kv = torch.stack([k_ext, v_ext], dim=1)
-        dk = torch.zeros_like(k_ext)
-        dv = torch.zeros_like(v_ext)
+        kv, _ = _packed_kv(k, v, reg_k, reg_v)
+        dk = k.new_zeros(R + k.shape[0], H, D)
+        dv = torch.zeros_like(dk)
+        dq = qs.new_empty(Nq, H, D)
         ws = _workspace(plan)
-        dqs = []
-        for c, (a, b), lg in zip(plan.chunks, bounds, lses):
+        for c, (a, b), o, lg in zip(plan.chunks, bounds, outs, lses):
             n, Q = c.query_ids.shape
-            kids, bias = _chunk_inputs(c, R, q.dtype)
+            kids, bias = _chunk_inputs(c, R, qs.dtype)
             kg, vg = _gather_kv(ws, kv, kids, n)
 
             def view(t, a=a, b=b, n=n, Q=Q):
                 return t[a:b].view(n, Q, H, D).transpose(1, 2)
 
-            gq, gk, gv = _flash_backward(view(dos), view(qs), kg, vg, view(out_s), lg.contiguous(), 0.0, False,
-                                         attn_mask=bias)
-            dqs.append(gq.transpose(1, 2).reshape(-1, H, D))
-            dk.index_add_(0, kids, gk.transpose(1, 2).reshape(-1, H, D))
-            dv.index_add_(0, kids, gv.transpose(1, 2).reshape(-1, H, D))
-        dq = torch.zeros_like(q).index_copy_(0, ids, torch.cat(dqs))
-        return dq, dk, dv, None, None
+            gq, gk, gv = _flash_backward(view(dos), view(qs), kg, vg, o.transpose(1, 2), lg.contiguous(), 0.0,
+                                         False, attn_mask=bias)
+            with one_thread():  # see the class docstring
+                dq.index_copy_(0, ids[a:b], gq.transpose(1, 2).reshape(-1, H, D))
+                dk.index_add_(0, kids, gk.transpose(1, 2).reshape(-1, H, D))
+                dv.index_add_(0, kids, gv.transpose(1, 2).reshape(-1, H, D))
+        if ctx.regs:
+            return dq, dk[R:], dv[R:], dk[:R], dv[:R], None
+        return dq, dk, dv, None, None, None
 
 
 def _chunk_sdpa(q, k_ext, v_ext, qflat, kids, bias, n):
@@ -203,12 +241,14 @@ def block_sparse_attention(q, k, v, plan, reg_k=None, reg_v=None):
     B, Lq, H, D = q.shape
     qf = q.reshape(B * Lq, H, D).contiguous()
     kf, vf = k.reshape(-1, H, D), v.reshape(-1, H, D)
-    R = 0 if reg_k is None else reg_k.shape[2]
-    if R:
-        kf = torch.cat([reg_k[0].transpose(0, 1).to(k.dtype), kf], dim=0)
-        vf = torch.cat([reg_v[0].transpose(0, 1).to(v.dtype), vf], dim=0)
+    rk = rv = None
+    if reg_k is not None and reg_k.shape[2]:
+        rk, rv = reg_k[0].transpose(0, 1).to(k.dtype), reg_v[0].transpose(0, 1).to(v.dtype)  # (R, H, D)
     if q.device.type == "cpu":
-        out = _BlockSparseAttention.apply(qf, kf.contiguous(), vf.contiguous(), R, plan)
+        out = _BlockSparseAttention.apply(qf, kf, vf, rk, rv, plan)
     else:  # CUDA: the fused CPU kernel does not exist there (FlexAttention is the fast GPU path)
+        R = 0 if rk is None else rk.shape[0]
+        if R:
+            kf, vf = torch.cat([rk, kf], dim=0), torch.cat([rv, vf], dim=0)
         out = _generic(qf, kf.contiguous(), vf.contiguous(), R, plan)
     return out.view(B, Lq, H, D)

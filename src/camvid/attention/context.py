@@ -36,10 +36,12 @@ GRIDS = ("camvid", "cami2v_release")
 # On the CPU, "auto" takes the block-sparse kernel when a mask has more (query, key) pairs than
 # this; below it one dense SDPA call is cheaper than the sparse bookkeeping (docs/performance.md).
 AUTO_SPARSE_PAIRS = 1 << 23
-# ... and each query row has at least this many keys: with few keys (epipolar_ref, cross_video up to
-# 64x64 cells) a tile's key list is short and the fused kernel's per-tile overhead outweighs the
-# skipped pairs (measured in docs/performance.md), so one dense SDPA call is faster.
+# ... and each query row has at least this many keys, or the level has at least AUTO_SPARSE_CELLS
+# cells per frame. Few keys on a coarse level (epipolar_ref, cross_video at 16x16 and below) make
+# short key lists whose per-tile overhead outweighs the skipped pairs; from 32x32 cells on, the
+# pencil-sorted tiles beat one dense SDPA call for those kinds too (docs/performance.md).
 AUTO_SPARSE_KEYS = 8192
+AUTO_SPARSE_CELLS = 1024
 
 
 @dataclass
@@ -56,8 +58,9 @@ class AttentionContext:
     coarse levels empty). For ``band="soft"`` it is CVD's ``pixel_band`` (None = 3).
     ``band``: "hard" (bool band mask) or "soft" (CVD's additive bias, dense path only).
     ``grid``: feature-cell centres, "camvid" or "cami2v_release" (the released CamI2V masks).
-    ``tile_hw`` / ``tile_frames``: query tile of the sparse path (cells x frames; default 2x4 cells
-    x 4 frames when the frame count allows, ``camvid.attention.sparse.default_tile``); speed only.
+    ``tile_hw`` / ``tile_frames``: fix the query tile of the sparse path (cells x frames); by default
+    each plan picks the tiling with the fewest computed pairs among rectangles and tiles of queries
+    sorted by their epipolar line (``camvid.attention.sparse.build_tile_plan_from_runs``); speed only.
     ``mask_fn`` / ``neighbors_fn`` replace the geometry builders (tests, inspection); they take
     ``(ctx, kind, feat_hw)`` and return the token-layout mask / (index, valid) of that kind.
     """
@@ -253,8 +256,9 @@ class AttentionContext:
         if key not in self._cache:
             if self.uses_runs(kind, feat_hw):
                 runs = self.runs(kind, feat_hw)
-                plan = build_tile_plan_from_runs(runs.start, runs.end, tuple(feat_hw), tile_hw=self.tile_hw,
-                                                 tile_frames=self.tile_frames)
+                order = None if (self.tile_hw or self.tile_frames) else self._pencil_order(kind, tuple(feat_hw))
+                plan = build_tile_plan_from_runs(runs.start, runs.end, tuple(feat_hw), order=order,
+                                                 tile_hw=self.tile_hw, tile_frames=self.tile_frames)
             elif self._mask_is_source(kind, feat_hw):
                 plan = build_tile_plan(feat_hw, mask=self.mask(kind, feat_hw), tile_hw=self.tile_hw,
                                        tile_frames=self.tile_frames)
@@ -264,6 +268,35 @@ class AttentionContext:
                                        tile_hw=self.tile_hw, tile_frames=self.tile_frames)
             self._cache[key] = plan
         return self._cache[key]
+
+    def _pencil_order(self, kind: str, feat_hw: tuple[int, int]) -> torch.Tensor:
+        """Sort keys (runs layout (N, Lq)) that put queries with nearly the same epipolar line side by
+        side (``camvid.geometry.pencil_order``); the tile plan may cut its tiles along this order.
+
+        One key view per query frame: "ref" the reference frame, "cross" the first partner, "all"
+        the next frame (the last frame: the previous one). On a smooth camera path every key frame's
+        epipole sits near that one's, so the order suits the other key frames too.
+        """
+        from camvid.geometry import epipolar as geo
+
+        B, T = self.K.shape[:2]
+        rows = torch.arange(B, device=self.K.device)
+        if kind == "cross":
+            p = self._partners()[0]
+            angles = geo.pseudo_line_angles((B, T), self.seed).to(self.K.device)  # as the cross band's lines
+            key = geo.pencil_order(self.K, self.c2w, self.K[p], self.c2w[p], self.image_hw, feat_hw, angles,
+                                   grid=self.grid)
+            return key.reshape(B * T, -1)
+        if kind == "ref":
+            dst = self.reference_index(B, self.K.device).view(B, 1).expand(B, T)
+        else:
+            t = torch.arange(T, device=self.K.device)
+            dst = torch.where(t + 1 < T, t + 1, (t - 1).clamp(min=0)).expand(B, T)
+        angles = geo.pseudo_line_angles((B, T, T), self.seed, symmetric_last_two=True).to(self.K.device)
+        angles = angles[rows[:, None], torch.arange(T, device=self.K.device), dst]
+        key = geo.pencil_order(self.K, self.c2w, self.K[rows[:, None], dst], self.c2w[rows[:, None], dst],
+                               self.image_hw, feat_hw, angles, grid=self.grid)
+        return key.reshape(B, -1)
 
     def flex_block_mask(self, kind: str, feat_hw: tuple[int, int], num_registers: int):
         """FlexAttention block mask of ``kind`` (``camvid.attention.flex``), built from :meth:`runs`, memoised."""
@@ -296,7 +329,8 @@ class AttentionContext:
 
             if flex_available():
                 return "flex"
-        large = rows * num_queries * num_keys > AUTO_SPARSE_PAIRS and num_keys >= AUTO_SPARSE_KEYS
+        large = rows * num_queries * num_keys > AUTO_SPARSE_PAIRS and (
+            num_keys >= AUTO_SPARSE_KEYS or feat_hw[0] * feat_hw[1] >= AUTO_SPARSE_CELLS)
         return "sparse" if large else "dense"
 
     # ------------------------------------------------------------------ builders (camvid.geometry)

@@ -17,6 +17,8 @@ chunk).
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,9 +34,65 @@ DEFAULT_CHUNK_KEYS = 1 << 16
 
 @dataclass
 class TileChunk:
+    """Tiles of one chunk: their queries, the keys they gather, and which (query, slot) pairs are kept.
+
+    The kept pairs are given either as a dense ``(n, Q, U)`` bool sub-mask (plans from a mask or
+    neighbour lists) or, for plans from row runs, as per-query slot intervals ``run_lo``/``run_hi``
+    (n, Q, G): query ``i`` of tile ``t`` keeps slots ``run_lo[t, i, g] <= j < run_hi[t, i, g]`` for
+    each segment-row ``g`` (a run of key columns maps to a run of consecutive slots). The intervals
+    are about ``G / U`` of the sub-mask's size and make the kernel's additive bias in three passes.
+    """
+
     query_ids: torch.Tensor  # (n, Q) long into the flat (B * Lq) query axis
     key_ids: torch.Tensor  # (n, U) long into the flat (B * Lk) key axis (padding points at a valid key)
-    mask: torch.Tensor  # (n, Q, U) bool, True = attend (padding False)
+    sub_mask: torch.Tensor | None = None  # (n, Q, U) bool, True = attend (padding False)
+    run_lo: torch.Tensor | None = None  # (n, Q, G) slot intervals (empty: lo == hi == 0)
+    run_hi: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(tiles n, queries per tile Q, key slots per tile U)."""
+        return (*self.query_ids.shape, self.key_ids.shape[1])
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(n, Q, U) bool sub-mask, True = attend (made from the intervals when the plan has those)."""
+        if self.sub_mask is not None:
+            return self.sub_mask
+        return _intervals_to_counts(self.run_lo, self.run_hi, 0, self.shape[2], torch.int16) > 0
+
+    def bias(self, num_registers: int, dtype: torch.dtype) -> torch.Tensor:
+        """(n, 1, Q, R + U) additive bias: 0 on the R register columns and kept slots, -inf elsewhere."""
+        R = num_registers
+        if self.sub_mask is None:
+            # 1 on kept slots and registers, 0 elsewhere; then 1/x - 1 negated: 0 / -inf, exactly
+            # (three cheap in-place passes; log would do it in one but costs several times more)
+            counts = _intervals_to_counts(self.run_lo, self.run_hi, R, self.shape[2], dtype)
+            return counts.reciprocal_().sub_(1).neg_().unsqueeze(1)
+        mask = self.sub_mask
+        bias = torch.full((*mask.shape[:2], R + mask.shape[2]), float("-inf"), dtype=dtype, device=mask.device)
+        bias[..., :R] = 0.0
+        bias[..., R:].masked_fill_(mask, 0.0)
+        return bias.unsqueeze(1)
+
+
+def _intervals_to_counts(lo: torch.Tensor, hi: torch.Tensor, R: int, U: int, dtype) -> torch.Tensor:
+    """(n, Q, R + U) tensor: 1 on columns 0..R-1 and on slots R + [lo, hi) of every interval, else 0.
+
+    A difference array (+1 at each start, -1 at each end) and one cumulative sum: the intervals of a
+    query are disjoint, so the sum is 0 or 1. Empty intervals (lo == hi) add +1 and -1 at one place.
+    """
+    n, Q, _ = lo.shape
+    diff = torch.zeros(n, Q, R + U, dtype=dtype, device=lo.device)
+    lo, hi = lo.long(), hi.long()
+    ones = torch.ones((), dtype=dtype, device=lo.device).expand(lo.shape)
+    diff.scatter_add_(2, lo + R, ones)
+    inside = hi < U  # an interval ending at the last slot needs no -1
+    diff.scatter_add_(2, torch.where(inside, hi + R, R), torch.where(inside, -ones, 0 * ones))
+    if R:
+        diff[..., 0] += 1
+        diff[..., R] -= 1
+    return diff.cumsum_(2)
 
 
 @dataclass
@@ -54,7 +112,7 @@ class TilePlan:
     @property
     def computed_pairs(self) -> int:
         """(query, key) pairs the kernel computes scores for (registers excluded)."""
-        return sum(c.mask.numel() for c in self.chunks)
+        return sum(math.prod(c.shape) for c in self.chunks)
 
     @property
     def computed_fraction(self) -> float:
@@ -183,21 +241,71 @@ def build_tile_plan(
         sub = torch.gather(rows, 2, kidx[:, None, :].expand(-1, rows.shape[1], -1))
         sub &= torch.arange(width, device=sub.device) < tile_any.sum(-1)[:, None, None]
         sample = tq[:, :1] // src.lq  # which batch sample each tile belongs to
-        chunks.append(TileChunk(tq, kidx + sample * src.lk, sub))
+        chunks.append(TileChunk(tq, kidx + sample * src.lk, sub_mask=sub))
     return TilePlan(batch, src.lq, src.lk, chunks, row_valid)
 
 
-def _pack_tiles(union: torch.Tensor, chunk_keys: int):
-    """Tiles sorted by gathered-key count (largest first), packed greedily into chunks of about
-    ``chunk_keys`` keys: yields (tile indices, slot width = the chunk's largest count)."""
-    order = torch.argsort(union, descending=True)
-    union_sorted = union[order].tolist()
+def _pack_tiles(union: torch.Tensor, chunk_keys: int, max_padding: float = 1.0):
+    """Tiles sorted by gathered-key count (largest first), packed greedily into chunks of at most
+    ``chunk_keys`` keys whose tiles all have at least ``(1 - max_padding)`` of the chunk's widest
+    count (a chunk computes every tile at that width, so this bounds the padding): yields
+    (tile indices, slot width = the chunk's largest count)."""
+    order = torch.argsort(union, descending=True, stable=True)
+    neg = [-max(1, u) for u in union[order].tolist()]  # ascending, for bisect
     i = 0
-    while i < len(order):
-        width = max(1, union_sorted[i])
-        n = max(1, chunk_keys // width)
-        yield order[i:i + n], width
-        i += n
+    while i < len(neg):
+        width = -neg[i]
+        cap = i + max(1, chunk_keys // width)
+        floor = width * (1.0 - max_padding)
+        j = bisect.bisect_right(neg, -floor, lo=i + 1) if max_padding < 1.0 else len(neg)  # counts >= floor
+        j = max(i + 1, min(j, cap))
+        yield order[i:j], width
+        i = j
+
+
+# Tiles compared when none is given (``build_tile_plan_from_runs``): the default tile, one-frame
+# rectangles of the same size in other shapes (a band's hull is smallest for tiles stretched
+# along the band: 1x32 for horizontal CVD bands), and queries sorted by ``order``.
+_CANDIDATE_SHAPES = ((4, 8), (8, 4), (2, 16), (16, 2), (1, 32), (32, 1))
+# Tiles sampled to estimate a candidate's computed pairs (the choice affects speed only).
+_ESTIMATE_TILES = 512
+# Padding bound of ``_pack_tiles`` for plans from runs (a chunk's tiles have >= 75 % of its width).
+DEFAULT_MAX_PADDING = 0.25
+
+
+def _sorted_tile_query_ids(order: torch.Tensor, hw: int, q: int) -> torch.Tensor:
+    """(N, Lq) sort keys -> (tiles, q) query ids: each frame's cells in key order, cut into runs of q."""
+    N, Lq = order.shape
+    per_frame = order.reshape(N * (Lq // hw), hw).argsort(dim=1, stable=True)
+    first = torch.arange(N * (Lq // hw), device=order.device).unsqueeze(1) * hw
+    return (per_frame + first).reshape(-1, q)
+
+
+def _hulls(lo: torch.Tensor, hi: torch.Tensor, qids: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tile and segment-row, the hull [first, first + length) of its queries' runs (empty runs
+    do not widen it): (first, length), both (tiles, G) long."""
+    tlo_q, thi_q = lo[qids], hi[qids]  # (tiles, Q, G)
+    empty = tlo_q >= thi_q
+    first = tlo_q.masked_fill_(empty, w).amin(1).long()
+    last = thi_q.masked_fill_(empty, 0).amax(1).long()
+    return first, (last - first).clamp_(min=0)
+
+
+def _candidate_tiles(N, frames, feat_hw, order, tile_hw, tile_frames) -> list[torch.Tensor]:
+    """Query tilings (tiles, Q) to choose from: only the given tile when ``tile_hw``/``tile_frames`` is set."""
+    if tile_hw is not None or tile_frames is not None:
+        thw, tf = default_tile(feat_hw, frames, tile_hw, tile_frames)
+        return [_tile_query_ids(N, frames, feat_hw, thw, tf)]
+    thw, tf = default_tile(feat_hw, frames)
+    out = [_tile_query_ids(N, frames, feat_hw, thw, tf)]
+    q = thw[0] * thw[1] * tf
+    h, w = feat_hw
+    for shape in _CANDIDATE_SHAPES:
+        if shape[0] * shape[1] == q and h % shape[0] == 0 and w % shape[1] == 0 and (shape, 1) != (thw, tf):
+            out.append(_tile_query_ids(N, frames, feat_hw, shape, 1))
+    if order is not None and (h * w) % q == 0:
+        out.append(_sorted_tile_query_ids(order, h * w, q))
+    return out
 
 
 def build_tile_plan_from_runs(
@@ -205,9 +313,11 @@ def build_tile_plan_from_runs(
     end: torch.Tensor,
     feat_hw: tuple[int, int],
     *,
+    order: torch.Tensor | None = None,
     tile_hw: tuple[int, int] | None = None,
     tile_frames: int | None = None,
     chunk_keys: int = DEFAULT_CHUNK_KEYS,
+    max_padding: float = DEFAULT_MAX_PADDING,
 ) -> TilePlan:
     """Plan straight from row runs, never forming a dense mask or neighbour lists.
 
@@ -215,52 +325,83 @@ def build_tile_plan_from_runs(
     ``start <= c < end`` in feature row ``r`` of key segment ``s``, i.e. key tokens
     ``s*h*w + r*w + c`` (``camvid.geometry.EpipolarRuns``; ``S`` key frames or partner frames).
     A tile gathers, per (segment, row), the hull of its queries' runs ("the key rows its bands
-    touch"); neighbouring queries have overlapping runs, so the hull is about their union. The
-    sub-masks are exact: slot ``c`` of a tile is True for query ``i`` iff ``c`` is in ``i``'s run.
+    touch"); the sub-masks are exact: slot ``c`` of a tile is kept for query ``i`` iff ``c`` is in
+    ``i``'s run.
+
+    Tiling: ``tile_hw``/``tile_frames`` fix it; otherwise the tiling with the fewest hull pairs
+    (estimated on a sample of tiles) among the default tile, other one-frame rectangles of its size
+    and, with ``order`` (N, Lq) sort keys (``camvid.geometry.pencil_order``: queries with equal keys
+    have equal epipolar lines), each frame's queries in key order cut into tiles of that size.
+    Chunks keep tiles within ``max_padding`` of their widest (see ``_pack_tiles``). The whole build
+    runs on one thread: it is a few hundred small ops, each a wait for a scheduler slice on a
+    busy host when split across threads.
     """
     if start.shape != end.shape or start.dim() != 4:
         raise ValueError(f"runs must be two (N, Lq, S, h) tensors, got {tuple(start.shape)} and {tuple(end.shape)}")
     N, Lq, S, h = start.shape
     if h != feat_hw[0]:
         raise ValueError(f"runs have {h} rows per key frame, feature map is {feat_hw}")
+    if order is not None and tuple(order.shape) != (N, Lq):
+        raise ValueError(f"order must be (N, Lq) = {(N, Lq)} sort keys, got {tuple(order.shape)}")
+    if not 0.0 <= max_padding <= 1.0:
+        raise ValueError(f"max_padding must be in [0, 1], got {max_padding}")
+    from camvid.geometry.epipolar import _one_thread
+
+    with _one_thread():
+        return _plan_from_runs(start, end, tuple(feat_hw), order, tile_hw, tile_frames, chunk_keys, max_padding)
+
+
+def _plan_from_runs(start, end, feat_hw, order, tile_hw, tile_frames, chunk_keys, max_padding) -> TilePlan:
+    N, Lq, S, h = start.shape
     w = feat_hw[1]
     hw = h * w
+    G = S * h
     if Lq % hw:
         raise ValueError(f"{Lq} queries are not whole frames of {feat_hw} cells")
     device = start.device
-    tile_hw, tile_frames = default_tile(feat_hw, Lq // hw, tile_hw, tile_frames)
-    qids = _tile_query_ids(N, Lq // hw, feat_hw, tile_hw, tile_frames).to(device)  # (tiles, Q) into N*Lq
     small = torch.int16  # columns fit (w <= 32767); small integers keep the passes below cheap
-    lo = start.reshape(N * Lq, S * h).to(small)
-    hi = end.reshape(N * Lq, S * h).to(small)
-    # Hull per (tile, segment, row); empty runs must not widen it.
-    tlo_q, thi_q = lo[qids], hi[qids]  # (tiles, Q, S*h)
-    empty = tlo_q >= thi_q
-    tlo = tlo_q.masked_fill(empty, w).amin(1).long()  # (tiles, S*h)
-    thi = thi_q.masked_fill_(empty, 0).amax(1).long()
-    del tlo_q, thi_q, empty
-    length = (thi - tlo).clamp_(min=0)
+    lo = start.reshape(N * Lq, G).to(small)
+    hi = end.reshape(N * Lq, G).to(small)
+    candidates = _candidate_tiles(N, Lq // hw, feat_hw, order, tile_hw, tile_frames)
+    if len(candidates) > 1:
+        def estimate(qids):
+            sample = qids[:: max(1, len(qids) // _ESTIMATE_TILES)]
+            return int(_hulls(lo, hi, sample, w)[1].sum()) / len(sample)
+        candidates = [min(candidates, key=estimate)]
+    qids = candidates[0].to(device)  # (tiles, Q) into N*Lq
+    first, length = _hulls(lo, hi, qids, w)  # (tiles, G)
     union = length.sum(-1)
+    packed = list(_pack_tiles(union, chunk_keys, max_padding))
+    # Tiles in chunk order, so that each chunk below is a slice (a view) of these tensors.
+    perm = torch.cat([sel for sel, _ in packed])
+    qids, first, length = qids[perm], first[perm], length[perm]
     row_valid = (hi > lo).any(-1)
-    seg_first = (torch.arange(S * h, device=device) * w).view(1, -1)  # token of column 0 of (s, r)
+    # Slot intervals of every query of every tile: segment-row g of a tile occupies slots
+    # [offset_g, offset_g + length_g), column c at slot offset_g + c - first_g.
+    ends = length.cumsum(-1)  # (tiles, G)
+    offset = ends - length
+    idt = small if int(union.max()) < torch.iinfo(small).max else torch.int32
+    shift = (offset - first).to(idt).unsqueeze(1)
+    q_lo, q_hi = lo[qids].to(idt), hi[qids].to(idt)  # (tiles, Q, G)
+    empty = q_lo >= q_hi
+    run_lo = q_lo.add_(shift).masked_fill_(empty, 0)
+    run_hi = q_hi.add_(shift).masked_fill_(empty, 0)
+    del shift, empty
+    seg_first = (torch.arange(G, device=device) * w).view(1, -1)  # token of column 0 of (s, r)
     chunks: list[TileChunk] = []
-    for sel, width in _pack_tiles(union, chunk_keys):
-        ln, first_col = length[sel], tlo[sel]
-        # Slot j of a tile lies in segment-row g(j) (cumulative lengths) at column first_col[g] + offset.
-        ends = ln.cumsum(-1)
-        slots = torch.arange(width, device=device).expand(len(sel), -1)
-        g = torch.searchsorted(ends, slots.contiguous(), right=True).clamp_(max=S * h - 1)
-        used = slots < ends[:, -1:]
-        col = first_col.gather(1, g) + slots - (ends - ln).gather(1, g)
-        keys = torch.where(used, seg_first.expand(len(sel), -1).gather(1, g) + col, 0)
-        tq = qids[sel]
-        gq = g.unsqueeze(1).expand(-1, tq.shape[1], -1)
-        c = col.masked_fill_(~used, -1).to(small).unsqueeze(1)  # padding slots: column -1, never kept
-        sub = lo[tq].gather(2, gq) <= c
-        sub &= hi[tq].gather(2, gq) > c
+    i = 0
+    for sel, width in packed:
+        j = i + len(sel)
+        # Slot u of a tile lies in segment-row g(u) (cumulative lengths) at column first[g] + u - offset[g].
+        slots = torch.arange(width, device=device).expand(j - i, -1).contiguous()
+        g = torch.searchsorted(ends[i:j], slots, right=True).clamp_(max=G - 1)
+        col = first[i:j].gather(1, g) + slots - offset[i:j].gather(1, g)
+        keys = torch.where(slots < ends[i:j, -1:], seg_first.expand(j - i, -1).gather(1, g) + col, 0)
+        tq = qids[i:j]
         sample = tq[:, :1] // Lq
-        # padding slots point at key 0 of the tile's own sample (masked out, any valid index works)
-        chunks.append(TileChunk(tq, keys + sample * (S * hw), sub))
+        # padding slots point at key 0 of the tile's own sample (never kept, any valid index works)
+        chunks.append(TileChunk(tq, keys + sample * (S * hw), run_lo=run_lo[i:j], run_hi=run_hi[i:j]))
+        i = j
     return TilePlan(N, Lq, S * hw, chunks, row_valid)
 
 

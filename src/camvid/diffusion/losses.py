@@ -89,9 +89,11 @@ class CondDropout:
 
 
 def diffusion_loss(model: VideoDiffusionModel, batch: dict, *, generator: torch.Generator | None = None,
-                   cond_dropout: CondDropout | Mapping | None = None) -> dict[str, torch.Tensor]:
+                   cond_dropout: CondDropout | Mapping | None = None,
+                   timestep_range: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """Noise the encoded video at uniform random timesteps and regress eps or v (per
-    ``model.parameterization``). Returns {"loss": scalar with grad, "loss_per_sample": (B,),
+    ``model.parameterization``). ``timestep_range`` (lo, hi), both included, narrows the timesteps
+    drawn (default: all of them). Returns {"loss": scalar with grad, "loss_per_sample": (B,),
     "timesteps": (B,), "drop_text" / "drop_image" / "drop_camera": (B,) bool} (all but "loss" detached).
     Deterministic given ``generator`` (and a deterministic model)."""
     dropout = CondDropout.from_config(cond_dropout)
@@ -110,7 +112,11 @@ def diffusion_loss(model: VideoDiffusionModel, batch: dict, *, generator: torch.
     B = x0.shape[0]
 
     gen_device = generator.device if generator is not None else x0.device
-    t = torch.randint(0, num_train, (B,), generator=generator, device=gen_device).to(x0.device)
+    lo, hi = (0, num_train - 1) if timestep_range is None else (int(timestep_range[0]), int(timestep_range[1]))
+    if not 0 <= lo <= hi < num_train:
+        raise ValueError(f"timestep_range (model.train_timesteps) {list(timestep_range)} must be [lo, hi] with "
+                         f"0 <= lo <= hi <= {num_train - 1}")
+    t = torch.randint(lo, hi + 1, (B,), generator=generator, device=gen_device).to(x0.device)
     noise = randn(tuple(x0.shape), generator, x0.device, x0.dtype)
     cond = model.conditions(batch, x0)
     # views of one scene (CVD pairs, laid out [a0, b0, a1, b1, ...]) share their drop decisions:

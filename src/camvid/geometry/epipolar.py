@@ -56,6 +56,7 @@ __all__ = [
     "COINCIDENT_EPS",
     "GRIDS",
     "cross_view_soft_bias",
+    "pencil_order",
 ]
 
 # Feature-cell centre conventions (``grid=``), as offsets in image pixels added to our centres:
@@ -291,6 +292,35 @@ def epipolar_lines(
             torch.broadcast_to(sin_a, pairs)[sel],
         )
     return lines
+
+
+def pencil_order(
+    K_src: torch.Tensor,
+    c2w_src: torch.Tensor,
+    K_dst: torch.Tensor,
+    c2w_dst: torch.Tensor,
+    image_hw: tuple[int, int],
+    feat_hw: tuple[int, int],
+    angles: torch.Tensor,
+    *,
+    grid: str = "camvid",
+) -> torch.Tensor:
+    """Where each feature cell's epipolar line sits in its pencil: (P..., h*w) float64 in [0, pi].
+
+    The lines of all points of one view in another pass through one point, the epipole (a pencil;
+    parallel lines when the epipole is at infinity, or pseudo lines of one direction ``angles``
+    where the cameras coincide). Every such line lies in the 2D subspace orthogonal to the epipole,
+    so its angle there is one number that orders the whole pencil, finite epipole or not. Cells
+    with nearly equal numbers have nearly the same line, i.e. nearly the same band of keys: the
+    block-sparse attention sorts queries by this to form tiles whose bands overlap
+    (``camvid.attention.sparse``). Cameras broadcast to the pair shape ``P`` as in :func:`epipolar_lines`.
+    """
+    centers = feature_cell_centers(image_hw, feat_hw, device=K_src.device, grid=grid)
+    lines = epipolar_lines(K_src, c2w_src, K_dst, c2w_dst, centers, angles)  # (P..., hw, 3)
+    # the lines' span: the two leading eigenvectors of their 3x3 scatter matrix (eigh: ascending)
+    basis = torch.linalg.eigh(lines.transpose(-1, -2) @ lines).eigenvectors[..., 1:]  # (P..., 3, 2)
+    coords = lines @ basis  # (P..., hw, 2)
+    return torch.atan2(coords[..., 1], coords[..., 0]).remainder(math.pi)  # a line and its negative agree
 
 
 def _pseudo_lines_homogeneous(points: torch.Tensor, cos_a: torch.Tensor, sin_a: torch.Tensor) -> torch.Tensor:

@@ -42,13 +42,15 @@ __all__ = ["TrainingObjective", "TrainState", "train"]
 class TrainingObjective(nn.Module):
     """Wraps a method so the loss is computed inside ``forward`` (DDP syncs gradients through it)."""
 
-    def __init__(self, method: nn.Module, cond_dropout: dict):
+    def __init__(self, method: nn.Module, cond_dropout: dict, timestep_range: tuple[int, int] | None = None):
         super().__init__()
         self.method = method
         self.cond_dropout = dict(cond_dropout)
+        self.timestep_range = None if timestep_range is None else tuple(timestep_range)
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict:
-        return diffusion_loss(self.method, batch, generator=generator, cond_dropout=self.cond_dropout)
+        return diffusion_loss(self.method, batch, generator=generator, cond_dropout=self.cond_dropout,
+                              timestep_range=self.timestep_range)
 
 
 class TrainState:
@@ -142,7 +144,9 @@ def _train(cfg: DictConfig) -> dict:
         raise ValueError(f"model={cfg.model.name}: no trainable parameters after freeze_base()")
     n_train = sum(p.numel() for p in params)
     n_total = sum(p.numel() for p in method.parameters())
-    objective = TrainingObjective(method, OmegaConf.to_container(cfg.model.cond_dropout, resolve=True))
+    timesteps = cfg.model.get("train_timesteps")  # optional [lo, hi]: docs/diffusion.md
+    objective = TrainingObjective(method, OmegaConf.to_container(cfg.model.cond_dropout, resolve=True),
+                                  None if timesteps is None else tuple(timesteps))
 
     opt_cfg = cfg.model.optimizer
     optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas),

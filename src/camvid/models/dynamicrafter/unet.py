@@ -244,8 +244,10 @@ def dynamicrafter_unet_config(size: str) -> dict:
     if size == "512":
         return dict(image_cross_attention_scale_learnable=False, default_fs=24)
     if size == "tiny":
-        # attention only at the coarser level: full-resolution spatial attention dominates CPU time
-        return dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+        # attention (hence the camera modules' injection and cross-frame attention) at both levels, as
+        # the released UNets have it at their full latent resolution: with the camera modules at the
+        # coarse level only, a frozen base cannot be made to follow a camera (docs/diffusion.md)
+        return dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
                     num_head_channels=8, context_dim=64, dropout=0.0)
     raise ValueError(f"unknown DynamiCrafter size {size!r}; choose tiny, 256 or 512")
 

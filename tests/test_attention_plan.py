@@ -1,0 +1,143 @@
+"""The block-sparse tile plan: tilings it chooses among, pencil-sorted tiles, bounded chunk padding,
+slot intervals and the additive bias made from them, all exact against the dense mask."""
+
+import math
+
+import pytest
+import torch
+
+from camvid.attention import AttentionContext, sparse
+from camvid.attention.sparse import TileChunk, build_tile_plan_from_runs, tiled_sparse_attention
+from camvid.geometry import epipolar as geo
+
+
+def clip(B, T, image_hw, forward=False, dtype=torch.float64):
+    """B clips of T frames; sideways (or forward) translation with a slight yaw; clip b shifted by 0.3 b."""
+    H, W = image_hw
+    K = torch.tensor([[0.8 * W, 0, W / 2], [0, 0.8 * W, H / 2], [0, 0, 1]], dtype=dtype).expand(B, T, 3, 3).clone()
+    c2w = torch.eye(4, dtype=dtype).repeat(B, T, 1, 1)
+    d = torch.tensor([0.0, 0.0, 1.0] if forward else [1.0, 0.1, 0.2], dtype=dtype)
+    for b in range(B):
+        for t in range(T):
+            a = 0.03 * t
+            c2w[b, t, :3, :3] = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]],
+                                             dtype=dtype)
+            c2w[b, t, :3, 3] = 0.2 * t * d / d.norm() + torch.tensor([0.3 * b, 0, 0], dtype=dtype)
+    return K, c2w
+
+
+def rebuilt_mask(plan):
+    """The (B * Lq, Lk) mask a plan computes, from its chunks' key ids and sub-masks."""
+    out = torch.zeros(plan.batch * plan.num_queries * plan.num_keys + 1, dtype=torch.bool)
+    seen = torch.zeros(plan.batch * plan.num_queries, dtype=torch.long)
+    for c in plan.chunks:
+        flat = c.query_ids[:, :, None] * plan.num_keys + c.key_ids[:, None, :] % plan.num_keys
+        assert torch.equal(c.key_ids // plan.num_keys, (c.query_ids[:, :1] // plan.num_queries).expand_as(c.key_ids))
+        out[torch.where(c.mask, flat, out.numel() - 1)] = True
+        seen[c.query_ids.flatten()] += 1
+    assert bool((seen == 1).all()), "every query is in exactly one tile"
+    return out[:-1].view(plan.batch * plan.num_queries, plan.num_keys)
+
+
+def test_pencil_order_gives_cells_on_one_epipolar_line_one_key():
+    image_hw, feat_hw = (64, 64), (8, 8)
+    K = torch.tensor([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]], dtype=torch.float64)
+    eye = torch.eye(4, dtype=torch.float64)
+    angle = torch.zeros((), dtype=torch.float64)
+    # Sideways translation: horizontal epipolar lines, so the key is constant along each feature row
+    # and differs between rows.
+    side = eye.clone()
+    side[0, 3] = 1.0
+    key = geo.pencil_order(K, eye, K, side, image_hw, feat_hw, angle).view(8, 8)
+    assert torch.allclose(key, key[:, :1].expand(8, 8), atol=1e-9)
+    assert key[:, 0].unique().numel() == 8
+    # Forward translation: lines through the image centre; cells mirrored through it share one line.
+    fwd = eye.clone()
+    fwd[2, 3] = 1.0
+    key = geo.pencil_order(K, eye, K, fwd, image_hw, feat_hw, angle).view(8, 8)
+    gap = (key - key.flip(0).flip(1)).remainder(math.pi)
+    assert bool((torch.minimum(gap, math.pi - gap) < 1e-9).all())  # equal as line directions (mod pi)
+    assert key.unique().numel() > 8  # and distinct lines elsewhere
+    assert bool(((key >= 0) & (key <= math.pi)).all())
+
+
+def test_plan_chooses_the_tiling_with_the_fewest_pairs():
+    """Horizontal cross-video bands: tiles along feature rows (pencil order or 1 x w rectangles)
+    compute far fewer pairs than the default square-ish tile, and the chosen plan is still exact."""
+    image_hw, feat_hw = (64, 128), (8, 16)
+    K, c2w = clip(2, 4, image_hw)
+    c2w[1] = c2w[0]
+    c2w[1, :, 0, 3] += 0.5  # partner shifted along the camera x axis: horizontal bands
+    ctx = AttentionContext(K=K, c2w=c2w, image_hw=image_hw, num_views=2, path="sparse")
+    runs = ctx.runs("cross", feat_hw)
+    chosen = ctx.tile_plan("cross", feat_hw)
+    fixed = build_tile_plan_from_runs(runs.start, runs.end, feat_hw, tile_hw=(4, 8))
+    assert chosen.computed_pairs * 2 <= fixed.computed_pairs
+    dense = runs.rows(0, runs.num_queries).reshape(-1, runs.start.shape[2] * 128)
+    assert torch.equal(rebuilt_mask(chosen), dense)
+
+
+@pytest.mark.parametrize("mode", ["all", "ref"])
+def test_pencil_sorted_tiles_are_exact_forward_and_gradients_fp64(mode, monkeypatch):
+    """Tiles of queries in an arbitrary order (scattered cells of a frame): sub-masks, outputs and
+    gradients equal the dense computation."""
+    image_hw, feat_hw = (48, 64), (6, 8)
+    K, c2w = clip(1, 3, image_hw, forward=True)
+    runs = geo.epipolar_runs(K, c2w, image_hw, feat_hw, mode=mode, ref_index=1)
+    order = torch.rand(runs.start.shape[:2], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    monkeypatch.setattr(sparse, "_candidate_tiles", lambda *a: [sparse._sorted_tile_query_ids(order, 48, 8)])
+    plan = build_tile_plan_from_runs(runs.start, runs.end, feat_hw, order=order, chunk_keys=64)
+    assert len(plan.chunks) > 2
+    tiles = sorted(map(tuple, torch.cat([c.query_ids for c in plan.chunks]).tolist()))
+    assert tiles == sorted(map(tuple, sparse._sorted_tile_query_ids(order, 48, 8).tolist()))
+    assert any(max(t) - min(t) > 8 for t in tiles), "tiles of scattered cells, not rectangles"
+    dense = runs.rows(0, runs.num_queries)  # (1, Lq, Lk)
+    assert torch.equal(rebuilt_mask(plan), dense[0])
+    g = torch.Generator().manual_seed(1)
+    Lq, Lk, H, D = dense.shape[1], dense.shape[2], 2, 4
+    q = torch.randn(1, Lq, H, D, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, Lk, H, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    reg_k, reg_v = (torch.randn(1, H, 2, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    got = tiled_sparse_attention(q, k, v, plan, reg_k, reg_v)
+    kh = torch.cat([reg_k, k.transpose(1, 2)], 2)
+    vh = torch.cat([reg_v, v.transpose(1, 2)], 2)
+    full = torch.cat([torch.ones(1, Lq, 2, dtype=torch.bool), dense], -1)
+    scores = q.transpose(1, 2) @ kh.transpose(-1, -2) / math.sqrt(D)
+    want = (torch.softmax(scores.masked_fill(~full[:, None], float("-inf")), -1) @ vh).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    w = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((got * w).sum(), (q, k, v, reg_k, reg_v)),
+                    torch.autograd.grad((want * w).sum(), (q, k, v, reg_k, reg_v))):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_chunks_bound_padding_and_size():
+    g = torch.Generator().manual_seed(2)
+    union = torch.cat([torch.randint(1, 400, (300,), generator=g), torch.zeros(5, dtype=torch.long)])
+    seen = torch.zeros(len(union), dtype=torch.long)
+    for sel, width in sparse._pack_tiles(union, chunk_keys=2000, max_padding=0.25):
+        counts = union[sel].clamp(min=1)
+        assert int(counts.max()) == width
+        assert bool((counts >= 0.75 * width).all()), "a chunk's tiles have at least 75% of its width"
+        assert len(sel) == 1 or len(sel) * width <= 2000
+        seen[sel] += 1
+    assert bool((seen == 1).all())
+    # max_padding=1 packs by size only (the previous behaviour): fewer, fuller chunks
+    assert len(list(sparse._pack_tiles(union, 2000, 1.0))) < len(list(sparse._pack_tiles(union, 2000, 0.25)))
+    with pytest.raises(ValueError, match="max_padding"):
+        build_tile_plan_from_runs(torch.zeros(1, 4, 1, 2, dtype=torch.uint8), torch.ones(1, 4, 1, 2, dtype=torch.uint8),
+                                  (2, 2), max_padding=1.5)
+
+
+@pytest.mark.parametrize("registers", [0, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bias_from_slot_intervals_equals_bias_from_the_sub_mask(registers, dtype):
+    K, c2w = clip(1, 2, (32, 48))
+    runs = geo.epipolar_runs(K, c2w, (32, 48), (4, 6), mode="all")
+    plan = build_tile_plan_from_runs(runs.start, runs.end, (4, 6), chunk_keys=50)
+    for c in plan.chunks:
+        assert c.sub_mask is None and c.run_lo is not None
+        from_mask = TileChunk(c.query_ids, c.key_ids, sub_mask=c.mask).bias(registers, dtype)
+        got = c.bias(registers, dtype)
+        assert got.dtype == dtype and got.shape == from_mask.shape
+        assert torch.equal(got == 0, from_mask == 0) and bool(torch.isneginf(got[got != 0]).all())
