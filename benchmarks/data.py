@@ -27,9 +27,8 @@ same frames in one process, with the largest pixel difference from PIL.
     .venv/bin/python benchmarks/data.py --workers 2 4 --no-cap   # what 4 workers on 2 cores cost
 
 The timed window (``--batches``, default 160) is long enough that a fresh worker's one-time costs
-inside it (its first shared-memory slots, up to ``prefetch_factor + 4``: a new segment and first-touch
-page faults each) are a
-small part, as over a training epoch (docs/performance.md).
+inside it (its first shared-memory slots, up to ``prefetch_factor + 4``: a new segment and
+first-touch page faults each) are a small part, as over a training epoch (docs/performance.md).
 """
 
 from __future__ import annotations
