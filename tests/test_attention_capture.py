@@ -167,9 +167,14 @@ def test_capture_during_sampling_tracks_the_denoiser_timesteps():
     assert torch.equal(out, reference)
     assert maps.timesteps == steps[1:]  # the denoiser's t, only the ones asked for
     assert len(maps.layers) == len(attention_layers(method)) > 1
-    shares = maps.register_share()
-    assert shares.shape == (len(maps.layers), 2, method_heads(method, maps.layers[0]), 1)
+    heads = {name: method_heads(method, name) for name in maps.layers}
+    assert len(set(heads.values())) > 1  # the tiny UNet's two levels: 4 and 8 heads
+    with pytest.raises(ValueError, match="different head counts"):
+        maps.register_share()
+    shares = maps.register_share(heads="mean")
+    assert shares.shape == (len(maps.layers), 2, 1, 1)
     assert bool(((shares > 0) & (shares < 1)).all())
+    torch.testing.assert_close(shares[0, :, 0], maps[maps.layers[0]].register_share.mean(1))
     assert "denoise" not in vars(method)  # the method is restored on exit
 
 

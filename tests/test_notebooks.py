@@ -81,7 +81,7 @@ def test_attention_notebook_executes_on_a_tiny_run(tiny_runs, tmp_path):
     nb = _run_attention(tmp_path, CAMVID_NB_RUN=str(tiny_runs("cami2v", "epipolar")), CAMVID_NB_STEPS="2",
                         CAMVID_NB_TIMESTEPS="500", CAMVID_NB_QUERY="3,20,12")
     text = _stream(nb)
-    assert "query Query(frame=3, x=20.0, y=12.0" in text and "captured 4 layers x 2 timesteps" in text
+    assert "query Query(frame=3, x=20.0, y=12.0" in text and "captured 7 layers x 2 timesteps" in text  # 3 at the 16x16 level, 4 at 8x8
     assert "cami2v/epipolar" in text  # the band-mass table
     assert _images(nb) >= 6  # videos, bands, heads per level, layers, register share, band mass
 

@@ -180,15 +180,31 @@ class AttentionMaps:
     def __len__(self) -> int:
         return len(self.layers)
 
-    def register_share(self) -> torch.Tensor:
-        """(layer, timestep, head, query) register share of every captured layer."""
-        return torch.stack([layer.register_share for layer in self])
+    def _over_layers(self, tensors: list[torch.Tensor], heads: str) -> torch.Tensor:
+        """Stack per-layer tensors whose axis 1 is the head: ``heads="each"`` keeps every head (all
+        layers must have as many), ``"mean"`` averages them (axis kept, size 1). UNet levels of
+        different widths have different head counts (the tiny UNet: 4 and 8)."""
+        if heads not in ("each", "mean"):
+            raise ValueError(f"heads={heads!r}: choose 'each' or 'mean'")
+        if heads == "mean":
+            return torch.stack([x.mean(1, keepdim=True) for x in tensors])
+        counts = {layer.name: x.shape[1] for layer, x in zip(self, tensors)}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"the captured layers have different head counts ({counts}); stack them with "
+                             "heads='mean' or select layers of one level")
+        return torch.stack(tensors)
 
-    def stack(self) -> torch.Tensor:
-        """(layer, timestep, head, query, frame, H, W): every layer at the video's pixel grid."""
+    def register_share(self, heads: str = "each") -> torch.Tensor:
+        """(layer, timestep, head, query) register share of every captured layer (``heads``: see
+        ``stack``)."""
+        return self._over_layers([layer.register_share for layer in self], heads)
+
+    def stack(self, heads: str = "each") -> torch.Tensor:
+        """(layer, timestep, head, query, frame, H, W): every layer at the video's pixel grid.
+        ``heads="each"`` needs one head count in all layers; ``"mean"`` averages the heads (size-1 axis)."""
         if not self.layers:
             raise ValueError("nothing was captured: no selected layer ran inside the capture")
-        return torch.stack([layer.at_image() for layer in self])
+        return self._over_layers([layer.at_image() for layer in self], heads)
 
 
 def attention_layers(model: nn.Module) -> list[str]:

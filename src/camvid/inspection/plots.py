@@ -197,7 +197,7 @@ def plot_register_share(maps: AttentionMaps):
     """Register share (mean over heads and queries) per layer and timestep: a heat map and its curves."""
     import matplotlib.pyplot as plt
 
-    share = maps.register_share().mean((2, 3)).numpy()  # (layer, timestep)
+    share = maps.register_share(heads="mean").mean((2, 3)).numpy()  # (layer, timestep)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.35 * len(maps) + 2.2))
     im = left.imshow(share, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(1e-6, float(share.max())))
     left.set_yticks(range(len(maps)), [f"{short_name(n.name)} {n.feat_hw[0]}x{n.feat_hw[1]}" for n in maps],
