@@ -65,6 +65,19 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
+def jpeg_train_shards(root: Path, *, num_clips: int, frames: int, height: int, width: int, seed: int,
+                      shard_size: int) -> Path:
+    """Synthetic RealEstate10K training clips (no test split) written as JPEG shards under ``root/shards``."""
+    from camvid.data.shards import write_re10k_shards
+    from camvid.data.synthetic_writer import write_synthetic_re10k
+
+    write_synthetic_re10k(root, num_clips=num_clips, num_frames=frames, height=height, width=width, seed=seed,
+                          test_every=100, texture_size=32)
+    out = root / "shards"
+    write_re10k_shards(root, "train", out, shard_size=shard_size, image_format="jpg")
+    return out
+
+
 # scale=tiny's own data settings off: the shared session data set is never re-rendered or re-sharded
 TINY_DATA = ["data.prepare=null"]
 

@@ -13,9 +13,9 @@ from camvid.data.decode import decode_image
 from camvid.data.handoff import HEADER_BYTES, SlotReceiver, SlotRing, slots_supported
 from camvid.data.loader import build_dataloader
 from camvid.data.samples import SampleSpec, collate, make_sample, num_views
-from camvid.data.shards import iter_tar_samples, shard_urls, write_re10k_shards
-from camvid.data.synthetic_writer import write_synthetic_re10k
+from camvid.data.shards import iter_tar_samples, shard_urls
 from camvid.geometry.cameras import parse_pose_lines
+from conftest import jpeg_train_shards
 
 pytestmark = pytest.mark.skipif(not slots_supported(), reason="torch without storage use counts")
 
@@ -24,11 +24,8 @@ T, H, W = 8, 16, 24
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("handoff")
-    write_synthetic_re10k(root, num_clips=4, num_frames=T, height=H, width=W, seed=5, test_every=100, texture_size=32)
-    out = root / "shards"
-    write_re10k_shards(root, "train", out, shard_size=2, image_format="jpg")
-    return out
+    return jpeg_train_shards(tmp_path_factory.mktemp("handoff"), num_clips=4, frames=T, height=H, width=W,
+                             seed=5, shard_size=2)
 
 
 def _clips(shard_dir) -> dict[str, dict]:

@@ -12,8 +12,7 @@ import torch
 
 from camvid.data.loader import build_dataloader
 from camvid.data.readahead import read_ahead
-from camvid.data.shards import write_re10k_shards
-from camvid.data.synthetic_writer import write_synthetic_re10k
+from conftest import jpeg_train_shards
 
 T, H, W = 4, 12, 16
 
@@ -71,11 +70,8 @@ def test_depth_must_be_positive():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("readahead")
-    write_synthetic_re10k(root, num_clips=3, num_frames=T, height=H, width=W, seed=6, test_every=100, texture_size=32)
-    out = root / "shards"
-    write_re10k_shards(root, "train", out, shard_size=1, image_format="jpg")
-    return out
+    return jpeg_train_shards(tmp_path_factory.mktemp("readahead"), num_clips=3, frames=T, height=H, width=W,
+                             seed=6, shard_size=1)
 
 
 def test_worker_batches_are_the_same_with_and_without_read_ahead(shards, tmp_path, monkeypatch):

@@ -11,10 +11,9 @@ from omegaconf import OmegaConf
 
 import camvid.data.workers as workers_mod
 from camvid.data.loader import build_dataloader
-from camvid.data.shards import write_re10k_shards
-from camvid.data.synthetic_writer import write_synthetic_re10k
 from camvid.data.workers import available_cores, effective_workers, local_processes, worker_cap
 from camvid.training.resume import fingerprint_differences, run_fingerprint
+from conftest import jpeg_train_shards
 
 T, H, W = 4, 12, 16
 
@@ -54,11 +53,8 @@ def test_the_cap_reads_the_affinity_and_the_local_world_size(monkeypatch):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("workers")
-    write_synthetic_re10k(root, num_clips=2, num_frames=T, height=H, width=W, seed=3, test_every=100, texture_size=32)
-    out = root / "shards"
-    write_re10k_shards(root, "train", out, shard_size=1, image_format="jpg")
-    return out
+    return jpeg_train_shards(tmp_path_factory.mktemp("workers"), num_clips=2, frames=T, height=H, width=W,
+                             seed=3, shard_size=1)
 
 
 def _loader(shards, **kw):
