@@ -118,6 +118,8 @@ def test_a_successful_run_prints_one_summary_and_finishes_wandb(data_root, tmp_p
     ("model.optimizer.betas=[0.9]", "model.optimizer.betas=[0.9]: must be a list of 2 numbers"),
     ("backbone.cond_dropout.uncond_prob=1.5", "model.cond_dropout.uncond_prob=1.5: must be a number >= 0.0 and <= 1.0"),
     ("backbone.cond_dropout.p_camera=-0.1", "model.cond_dropout.p_camera=-0.1: must be a number >= 0.0 and <= 1.0"),
+    ("model.train_timesteps=[900,100]",
+     "model.train_timesteps=[900,100]: must be a list of 2 integers >= 0 and <= 999, the first <= the second"),
     ("data.stride_train=[4,1]", "data.stride_train=[4,1]: must be a list of 2 integers >= 1, the first <= the second"),
     ("seed=-1", "seed=-1: must be an integer >= 0"),
     ("resume_mismatch=ignore", "resume_mismatch=ignore: must be one of error, warn"),

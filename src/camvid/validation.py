@@ -220,6 +220,8 @@ TRAIN_RULES: list[Rule] = [
     Rule("model.optimizer.weight_decay", number(0.0)),
     Rule("model.optimizer.betas", number_list(2, 0.0, 1.0, hi_open=True)),
     Rule("model.train_base", one_of("auto", True, False)),
+    # every method's schedule has 1000 training timesteps (the loss checks the model's own length)
+    Rule("model.train_timesteps", number_list(2, 0, 999, integers=True, ordered=True), nullable=True),
     Rule("model.cond_dropout.uncond_prob", probability),
     Rule("model.cond_dropout.p_text", probability),
     Rule("model.cond_dropout.p_image", probability),

@@ -144,9 +144,8 @@ def _train(cfg: DictConfig) -> dict:
         raise ValueError(f"model={cfg.model.name}: no trainable parameters after freeze_base()")
     n_train = sum(p.numel() for p in params)
     n_total = sum(p.numel() for p in method.parameters())
-    timesteps = cfg.model.get("train_timesteps")  # optional [lo, hi]: docs/diffusion.md
     objective = TrainingObjective(method, OmegaConf.to_container(cfg.model.cond_dropout, resolve=True),
-                                  None if timesteps is None else tuple(timesteps))
+                                  cfg.model.get("train_timesteps"))  # optional [lo, hi]: docs/diffusion.md
 
     opt_cfg = cfg.model.optimizer
     optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas),
