@@ -22,7 +22,7 @@ import threading
 
 import torch
 
-from camvid.geometry.epipolar import _one_thread as one_thread  # small or scatter ops: one thread is faster
+from camvid.geometry.epipolar import one_thread  # small or scatter ops: one thread is faster
 
 __all__ = ["block_sparse_attention", "prepare_plan"]
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from camvid.attention.blocksparse import block_sparse_attention
+from camvid.geometry.epipolar import one_thread
 
 __all__ = ["TilePlan", "build_tile_plan", "build_tile_plan_from_runs", "tiled_sparse_attention", "default_tile",
            "default_tile_hw"]
@@ -345,9 +346,7 @@ def build_tile_plan_from_runs(
         raise ValueError(f"order must be (N, Lq) = {(N, Lq)} sort keys, got {tuple(order.shape)}")
     if not 0.0 <= max_padding <= 1.0:
         raise ValueError(f"max_padding must be in [0, 1], got {max_padding}")
-    from camvid.geometry.epipolar import _one_thread
-
-    with _one_thread():
+    with one_thread():
         return _plan_from_runs(start, end, tuple(feat_hw), order, tile_hw, tile_frames, chunk_keys, max_padding)
 
 

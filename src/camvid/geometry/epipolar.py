@@ -458,7 +458,7 @@ def _chunk_queries(n_lines_per_query: int, h: int) -> int:
 
 
 @contextlib.contextmanager
-def _one_thread():
+def one_thread():
     """Run the chunk loops on one intra-op thread, then restore the caller's setting.
 
     The loops issue thousands of small, memory-bound ops; splitting each across threads gains
@@ -477,7 +477,7 @@ def _one_thread():
 
 def _fill_dense(out: torch.Tensor, lines: torch.Tensor, image_hw, feat_hw, threshold: float) -> None:
     """``out`` (Q, hw, S, hw) bool view <- band of ``lines`` (Q, S, hw, 3), row runs chunk by chunk."""
-    with _one_thread():
+    with one_thread():
         _fill_dense_chunks(out, lines, image_hw, feat_hw, threshold)
 
 
@@ -516,7 +516,7 @@ def _lines_to_runs(
     runs stored as small integers, so the build holds the lines, 2 small integers per (line, row)
     (twice, for the final reordering to query-major) and one chunk of float64 temporaries.
     """
-    with _one_thread():
+    with one_thread():
         B, Q, S, hw, _ = lines.shape
         h, w = feat_hw
         small = _run_dtype(w)
@@ -543,7 +543,7 @@ def _neighbors_from_runs(
     A query's keys are its runs in (key frame, row) order, each run ascending; ``key_frames`` must
     ascend along S, so the lists come out sorted.
     """
-    with _one_thread():
+    with one_thread():
         return _neighbors_from_runs_chunks(start, end, key_frames, feat_hw, max_keys)
 
 
@@ -795,7 +795,7 @@ def epipolar_runs(
     _check_mode(mode)
     image_hw, feat_hw, threshold = _prepare(K, c2w, image_hw, feat_hw, threshold, "epipolar_runs")
     B, T = K.shape[:2]
-    with _one_thread():  # small ops: one thread is faster on a busy host (see _one_thread)
+    with one_thread():  # small ops: one thread is faster on a busy host (see one_thread)
         lines = _clip_lines(K, c2w, image_hw, feat_hw, seed, eps, grid)
     if mode == "all":
         key_frames = torch.arange(T, device=K.device).expand(B, T, T)
@@ -921,7 +921,7 @@ def cross_view_band_runs(
     image_hw = _check_hw(image_hw, "image_hw")
     feat_hw = _check_hw(feat_hw, "feat_hw")
     tau = _check_threshold(tau, "tau")
-    with _one_thread():
+    with one_thread():
         lines = _cross_lines(K_a, c2w_a, K_b, c2w_b, image_hw, feat_hw, seed, eps, "cross_view_band_runs", grid)
     B, T = lines.shape[:2]
     start, end = _lines_to_runs(lines, image_hw, feat_hw, tau)
