@@ -345,9 +345,9 @@ def test_generic_block_sparse_path_equals_the_fused_cpu_kernel():
     for R in (0, 2):
         q, k, v = (torch.randn(12 + (R if i else 0), 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
                    for i in range(3))
-        regs = (k[:R], v[:R]) if R else (None, None)  # the fused kernel takes the register tokens apart
-        fused = blocksparse._BlockSparseAttention.apply(q, k[R:], v[R:], *regs, plan)
-        generic = blocksparse._generic(q, k, v, R, plan)
+        kv = torch.stack([k, v], dim=1)  # registers first, keys and values side by side
+        fused = blocksparse._BlockSparseAttention.apply(q, kv, R, plan)
+        generic = blocksparse._generic(q, kv, R, plan)
         torch.testing.assert_close(generic, fused)
         w = torch.randn(fused.shape, generator=g, dtype=torch.float64)
         for a, b in zip(torch.autograd.grad((fused * w).sum(), (q, k, v)),

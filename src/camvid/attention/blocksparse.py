@@ -24,7 +24,7 @@ import torch
 
 from camvid.geometry.epipolar import one_thread  # small or scatter ops: one thread is faster
 
-__all__ = ["block_sparse_attention", "prepare_plan"]
+__all__ = ["block_sparse_attention", "block_sparse_attention_packed", "pack_kv", "prepare_plan"]
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -57,22 +57,14 @@ def _workspace(plan) -> _Workspace:
 
 
 def _gather_kv(ws, kv, idx, n):
-    """Rows ``idx`` of the keys and values -> k, v (n, H, X, D) strided views.
+    """Rows ``idx`` of the packed (rows, 2, H, D) keys and values -> k, v (n, H, X, D) strided views.
 
-    ``kv`` is the packed (tokens, 2, H, D) tensor (one ``index_select``), or a (k, v) pair of
-    (tokens, H, D) tensors when there are no register tokens (two ``index_select``s, no packing pass).
+    One ``index_select`` gathers both; ``kv`` may be a strided view (the k and v columns of a fused
+    q/k/v projection): each row's 2*H*D values only need to be contiguous.
     """
-    if isinstance(kv, tuple):
-        k, v = kv
-        H, D = k.shape[1:]
-        kg = ws.get(k, "k", idx.numel(), H, D)
-        vg = ws.get(v, "v", idx.numel(), H, D)
-        torch.index_select(k, 0, idx, out=kg)
-        torch.index_select(v, 0, idx, out=vg)
-        return kg.view(n, -1, H, D).transpose(1, 2), vg.view(n, -1, H, D).transpose(1, 2)
-    _, _, H, D = kv.shape
+    rows, _, H, D = kv.shape
     out = ws.get(kv, "kv", idx.numel(), 2 * H * D)
-    torch.index_select(kv.view(kv.shape[0], -1), 0, idx, out=out)
+    torch.index_select(kv.reshape(rows, 2 * H * D), 0, idx, out=out)
     out = out.view(n, -1, 2, H, D)
     return out[:, :, 0].transpose(1, 2), out[:, :, 1].transpose(1, 2)
 
@@ -90,18 +82,23 @@ def _tile_order(plan):
     return cached
 
 
-def _chunk_inputs(chunk, R: int, dtype):
-    """Key ids into the register-extended key tensor and the (n, 1, Q, R + U) additive bias.
+def _chunk_inputs(chunk, R: int, num_keys: int, dtype):
+    """Row ids into the register-extended key tensor and the (n, 1, Q, R + U) additive bias.
 
-    Both depend only on the plan, the register count and the dtype, so they are made on first use
-    and kept on the chunk: every layer and head of the level, forward and backward, reuses them.
+    The extended tensor holds, per sample, its ``R`` register rows and then its ``num_keys`` keys
+    (the layout of a projection over ``[registers, context]``): key ``j`` of the flat (B * Lk) key
+    axis is row ``j + R * (j // Lk + 1)``; every tile reads sample 0's register rows (the register
+    tokens are the same for every sample). Both depend only on the plan, ``R`` and the dtype, so
+    they are made on first use and kept on the chunk: every layer and head of the level, forward
+    and backward, reuses them.
     """
     cache = chunk.__dict__.setdefault("_ext", {})
-    key = (R, dtype)
+    key = (R, num_keys, dtype)
     if key not in cache:
         n = chunk.key_ids.shape[0]
         regs = torch.arange(R, device=chunk.key_ids.device).expand(n, R)
-        kids = torch.cat([regs, chunk.key_ids + R], dim=1).reshape(-1)
+        rows = chunk.key_ids + R * (chunk.key_ids // num_keys + 1)
+        kids = torch.cat([regs, rows], dim=1).reshape(-1)
         cache.clear()  # one register count and dtype per level in practice: keep memory bounded
         cache[key] = (kids, chunk.bias(R, dtype))
     return cache[key]
@@ -112,29 +109,29 @@ def prepare_plan(plan, num_registers: int, dtype=torch.float32) -> None:
     the cost of a plan can be measured whole: the tiles and slot intervals plus these."""
     with one_thread():  # small ops: see build_tile_plan_from_runs
         for c in plan.chunks:
-            _chunk_inputs(c, num_registers, dtype)
+            _chunk_inputs(c, num_registers, plan.num_keys, dtype)
 
 
-def _packed_kv(k, v, reg_k, reg_v):
-    """(R + Nk, 2, H, D): register tokens first, then the keys; keys and values side by side, so one
-    ``index_select`` gathers both. Written in one pass (no separate cat and stack). Without
-    registers the pair (k, v) itself: gathering each costs less than packing them first."""
-    R = 0 if reg_k is None else reg_k.shape[0]
-    if not R:
-        return (k.contiguous(), v.contiguous()), 0
-    kv = k.new_empty(R + k.shape[0], 2, *k.shape[1:])
+def pack_kv(k, v, reg_k=None, reg_v=None):
+    """k, v (B, Lk, H, D), reg_k / reg_v (1, H, R, D) or None -> (B, R + Lk, 2, H, D): per sample
+    the register tokens, then the keys; keys and values side by side (the layout of
+    ``block_sparse_attention_packed``), written in one pass."""
+    B, Lk, H, D = k.shape
+    R = 0 if reg_k is None else reg_k.shape[2]
+    kv = k.new_empty(B, R + Lk, 2, H, D)
     if R:
-        kv[:R, 0] = reg_k
-        kv[:R, 1] = reg_v
-    kv[R:, 0] = k
-    kv[R:, 1] = v
-    return kv, R
+        kv[:, :R, 0] = reg_k.transpose(1, 2).to(k.dtype)
+        kv[:, :R, 1] = reg_v.transpose(1, 2).to(v.dtype)
+    kv[:, R:, 0] = k
+    kv[:, R:, 1] = v
+    return kv
 
 
 class _BlockSparseAttention(torch.autograd.Function):
     """Queries are permuted once into chunk order, so each chunk reads one contiguous slice of them
-    (no per-chunk query gather); keys and values are packed side by side and gathered with one
-    ``index_select`` per chunk.
+    (no per-chunk query gather); keys and values come packed side by side with the register rows
+    (``pack_kv``, or straight from a fused projection) and are gathered with one ``index_select``
+    per chunk.
 
     Every tensor op is a parallel region, and on a busy host each region can wait a scheduler
     time slice for a descheduled worker thread; so a chunk costs three ops forward (gather, fused
@@ -147,18 +144,17 @@ class _BlockSparseAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, reg_k, reg_v, plan):
-        # q (Nq, H, D); k / v (Nk, H, D); reg_k / reg_v (R, H, D) or None (always-visible keys)
+    def forward(ctx, q, kv, R, plan):
+        # q (Nq, H, D); kv (rows, 2, H, D): per sample R register rows then Lk keys (see _chunk_inputs)
         Nq, H, D = q.shape
         ids, bounds = _tile_order(plan)
         qs = q.index_select(0, ids)  # (Nq, H, D) in chunk order
-        kv, R = _packed_kv(k, v, reg_k, reg_v)
         ws = _workspace(plan)
         out = q.new_empty(Nq, H, D)  # every query is in exactly one tile: fully written below
         outs, lses = [], []
         for c, (a, b) in zip(plan.chunks, bounds):
             n, Q = c.query_ids.shape
-            kids, bias = _chunk_inputs(c, R, q.dtype)
+            kids, bias = _chunk_inputs(c, R, plan.num_keys, q.dtype)
             kg, vg = _gather_kv(ws, kv, kids, n)
             o, lse_c = _flash(qs[a:b].view(n, Q, H, D).transpose(1, 2), kg, vg, attn_mask=bias)
             o = o.transpose(1, 2)  # (n, Q, H, D): the kernel's own memory order, no copy
@@ -166,28 +162,26 @@ class _BlockSparseAttention(torch.autograd.Function):
                 out.index_copy_(0, ids[a:b], o.reshape(-1, H, D))
             outs.append(o)
             lses.append(lse_c)  # (n, H, Q)
-        ctx.plan, ctx.R, ctx.nk = plan, R, k.shape[0]
-        ctx.regs = reg_k is not None
-        ctx.save_for_backward(qs, k, v, reg_k, reg_v, *outs, *lses)
+        ctx.plan, ctx.R = plan, R
+        ctx.save_for_backward(qs, kv, *outs, *lses)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         plan, R = ctx.plan, ctx.R
-        qs, k, v, reg_k, reg_v, *rest = ctx.saved_tensors
+        qs, kv, *rest = ctx.saved_tensors
         nc = len(plan.chunks)
         outs, lses = rest[:nc], rest[nc:]
         Nq, H, D = qs.shape
         ids, bounds = _tile_order(plan)
         dos = dout.index_select(0, ids)
-        kv, _ = _packed_kv(k, v, reg_k, reg_v)
-        dk = k.new_zeros(R + k.shape[0], H, D)
+        dk = kv.new_zeros(kv.shape[0], H, D)
         dv = torch.zeros_like(dk)
         dq = qs.new_empty(Nq, H, D)
         ws = _workspace(plan)
         for c, (a, b), o, lg in zip(plan.chunks, bounds, outs, lses):
             n, Q = c.query_ids.shape
-            kids, bias = _chunk_inputs(c, R, qs.dtype)
+            kids, bias = _chunk_inputs(c, R, plan.num_keys, qs.dtype)
             kg, vg = _gather_kv(ws, kv, kids, n)
 
             def view(t, a=a, b=b, n=n, Q=Q):
@@ -199,56 +193,64 @@ class _BlockSparseAttention(torch.autograd.Function):
                 dq.index_copy_(0, ids[a:b], gq.transpose(1, 2).reshape(-1, H, D))
                 dk.index_add_(0, kids, gk.transpose(1, 2).reshape(-1, H, D))
                 dv.index_add_(0, kids, gv.transpose(1, 2).reshape(-1, H, D))
-        if ctx.regs:
-            return dq, dk[R:], dv[R:], dk[:R], dv[:R], None
-        return dq, dk, dv, None, None, None
+        return dq, torch.stack([dk, dv], dim=1), None, None
 
 
-def _chunk_sdpa(q, k_ext, v_ext, qflat, kids, bias, n):
+def _chunk_sdpa(q, kv, qflat, kids, bias, n):
     """One chunk through ``F.scaled_dot_product_attention`` (devices without the CPU fused kernel)."""
     Q = qflat.numel() // n
     H, D = q.shape[1:]
     qg = q.index_select(0, qflat).view(n, Q, H, D).transpose(1, 2)
-    kg = k_ext.index_select(0, kids).view(n, -1, H, D).transpose(1, 2)
-    vg = v_ext.index_select(0, kids).view(n, -1, H, D).transpose(1, 2)
+    kvg = kv.index_select(0, kids).view(n, -1, 2, H, D)
+    kg, vg = kvg[:, :, 0].transpose(1, 2), kvg[:, :, 1].transpose(1, 2)
     empty = torch.isinf(bias).all(-1, keepdim=True)  # rows with no key: open them, zero them after
     o = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias.masked_fill(empty, 0.0))
     o = o.masked_fill(empty, 0.0)
     return o.transpose(1, 2).reshape(n * Q, H, D)
 
 
-def _generic(q, k_ext, v_ext, R, plan):
+def _generic(q, kv, R, plan):
     """Autograd through SDPA per chunk, each chunk recomputed in the backward pass (checkpoint)."""
     from torch.utils.checkpoint import checkpoint
 
     Nq, H, D = q.shape
     outs, ids = [], []
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_ext, v_ext))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, kv))
     for c in plan.chunks:
-        kids, bias = _chunk_inputs(c, R, q.dtype)
-        args = (q, k_ext, v_ext, c.query_ids.reshape(-1), kids, bias, c.query_ids.shape[0])
+        kids, bias = _chunk_inputs(c, R, plan.num_keys, q.dtype)
+        args = (q, kv, c.query_ids.reshape(-1), kids, bias, c.query_ids.shape[0])
         outs.append(checkpoint(_chunk_sdpa, *args, use_reentrant=False) if grad else _chunk_sdpa(*args))
         ids.append(c.query_ids.reshape(-1))
     return q.new_zeros(Nq, H, D).index_copy(0, torch.cat(ids), torch.cat(outs))
 
 
+def block_sparse_attention_packed(q, kv, plan, num_registers: int = 0):
+    """q (B, Lq, H, D), kv (B, R + Lk, 2, H, D) -> (B, Lq, H, D).
+
+    ``kv`` holds per sample the ``num_registers`` register tokens (always visible) and then the
+    keys, keys and values side by side (``pack_kv``, or the k/v columns of a fused projection; a
+    strided view is fine as long as each row's 2*H*D values are contiguous). Exactly
+    ``dense_masked_attention`` on the plan's mask; a query with no key and no register gets 0 and
+    passes no gradient.
+    """
+    B, Lq, H, D = q.shape
+    if tuple(kv.shape[2:]) != (2, H, D) or kv.shape[1] != num_registers + plan.num_keys:
+        raise ValueError(f"kv must be (B, R + Lk, 2, H, D) = (B, {num_registers} + {plan.num_keys}, 2, {H}, {D}), "
+                         f"got {tuple(kv.shape)}")
+    qf = q.reshape(B * Lq, H, D)
+    kvf = kv.reshape(kv.shape[0] * kv.shape[1], 2, H, D)  # a view for the fused projection's k/v columns
+    if q.device.type == "cpu":
+        out = _BlockSparseAttention.apply(qf, kvf, num_registers, plan)
+    else:  # CUDA: the fused CPU kernel does not exist there (FlexAttention is the fast GPU path)
+        out = _generic(qf, kvf, num_registers, plan)
+    return out.view(B, Lq, H, D)
+
+
 def block_sparse_attention(q, k, v, plan, reg_k=None, reg_v=None):
     """q (B, Lq, H, D), k/v (B, Lk, H, D), reg_k/reg_v (1, H, R, D) or None -> (B, Lq, H, D).
 
-    Exactly ``dense_masked_attention`` on the plan's mask (registers always visible); a query with
-    no key and no register gets 0 and passes no gradient.
+    ``block_sparse_attention_packed`` after packing the keys, values and register tokens
+    (``pack_kv``, one copy).
     """
-    B, Lq, H, D = q.shape
-    qf = q.reshape(B * Lq, H, D).contiguous()
-    kf, vf = k.reshape(-1, H, D), v.reshape(-1, H, D)
-    rk = rv = None
-    if reg_k is not None and reg_k.shape[2]:
-        rk, rv = reg_k[0].transpose(0, 1).to(k.dtype), reg_v[0].transpose(0, 1).to(v.dtype)  # (R, H, D)
-    if q.device.type == "cpu":
-        out = _BlockSparseAttention.apply(qf, kf, vf, rk, rv, plan)
-    else:  # CUDA: the fused CPU kernel does not exist there (FlexAttention is the fast GPU path)
-        R = 0 if rk is None else rk.shape[0]
-        if R:
-            kf, vf = torch.cat([rk, kf], dim=0), torch.cat([rv, vf], dim=0)
-        out = _generic(qf, kf.contiguous(), vf.contiguous(), R, plan)
-    return out.view(B, Lq, H, D)
+    R = 0 if reg_k is None or not reg_k.shape[2] else reg_k.shape[2]
+    return block_sparse_attention_packed(q, pack_kv(k, v, reg_k if R else None, reg_v if R else None), plan, R)

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from camvid.attention.blocksparse import block_sparse_attention
+from camvid.attention.blocksparse import block_sparse_attention, block_sparse_attention_packed
 from camvid.geometry.epipolar import one_thread
 
-__all__ = ["TilePlan", "build_tile_plan", "build_tile_plan_from_runs", "tiled_sparse_attention", "default_tile",
-           "default_tile_hw"]
+__all__ = ["TilePlan", "build_tile_plan", "build_tile_plan_from_runs", "tiled_sparse_attention",
+           "tiled_sparse_attention_packed", "default_tile", "default_tile_hw"]
 
 # Gathered keys per chunk (tiles x union length), before the feature dimension.
 DEFAULT_CHUNK_KEYS = 1 << 16
@@ -404,6 +404,14 @@ def _plan_from_runs(start, end, feat_hw, order, tile_hw, tile_frames, chunk_keys
     return TilePlan(N, Lq, S * hw, chunks, row_valid)
 
 
+def _check_plan(plan: TilePlan, B: int, Lq: int, Lk: int) -> None:
+    if (B, Lq, Lk) != (plan.batch, plan.num_queries, plan.num_keys):
+        raise ValueError(
+            f"plan was built for B={plan.batch}, Lq={plan.num_queries}, Lk={plan.num_keys}; "
+            f"got B={B}, Lq={Lq}, Lk={Lk}"
+        )
+
+
 def tiled_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -417,10 +425,16 @@ def tiled_sparse_attention(
     Equal to ``dense_masked_attention`` on the mask the plan was built from (block-sparse kernel of
     ``camvid.attention.blocksparse``, with its own recomputing backward pass).
     """
-    B, Lq = q.shape[:2]
-    if (B, Lq, k.shape[1]) != (plan.batch, plan.num_queries, plan.num_keys):
-        raise ValueError(
-            f"plan was built for B={plan.batch}, Lq={plan.num_queries}, Lk={plan.num_keys}; "
-            f"got B={B}, Lq={Lq}, Lk={k.shape[1]}"
-        )
+    _check_plan(plan, q.shape[0], q.shape[1], k.shape[1])
     return block_sparse_attention(q, k, v, plan, reg_k, reg_v)
+
+
+def tiled_sparse_attention_packed(q: torch.Tensor, kv: torch.Tensor, plan: TilePlan,
+                                  num_registers: int = 0) -> torch.Tensor:
+    """q (B, Lq, H, D), kv (B, R + Lk, 2, H, D) (per sample the R register tokens, then the keys;
+    keys and values side by side, as a fused k/v projection makes them) -> (B, Lq, H, D).
+
+    ``tiled_sparse_attention`` without the packing copy (``camvid.attention.blocksparse.pack_kv``).
+    """
+    _check_plan(plan, q.shape[0], q.shape[1], kv.shape[1] - num_registers)
+    return block_sparse_attention_packed(q, kv, plan, num_registers)

@@ -28,7 +28,7 @@ from camvid.attention.capture import active as capture_active
 from camvid.attention.capture import record as capture_record
 from camvid.attention.context import AttentionContext
 from camvid.attention.kernels import chunked_masked_attention, dense_masked_attention
-from camvid.attention.sparse import tiled_sparse_attention
+from camvid.attention.sparse import tiled_sparse_attention_packed
 
 __all__ = [
     "CrossFrameAttention",
@@ -111,38 +111,63 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, t: torch.Tensor) -> torch.Tensor:  # (N, L, H*D) -> (N, L, H, D)
         return t.view(*t.shape[:2], self.heads, self.dim_head)
 
+    def project(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (N, Lq, H, D) and kv (N, R + Lk, 2, H, D): per sample the register tokens, then the keys;
+        keys and values side by side.
+
+        The same values as ``to_q(x)``, ``to_k``/``to_v`` of the registers and the context, up to
+        fp32 rounding, with fewer passes: the weights of ``to_k`` and ``to_v`` (and ``to_q`` when
+        ``context is x``, self-attention) are concatenated at call time (a few hundred KiB, so no
+        cache to keep in step with the parameters; autograd splits their gradients back) and
+        applied in ONE matrix product over ``[registers, context]``, whose output already has the
+        layout every kernel reads. The parameters stay ``to_q``/``to_k``/``to_v``, as in the
+        official checkpoints.
+        """
+        N, R = x.shape[0], self.num_register_tokens
+        H, D = self.heads, self.dim_head
+        src = context
+        if R:
+            src = torch.cat([self.register_tokens.to(context.dtype).expand(N, -1, -1), context], dim=1)
+        layers = [self.to_k, self.to_v]
+        fuse_q = context is x and self.to_q.in_features == self.to_k.in_features
+        if fuse_q:
+            layers.insert(0, self.to_q)
+        weight = torch.cat([lin.weight for lin in layers])
+        bias = None if any(lin.bias is None for lin in layers) else torch.cat([lin.bias for lin in layers])
+        out = F.linear(src, weight, bias).view(N, src.shape[1], len(layers), H, D)
+        if fuse_q:
+            return out[:, R:, 0], out[:, :, 1:]
+        return self._heads(self.to_q(x)), out
+
     def forward(self, x: torch.Tensor, context: torch.Tensor, ctx: AttentionContext | None = None,
                 kind: str | None = None, feat_hw: tuple[int, int] | None = None) -> torch.Tensor:
         N, Lq, _ = x.shape
-        q, k, v = self._heads(self.to_q(x)), self._heads(self.to_k(context)), self._heads(self.to_v(context))
-        reg_k = reg_v = None
-        if self.num_register_tokens > 0:
-            reg = self.register_tokens.to(context.dtype)
-            reg_k = self._heads(self.to_k(reg)).transpose(1, 2)  # (1, H, R, D)
-            reg_v = self._heads(self.to_v(reg)).transpose(1, 2)
+        R = self.num_register_tokens
+        q, kv = self.project(x, context)
         if capture_active():  # camvid.attention.capture: attention of chosen queries, for inspection
-            capture_record(self, q, k, reg_k, ctx, kind, feat_hw)
-        # q, k, v (N, L, H, D), reg_k / reg_v (1, H, R, D) or None, and (ctx, kind, feat_hw) are final here.
-        out = self._attend(q, k, v, reg_k, reg_v, ctx, kind, feat_hw)
+            reg_k = kv[:1, :R, 0].transpose(1, 2) if R else None  # (1, H, R, D)
+            capture_record(self, q, kv[:, R:, 0], reg_k, ctx, kind, feat_hw)
+        # q (N, Lq, H, D), kv (N, R + Lk, 2, H, D) and (ctx, kind, feat_hw) are final here.
+        out = self._attend(q, kv, ctx, kind, feat_hw)
         return self.to_out(out.reshape(N, Lq, self.heads * self.dim_head))
 
-    def _attend(self, q, k, v, reg_k, reg_v, ctx, kind, feat_hw) -> torch.Tensor:
-        """Dispatch to one exact kernel: (N, Lq, H, D) -> (N, Lq, H, D)."""
+    def _attend(self, q, kv, ctx, kind, feat_hw) -> torch.Tensor:
+        """Dispatch to one exact kernel: q (N, Lq, H, D), kv (N, R + Lk, 2, H, D) -> (N, Lq, H, D)."""
         N, Lq = q.shape[:2]
-        Lk = k.shape[1]
+        R = self.num_register_tokens
+        Lk = kv.shape[1] - R
         if kind is not None and ctx is None:
             raise ValueError(f"masked attention ({kind!r}) needs an AttentionContext")
         path = "dense" if kind is None else ctx.choose_path(kind, feat_hw, N, Lq, Lk, q.device)
         if path == "sparse":
-            return tiled_sparse_attention(q, k, v, ctx.tile_plan(kind, feat_hw), reg_k, reg_v)
+            return tiled_sparse_attention_packed(q, kv, ctx.tile_plan(kind, feat_hw), R)
         if path == "flex":
             from camvid.attention.flex import flex_masked_attention
 
-            return flex_masked_attention(q, k, v, ctx.flex_block_mask(kind, feat_hw, self.num_register_tokens), reg_k, reg_v)
-        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if reg_k is not None:
-            kh = torch.cat([reg_k.expand(N, -1, -1, -1), kh], dim=2)
-            vh = torch.cat([reg_v.expand(N, -1, -1, -1), vh], dim=2)
+            regs = (kv[:1, :R, 0].transpose(1, 2), kv[:1, :R, 1].transpose(1, 2)) if R else (None, None)
+            return flex_masked_attention(q, kv[:, R:, 0], kv[:, R:, 1], ctx.flex_block_mask(kind, feat_hw, R), *regs)
+        # (N, H, R + Lk, D) views, registers first: no copy
+        qh, kh, vh = q.transpose(1, 2), kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
         if path == "bias":  # soft band: one SDPA call with a float additive bias (registers get 0)
             bias = ctx.bias(kind, feat_hw)
             if bias.shape != (N, Lq, Lk):
