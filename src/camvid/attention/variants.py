@@ -133,7 +133,10 @@ class MultiHeadAttention(nn.Module):
         if fuse_q:
             layers.insert(0, self.to_q)
         weight = torch.cat([lin.weight for lin in layers])
-        bias = None if any(lin.bias is None for lin in layers) else torch.cat([lin.bias for lin in layers])
+        bias = None
+        if any(lin.bias is not None for lin in layers):
+            bias = torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias
+                              for lin in layers])
         out = F.linear(src, weight, bias).view(N, src.shape[1], len(layers), H, D)
         if fuse_q:
             return out[:, R:, 0], out[:, :, 1:]
