@@ -175,8 +175,8 @@ def projections_only(x, context, attn):
 
 
 def projections_ours(x, context, attn):
-    """Our module's projections alone (``MultiHeadAttention.project``: one GEMM for k and v, and for
-    q too in self-attention, over [registers, context]) and ``to_out``: the bound on our paths."""
+    """Our module's projections alone (``MultiHeadAttention.project``: ``to_q``, and one GEMM for k
+    and v over [registers, context]) and ``to_out``: the bound on our paths."""
     q, kv = attn.project(x, context)
     return attn.to_out(q.reshape(*x.shape[:2], -1)) + 0 * kv.mean()
 

@@ -1,4 +1,4 @@
-"""MultiHeadAttention.project: one fused GEMM equals the official separate to_q/to_k/to_v layers."""
+"""MultiHeadAttention.project: the fused k/v GEMM equals the official separate to_q/to_k/to_v layers."""
 
 import pytest
 import torch

@@ -115,32 +115,29 @@ class MultiHeadAttention(nn.Module):
         """q (N, Lq, H, D) and kv (N, R + Lk, 2, H, D): per sample the register tokens, then the keys;
         keys and values side by side.
 
-        The same values as ``to_q(x)``, ``to_k``/``to_v`` of the registers and the context, up to
-        fp32 rounding, with fewer passes: the weights of ``to_k`` and ``to_v`` (and ``to_q`` when
-        ``context is x``, self-attention) are concatenated at call time (a few hundred KiB, so no
-        cache to keep in step with the parameters; autograd splits their gradients back) and
-        applied in ONE matrix product over ``[registers, context]``, whose output already has the
-        layout every kernel reads. The parameters stay ``to_q``/``to_k``/``to_v``, as in the
-        official checkpoints.
+        The same values as ``to_q(x)`` and ``to_k``/``to_v`` of the registers and the context, up
+        to fp32 rounding, in fewer passes: the weights of ``to_k`` and ``to_v`` are concatenated at
+        call time (a few hundred KiB, so no cache to keep in step with the parameters; autograd
+        splits their gradients back) and applied in ONE matrix product over ``[registers,
+        context]``, whose output already has the layout every kernel reads (no register ``cat`` of
+        keys, no packing copy). ``to_q`` stays its own product even in self-attention: a q/k/v
+        product would hand the kernels strided views whose gradients autograd assembles with extra
+        full-size passes, which cost more in the backward pass than the fused forward saved
+        (benchmarks/attention.py, projections rows). The parameters stay ``to_q``/``to_k``/``to_v``,
+        as in the official checkpoints.
         """
         N, R = x.shape[0], self.num_register_tokens
-        H, D = self.heads, self.dim_head
         src = context
         if R:
             src = torch.cat([self.register_tokens.to(context.dtype).expand(N, -1, -1), context], dim=1)
-        layers = [self.to_k, self.to_v]
-        fuse_q = context is x and self.to_q.in_features == self.to_k.in_features
-        if fuse_q:
-            layers.insert(0, self.to_q)
+        layers = (self.to_k, self.to_v)
         weight = torch.cat([lin.weight for lin in layers])
         bias = None
         if any(lin.bias is not None for lin in layers):
             bias = torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias
                               for lin in layers])
-        out = F.linear(src, weight, bias).view(N, src.shape[1], len(layers), H, D)
-        if fuse_q:
-            return out[:, R:, 0], out[:, :, 1:]
-        return self._heads(self.to_q(x)), out
+        kv = F.linear(src, weight, bias).view(N, src.shape[1], 2, self.heads, self.dim_head)
+        return self._heads(self.to_q(x)), kv
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, ctx: AttentionContext | None = None,
                 kind: str | None = None, feat_hw: tuple[int, int] | None = None) -> torch.Tensor:
