@@ -18,9 +18,11 @@ side; for the loader the workers' start-up is included) shows the same from the 
 ratio`` = decode CPU / loader CPU. ``vs fewer`` = the loader's clips/s over that of the row
 above (the next smaller worker count), median of the per-round quotients. Rounds are interleaved (per round, per W: decode, then loader)
 so that load from other programs affects both sides alike; the table shows the median of
-``--repeats`` rounds and the range of the per-round ratios. A decoder table compares PIL,
-simplejpeg, PyTurboJPEG and OpenCV (where installed: ``pip install -e ".[bench]"``) decoding the
-same frames in one process, with the largest pixel difference from PIL.
+``--repeats`` rounds and the range of the per-round ratios. ``main``/``workers`` split the
+loader's CPU per clip between the main process and its workers (where the hand-off costs). A
+decoder table compares PIL, simplejpeg, PyTurboJPEG and OpenCV (where installed: ``pip install
+-e ".[bench]"``) decoding the same frames in one process, in interleaved rounds, with the largest
+pixel difference from PIL and whether each rejects JPEGs damaged mid-scan.
 
     .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 5 repeats
     .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 3 --json out.json
@@ -134,8 +136,8 @@ def started_workers(workers: int, cap: bool = True) -> int:
     return effective_workers(workers, cap)
 
 
-def loader_rate(shards: Path, workers: int, n: int, cap: bool = True) -> tuple[float, float, float]:
-    """(clips/s, CPU ms per clip over the main process and its workers, ms to the first batch) of
+def loader_rate(shards: Path, workers: int, n: int, cap: bool = True) -> tuple[float, float, float, float]:
+    """(clips/s, CPU ms per clip of the main process, of its workers, ms to the first batch) of
     the training stream: ``n`` batches of one clip timed from the arrival of the first batch to
     that of the last (worker start-up and shut-down are not throughput; the CPU figure includes
     them, and the first clip, since worker CPU is only known once they exit)."""
@@ -154,8 +156,8 @@ def loader_rate(shards: Path, workers: int, n: int, cap: bool = True) -> tuple[f
         got += 1
         end = time.perf_counter()
     del it  # the epoch has ended: workers exit and are joined
-    cpu = (time.process_time() - cpu0) + (_children_cpu() - kids0)
-    return got / (end - start), 1e3 * cpu / (got + 1), 1e3 * (start - begin)
+    main, kids = time.process_time() - cpu0, _children_cpu() - kids0
+    return got / (end - start), 1e3 * main / (got + 1), 1e3 * kids / (got + 1), 1e3 * (start - begin)
 
 
 def decode_thread_cpu(shards: Path, n: int, rounds: int, skip: int = 20) -> dict[str, float | str]:
@@ -193,30 +195,54 @@ def decode_thread_cpu(shards: Path, n: int, rounds: int, skip: int = 20) -> dict
     return {name: _median(values) for name, values in out.items()}
 
 
-def decoders(clips: list[list[bytes]], n: int) -> dict[str, dict | str]:
-    """frames/s per decoder in this process on the same frames, and the largest pixel difference
-    from PIL's output; a string says why a decoder is missing."""
+def _damaged(frame: bytes) -> bytes:
+    """``frame`` with 100 bytes in the middle of its entropy-coded data zeroed: what a bad disk
+    block or a bad copy leaves; the markers are intact, so only the decoder can notice."""
+    bad = bytearray(frame)
+    mid = len(bad) // 2
+    bad[mid:mid + 100] = bytes(100)
+    return bytes(bad)
+
+
+def decoders(clips: list[list[bytes]], n: int, rounds: int) -> dict[str, dict | str]:
+    """Per decoder, in this process on the same ``n`` frames: frames/s (median of ``rounds``
+    interleaved rounds, so load from other programs hits every decoder alike), its ratio to PIL
+    (median of the per-round quotients), the largest pixel difference from PIL's output, and
+    whether it rejects a JPEG damaged mid-scan (:func:`_damaged`). A string says why a decoder is
+    missing."""
     from camvid.data.decode import decode_with
 
     frames = [f for clip in clips for f in clip][:n]
-    reference = [decode_with("pil")(f).astype(np.int16) for f in frames]
+    fns: dict = {}
     out: dict[str, dict | str] = {}
     for name in ("pil", "simplejpeg", "turbojpeg", "opencv"):
         try:
-            fn = decode_with(name)
-            fn(frames[0])
+            fns[name] = decode_with(name)
+            fns[name](frames[0])
         except (ImportError, OSError, RuntimeError, AttributeError) as err:
+            fns.pop(name, None)
             out[name] = f"not available ({type(err).__name__}: {str(err).splitlines()[0][:60]})"
-            continue
-        best = 0.0
-        for _ in range(3):
+    rates: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
             start = time.perf_counter()
             for f in frames:
                 fn(f)
-            best = max(best, len(frames) / (time.perf_counter() - start))
+            rates[name].append(len(frames) / (time.perf_counter() - start))
+    reference = [fns["pil"](f).astype(np.int16) for f in frames]
+    damaged = [_damaged(f) for f in frames[:FRAMES]]
+    for name, fn in fns.items():
         diff = max(int(np.abs(fn(f).astype(np.int16) - ref).max()) for f, ref in zip(frames, reference))
-        out[name] = {"frames_per_s": best, "max_abs_diff_vs_pil": diff}
-    return out
+        rejected = 0
+        for f in damaged:
+            try:
+                fn(f)
+            except Exception:  # noqa: BLE001 - every decoder raises its own type
+                rejected += 1
+        out[name] = {"frames_per_s": _median(rates[name]),
+                     "vs_pil": _median([a / b for a, b in zip(rates[name], rates["pil"])]),
+                     "max_abs_diff_vs_pil": diff, "damaged_rejected": f"{rejected}/{len(damaged)}"}
+    return {name: out[name] for name in ("pil", "simplejpeg", "turbojpeg", "opencv")}
 
 
 def _median(values: list[float]) -> float:
@@ -260,17 +286,20 @@ def main(argv: list[str] | None = None) -> dict:
             for _ in range(args.repeats):
                 for w in args.workers:
                     decode, decode_cpu = decode_limit(max(started[w], 1), args.batches, pools.get(w))
-                    loader, loader_cpu, first_ms = loader_rate(shards, w, args.batches, cap)
+                    loader, main_cpu, worker_cpu, first_ms = loader_rate(shards, w, args.batches, cap)
+                    loader_cpu = main_cpu + worker_cpu
                     rounds[w].append({"loader": loader, "decode": decode, "ratio": loader / decode, "start_ms": first_ms,
-                                      "loader_cpu_ms": loader_cpu, "decode_cpu_ms": decode_cpu,
+                                      "loader_cpu_ms": loader_cpu, "main_cpu_ms": main_cpu,
+                                      "worker_cpu_ms": worker_cpu, "decode_cpu_ms": decode_cpu,
                                       "cpu_ratio": decode_cpu / loader_cpu})
         finally:
             for pool in pools.values():
                 pool.terminate()
-        dec = decoders(_CLIPS, 8 * FRAMES)
+        dec = decoders(_CLIPS, 16 * FRAMES, max(args.repeats, 5))
         thread_cpu = decode_thread_cpu(shards, args.batches, args.repeats)
 
-    keys = ("loader", "decode", "ratio", "loader_cpu_ms", "decode_cpu_ms", "cpu_ratio", "start_ms")
+    keys = ("loader", "decode", "ratio", "loader_cpu_ms", "main_cpu_ms", "worker_cpu_ms", "decode_cpu_ms", "cpu_ratio",
+            "start_ms")
     rows = [{"workers": w, "started": started[w], "decode_processes": max(started[w], 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
              "ratio_range": [min(r["ratio"] for r in rounds[w]), max(r["ratio"] for r in rounds[w])],
              "rounds": rounds[w]} for w in args.workers]
@@ -286,23 +315,23 @@ def main(argv: list[str] | None = None) -> dict:
           f"({result['available_cores']} available), workers {'capped at them' if cap else 'not capped (--no-cap)'}; "
           f"load average {load:.1f} at the end; medians of {args.repeats} interleaved rounds of {args.batches} clips")
     print(f"{'workers':>7} {'started':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} "
-          f"{'(range)':>11}   {'loader CPU ms/clip':>18} {'decode CPU ms/clip':>18} {'CPU ratio':>9} {'start ms':>8} "
+          f"{'(range)':>11}   {'loader CPU ms/clip':>18} {'(main+workers)':>14} {'decode CPU ms/clip':>18} "
+          f"{'CPU ratio':>9} {'start ms':>8} "
           f"{'vs fewer':>8}")
     for r in rows:
         lo, hi = r["ratio_range"]
+        split = f"{r['main_cpu_ms']:.1f}+{r['worker_cpu_ms']:.1f}"
         print(f"{r['workers']:>7} {r['started']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
-              f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} {r['decode_cpu_ms']:>18.1f} "
+              f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} "
+              f"{split:>14} {r['decode_cpu_ms']:>18.1f} "
               f"{r['cpu_ratio']:>9.2f} {r['start_ms']:>8.0f} {r['vs_fewer'] if 'vs_fewer' in r else '':>8.3}")
     print("CPU ms per clip of the decoding thread (the critical path when the rest has a core of its own): "
           + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in thread_cpu.items()))
-    print("JPEG decoders, one process, same frames (frames/s, ratio to PIL, largest pixel difference from PIL):")
-    pil = dec.get("pil")
+    print("JPEG decoders, one process, same frames, interleaved rounds (frames/s; x PIL, median of per-round "
+          "quotients; largest pixel difference from PIL; damaged-mid-scan JPEGs rejected):")
     for name, v in dec.items():
-        if isinstance(v, dict) and isinstance(pil, dict):
-            shown = (f"{v['frames_per_s']:8.0f}  x{v['frames_per_s'] / pil['frames_per_s']:.2f}  "
-                     f"max |diff| {v['max_abs_diff_vs_pil']}")
-        else:
-            shown = str(v)
+        shown = (f"{v['frames_per_s']:8.0f}  x{v['vs_pil']:.2f}  max |diff| {v['max_abs_diff_vs_pil']}  "
+                 f"damaged rejected {v['damaged_rejected']}" if isinstance(v, dict) else str(v))
         print(f"  {name:>10}: {shown}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
