@@ -50,6 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads OpenMP: one thread per process, as in workers
+from torch.utils.data import IterableDataset  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 FRAMES, SIZE = 16, 256
@@ -101,6 +104,34 @@ def write_clips(out: Path, num_clips: int, shard_size: int, seed: int = 0) -> li
     return clips
 
 
+def _identity(batch):
+    return batch
+
+
+class _BusyBatches(IterableDataset):
+    """Burns CPU per batch and yields loader-shaped batches: :func:`handoff_floor`."""
+
+    def __init__(self, n: int, work_s: float, batch_size: int):
+        self.n, self.work_s, self.batch_size = n, work_s, batch_size
+
+    def __iter__(self):
+        from camvid.data.handoff import SlotVideo
+
+        b = self.batch_size
+        batch = {"num_views": 1, "K": np.zeros((b, FRAMES, 3, 3), np.float32),
+                 "c2w": np.zeros((b, FRAMES, 4, 4), np.float32), "caption": ["a caption"] * b,
+                 "cond_index": np.zeros(b, np.int64), "frame_indices": np.zeros((b, FRAMES), np.int64),
+                 "frame_stride": np.ones(b, np.int64), "key": ["shard-000000.tar:clip00000"] * b,
+                 "video": SlotVideo(os.getpid(), 0, 64, (b, FRAMES, 3, SIZE, SIZE), (1, 1, 1, 1, 1)),
+                 "data_health": {"re10k/rank0/worker0": {"samples": 1, "skipped": {}, "shards": {}, "examples": [],
+                                                         "largest_event": 0}}}
+        for _ in range(self.n):
+            start = time.thread_time()
+            while time.thread_time() - start < self.work_s:
+                pass
+            yield dict(batch)
+
+
 _CLIPS: list[list[bytes]] = []  # the frames; set before the decode pools fork, so tasks are clip numbers
 
 
@@ -136,16 +167,17 @@ def started_workers(workers: int, cap: bool = True) -> int:
     return effective_workers(workers, cap)
 
 
-def loader_rate(shards: Path, workers: int, n: int, cap: bool = True) -> tuple[float, float, float, float]:
+def loader_rate(shards: Path, workers: int, n: int, cap: bool = True,
+                batch_size: int = 1) -> tuple[float, float, float, float]:
     """(clips/s, CPU ms per clip of the main process, of its workers, ms to the first batch) of
-    the training stream: ``n`` batches of one clip timed from the arrival of the first batch to
+    the training stream: ``n`` batches of ``batch_size`` clips timed from the arrival of the first batch to
     that of the last (worker start-up and shut-down are not throughput; the CPU figure includes
     them, and the first clip, since worker CPU is only known once they exit)."""
     from camvid.data.loader import build_dataloader
 
     loader = build_dataloader(str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1,
-                              batch_size=1, num_workers=workers, shuffle_buffer=1, epoch_length=n + 1, seed=1,
-                              cap_workers=cap)
+                              batch_size=batch_size, num_workers=workers, shuffle_buffer=1, epoch_length=n + 1,
+                              seed=1, cap_workers=cap)
     cpu0, kids0 = time.process_time(), _children_cpu()
     begin = time.perf_counter()
     it = iter(loader)
@@ -157,7 +189,25 @@ def loader_rate(shards: Path, workers: int, n: int, cap: bool = True) -> tuple[f
         end = time.perf_counter()
     del it  # the epoch has ended: workers exit and are joined
     main, kids = time.process_time() - cpu0, _children_cpu() - kids0
-    return got / (end - start), 1e3 * main / (got + 1), 1e3 * kids / (got + 1), 1e3 * (start - begin)
+    clips = batch_size * (got + 1)
+    return batch_size * got / (end - start), 1e3 * main / clips, 1e3 * kids / clips, 1e3 * (start - begin)
+
+
+def handoff_floor(n: int, work_ms: float, batch_size: int = 1) -> dict[str, float]:
+    """What torch's DataLoader alone costs per batch with one worker, at the loader's pace: a
+    worker that burns ``work_ms`` of CPU per batch (as decoding does) and yields a dict shaped like
+    a loader batch (small numpy arrays, strings, a slot reference, a skip report). CPU ms per batch
+    of the main process and of the worker beyond ``work_ms`` (its start-up included, as in the
+    loader table): the hand-off's floor, which the loader's own ``main``/``workers`` split is
+    compared against."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_BusyBatches(n, work_ms / 1e3, batch_size), batch_size=None, num_workers=1,
+                        prefetch_factor=4, collate_fn=_identity)
+    cpu0, kids0 = time.process_time(), _children_cpu()
+    got = sum(1 for _ in loader)
+    main, kids = time.process_time() - cpu0, _children_cpu() - kids0
+    return {"main_cpu_ms": 1e3 * main / got, "worker_cpu_ms_beyond_work": 1e3 * kids / got - work_ms}
 
 
 def decode_thread_cpu(shards: Path, n: int, rounds: int, skip: int = 20) -> dict[str, float | str]:
@@ -258,15 +308,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-cap", action="store_true",
                    help="start every requested worker (build_dataloader(cap_workers=False)); by default the loader "
                         "caps them at this process's cores, as training does")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="clips per loader batch (torch's hand-off costs per batch, so larger batches share it)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.batches < 2 or args.clips < 1 or min(args.workers) < 0:
-        p.error("--repeats and --clips must be >= 1, --batches >= 2, --workers >= 0")
+    if args.repeats < 1 or args.batches < 2 or args.clips < 1 or min(args.workers) < 0 or args.batch_size < 1:
+        p.error("--repeats, --clips and --batch-size must be >= 1, --batches >= 2, --workers >= 0")
+    loader_batches = max(2, args.batches // args.batch_size)  # --batches counts clips
 
     from camvid.data.decode import jpeg_backend
     from camvid.data.workers import available_cores
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     cap = not args.no_cap
     started = {w: started_workers(w, cap) for w in args.workers}
     logging.getLogger("camvid.data.workers").setLevel(logging.ERROR)  # the table's `started` column says it
@@ -285,8 +337,10 @@ def main(argv: list[str] | None = None) -> dict:
                 pool.map(_decode_clip, range(len(pool._pool)))  # start and warm the processes
             for _ in range(args.repeats):
                 for w in args.workers:
-                    decode, decode_cpu = decode_limit(max(started[w], 1), args.batches, pools.get(w))
-                    loader, main_cpu, worker_cpu, first_ms = loader_rate(shards, w, args.batches, cap)
+                    decode, decode_cpu = decode_limit(max(started[w], 1), loader_batches * args.batch_size,
+                                                      pools.get(w))
+                    loader, main_cpu, worker_cpu, first_ms = loader_rate(shards, w, loader_batches, cap,
+                                                                         args.batch_size)
                     loader_cpu = main_cpu + worker_cpu
                     rounds[w].append({"loader": loader, "decode": decode, "ratio": loader / decode, "start_ms": first_ms,
                                       "loader_cpu_ms": loader_cpu, "main_cpu_ms": main_cpu,
@@ -297,6 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
                 pool.terminate()
         dec = decoders(_CLIPS, 16 * FRAMES, max(args.repeats, 5))
         thread_cpu = decode_thread_cpu(shards, args.batches, args.repeats)
+        floor = handoff_floor(loader_batches, args.batch_size * _median([r["decode_cpu_ms"] for w in args.workers
+                                                                         for r in rounds[w]]), args.batch_size)
 
     keys = ("loader", "decode", "ratio", "loader_cpu_ms", "main_cpu_ms", "worker_cpu_ms", "decode_cpu_ms", "cpu_ratio",
             "start_ms")
@@ -309,11 +365,13 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"clip": f"{FRAMES}x{SIZE}x{SIZE} JPEG q95, {size_kb:.0f} KB/frame", "decoder": jpeg_backend(),
               "cpus": os.cpu_count(), "available_cores": available_cores(), "cap_workers": cap,
               "load_average_1min": load, "python": platform.python_version(),
-              "repeats": args.repeats, "batches": args.batches, "rows": rows, "decoders_frames_per_s": dec,
-              "decode_thread_cpu_ms_per_clip": thread_cpu}
+              "repeats": args.repeats, "batches": args.batches, "batch_size": args.batch_size, "rows": rows,
+              "decoders_frames_per_s": dec, "decode_thread_cpu_ms_per_clip": thread_cpu,
+              "handoff_floor_ms_per_batch": floor}
     print(f"clips: {result['clip']}; loader decoder: {result['decoder']}; {result['cpus']} CPUs "
           f"({result['available_cores']} available), workers {'capped at them' if cap else 'not capped (--no-cap)'}; "
-          f"load average {load:.1f} at the end; medians of {args.repeats} interleaved rounds of {args.batches} clips")
+          f"load average {load:.1f} at the end; medians of {args.repeats} interleaved rounds of "
+          f"{loader_batches * args.batch_size} clips in batches of {args.batch_size}")
     print(f"{'workers':>7} {'started':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} "
           f"{'(range)':>11}   {'loader CPU ms/clip':>18} {'(main+workers)':>14} {'decode CPU ms/clip':>18} "
           f"{'CPU ratio':>9} {'start ms':>8} "
@@ -327,6 +385,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['cpu_ratio']:>9.2f} {r['start_ms']:>8.0f} {r['vs_fewer'] if 'vs_fewer' in r else '':>8.3}")
     print("CPU ms per clip of the decoding thread (the critical path when the rest has a core of its own): "
           + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in thread_cpu.items()))
+    print(f"torch DataLoader alone, 1 worker at the same pace (a worker burning the decode CPU of a batch): main "
+          f"process {floor['main_cpu_ms']:.2f} ms CPU per batch, worker {floor['worker_cpu_ms_beyond_work']:.2f} ms "
+          f"beyond the work (start-up included)")
     print("JPEG decoders, one process, same frames, interleaved rounds (frames/s; x PIL, median of per-round "
           "quotients; largest pixel difference from PIL; damaged-mid-scan JPEGs rejected):")
     for name, v in dec.items():
