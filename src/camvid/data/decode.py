@@ -90,7 +90,7 @@ def announce_backend() -> str:
         _ANNOUNCED = True
         if name == "pil":
             log.warning("JPEG frames decode with PIL: simplejpeg is not installed (pip install simplejpeg, a "
-                        "dependency of camvid). PIL is about 1.5x slower here and, unlike simplejpeg's strict mode, "
+                        "dependency of camvid). PIL decodes 1.4-1.8x slower (benchmarks/data.py) and, unlike simplejpeg's strict mode, "
                         "decodes a JPEG damaged mid-scan to a partly grey frame instead of rejecting it")
         else:
             log.info("JPEG frames decode with simplejpeg %s (libjpeg-turbo); PNG and CMYK JPEG with PIL",
