@@ -39,13 +39,13 @@ __all__ = ["CameraFollowingScore", "warp_to_camera", "masked_scores", "score_vid
 DEPTH_FILE = "depth.npy"
 
 
-def _lift(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, us: np.ndarray, vs: np.ndarray) -> np.ndarray:
+def lift_pixels(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, us: np.ndarray, vs: np.ndarray) -> np.ndarray:
     """World points (N, 3) of pixel centres (us, vs) at z-depth ``depth`` (N,)."""
     rays = np.stack([us, vs, np.ones_like(us)], -1) @ np.linalg.inv(K).T
     return (rays * depth[:, None]) @ c2w[:3, :3].T + c2w[:3, 3]
 
 
-def _project(points: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def project_points(points: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixel coordinates (continuous, centre of pixel i at i + 0.5) and z of world points."""
     w2c = np.linalg.inv(c2w)
     cam = points @ w2c[:3, :3].T + w2c[:3, 3]
@@ -80,13 +80,13 @@ def warp_to_camera(image: np.ndarray, depth: np.ndarray, K_src: np.ndarray, c2w_
         raise ValueError("depth must be finite and positive everywhere (the synthetic renderer's z-depth)")
     vs, us = np.mgrid[0:H, 0:W].astype(np.float64)
     us, vs = us.ravel() + 0.5, vs.ravel() + 0.5
-    points = _lift(depth.ravel().astype(np.float64), K_src, c2w_src, us, vs)
+    points = lift_pixels(depth.ravel().astype(np.float64), K_src, c2w_src, us, vs)
 
     # 1. z-buffered splat of the source points into the target view: each point into its nearest
     # pixel; pixels that got none (holes of a zoom-in) take the nearest surface among the points
     # whose 2x2 bilinear footprint covers them (a footprint everywhere would dilate near surfaces
     # over their depth edges)
-    u, v, z = _project(points, K_dst, c2w_dst)
+    u, v, z = project_points(points, K_dst, c2w_dst)
     ok = (z > 1e-6) & np.isfinite(u) & np.isfinite(v)
     u, v, z = u[ok], v[ok], z[ok]
 
@@ -110,8 +110,8 @@ def warp_to_camera(image: np.ndarray, depth: np.ndarray, K_src: np.ndarray, c2w_
     mask = np.zeros(H * W, dtype=bool)
     idx = np.flatnonzero(hit)
     if len(idx):
-        tgt = _lift(zbuf[idx], K_dst, c2w_dst, us[idx], vs[idx])
-        su, sv, sz = _project(tgt, K_src, c2w_src)
+        tgt = lift_pixels(zbuf[idx], K_dst, c2w_dst, us[idx], vs[idx])
+        su, sv, sz = project_points(tgt, K_src, c2w_src)
         inside = (sz > 1e-6) & (su >= 0) & (su <= W) & (sv >= 0) & (sv <= H)
         src_depth = _bilinear(depth.astype(np.float64), su, sv)
         nearest = depth[np.clip(sv.astype(np.int64), 0, H - 1), np.clip(su.astype(np.int64), 0, W - 1)]

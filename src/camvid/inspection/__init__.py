@@ -13,6 +13,7 @@ from camvid.inspection.bands import (
     layer_band,
     query_bands,
 )
+from camvid.inspection.matches import MatchMass, conditioning_matches, match_mass, match_mass_rows
 from camvid.inspection.runs import (
     LoadedRun,
     clip_frames,
@@ -33,6 +34,10 @@ __all__ = [
     "band_rows",
     "layer_band",
     "query_bands",
+    "MatchMass",
+    "conditioning_matches",
+    "match_mass",
+    "match_mass_rows",
     "LoadedRun",
     "clip_frames",
     "clip_from_image",
