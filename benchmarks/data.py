@@ -22,11 +22,14 @@ so that load from other programs affects both sides alike; the table shows the m
 loader's CPU per clip between the main process and its workers (where the hand-off costs). A
 decoder table compares PIL, simplejpeg, PyTurboJPEG and OpenCV (where installed: ``pip install
 -e ".[bench]"``) decoding the same frames in one process, in interleaved rounds, with the largest
-pixel difference from PIL and whether each rejects JPEGs damaged mid-scan.
+pixel difference from PIL and whether each rejects JPEGs damaged mid-scan. A last line measures
+torch's DataLoader alone at the loader's pace (:func:`handoff_floor`): what its per-batch hand-off
+costs without any of the loader's work, the floor of the ``main``/``workers`` split.
 
     .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 5 repeats
     .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 3 --json out.json
     .venv/bin/python benchmarks/data.py --workers 2 4 --no-cap   # what 4 workers on 2 cores cost
+    .venv/bin/python benchmarks/data.py --workers 0 1 2 --batch-size 4   # torch's hand-off shared by 4 clips
 
 The timed window (``--batches``, default 160) is long enough that a fresh worker's one-time costs
 inside it (its first shared-memory slots, up to ``prefetch_factor + 4``: a new segment and
