@@ -14,8 +14,8 @@ import camvid.data.decode as decode
 
 # libjpeg-turbo in simplejpeg's and Pillow's wheels decodes with the same (islow) DCT and fancy
 # upsampling: pixels are identical (benchmarks/data.py: max |diff| 0). A Pillow built against
-# another libjpeg (e.g. IJG libjpeg 9 from a distribution) may round chroma upsampling differently
-# by one level, so one level is what the tests allow.
+# another libjpeg (a distribution's or conda's) may round differently; one level is allowed, which
+# still catches a wrong colour space, channel order or upsampling (not measured with such a build).
 TOLERANCE = 1
 
 
