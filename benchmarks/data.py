@@ -18,13 +18,18 @@ side; for the loader the workers' start-up is included) shows the same from the 
 ratio`` = decode CPU / loader CPU. ``vs fewer`` = the loader's clips/s over that of the row
 above (the next smaller worker count), median of the per-round quotients. Rounds are interleaved (per round, per W: decode, then loader)
 so that load from other programs affects both sides alike; the table shows the median of
-``--repeats`` rounds and the range of the per-round ratios. A decoder table compares PIL,
-simplejpeg, PyTurboJPEG and OpenCV (where installed: ``pip install -e ".[bench]"``) decoding the
-same frames in one process, with the largest pixel difference from PIL.
+``--repeats`` rounds and the range of the per-round ratios. ``main``/``workers`` split the
+loader's CPU per clip between the main process and its workers (where the hand-off costs). A
+decoder table compares PIL, simplejpeg, PyTurboJPEG and OpenCV (where installed: ``pip install
+-e ".[bench]"``) decoding the same frames in one process, in interleaved rounds, with the largest
+pixel difference from PIL and whether each rejects JPEGs damaged mid-scan. A last line measures
+torch's DataLoader alone at the loader's pace (:func:`handoff_floor`): what its per-batch hand-off
+costs without any of the loader's work, the floor of the ``main``/``workers`` split.
 
     .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 5 repeats
     .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 3 --json out.json
     .venv/bin/python benchmarks/data.py --workers 2 4 --no-cap   # what 4 workers on 2 cores cost
+    .venv/bin/python benchmarks/data.py --workers 0 1 2 --batch-size 4   # torch's hand-off shared by 4 clips
 
 The timed window (``--batches``, default 160) is long enough that a fresh worker's one-time costs
 inside it (its first shared-memory slots, up to ``prefetch_factor + 4``: a new segment and
@@ -47,6 +52,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads OpenMP: one thread per process, as in workers
+from torch.utils.data import IterableDataset  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -99,6 +107,34 @@ def write_clips(out: Path, num_clips: int, shard_size: int, seed: int = 0) -> li
     return clips
 
 
+def _identity(batch):
+    return batch
+
+
+class _BusyBatches(IterableDataset):
+    """Burns CPU per batch and yields loader-shaped batches: :func:`handoff_floor`."""
+
+    def __init__(self, n: int, work_s: float, batch_size: int):
+        self.n, self.work_s, self.batch_size = n, work_s, batch_size
+
+    def __iter__(self):
+        from camvid.data.handoff import SlotVideo
+
+        b = self.batch_size
+        batch = {"num_views": 1, "K": np.zeros((b, FRAMES, 3, 3), np.float32),
+                 "c2w": np.zeros((b, FRAMES, 4, 4), np.float32), "caption": ["a caption"] * b,
+                 "cond_index": np.zeros(b, np.int64), "frame_indices": np.zeros((b, FRAMES), np.int64),
+                 "frame_stride": np.ones(b, np.int64), "key": ["shard-000000.tar:clip00000"] * b,
+                 "video": SlotVideo(os.getpid(), 0, 64, (b, FRAMES, 3, SIZE, SIZE), (1, 1, 1, 1, 1)),
+                 "data_health": {"re10k/rank0/worker0": {"samples": 1, "skipped": {}, "shards": {}, "examples": [],
+                                                         "largest_event": 0}}}
+        for _ in range(self.n):
+            start = time.thread_time()
+            while time.thread_time() - start < self.work_s:
+                pass
+            yield dict(batch)
+
+
 _CLIPS: list[list[bytes]] = []  # the frames; set before the decode pools fork, so tasks are clip numbers
 
 
@@ -134,16 +170,17 @@ def started_workers(workers: int, cap: bool = True) -> int:
     return effective_workers(workers, cap)
 
 
-def loader_rate(shards: Path, workers: int, n: int, cap: bool = True) -> tuple[float, float, float]:
-    """(clips/s, CPU ms per clip over the main process and its workers, ms to the first batch) of
-    the training stream: ``n`` batches of one clip timed from the arrival of the first batch to
+def loader_rate(shards: Path, workers: int, n: int, cap: bool = True,
+                batch_size: int = 1) -> tuple[float, float, float, float]:
+    """(clips/s, CPU ms per clip of the main process, of its workers, ms to the first batch) of
+    the training stream: ``n`` batches of ``batch_size`` clips timed from the arrival of the first batch to
     that of the last (worker start-up and shut-down are not throughput; the CPU figure includes
     them, and the first clip, since worker CPU is only known once they exit)."""
     from camvid.data.loader import build_dataloader
 
     loader = build_dataloader(str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1,
-                              batch_size=1, num_workers=workers, shuffle_buffer=1, epoch_length=n + 1, seed=1,
-                              cap_workers=cap)
+                              batch_size=batch_size, num_workers=workers, shuffle_buffer=1, epoch_length=n + 1,
+                              seed=1, cap_workers=cap)
     cpu0, kids0 = time.process_time(), _children_cpu()
     begin = time.perf_counter()
     it = iter(loader)
@@ -154,8 +191,26 @@ def loader_rate(shards: Path, workers: int, n: int, cap: bool = True) -> tuple[f
         got += 1
         end = time.perf_counter()
     del it  # the epoch has ended: workers exit and are joined
-    cpu = (time.process_time() - cpu0) + (_children_cpu() - kids0)
-    return got / (end - start), 1e3 * cpu / (got + 1), 1e3 * (start - begin)
+    main, kids = time.process_time() - cpu0, _children_cpu() - kids0
+    clips = batch_size * (got + 1)
+    return batch_size * got / (end - start), 1e3 * main / clips, 1e3 * kids / clips, 1e3 * (start - begin)
+
+
+def handoff_floor(n: int, work_ms: float, batch_size: int = 1) -> dict[str, float]:
+    """What torch's DataLoader alone costs per batch with one worker, at the loader's pace: a
+    worker that burns ``work_ms`` of CPU per batch (as decoding does) and yields a dict shaped like
+    a loader batch (small numpy arrays, strings, a slot reference, a skip report). CPU ms per batch
+    of the main process and of the worker beyond ``work_ms`` (its start-up included, as in the
+    loader table): the hand-off's floor, which the loader's own ``main``/``workers`` split is
+    compared against."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_BusyBatches(n, work_ms / 1e3, batch_size), batch_size=None, num_workers=1,
+                        prefetch_factor=4, collate_fn=_identity)
+    cpu0, kids0 = time.process_time(), _children_cpu()
+    got = sum(1 for _ in loader)
+    main, kids = time.process_time() - cpu0, _children_cpu() - kids0
+    return {"main_cpu_ms": 1e3 * main / got, "worker_cpu_ms_beyond_work": 1e3 * kids / got - work_ms}
 
 
 def decode_thread_cpu(shards: Path, n: int, rounds: int, skip: int = 20) -> dict[str, float | str]:
@@ -193,30 +248,54 @@ def decode_thread_cpu(shards: Path, n: int, rounds: int, skip: int = 20) -> dict
     return {name: _median(values) for name, values in out.items()}
 
 
-def decoders(clips: list[list[bytes]], n: int) -> dict[str, dict | str]:
-    """frames/s per decoder in this process on the same frames, and the largest pixel difference
-    from PIL's output; a string says why a decoder is missing."""
+def _damaged(frame: bytes) -> bytes:
+    """``frame`` with 100 bytes in the middle of its entropy-coded data zeroed: what a bad disk
+    block or a bad copy leaves; the markers are intact, so only the decoder can notice."""
+    bad = bytearray(frame)
+    mid = len(bad) // 2
+    bad[mid:mid + 100] = bytes(100)
+    return bytes(bad)
+
+
+def decoders(clips: list[list[bytes]], n: int, rounds: int) -> dict[str, dict | str]:
+    """Per decoder, in this process on the same ``n`` frames: frames/s (median of ``rounds``
+    interleaved rounds, so load from other programs hits every decoder alike), its ratio to PIL
+    (median of the per-round quotients), the largest pixel difference from PIL's output, and
+    whether it rejects a JPEG damaged mid-scan (:func:`_damaged`). A string says why a decoder is
+    missing."""
     from camvid.data.decode import decode_with
 
     frames = [f for clip in clips for f in clip][:n]
-    reference = [decode_with("pil")(f).astype(np.int16) for f in frames]
+    fns: dict = {}
     out: dict[str, dict | str] = {}
     for name in ("pil", "simplejpeg", "turbojpeg", "opencv"):
         try:
-            fn = decode_with(name)
-            fn(frames[0])
+            fns[name] = decode_with(name)
+            fns[name](frames[0])
         except (ImportError, OSError, RuntimeError, AttributeError) as err:
+            fns.pop(name, None)
             out[name] = f"not available ({type(err).__name__}: {str(err).splitlines()[0][:60]})"
-            continue
-        best = 0.0
-        for _ in range(3):
+    rates: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
             start = time.perf_counter()
             for f in frames:
                 fn(f)
-            best = max(best, len(frames) / (time.perf_counter() - start))
+            rates[name].append(len(frames) / (time.perf_counter() - start))
+    reference = [fns["pil"](f).astype(np.int16) for f in frames]
+    damaged = [_damaged(f) for f in frames[:FRAMES]]
+    for name, fn in fns.items():
         diff = max(int(np.abs(fn(f).astype(np.int16) - ref).max()) for f, ref in zip(frames, reference))
-        out[name] = {"frames_per_s": best, "max_abs_diff_vs_pil": diff}
-    return out
+        rejected = 0
+        for f in damaged:
+            try:
+                fn(f)
+            except Exception:  # noqa: BLE001 - every decoder raises its own type
+                rejected += 1
+        out[name] = {"frames_per_s": _median(rates[name]),
+                     "vs_pil": _median([a / b for a, b in zip(rates[name], rates["pil"])]),
+                     "max_abs_diff_vs_pil": diff, "damaged_rejected": f"{rejected}/{len(damaged)}"}
+    return {name: out[name] for name in ("pil", "simplejpeg", "turbojpeg", "opencv")}
 
 
 def _median(values: list[float]) -> float:
@@ -232,15 +311,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-cap", action="store_true",
                    help="start every requested worker (build_dataloader(cap_workers=False)); by default the loader "
                         "caps them at this process's cores, as training does")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="clips per loader batch (torch's hand-off costs per batch, so larger batches share it)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.batches < 2 or args.clips < 1 or min(args.workers) < 0:
-        p.error("--repeats and --clips must be >= 1, --batches >= 2, --workers >= 0")
+    if args.repeats < 1 or args.batches < 2 or args.clips < 1 or min(args.workers) < 0 or args.batch_size < 1:
+        p.error("--repeats, --clips and --batch-size must be >= 1, --batches >= 2, --workers >= 0")
+    loader_batches = max(2, args.batches // args.batch_size)  # --batches counts clips
 
     from camvid.data.decode import jpeg_backend
     from camvid.data.workers import available_cores
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     cap = not args.no_cap
     started = {w: started_workers(w, cap) for w in args.workers}
     logging.getLogger("camvid.data.workers").setLevel(logging.ERROR)  # the table's `started` column says it
@@ -259,18 +340,25 @@ def main(argv: list[str] | None = None) -> dict:
                 pool.map(_decode_clip, range(len(pool._pool)))  # start and warm the processes
             for _ in range(args.repeats):
                 for w in args.workers:
-                    decode, decode_cpu = decode_limit(max(started[w], 1), args.batches, pools.get(w))
-                    loader, loader_cpu, first_ms = loader_rate(shards, w, args.batches, cap)
+                    decode, decode_cpu = decode_limit(max(started[w], 1), loader_batches * args.batch_size,
+                                                      pools.get(w))
+                    loader, main_cpu, worker_cpu, first_ms = loader_rate(shards, w, loader_batches, cap,
+                                                                         args.batch_size)
+                    loader_cpu = main_cpu + worker_cpu
                     rounds[w].append({"loader": loader, "decode": decode, "ratio": loader / decode, "start_ms": first_ms,
-                                      "loader_cpu_ms": loader_cpu, "decode_cpu_ms": decode_cpu,
+                                      "loader_cpu_ms": loader_cpu, "main_cpu_ms": main_cpu,
+                                      "worker_cpu_ms": worker_cpu, "decode_cpu_ms": decode_cpu,
                                       "cpu_ratio": decode_cpu / loader_cpu})
         finally:
             for pool in pools.values():
                 pool.terminate()
-        dec = decoders(_CLIPS, 8 * FRAMES)
+        dec = decoders(_CLIPS, 16 * FRAMES, max(args.repeats, 5))
         thread_cpu = decode_thread_cpu(shards, args.batches, args.repeats)
+        floor = handoff_floor(loader_batches, args.batch_size * _median([r["decode_cpu_ms"] for w in args.workers
+                                                                         for r in rounds[w]]), args.batch_size)
 
-    keys = ("loader", "decode", "ratio", "loader_cpu_ms", "decode_cpu_ms", "cpu_ratio", "start_ms")
+    keys = ("loader", "decode", "ratio", "loader_cpu_ms", "main_cpu_ms", "worker_cpu_ms", "decode_cpu_ms", "cpu_ratio",
+            "start_ms")
     rows = [{"workers": w, "started": started[w], "decode_processes": max(started[w], 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
              "ratio_range": [min(r["ratio"] for r in rounds[w]), max(r["ratio"] for r in rounds[w])],
              "rounds": rounds[w]} for w in args.workers]
@@ -280,29 +368,34 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"clip": f"{FRAMES}x{SIZE}x{SIZE} JPEG q95, {size_kb:.0f} KB/frame", "decoder": jpeg_backend(),
               "cpus": os.cpu_count(), "available_cores": available_cores(), "cap_workers": cap,
               "load_average_1min": load, "python": platform.python_version(),
-              "repeats": args.repeats, "batches": args.batches, "rows": rows, "decoders_frames_per_s": dec,
-              "decode_thread_cpu_ms_per_clip": thread_cpu}
+              "repeats": args.repeats, "batches": args.batches, "batch_size": args.batch_size, "rows": rows,
+              "decoders_frames_per_s": dec, "decode_thread_cpu_ms_per_clip": thread_cpu,
+              "handoff_floor_ms_per_batch": floor}
     print(f"clips: {result['clip']}; loader decoder: {result['decoder']}; {result['cpus']} CPUs "
           f"({result['available_cores']} available), workers {'capped at them' if cap else 'not capped (--no-cap)'}; "
-          f"load average {load:.1f} at the end; medians of {args.repeats} interleaved rounds of {args.batches} clips")
+          f"load average {load:.1f} at the end; medians of {args.repeats} interleaved rounds of "
+          f"{loader_batches * args.batch_size} clips in batches of {args.batch_size}")
     print(f"{'workers':>7} {'started':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} "
-          f"{'(range)':>11}   {'loader CPU ms/clip':>18} {'decode CPU ms/clip':>18} {'CPU ratio':>9} {'start ms':>8} "
+          f"{'(range)':>11}   {'loader CPU ms/clip':>18} {'(main+workers)':>14} {'decode CPU ms/clip':>18} "
+          f"{'CPU ratio':>9} {'start ms':>8} "
           f"{'vs fewer':>8}")
     for r in rows:
         lo, hi = r["ratio_range"]
+        split = f"{r['main_cpu_ms']:.1f}+{r['worker_cpu_ms']:.1f}"
         print(f"{r['workers']:>7} {r['started']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
-              f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} {r['decode_cpu_ms']:>18.1f} "
+              f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} "
+              f"{split:>14} {r['decode_cpu_ms']:>18.1f} "
               f"{r['cpu_ratio']:>9.2f} {r['start_ms']:>8.0f} {r['vs_fewer'] if 'vs_fewer' in r else '':>8.3}")
     print("CPU ms per clip of the decoding thread (the critical path when the rest has a core of its own): "
           + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in thread_cpu.items()))
-    print("JPEG decoders, one process, same frames (frames/s, ratio to PIL, largest pixel difference from PIL):")
-    pil = dec.get("pil")
+    print(f"torch DataLoader alone, 1 worker at the same pace (a worker burning the decode CPU of a batch): main "
+          f"process {floor['main_cpu_ms']:.2f} ms CPU per batch, worker {floor['worker_cpu_ms_beyond_work']:.2f} ms "
+          f"beyond the work (start-up included)")
+    print("JPEG decoders, one process, same frames, interleaved rounds (frames/s; x PIL, median of per-round "
+          "quotients; largest pixel difference from PIL; damaged-mid-scan JPEGs rejected):")
     for name, v in dec.items():
-        if isinstance(v, dict) and isinstance(pil, dict):
-            shown = (f"{v['frames_per_s']:8.0f}  x{v['frames_per_s'] / pil['frames_per_s']:.2f}  "
-                     f"max |diff| {v['max_abs_diff_vs_pil']}")
-        else:
-            shown = str(v)
+        shown = (f"{v['frames_per_s']:8.0f}  x{v['vs_pil']:.2f}  max |diff| {v['max_abs_diff_vs_pil']}  "
+                 f"damaged rejected {v['damaged_rejected']}" if isinstance(v, dict) else str(v))
         print(f"  {name:>10}: {shown}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

@@ -60,6 +60,26 @@ def test_pose_encoder_levels_and_errors():
         enc(torch.randn(1, 6, 5, 32, 32))
 
 
+def test_pose_encoder_fourier_channels():
+    """fourier_bands=F gives conv_in 6 (1 + 2F) channels per pixel: the rays, sin, cos of 2^k pi x;
+    0 (the released layout) leaves the rays as they are."""
+    plain = CameraPoseEncoder(downscale_factor=4, channels=(32, 64), temporal_attention_nhead=4,
+                              temporal_position_encoding_max_len=8)
+    assert plain.encoder_conv_in.in_channels == 6 * 16
+    rays = torch.rand(1, 2, 6, 8, 8) * 2 - 1
+    assert torch.equal(plain.fourier(rays), rays)
+    enc = CameraPoseEncoder(downscale_factor=4, channels=(32, 64), temporal_attention_nhead=4,
+                            temporal_position_encoding_max_len=8, fourier_bands=3)
+    assert enc.encoder_conv_in.in_channels == 6 * 7 * 16
+    out = enc.fourier(rays)
+    assert out.shape == (1, 2, 42, 8, 8) and torch.equal(out[:, :, :6], rays)
+    c, k = 4, 2  # channel 4 at frequency 2^2 pi: sin at 6 + 4*3 + 2, cos 18 further on
+    assert torch.allclose(out[:, :, 6 + c * 3 + k], torch.sin(4 * torch.pi * rays[:, :, c]), atol=1e-6)
+    assert torch.allclose(out[:, :, 24 + c * 3 + k], torch.cos(4 * torch.pi * rays[:, :, c]), atol=1e-6)
+    assert [f.shape for f in enc(torch.rand(1, 8, 6, 32, 32))] == [(1, 32, 8, 8, 8), (1, 64, 8, 4, 4)]
+    with pytest.raises(ValueError, match="fourier_bands"):
+        CameraPoseEncoder(downscale_factor=4, channels=(32,), fourier_bands=-1)
+
 @pytest.mark.parametrize("method,manifest,count", [
     ("motionctrl", "cami2v-repo_motionctrl_256x256", 63_444_608),
     ("cameractrl", "cami2v-repo_cameractrl_256x256", 211_665_280),

@@ -1,19 +1,28 @@
-"""Image decoding for the loader: JPEG through simplejpeg (libjpeg-turbo, wheels on every major
-platform) when it is installed, everything else and the fallback through PIL.
+"""Image decoding for the loader: JPEG through simplejpeg (libjpeg-turbo, wheels for Linux x86/arm,
+macOS and Windows) when it is installed, everything else and the fallback through PIL.
 
-benchmarks/data.py measures the decoders side by side (docs/performance.md): simplejpeg decodes
-the 256x256 JPEG frames the loader reads faster than PIL and OpenCV. PyTurboJPEG needs a system
-libturbojpeg and pillow-simd replaces Pillow with a source build, so neither is a dependency.
+Why simplejpeg: benchmarks/data.py measures PIL, simplejpeg, PyTurboJPEG and OpenCV on the same
+16 x 256 x 256 JPEG frames (docs/performance.md). simplejpeg decodes them at least as fast as
+OpenCV's ``cv2.imdecode`` in interleaved rounds, decodes into a given buffer (the batch's
+shared-memory slot, so no copy), and in its strict mode rejects a damaged JPEG; OpenCV and PIL
+return a decoded-looking frame for data damaged mid-scan (libjpeg only warns). All three give
+PIL's pixels exactly with the wheels tested. PyTurboJPEG is a ctypes wrapper that needs a system
+libturbojpeg >= 3.0 (not on pip; Debian 12 ships 2.1) and pillow-simd replaces Pillow with a
+source build, so neither installs everywhere. The choice is made once at import;
+:func:`announce_backend` logs it (the loader calls it once per process).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["decode_image", "decode_frames", "decode_with", "DECODERS", "jpeg_backend"]
+__all__ = ["decode_image", "decode_frames", "decode_with", "DECODERS", "jpeg_backend", "announce_backend"]
+
+log = logging.getLogger(__name__)
 
 try:  # optional fast path; PIL is always there
     import simplejpeg as _simplejpeg
@@ -43,7 +52,14 @@ def _opencv():
     import cv2  # opencv-python-headless (the "bench" extra); IMREAD_COLOR_RGB needs OpenCV >= 4.10
 
     flag = cv2.IMREAD_COLOR_RGB
-    return lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+
+    def decode(data: bytes) -> np.ndarray:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        if image is None:  # OpenCV's way of saying "cannot decode"
+            raise ValueError("cv2.imdecode could not decode the data")
+        return image
+
+    return decode
 
 
 DECODERS = {"pil": lambda: _pil, "simplejpeg": lambda: _simple if _simplejpeg else None, "turbojpeg": _turbo,
@@ -59,7 +75,27 @@ def decode_with(name: str):
 
 
 def jpeg_backend() -> str:
+    """The decoder JPEG frames go through: ``"simplejpeg"``, or ``"pil"`` when it is missing."""
     return "simplejpeg" if _simplejpeg is not None else "pil"
+
+
+_ANNOUNCED = False
+
+
+def announce_backend() -> str:
+    """Log the JPEG decoder once per process (a warning when it is the PIL fallback); returns its name."""
+    global _ANNOUNCED
+    name = jpeg_backend()
+    if not _ANNOUNCED:
+        _ANNOUNCED = True
+        if name == "pil":
+            log.warning("JPEG frames decode with PIL: simplejpeg is not installed (pip install simplejpeg, a "
+                        "dependency of camvid). PIL decodes 1.4-1.8x slower (benchmarks/data.py) and, unlike simplejpeg's strict mode, "
+                        "decodes a JPEG damaged mid-scan to a partly grey frame instead of rejecting it")
+        else:
+            log.info("JPEG frames decode with simplejpeg %s (libjpeg-turbo); PNG and CMYK JPEG with PIL",
+                     getattr(_simplejpeg, "__version__", "?"))
+    return name
 
 
 _SIMPLE_COLORSPACES = ("YCbCr", "Gray", "RGB")  # others (CMYK, YCCK) go to PIL

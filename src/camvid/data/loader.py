@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from camvid.data.batches import normalize_video
 from camvid.data.clips import BadSample, Clip, open_re10k_clip, open_shard_sample, open_webvid_clip
+from camvid.data.decode import announce_backend
 from camvid.data.handoff import SlotReceiver, SlotVideo, slots_supported, worker_ring
 from camvid.data.health import HEALTH_KEY, DataHealth, SkipCounter, SkipEvent
 from camvid.data.layout import Re10kClip, WebVidClip, list_re10k_clips, list_webvid_clips
@@ -727,6 +728,7 @@ def build_dataloader(
     else:
         raise ValueError(f"unknown pairing {pairing!r}; expected one of {(*PAIRINGS, 'cvd_mix')}")
     health = DataHealth(max_skip_fraction, skip_check_min_samples)
+    announce_backend()  # which JPEG decoder (once per process; a warning for the slower PIL fallback)
     workers = effective_workers(num_workers, cap_workers, announce=True)
     loader = StreamLoader(dataset, health=health, num_workers=workers, persistent_workers=False,
                           pin_memory=pin_memory, prefetch_factor=4 if workers else None)

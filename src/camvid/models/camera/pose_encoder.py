@@ -10,6 +10,15 @@ layout ``DynamiCrafterUNet`` consumes.
 Names match ``pose_encoder.*`` of CamI2V / CameraCtrl (``encoder_down_conv_blocks.i.j.{in_conv,
 block1,block2}``, ``encoder_down_attention_blocks.i.j.{attention_blocks.0.{to_q,to_k,to_v,to_out.0,
 pos_encoder.pe},norms.0,ff,ff_norm}``, ``encoder_conv_in``). Full size: 199,262,400 parameters.
+
+``fourier_bands`` (0, the released layout; ``backbone.kwargs.pose_fourier_bands`` sets it): each Plücker channel
+``x`` is given with ``sin`` / ``cos`` of ``2^k pi x`` for ``k < fourier_bands`` beside it, so
+``encoder_conv_in`` reads ``6 (1 + 2 fourier_bands)`` channels per pixel. Why: a cross-frame
+attention finds a query's match by a dot product of features derived from the rays, and from raw,
+smooth rays neighbouring cells differ by a fraction of a percent, so a peak on the match needs weights
+that a few hundred optimiser steps cannot grow; with the Fourier channels the same peak needs weights
+of order one. Measured on the tiny CPU world in docs/diffusion.md ("Does the epipolar attention find
+the match?"); an experiment option, off by default.
 """
 
 from __future__ import annotations
@@ -102,10 +111,14 @@ class ResnetBlock(nn.Module):
 class CameraPoseEncoder(nn.Module):
     def __init__(self, downscale_factor: int = 8, channels: tuple[int, ...] = (320, 640, 1280, 1280),
                  nums_rb: int = 2, ksize: int = 1, sk: bool = True, temporal_attention_nhead: int = 8,
-                 temporal_position_encoding: bool = True, temporal_position_encoding_max_len: int = 16):
+                 temporal_position_encoding: bool = True, temporal_position_encoding_max_len: int = 16,
+                 fourier_bands: int = 0):
         super().__init__()
         if nums_rb < 1:
             raise ValueError(f"CameraPoseEncoder nums_rb must be >= 1, got {nums_rb}")
+        if fourier_bands < 0:
+            raise ValueError(f"CameraPoseEncoder fourier_bands must be >= 0, got {fourier_bands}")
+        self.fourier_bands = int(fourier_bands)
         self.downscale_factor = downscale_factor
         self.channels = tuple(channels)
         max_len = temporal_position_encoding_max_len if temporal_position_encoding else None
@@ -119,7 +132,16 @@ class CameraPoseEncoder(nn.Module):
                 attns.append(TemporalTransformerBlock(ch, temporal_attention_nhead, max_len))
             self.encoder_down_conv_blocks.append(convs)
             self.encoder_down_attention_blocks.append(attns)
-        self.encoder_conv_in = nn.Conv2d(6 * downscale_factor ** 2, channels[0], 3, 1, 1)
+        in_channels = 6 * (1 + 2 * self.fourier_bands)
+        self.encoder_conv_in = nn.Conv2d(in_channels * downscale_factor ** 2, channels[0], 3, 1, 1)
+
+    def fourier(self, plucker: torch.Tensor) -> torch.Tensor:
+        """(B, T, 6, H, W) -> (B, T, 6 (1 + 2 F), H, W): the rays, then sin, then cos of 2^k pi x."""
+        if not self.fourier_bands:
+            return plucker
+        freqs = math.pi * 2.0 ** torch.arange(self.fourier_bands, device=plucker.device, dtype=plucker.dtype)
+        x = (plucker.unsqueeze(3) * freqs.view(-1, 1, 1)).flatten(2, 3)  # (B, T, 6 F, H, W), channel-major
+        return torch.cat([plucker, x.sin(), x.cos()], dim=2)
 
     def forward(self, plucker: torch.Tensor) -> list[torch.Tensor]:
         """(B, T, 6, H, W) Plücker maps -> [(B, C_i, T, H/(f 2^i), W/(f 2^i)) for each level i]."""
@@ -130,7 +152,7 @@ class CameraPoseEncoder(nn.Module):
         if plucker.shape[-2] % f or plucker.shape[-1] % f:
             raise ValueError(f"Plücker size {plucker.shape[-2]}x{plucker.shape[-1]} not divisible by "
                              f"downscale_factor {f}")
-        x = self.encoder_conv_in(F.pixel_unshuffle(rearrange(plucker, "b t c h w -> (b t) c h w"), f))
+        x = self.encoder_conv_in(F.pixel_unshuffle(rearrange(self.fourier(plucker), "b t c h w -> (b t) c h w"), f))
         features = []
         for convs, attns in zip(self.encoder_down_conv_blocks, self.encoder_down_attention_blocks):
             for conv, attn in zip(convs, attns):

@@ -74,6 +74,7 @@ def build_dynamicrafter_method(
     tokenizer_path: str | None = None,
     encoder_config: dict | None = None,
     proj_overrides: dict | None = None,
+    pose_fourier_bands: int = 0,
     **method_kwargs,
 ) -> DynamiCrafterI2V:
     """``method``: dynamicrafter | motionctrl | cameractrl | cami2v. ``attn`` (default: epipolar for
@@ -84,7 +85,10 @@ def build_dynamicrafter_method(
     ``method_ckpt``: a released camera-method checkpoint loaded over it (both checked before anything
     is built). ``tokenizer_path``: the CLIP BPE tokenizer folder of the OpenCLIP text tower (full
     sizes). ``encoder_config`` (``{"first_stage"|"text"|"image": config overrides}``) and
-    ``proj_overrides`` shrink the full-size encoders / projector (tests of the loading path). Extra keyword arguments go to ``DynamiCrafterI2V``."""
+    ``proj_overrides`` shrink the full-size encoders / projector (tests of the loading path).
+    ``pose_fourier_bands``: Fourier channels of the Plücker rays in the pose encoder (0, the released
+    layout; an experiment option of the tiny CPU world, see ``CameraPoseEncoder``). Extra keyword arguments go to
+    ``DynamiCrafterI2V``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if size not in SIZES:
@@ -113,7 +117,7 @@ def build_dynamicrafter_method(
         with torch.device("meta"):
             shadow = _build(method, size, attn, attn_kwargs, num_frames, image_hw, None, None, None, None,
                             pixel_shuffle_factor, unet_overrides, gradient_checkpointing, dict(method_kwargs),
-                            tokenizer_path, False, encoder_config or {}, proj_overrides or {})
+                            tokenizer_path, False, encoder_config or {}, proj_overrides or {}, pose_fourier_bands)
         from camvid.models.dynamicrafter.checkpoint import load_dynamicrafter_weights
 
         for path, kind in ((pretrained, "base"), (method_ckpt, "method")):
@@ -125,7 +129,7 @@ def build_dynamicrafter_method(
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = _build(method, size, attn, attn_kwargs, num_frames, image_hw, vae_path, first_stage, text_encoder,
                        image_encoder, pixel_shuffle_factor, unet_overrides, gradient_checkpointing, method_kwargs,
-                       tokenizer_path, lazy, encoder_config or {}, proj_overrides or {})
+                       tokenizer_path, lazy, encoder_config or {}, proj_overrides or {}, pose_fourier_bands)
     if pretrained is not None:
         model.load_weights(pretrained, kind="base")
     if method_ckpt is not None:
@@ -163,7 +167,7 @@ def _meta_params():
 
 def _build(method, size, attn, attn_kwargs, num_frames, image_hw, vae_path, first_stage, text_encoder,
            image_encoder, pixel_shuffle_factor, unet_overrides, gradient_checkpointing, method_kwargs,
-           tokenizer_path=None, lazy=False, encoder_config=None, proj_overrides=None):
+           tokenizer_path=None, lazy=False, encoder_config=None, proj_overrides=None, pose_fourier_bands=0):
     encoder_config = encoder_config or {}
     unknown = set(encoder_config) - {"first_stage", "text", "image"}
     if unknown:
@@ -207,7 +211,8 @@ def _build(method, size, attn, attn_kwargs, num_frames, image_hw, vae_path, firs
     if method in ("cameractrl", "cami2v", "cvd") and method_kwargs.get("plucker", True):
         pose_encoder = CameraPoseEncoder(
             downscale_factor=first_stage.downsample, channels=tuple(unet.level_channels()),
-            temporal_attention_nhead=8 if size != "tiny" else 4, temporal_position_encoding_max_len=num_frames)
+            temporal_attention_nhead=8 if size != "tiny" else 4, temporal_position_encoding_max_len=num_frames,
+            fourier_bands=pose_fourier_bands)
     kwargs = dict(_SCHEDULES[size])
     kwargs.update(method_kwargs)
     camera = {"dynamicrafter": None, "cvd": "cameractrl"}.get(method, method)
