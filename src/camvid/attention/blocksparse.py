@@ -3,9 +3,12 @@
 A plan lists, per query tile (a few cells of a few frames), the keys its bands touch and the tile's
 (Q, U) sub-mask. Tiles with similar key counts are packed into chunks; one chunk of n tiles is a
 single call of PyTorch's fused CPU attention kernel (``_scaled_dot_product_flash_attention_for_cpu``)
-on the gathered blocks, batch n x heads, queries Q, keys R + U (the register tokens are rows 0..R-1
-of an extended key tensor and open to every query), with the sub-mask as an additive bias. So the
-Python loop runs over chunks (tens per level), never over queries or tiles.
+on the gathered blocks, batch n x heads, queries Q, keys R + U (the R register tokens, open to every
+query, then the tile's keys), with the sub-mask as an additive bias. Keys and values arrive packed,
+(B, R + Lk, 2, H, D): per sample its register rows and its keys, keys and values side by side, the
+output layout of ``MultiHeadAttention.project``'s fused k/v product, so one ``index_select`` per
+chunk gathers both with no packing pass. The Python loop runs over chunks (tens per level), never
+over queries or tiles.
 
 The backward pass re-gathers each chunk and calls the fused kernel's backward with the forward's
 saved output and log-sum-exp (recomputation, as FlashAttention): no scores are stored, and the
