@@ -14,6 +14,7 @@ rooms, the camera path can express a warp, and what stops the tiny CamI2V is aro
 
     python benchmarks/epipolar_isolation.py                      # pans, 1000 steps
     python benchmarks/epipolar_isolation.py --kinds truck forward --fourier 4
+    python benchmarks/epipolar_isolation.py --kinds truck forward orbit mixed --query-noise
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def render_pairs(seeds, kinds, frame: int) -> list[tuple[torch.Tensor, torch.Ten
 
 
 class IsolatedBlock(nn.Module):
-    def __init__(self, fourier: int):
+    def __init__(self, fourier: int, query_noise: bool = False):
         super().__init__()
+        self.query_noise = query_noise
         self.pose = CameraPoseEncoder(PATCH, (WIDTH,), nums_rb=1, temporal_attention_nhead=4,
                                       temporal_position_encoding_max_len=2, fourier_bands=fourier)
         self.content = nn.Conv2d(3 * PATCH * PATCH, WIDTH, 3, 1, 1)
@@ -67,7 +69,11 @@ class IsolatedBlock(nn.Module):
         b, h = video.shape[0], SIZE // PATCH
         f = self.pose(plucker_rays(K, c2w, SIZE, SIZE))[0].permute(0, 2, 3, 4, 1).reshape(b, 2, h * h, WIDTH)
         c0 = self.content(F.pixel_unshuffle(video[:, 0], PATCH)).permute(0, 2, 3, 1).reshape(b, h * h, WIDTH)
-        tokens = self.norm(torch.stack([f[:, 0] + c0, f[:, 1]], 1))
+        q1 = f[:, 1]
+        if self.query_noise:  # the frame as the UNet sees it at t = T: pure noise through the same content path
+            noise = torch.randn(video[:, 1].shape, generator=self.noise_gen)
+            q1 = q1 + self.content(F.pixel_unshuffle(noise, PATCH)).permute(0, 2, 3, 1).reshape(b, h * h, WIDTH)
+        tokens = self.norm(torch.stack([f[:, 0] + c0, q1], 1))
         ctx = AttentionContext(K=K, c2w=c2w, image_hw=(SIZE, SIZE), cond_index=torch.zeros(b, dtype=torch.long),
                                num_views=1, path="dense")
         out = self.decode(self.block(tokens, ctx, (h, h))[:, 1])
@@ -88,6 +94,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--fourier", type=int, default=0, help="Fourier bands of the Plücker rays (CameraPoseEncoder)")
+    p.add_argument("--query-noise", action="store_true",
+                   help="the target frame's tokens also carry its content at pure noise (Gaussian noise through the "
+                        "content conv), as the UNet's tokens of that frame do at t = T")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -99,11 +108,12 @@ def main() -> None:
     target = F.pixel_unshuffle(test[0][:, 1], PATCH)
     static = F.mse_loss(F.pixel_unshuffle(test[0][:, 0], PATCH), target).item()
     flat = F.mse_loss(target.mean((2, 3), keepdim=True).expand_as(target), target).item()
-    model = IsolatedBlock(args.fourier)
+    model = IsolatedBlock(args.fourier, args.query_noise)
+    model.noise_gen = torch.Generator().manual_seed(args.seed + 1)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     print(f"kinds {args.kinds}, frame 0 -> {args.frame}, {len(train)} training pairs, {args.test_scenes} unseen rooms; "
-          f"fourier {args.fourier}; batch {args.batch}, lr {args.lr}; rendered in {time.time() - t0:.0f} s")
+          f"fourier {args.fourier}; query noise {args.query_noise}; batch {args.batch}, lr {args.lr}; rendered in {time.time() - t0:.0f} s")
     print(f"test references: conditioning frame {static:.4f}, per-image mean colour {flat:.4f} (MSE, [-1, 1] pixels)")
     print("| step | train MSE (last 100) | test MSE | test / conditioning frame | test / mean colour |")
     print("|---|---|---|---|---|")
