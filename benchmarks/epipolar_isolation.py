@@ -39,45 +39,58 @@ from camvid.models.camera.pose_encoder import CameraPoseEncoder  # noqa: E402
 SIZE, PATCH, WIDTH = 64, 4, 32
 
 
-def render_pairs(seeds, kinds, frame: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(video (2, 3, H, W) in [-1, 1], K (2, 3, 3), c2w (2, 4, 4) relative to the first) per room and kind."""
+def render_pairs(seeds, kinds, frames: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(video (F, 3, H, W) in [-1, 1], K (F, 3, 3), c2w (F, 4, 4) relative to the first) per room and kind:
+    ``frames`` of an 8-frame trajectory, the first of them the conditioning frame."""
     K = syn.default_intrinsics(SIZE, SIZE, 60)
     out = []
     for seed in seeds:
         scene = syn.make_scene(seed, 128)
         for kind in kinds:
-            c2w = syn.make_trajectory(kind, 8, seed)[[0, frame]]
-            frames, _ = syn.render_frames(scene, K, c2w, SIZE, SIZE)
-            video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
-            out.append((video, torch.from_numpy(K).float().expand(2, 3, 3).clone(),
+            c2w = syn.make_trajectory(kind, 8, seed)[frames]
+            images, _ = syn.render_frames(scene, K, c2w, SIZE, SIZE)
+            video = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+            out.append((video, torch.from_numpy(K).float().expand(len(frames), 3, 3).clone(),
                         relative_poses(torch.from_numpy(c2w).double(), 0).float()))
     return out
 
 
 class IsolatedBlock(nn.Module):
-    def __init__(self, fourier: int, query_noise: bool = False):
+    def __init__(self, fourier: int, query_noise: bool = False, num_frames: int = 2):
         super().__init__()
         self.query_noise = query_noise
         self.pose = CameraPoseEncoder(PATCH, (WIDTH,), nums_rb=1, temporal_attention_nhead=4,
-                                      temporal_position_encoding_max_len=2, fourier_bands=fourier)
+                                      temporal_position_encoding_max_len=num_frames, fourier_bands=fourier)
         self.content = nn.Conv2d(3 * PATCH * PATCH, WIDTH, 3, 1, 1)
         self.norm = nn.LayerNorm(WIDTH)
         self.block = build_cross_frame_attention("epipolar", WIDTH, 4, num_register_tokens=4)
         self.decode = nn.Linear(WIDTH, 3 * PATCH * PATCH)
 
     def forward(self, video, K, c2w) -> torch.Tensor:
-        b, h = video.shape[0], SIZE // PATCH
-        f = self.pose(plucker_rays(K, c2w, SIZE, SIZE))[0].permute(0, 2, 3, 4, 1).reshape(b, 2, h * h, WIDTH)
-        c0 = self.content(F.pixel_unshuffle(video[:, 0], PATCH)).permute(0, 2, 3, 1).reshape(b, h * h, WIDTH)
-        q1 = f[:, 1]
-        if self.query_noise:  # the frame as the UNet sees it at t = T: pure noise through the same content path
-            noise = torch.randn(video[:, 1].shape, generator=self.noise_gen)
-            q1 = q1 + self.content(F.pixel_unshuffle(noise, PATCH)).permute(0, 2, 3, 1).reshape(b, h * h, WIDTH)
-        tokens = self.norm(torch.stack([f[:, 0] + c0, q1], 1))
+        b, t, h = video.shape[0], video.shape[1], SIZE // PATCH
+        f = self.pose(plucker_rays(K, c2w, SIZE, SIZE))[0].permute(0, 2, 3, 4, 1).reshape(b, t, h * h, WIDTH)
+        content = video.clone()
+        content[:, 1:] = 0
+        if self.query_noise:  # the frames as the UNet sees them at t = T: pure noise through the same content path
+            content[:, 1:] = torch.randn(video[:, 1:].shape, generator=self.noise_gen)
+        c = self.content(F.pixel_unshuffle(content.flatten(0, 1), PATCH))  # (b t, C, h, h)
+        tokens = self.norm(f + c.permute(0, 2, 3, 1).reshape(b, t, h * h, WIDTH) * self.content_on(t, c))
         ctx = AttentionContext(K=K, c2w=c2w, image_hw=(SIZE, SIZE), cond_index=torch.zeros(b, dtype=torch.long),
                                num_views=1, path="dense")
-        out = self.decode(self.block(tokens, ctx, (h, h))[:, 1])
-        return out.reshape(b, h, h, -1).permute(0, 3, 1, 2)  # pixel-unshuffled prediction of frame 1
+        out = self.decode(self.block(tokens, ctx, (h, h))[:, 1:])  # (b, t-1, h h, 48)
+        return out.reshape(b, t - 1, h, h, -1).permute(0, 1, 4, 2, 3)  # pixel-unshuffled frames 1..t-1
+
+    def content_on(self, t: int, c: torch.Tensor) -> torch.Tensor:
+        """1 for the conditioning frame; for the others 1 with --query-noise, else 0 (no content at all)."""
+        on = torch.ones(t, 1, 1, device=c.device)
+        if not self.query_noise:
+            on[1:] = 0
+        return on
+
+
+def unshuffle(frames: torch.Tensor) -> torch.Tensor:
+    """(B, F, 3, H, W) -> (B, F, 48, H/4, W/4): the 4x4 patches the model predicts."""
+    return F.pixel_unshuffle(frames.flatten(0, 1), PATCH).unflatten(0, frames.shape[:2])
 
 
 def stack(pairs):
@@ -88,6 +101,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kinds", nargs="+", default=["pan"], help="trajectory kinds (camvid.data.synthetic)")
     p.add_argument("--frame", type=int, default=4, help="which frame of the 8-frame trajectory is the target")
+    p.add_argument("--frames", type=int, default=2,
+                   help="frames per clip, spread over the 8-frame trajectory (2: frame 0 and --frame); all but the "
+                        "first are targets, and the block attends over all of them as CamI2V's does")
     p.add_argument("--train-scenes", type=int, default=32)
     p.add_argument("--test-scenes", type=int, default=8)
     p.add_argument("--steps", type=int, default=1000)
@@ -103,16 +119,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.time()
-    train = render_pairs(range(100, 100 + args.train_scenes), args.kinds, args.frame)
-    test = stack(render_pairs(range(1000, 1000 + args.test_scenes), args.kinds, args.frame))
-    target = F.pixel_unshuffle(test[0][:, 1], PATCH)
-    static = F.mse_loss(F.pixel_unshuffle(test[0][:, 0], PATCH), target).item()
-    flat = F.mse_loss(target.mean((2, 3), keepdim=True).expand_as(target), target).item()
-    model = IsolatedBlock(args.fourier, args.query_noise)
+    if not 2 <= args.frames <= 8:
+        raise SystemExit(f"--frames must be 2..8, got {args.frames}")
+    frames = [0, args.frame] if args.frames == 2 else [round(7 * i / (args.frames - 1)) for i in range(args.frames)]
+    train = render_pairs(range(100, 100 + args.train_scenes), args.kinds, frames)
+    test = stack(render_pairs(range(1000, 1000 + args.test_scenes), args.kinds, frames))
+    target = unshuffle(test[0][:, 1:])
+    static = F.mse_loss(unshuffle(test[0][:, :1]).expand_as(target), target).item()
+    flat = F.mse_loss(target.mean((-2, -1), keepdim=True).expand_as(target), target).item()
+    model = IsolatedBlock(args.fourier, args.query_noise, len(frames))
     model.noise_gen = torch.Generator().manual_seed(args.seed + 1)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
-    print(f"kinds {args.kinds}, frame 0 -> {args.frame}, {len(train)} training pairs, {args.test_scenes} unseen rooms; "
+    print(f"kinds {args.kinds}, frames {frames}, {len(train)} training clips, {args.test_scenes} unseen rooms; "
           f"fourier {args.fourier}; query noise {args.query_noise}; batch {args.batch}, lr {args.lr}; rendered in {time.time() - t0:.0f} s")
     print(f"test references: conditioning frame {static:.4f}, per-image mean colour {flat:.4f} (MSE, [-1, 1] pixels)")
     print("| step | train MSE (last 100) | test MSE | test / conditioning frame | test / mean colour |")
@@ -121,7 +140,7 @@ def main() -> None:
     for step in range(args.steps):
         idx = torch.randint(len(train), (args.batch,), generator=gen).tolist()
         video, K, c2w = stack([train[i] for i in idx])
-        loss = F.mse_loss(model(video, K, c2w), F.pixel_unshuffle(video[:, 1], PATCH))
+        loss = F.mse_loss(model(video, K, c2w), unshuffle(video[:, 1:]))
         opt.zero_grad()
         loss.backward()
         opt.step()
