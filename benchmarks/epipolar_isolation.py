@@ -56,9 +56,10 @@ def render_pairs(seeds, kinds, frames: list[int]) -> list[tuple[torch.Tensor, to
 
 
 class IsolatedBlock(nn.Module):
-    def __init__(self, fourier: int, query_noise: bool = False, num_frames: int = 2):
+    def __init__(self, fourier: int, query_noise: bool = False, num_frames: int = 2, residual: bool = False):
         super().__init__()
         self.query_noise = query_noise
+        self.residual = residual
         self.pose = CameraPoseEncoder(PATCH, (WIDTH,), nums_rb=1, temporal_attention_nhead=4,
                                       temporal_position_encoding_max_len=num_frames, fourier_bands=fourier)
         self.content = nn.Conv2d(3 * PATCH * PATCH, WIDTH, 3, 1, 1)
@@ -78,7 +79,10 @@ class IsolatedBlock(nn.Module):
         ctx = AttentionContext(K=K, c2w=c2w, image_hw=(SIZE, SIZE), cond_index=torch.zeros(b, dtype=torch.long),
                                num_views=1, path="dense")
         out = self.decode(self.block(tokens, ctx, (h, h))[:, 1:])  # (b, t-1, h h, 48)
-        return out.reshape(b, t - 1, h, h, -1).permute(0, 1, 4, 2, 3)  # pixel-unshuffled frames 1..t-1
+        out = out.reshape(b, t - 1, h, h, -1).permute(0, 1, 4, 2, 3)  # pixel-unshuffled frames 1..t-1
+        if self.residual:  # as the tiny recipe's x0: the conditioning frame plus a change
+            out = out + unshuffle(video[:, :1])
+        return out
 
     def content_on(self, t: int, c: torch.Tensor) -> torch.Tensor:
         """1 for the conditioning frame; for the others 1 with --query-noise, else 0 (no content at all)."""
@@ -113,6 +117,9 @@ def main() -> None:
     p.add_argument("--query-noise", action="store_true",
                    help="the target frame's tokens also carry its content at pure noise (Gaussian noise through the "
                         "content conv), as the UNet's tokens of that frame do at t = T")
+    p.add_argument("--residual", action="store_true",
+                   help="predict each frame as the conditioning frame plus the decoded change (the tiny "
+                        "recipe's first_frame=replace_residual)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -127,12 +134,12 @@ def main() -> None:
     target = unshuffle(test[0][:, 1:])
     static = F.mse_loss(unshuffle(test[0][:, :1]).expand_as(target), target).item()
     flat = F.mse_loss(target.mean((-2, -1), keepdim=True).expand_as(target), target).item()
-    model = IsolatedBlock(args.fourier, args.query_noise, len(frames))
+    model = IsolatedBlock(args.fourier, args.query_noise, len(frames), args.residual)
     model.noise_gen = torch.Generator().manual_seed(args.seed + 1)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     print(f"kinds {args.kinds}, frames {frames}, {len(train)} training clips, {args.test_scenes} unseen rooms; "
-          f"fourier {args.fourier}; query noise {args.query_noise}; batch {args.batch}, lr {args.lr}; rendered in {time.time() - t0:.0f} s")
+          f"fourier {args.fourier}; query noise {args.query_noise}; residual {args.residual}; batch {args.batch}, lr {args.lr}; rendered in {time.time() - t0:.0f} s")
     print(f"test references: conditioning frame {static:.4f}, per-image mean colour {flat:.4f} (MSE, [-1, 1] pixels)")
     print("| step | train MSE (last 100) | test MSE | test / conditioning frame | test / mean colour |")
     print("|---|---|---|---|---|")
