@@ -70,12 +70,15 @@ class IsolatedBlock(nn.Module):
     def forward(self, video, K, c2w) -> torch.Tensor:
         b, t, h = video.shape[0], video.shape[1], SIZE // PATCH
         f = self.pose(plucker_rays(K, c2w, SIZE, SIZE))[0].permute(0, 2, 3, 4, 1).reshape(b, t, h * h, WIDTH)
-        content = video.clone()
-        content[:, 1:] = 0
+        content = video
         if self.query_noise:  # the frames as the UNet sees them at t = T: pure noise through the same content path
-            content[:, 1:] = torch.randn(video[:, 1:].shape, generator=self.noise_gen)
+            noise = torch.randn(video[:, 1:].shape, generator=self.noise_gen)
+            content = torch.cat([video[:, :1], noise], dim=1)
         c = self.content(F.pixel_unshuffle(content.flatten(0, 1), PATCH))  # (b t, C, h, h)
-        tokens = self.norm(f + c.permute(0, 2, 3, 1).reshape(b, t, h * h, WIDTH) * self.content_on(t, c))
+        c = c.permute(0, 2, 3, 1).reshape(b, t, h * h, WIDTH)
+        if not self.query_noise:  # the target frames carry no content at all, only their pose features
+            c = torch.cat([c[:, :1], torch.zeros_like(c[:, 1:])], dim=1)
+        tokens = self.norm(f + c)
         ctx = AttentionContext(K=K, c2w=c2w, image_hw=(SIZE, SIZE), cond_index=torch.zeros(b, dtype=torch.long),
                                num_views=1, path="dense")
         out = self.decode(self.block(tokens, ctx, (h, h))[:, 1:])  # (b, t-1, h h, 48)
@@ -83,13 +86,6 @@ class IsolatedBlock(nn.Module):
         if self.residual:  # as the tiny recipe's x0: the conditioning frame plus a change
             out = out + unshuffle(video[:, :1])
         return out
-
-    def content_on(self, t: int, c: torch.Tensor) -> torch.Tensor:
-        """1 for the conditioning frame; for the others 1 with --query-noise, else 0 (no content at all)."""
-        on = torch.ones(t, 1, 1, device=c.device)
-        if not self.query_noise:
-            on[1:] = 0
-        return on
 
 
 def unshuffle(frames: torch.Tensor) -> torch.Tensor:
