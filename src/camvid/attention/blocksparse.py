@@ -178,8 +178,8 @@ class _BlockSparseAttention(torch.autograd.Function):
         Nq, H, D = qs.shape
         ids, bounds = _tile_order(plan)
         dos = dout.index_select(0, ids)
-        dk = kv.new_zeros(kv.shape[0], H, D)
-        dv = torch.zeros_like(dk)
+        dkv = kv.new_zeros(kv.shape[0], 2, H, D)  # filled in place: no stack of separate k and v grads
+        dk, dv = dkv[:, 0], dkv[:, 1]
         dq = qs.new_empty(Nq, H, D)
         ws = _workspace(plan)
         for c, (a, b), o, lg in zip(plan.chunks, bounds, outs, lses):
@@ -196,7 +196,7 @@ class _BlockSparseAttention(torch.autograd.Function):
                 dq.index_copy_(0, ids[a:b], gq.transpose(1, 2).reshape(-1, H, D))
                 dk.index_add_(0, kids, gk.transpose(1, 2).reshape(-1, H, D))
                 dv.index_add_(0, kids, gv.transpose(1, 2).reshape(-1, H, D))
-        return dq, torch.stack([dk, dv], dim=1), None, None
+        return dq, dkv, None, None
 
 
 def _chunk_sdpa(q, kv, qflat, kids, bias, n):
