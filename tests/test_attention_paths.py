@@ -116,7 +116,7 @@ def test_plan_from_runs_lists_exactly_the_mask():
         dense = runs.rows(0, runs.num_queries)  # (B, Lq, Lk)
         for tile, frames in [((1, 1), 1), ((2, 4), 1), ((4, 6), 1), ((8, 12), 1), ((2, 4), 3), ((1, 2), 3)]:
             plan = build_tile_plan_from_runs(runs.start, runs.end, (8, 12), tile_hw=tile, tile_frames=frames,
-                                             chunk_keys=97)
+                                             chunk_keys=97, min_chunk_tiles=1)
             assert plan.chunks[0].query_ids.shape[1] == tile[0] * tile[1] * frames
             rebuilt = torch.zeros(dense.numel() + 1, dtype=torch.bool)
             seen = torch.zeros(plan.batch * plan.num_queries, dtype=torch.long)
@@ -340,7 +340,7 @@ def test_generic_block_sparse_path_equals_the_fused_cpu_kernel():
     from camvid.attention import blocksparse
 
     start, end = _empty_row_runs()
-    plan = build_tile_plan_from_runs(start, end, (2, 3), tile_hw=(1, 3), chunk_keys=5)
+    plan = build_tile_plan_from_runs(start, end, (2, 3), tile_hw=(1, 3), chunk_keys=5, min_chunk_tiles=1)
     g = torch.Generator().manual_seed(2)
     for R in (0, 2):
         q, k, v = (torch.randn(12 + (R if i else 0), 2, 4, generator=g, dtype=torch.float64, requires_grad=True)

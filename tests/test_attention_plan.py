@@ -86,7 +86,8 @@ def test_pencil_sorted_tiles_are_exact_forward_and_gradients_fp64(mode, monkeypa
     runs = geo.epipolar_runs(K, c2w, image_hw, feat_hw, mode=mode, ref_index=1)
     order = torch.rand(runs.start.shape[:2], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     monkeypatch.setattr(sparse, "_candidate_tiles", lambda *a: [sparse._sorted_tile_query_ids(order, 48, 8)])
-    plan = build_tile_plan_from_runs(runs.start, runs.end, feat_hw, order=order, chunk_keys=64)
+    plan = build_tile_plan_from_runs(runs.start, runs.end, feat_hw, order=order, chunk_keys=64,
+                                      min_chunk_tiles=1)
     assert len(plan.chunks) > 2
     tiles = sorted(map(tuple, torch.cat([c.query_ids for c in plan.chunks]).tolist()))
     assert tiles == sorted(map(tuple, sparse._sorted_tile_query_ids(order, 48, 8).tolist()))
@@ -129,12 +130,37 @@ def test_chunks_bound_padding_and_size():
                                   (2, 2), max_padding=1.5)
 
 
+def test_chunks_hold_min_tiles_up_to_max_keys():
+    """Small key target: a chunk of narrow tiles still holds ``min_tiles`` tiles (one parallel region
+    with enough work), wide tiles never exceed ``max_keys``; every tile is packed once."""
+    g = torch.Generator().manual_seed(3)
+    union = torch.cat([torch.randint(900, 1000, (40,), generator=g), torch.randint(20, 40, (300,), generator=g)])
+    seen = torch.zeros(len(union), dtype=torch.long)
+    chunks = list(sparse._pack_tiles(union, chunk_keys=500, max_padding=1.0, min_tiles=16, max_keys=4000))
+    for sel, width in chunks:
+        assert len(sel) * width <= 4000 or len(sel) == 1
+        assert len(sel) * width <= 500 or len(sel) <= 16, "above the key target only to reach min_tiles"
+        seen[sel] += 1
+    assert bool((seen == 1).all())
+    for sel, width in chunks[:-1]:  # with no padding bound only the last chunk runs out of tiles
+        assert len(sel) == min(4000 // width, max(16, 500 // width))
+    assert any(width < 40 and len(sel) == 16 for sel, width in chunks), "min_tiles above the key target"
+    wide = [len(sel) for sel, width in chunks if width >= 900]
+    assert max(wide) == 4  # 4000 // 1000 at most, although min_tiles asks for 16
+    # without min_tiles the key target alone decides
+    assert all(len(sel) * width <= 500 or len(sel) == 1
+               for sel, width in sparse._pack_tiles(union, chunk_keys=500, max_padding=0.25))
+    with pytest.raises(ValueError, match="min_chunk_tiles"):
+        build_tile_plan_from_runs(torch.zeros(1, 4, 1, 2, dtype=torch.uint8), torch.ones(1, 4, 1, 2, dtype=torch.uint8),
+                                  (2, 2), min_chunk_tiles=0)
+
+
 @pytest.mark.parametrize("registers", [0, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_bias_from_slot_intervals_equals_bias_from_the_sub_mask(registers, dtype):
     K, c2w = clip(1, 2, (32, 48))
     runs = geo.epipolar_runs(K, c2w, (32, 48), (4, 6), mode="all")
-    plan = build_tile_plan_from_runs(runs.start, runs.end, (4, 6), chunk_keys=50)
+    plan = build_tile_plan_from_runs(runs.start, runs.end, (4, 6), chunk_keys=50, min_chunk_tiles=1)
     for c in plan.chunks:
         assert c.sub_mask is None and c.run_lo is not None
         from_mask = TileChunk(c.query_ids, c.key_ids, sub_mask=c.mask).bias(registers, dtype)

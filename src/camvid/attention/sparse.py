@@ -29,8 +29,22 @@ from camvid.geometry.epipolar import one_thread
 __all__ = ["TilePlan", "build_tile_plan", "build_tile_plan_from_runs", "tiled_sparse_attention",
            "tiled_sparse_attention_packed", "default_tile", "default_tile_hw"]
 
-# Gathered keys per chunk (tiles x union length), before the feature dimension.
+# Gathered keys per chunk (tiles x union length), before the feature dimension: the most a chunk
+# may hold (plans from a mask or neighbour lists use it as their size).
 DEFAULT_CHUNK_KEYS = 1 << 16
+# Plans from row runs aim lower: chunks of about 2^13 keys (10 MiB of gathered keys and values at
+# C = 320, and as much again for their gradients in the backward pass), unless that leaves fewer
+# than 64 tiles in a chunk (then 64 tiles, up to DEFAULT_CHUNK_KEYS). Each chunk's temporaries are
+# fresh tensors of the fused kernel (outputs, the backward's zero-filled per-tile gradients); at
+# this size the C allocator hands the freed memory back to the next chunk instead of mapping new
+# pages, whose first-touch faults had made the zero fills a quarter of the backward pass at 2^16
+# keys. A chunk is one parallel region over tiles x heads, so it keeps at least 64 tiles: the
+# wide-band tiles of ``epipolar`` (about 1600 keys each at 32x32) stay in big chunks, where
+# 8-tile chunks were 1.4x slower on two threads. Measured with a kernel-only timing at 32x32 on the
+# development host: forward+backward CPU time -23 % (epipolar_ref), -19 % (cross_video), forward
+# -25 % (cross_video) on one thread; on two threads of the loaded host within noise.
+RUNS_CHUNK_KEYS = 1 << 13
+RUNS_MIN_CHUNK_TILES = 64
 
 
 @dataclass
@@ -246,17 +260,20 @@ def build_tile_plan(
     return TilePlan(batch, src.lq, src.lk, chunks, row_valid)
 
 
-def _pack_tiles(union: torch.Tensor, chunk_keys: int, max_padding: float = 1.0):
+def _pack_tiles(union: torch.Tensor, chunk_keys: int, max_padding: float = 1.0, min_tiles: int = 1,
+                max_keys: int | None = None):
     """Tiles sorted by gathered-key count (largest first), packed greedily into chunks of at most
     ``chunk_keys`` keys whose tiles all have at least ``(1 - max_padding)`` of the chunk's widest
     count (a chunk computes every tile at that width, so this bounds the padding): yields
-    (tile indices, slot width = the chunk's largest count)."""
+    (tile indices, slot width = the chunk's largest count). A chunk may exceed ``chunk_keys`` to
+    hold ``min_tiles`` tiles, never ``max_keys`` (default ``chunk_keys``) unless it is one tile."""
+    max_keys = max(chunk_keys, max_keys or chunk_keys)
     order = torch.argsort(union, descending=True, stable=True)
     neg = [-max(1, u) for u in union[order].tolist()]  # ascending, for bisect
     i = 0
     while i < len(neg):
         width = -neg[i]
-        cap = i + max(1, chunk_keys // width)
+        cap = i + max(1, min(max_keys // width, max(min_tiles, chunk_keys // width)))
         floor = width * (1.0 - max_padding)
         j = bisect.bisect_right(neg, -floor, lo=i + 1) if max_padding < 1.0 else len(neg)  # counts >= floor
         j = max(i + 1, min(j, cap))
@@ -317,8 +334,9 @@ def build_tile_plan_from_runs(
     order: torch.Tensor | None = None,
     tile_hw: tuple[int, int] | None = None,
     tile_frames: int | None = None,
-    chunk_keys: int = DEFAULT_CHUNK_KEYS,
+    chunk_keys: int = RUNS_CHUNK_KEYS,
     max_padding: float = DEFAULT_MAX_PADDING,
+    min_chunk_tiles: int = RUNS_MIN_CHUNK_TILES,
 ) -> TilePlan:
     """Plan straight from row runs, never forming a dense mask or neighbour lists.
 
@@ -333,7 +351,9 @@ def build_tile_plan_from_runs(
     (estimated on a sample of tiles) among the default tile, other one-frame rectangles of its size
     and, with ``order`` (N, Lq) sort keys (``camvid.geometry.pencil_order``: queries with equal keys
     have equal epipolar lines), each frame's queries in key order cut into tiles of that size.
-    Chunks keep tiles within ``max_padding`` of their widest (see ``_pack_tiles``). The whole build
+    Chunks keep tiles within ``max_padding`` of their widest and hold about ``chunk_keys`` gathered
+    keys, or ``min_chunk_tiles`` tiles when that is more, up to ``DEFAULT_CHUNK_KEYS`` (see
+    ``RUNS_CHUNK_KEYS`` and ``_pack_tiles``). The whole build
     runs on one thread: it is a few hundred small ops, each a wait for a scheduler slice on a
     busy host when split across threads.
     """
@@ -346,11 +366,15 @@ def build_tile_plan_from_runs(
         raise ValueError(f"order must be (N, Lq) = {(N, Lq)} sort keys, got {tuple(order.shape)}")
     if not 0.0 <= max_padding <= 1.0:
         raise ValueError(f"max_padding must be in [0, 1], got {max_padding}")
+    if chunk_keys < 1 or min_chunk_tiles < 1:
+        raise ValueError(f"chunk_keys and min_chunk_tiles must be >= 1, got {chunk_keys} and {min_chunk_tiles}")
+    packing = {"chunk_keys": chunk_keys, "max_padding": max_padding, "min_tiles": min_chunk_tiles,
+               "max_keys": DEFAULT_CHUNK_KEYS}
     with one_thread():
-        return _plan_from_runs(start, end, tuple(feat_hw), order, tile_hw, tile_frames, chunk_keys, max_padding)
+        return _plan_from_runs(start, end, tuple(feat_hw), order, tile_hw, tile_frames, packing)
 
 
-def _plan_from_runs(start, end, feat_hw, order, tile_hw, tile_frames, chunk_keys, max_padding) -> TilePlan:
+def _plan_from_runs(start, end, feat_hw, order, tile_hw, tile_frames, packing) -> TilePlan:
     N, Lq, S, h = start.shape
     w = feat_hw[1]
     hw = h * w
@@ -370,7 +394,7 @@ def _plan_from_runs(start, end, feat_hw, order, tile_hw, tile_frames, chunk_keys
     qids = candidates[0].to(device)  # (tiles, Q) into N*Lq
     first, length = _hulls(lo, hi, qids, w)  # (tiles, G)
     union = length.sum(-1)
-    packed = list(_pack_tiles(union, chunk_keys, max_padding))
+    packed = list(_pack_tiles(union, **packing))
     # Tiles in chunk order, so that each chunk below is a slice (a view) of these tensors.
     perm = torch.cat([sel for sel, _ in packed])
     qids, first, length = qids[perm], first[perm], length[perm]
