@@ -3,6 +3,7 @@
     python benchmarks/attention.py            # 256x256 and 512x320, 16 frames, every UNet level
     python benchmarks/attention.py --quick    # CI size: 256x256, 8 frames, levels 16x16 and below
     python benchmarks/attention.py --sizes 256x256 --levels 32x32 --parts attention   # one level
+    python benchmarks/attention.py --parts coverage   # tokens no query or no key needs (no timing)
 
 Masks: every builder runs in a fresh child process (``subprocess``); peak memory is the child's
 resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) during the call
@@ -208,8 +209,37 @@ def run_case(spec: dict) -> dict:
         t, mem, r = measure(lambda: geo.epipolar_runs(K, c2w, (H, W), (h, w)), rep)
         size = sum(x.numel() * x.element_size() for x in (r.start, r.end))
         out = {"time": t, "mem": mem, "note": f"output {size / 2**20:.0f} MiB ({r.start.dtype} start/end)"}
+    elif what == "coverage":
+        out = coverage(spec, K, c2w)
     else:
         out = attention_level(spec, K, c2w)
+    return out
+
+
+def coverage(spec: dict, K, c2w) -> dict:
+    """Per mask kind: which tokens any path must project. A key no query sees needs no k/v, a query
+    with no key (and no register) needs no q: its output is 0 (see camvid.attention.kernels)."""
+    from camvid.attention import AttentionContext
+
+    H, W = spec["image_hw"]
+    h, w = spec["feat_hw"]
+    out = {}
+    for kind, B in (("all", 1), ("ref", 1), ("cross", 2)):
+        Kb, c2wb = K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)
+        if B > 1:
+            c2wb[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])  # as in attention_level
+        ctx = AttentionContext(K=Kb, c2w=c2wb, image_hw=(H, W), cond_index=torch.zeros(B, dtype=torch.long),
+                               num_views=B, path="dense")
+        runs = ctx.runs(kind, (h, w))
+        N, Lq = runs.start.shape[:2]
+        seen = torch.zeros(N, runs.start.shape[2] * h * w, dtype=torch.bool)
+        empty_rows = 0
+        for q0 in range(0, Lq, 1024):  # the bool rows a chunk at a time (the whole mask need not exist)
+            rows = runs.rows(q0, min(Lq, q0 + 1024))
+            seen |= rows.any(1)
+            empty_rows += int((~rows.any(-1)).sum())
+        out[kind] = {"queries": N * Lq, "keys": seen.numel(), "unseen_keys": int((~seen).sum()),
+                     "empty_rows": empty_rows}
     return out
 
 
@@ -387,8 +417,9 @@ def main():
     ap.add_argument("--max-cost", type=float, default=4e11,
                     help="skip public/dense/unmasked paths whose dense score work (L*Lk*C*4 flops) exceeds this")
     ap.add_argument("--max-naive-bytes", type=float, default=8e9, help="skip the float reference above this")
-    ap.add_argument("--parts", nargs="*", default=["masks", "attention"], choices=["masks", "attention"],
-                    help="measure mask building, attention, or both")
+    ap.add_argument("--parts", nargs="*", default=["masks", "attention"], choices=["masks", "attention", "coverage"],
+                    help="measure mask building, attention, or both; coverage: count the keys no query sees and "
+                         "the queries with no key (tokens that would need no projection; no timing)")
     ap.add_argument("--out", default=None, help="also write the tables to this markdown file")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
@@ -422,6 +453,8 @@ def main():
             base = {"image_hw": image_hw, "feat_hw": feat_hw, "frames": T, "dim": args.dim, "heads": args.heads,
                     "threads": args.threads, "repeat": args.repeat}
             print(f"\n## {size} level {feat_hw[0]}x{feat_hw[1]} (L = {L} tokens)")
+            if "coverage" in args.parts:
+                coverage_table(base, args)
             if "masks" in args.parts:
                 mask_table(base, T, hw, args)
             if "attention" in args.parts:
@@ -441,6 +474,22 @@ class _Tee:
     def flush(self):
         self.stdout.flush()
         self.file.flush()
+
+
+def coverage_table(base: dict, args) -> None:
+    res = child({**base, "what": "coverage"}, args.timeout)
+    print("| mask kind | query tokens x key tokens (all samples) | keys no query sees | queries with no key |")
+    print("|---|---|---|---|")
+    if "error" in res:
+        print(f"| all | - | - | {res['error']} |")
+        return
+    for kind, r in res.items():
+        label = {"all": "all (epipolar)", "ref": "ref (epipolar_ref: keys = the reference frame)",
+                 "cross": "cross (cross_video / cross_view: keys = the partner's frames)"}[kind]
+        print(f"| {label} | {r['queries']} x {r['keys']} (all samples) | {r['unseen_keys']} "
+              f"({100 * r['unseen_keys'] / r['keys']:.2f}%) | {r['empty_rows']} "
+              f"({100 * r['empty_rows'] / r['queries']:.2f}%) |")
+    print()
 
 
 def mask_table(base: dict, T: int, hw: int, args) -> None:
