@@ -1,0 +1,115 @@
+"""Block-sparse kernel alone at one level, for several chunk sizes: forward and forward+backward.
+
+    python benchmarks/blocksparse_chunks.py                       # 32x32, ref and cross, 1 thread
+    python benchmarks/blocksparse_chunks.py --kinds all --threads 2 --chunk-keys 65536 8192
+
+Only ``camvid.attention.blocksparse`` on random q and packed k/v of the level's shape (C = 320,
+5 heads, 16 frames; ``cross``: one pair of videos), with the plan ``AttentionContext`` builds
+(pencil-sorted tiles) packed into chunks of about ``--chunk-keys`` gathered keys (at least
+``--min-tiles`` tiles, at most 2^16 keys, as ``camvid.attention.sparse.RUNS_CHUNK_KEYS`` does).
+Plans are timed round-robin, median of ``--repeat`` rounds; "cpu" is the process CPU time (all
+threads), less sensitive than wall time to other jobs on a shared host. Every plan's outputs and
+gradients are compared with the first plan's (they must agree to rounding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attention import SIZES, cameras  # noqa: E402  (the benchmark's RealEstate10K-like clip)
+
+
+def plans_for(kind, image_hw, feat_hw, chunk_keys, min_tiles):
+    import camvid.attention.context as context_mod
+    from camvid.attention import AttentionContext
+    from camvid.attention.blocksparse import prepare_plan
+    from camvid.attention.sparse import build_tile_plan_from_runs
+
+    K, c2w = cameras(16, image_hw)
+    B = 2 if kind == "cross" else 1
+    K, c2w = K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)
+    if B > 1:
+        c2w[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])  # as benchmarks/attention.py
+    plans = {}
+    original = context_mod.build_tile_plan_from_runs
+    try:
+        for ck in chunk_keys:
+            context_mod.build_tile_plan_from_runs = functools.partial(build_tile_plan_from_runs, chunk_keys=ck,
+                                                                      min_chunk_tiles=min_tiles)
+            ctx = AttentionContext(K=K, c2w=c2w, image_hw=image_hw, cond_index=torch.zeros(B, dtype=torch.long),
+                                   num_views=B, path="sparse")
+            plan = ctx.tile_plan(kind, feat_hw)
+            prepare_plan(plan, 0, torch.float32)
+            plans[ck] = plan
+    finally:
+        context_mod.build_tile_plan_from_runs = original
+    return plans, (B * 16 if kind == "cross" else B)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="256x256", choices=list(SIZES))
+    ap.add_argument("--level", default="32x32", help="feature map h x w, e.g. 32x32 or 40x64")
+    ap.add_argument("--kinds", nargs="*", default=["ref", "cross"], choices=["all", "ref", "cross"])
+    ap.add_argument("--chunk-keys", nargs="*", type=int, default=[1 << 16, 1 << 13])
+    ap.add_argument("--min-tiles", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    feat_hw = tuple(int(v) for v in args.level.split("x"))
+    print(f"# command: python benchmarks/blocksparse_chunks.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"# torch {torch.__version__}, {args.threads} threads, median of {args.repeat} rounds; "
+          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    print("| kind | chunk keys | chunks | computed pairs | fwd wall (s) | fwd cpu (s) | fwd+bwd wall (s) | "
+          "fwd+bwd cpu (s) | max diff to first |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    from camvid.attention.blocksparse import block_sparse_attention_packed
+
+    for kind in args.kinds:
+        plans, N = plans_for(kind, SIZES[args.size], feat_hw, args.chunk_keys, args.min_tiles)
+        first = next(iter(plans.values()))
+        g = torch.Generator().manual_seed(0)
+        q = torch.randn(N, first.num_queries, 5, 64, generator=g, requires_grad=True)
+        kv = torch.randn(N, first.num_keys, 2, 5, 64, generator=g, requires_grad=True)
+        w = torch.randn(q.shape, generator=g)
+
+        def fwd(plan, q=q, kv=kv):
+            with torch.no_grad():
+                return block_sparse_attention_packed(q, kv, plan, 0)
+
+        def step(plan, q=q, kv=kv, w=w):
+            q.grad = kv.grad = None
+            (block_sparse_attention_packed(q, kv, plan, 0) * w).sum().backward()
+            return q.grad.clone(), kv.grad.clone()
+
+        times = {(ck, f): [] for ck in plans for f in ("fwd", "step")}
+        results = {}
+        for r in range(args.repeat + 1):  # round 0 warms up (workspaces, first-touch pages)
+            for ck, plan in plans.items():
+                for name, f in (("fwd", fwd), ("step", step)):
+                    t, c = time.perf_counter(), time.process_time()
+                    res = f(plan)
+                    if r:
+                        times[(ck, name)].append((time.perf_counter() - t, time.process_time() - c))
+                    else:
+                        results.setdefault(ck, []).extend(res if isinstance(res, tuple) else [res])
+        ref = results[next(iter(plans))]
+        for ck, plan in plans.items():
+            diff = max(float((a - b).abs().max()) for a, b in zip(results[ck], ref))
+            cells = [statistics.median(x[i] for x in times[(ck, f)]) for f in ("fwd", "step") for i in (0, 1)]
+            print(f"| {kind} | {ck} | {len(plan.chunks)} | {100 * plan.computed_fraction:.1f}% | "
+                  + " | ".join(f"{v:.3f}" for v in cells) + f" | {diff:.1e} |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
