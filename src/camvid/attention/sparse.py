@@ -32,18 +32,19 @@ __all__ = ["TilePlan", "build_tile_plan", "build_tile_plan_from_runs", "tiled_sp
 # Gathered keys per chunk (tiles x union length), before the feature dimension: the most a chunk
 # may hold (plans from a mask or neighbour lists use it as their size).
 DEFAULT_CHUNK_KEYS = 1 << 16
-# Plans from row runs aim lower: chunks of about 2^13 keys (10 MiB of gathered keys and values at
-# C = 320, and as much again for their gradients in the backward pass), unless that leaves fewer
-# than 64 tiles in a chunk (then 64 tiles, up to DEFAULT_CHUNK_KEYS). Each chunk's temporaries are
-# fresh tensors of the fused kernel (outputs, the backward's zero-filled per-tile gradients); at
-# this size the C allocator hands the freed memory back to the next chunk instead of mapping new
-# pages, whose first-touch faults had made the zero fills a quarter of the backward pass at 2^16
-# keys. A chunk is one parallel region over tiles x heads, so it keeps at least 64 tiles: the
-# wide-band tiles of ``epipolar`` (about 1600 keys each at 32x32) stay in big chunks, where
-# 8-tile chunks were 1.4x slower on two threads. Measured with a kernel-only timing at 32x32 on the
-# development host: forward+backward CPU time -23 % (epipolar_ref), -19 % (cross_video), forward
-# -25 % (cross_video) on one thread; on two threads of the loaded host within noise.
-RUNS_CHUNK_KEYS = 1 << 13
+# Plans from row runs aim lower: chunks of about 2^14 keys (a gathered key and value row is 2 C
+# floats: 42 MiB per chunk at C = 320; each of the backward's per-tile key and value gradients
+# half that), unless that leaves fewer than 64 tiles in a chunk (then 64 tiles, up to
+# DEFAULT_CHUNK_KEYS). The fused kernel allocates these per-tile gradients zero-filled, and its
+# outputs, fresh for every chunk: above glibc's 32 MiB mmap ceiling each such tensor maps new pages
+# and pays their first-touch faults on every call, below it the freed memory is reused. A chunk
+# is one parallel region over tiles x heads, so it keeps at least 64 tiles: the wide-band tiles of
+# ``epipolar`` (about 1600 keys each at 32x32) stay in big chunks, where 8-tile chunks were 1.4x
+# slower on two threads. ``benchmarks/blocksparse_chunks.py`` compares chunk sizes (the kernel
+# alone): against 2^16, forward+backward CPU time -12 % (epipolar_ref) and -18 % (cross_video) on
+# one thread, within 2 % on two threads of the loaded development host (2^13: -22 % / -15 % on one
+# thread, +7 % / +6 % on two).
+RUNS_CHUNK_KEYS = 1 << 14
 RUNS_MIN_CHUNK_TILES = 64
 
 
