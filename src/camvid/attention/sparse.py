@@ -39,8 +39,8 @@ DEFAULT_CHUNK_KEYS = 1 << 16
 # outputs, fresh for every chunk: above glibc's 32 MiB mmap ceiling each such tensor maps new pages
 # and pays their first-touch faults on every call, below it the freed memory is reused. A chunk
 # is one parallel region over tiles x heads, so it keeps at least 64 tiles: the wide-band tiles of
-# ``epipolar`` (about 1600 keys each at 32x32) stay in big chunks, where 8-tile chunks were 1.4x
-# slower on two threads. ``benchmarks/blocksparse_chunks.py`` compares chunk sizes (the kernel
+# ``epipolar`` (about 1600 keys each at 32x32) stay in big chunks, where 8-tile chunks took 1.7x
+# the forward time on two threads. ``benchmarks/blocksparse_chunks.py`` compares chunk sizes (the kernel
 # alone): against 2^16, forward+backward CPU time -12 % (epipolar_ref) and -18 % (cross_video) on
 # one thread, within 2 % on two threads of the loaded development host (2^13: -22 % / -15 % on one
 # thread, +7 % / +6 % on two).
