@@ -167,3 +167,53 @@ def test_bias_from_slot_intervals_equals_bias_from_the_sub_mask(registers, dtype
         got = c.bias(registers, dtype)
         assert got.dtype == dtype and got.shape == from_mask.shape
         assert torch.equal(got == 0, from_mask == 0) and bool(torch.isneginf(got[got != 0]).all())
+
+
+def _load_benchmark(name):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(root))  # blocksparse_chunks imports the attention benchmark's helpers
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", root / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(root))
+    return module
+
+
+def test_coverage_counts_unseen_keys_and_empty_queries_of_the_dense_masks():
+    """``benchmarks/attention.py --parts coverage`` counts, per kind, the keys no query sees and the
+    queries with no key: the same numbers as the dense masks' empty columns and rows."""
+    from camvid.attention import AttentionContext
+
+    bench = _load_benchmark("attention")
+    image_hw, feat_hw, T = (64, 64), (8, 8), 4
+    K, c2w = bench.cameras(T, image_hw)
+    got = bench.coverage({"image_hw": image_hw, "feat_hw": feat_hw, "frames": T}, K, c2w)
+    assert set(got) == {"all", "ref", "cross"}
+    for kind, B in (("all", 1), ("ref", 1), ("cross", 2)):
+        Kb, c2wb = K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)
+        if B > 1:
+            c2wb[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])
+        ctx = AttentionContext(K=Kb, c2w=c2wb, image_hw=image_hw, cond_index=torch.zeros(B, dtype=torch.long),
+                               num_views=B, path="dense")
+        mask = ctx.mask(kind, feat_hw)  # (N, Lq, Lk) dense bool
+        want = {"queries": mask.shape[0] * mask.shape[1], "keys": mask.shape[0] * mask.shape[2],
+                "unseen_keys": int((~mask.any(1)).sum()), "empty_rows": int((~mask.any(2)).sum())}
+        assert got[kind] == want, kind
+
+
+def test_chunk_benchmark_builds_plans_of_each_size_and_restores_the_context_builder():
+    import camvid.attention.context as context_mod
+
+    bench = _load_benchmark("blocksparse_chunks")
+    before = context_mod.build_tile_plan_from_runs
+    plans, n = bench.plans_for("ref", (64, 64), (8, 8), [1 << 16, 64], 1)
+    assert context_mod.build_tile_plan_from_runs is before
+    assert n == 1 and set(plans) == {1 << 16, 64}
+    assert len(plans[64].chunks) > len(plans[1 << 16].chunks)
+    assert all(c.key_ids.numel() <= 64 or c.shape[0] == 1 for c in plans[64].chunks)
