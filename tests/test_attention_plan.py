@@ -193,8 +193,12 @@ def test_coverage_counts_unseen_keys_and_empty_queries_of_the_dense_masks():
     bench = _load_benchmark("attention")
     image_hw, feat_hw, T = (64, 64), (8, 8), 4
     K, c2w = bench.cameras(T, image_hw)
+    for t in range(T):  # 0.8 rad of yaw per frame: some epipolar lines leave the reference frame
+        a = 0.8 * t
+        c2w[0, t, :3, :3] = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
     got = bench.coverage({"image_hw": image_hw, "feat_hw": feat_hw, "frames": T}, K, c2w)
     assert set(got) == {"all", "ref", "cross"}
+    assert got["ref"]["empty_rows"] > 0, "the cameras must give the count something to find"
     for kind, B in (("all", 1), ("ref", 1), ("cross", 2)):
         Kb, c2wb = K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)
         if B > 1:
