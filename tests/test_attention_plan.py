@@ -188,8 +188,6 @@ def _load_benchmark(name):
 def test_coverage_counts_unseen_keys_and_empty_queries_of_the_dense_masks():
     """``benchmarks/attention.py --parts coverage`` counts, per kind, the keys no query sees and the
     queries with no key: the same numbers as the dense masks' empty columns and rows."""
-    from camvid.attention import AttentionContext
-
     bench = _load_benchmark("attention")
     image_hw, feat_hw, T = (64, 64), (8, 8), 4
     K, c2w = bench.cameras(T, image_hw)
