@@ -58,10 +58,14 @@ def group_batches(items: Iterator[dict], group: int, worker: int, is_batch: Call
     """Worker side: ``items`` as DataLoader items of up to ``group`` consecutive batches each
     (``{GROUP_KEY: [batch, ...], WORKER_KEY: worker}``); other items (``is_batch`` false: skip
     reports) flush the batches before them and travel alone, tagged with ``worker``. The last item
-    carries ``END_KEY``, so the main process knows this worker is done (a partial last group is
-    sent as it is)."""
+    also carries ``END_KEY``, so the main process knows this worker is done (a partial last group
+    is sent as it is)."""
     pending: list[dict] = []
+    held = None  # an item other than a batch, sent once it is known whether it is the last
     for item in items:
+        if held is not None:
+            yield held
+            held = None
         if is_batch(item):
             pending.append(item)
             if len(pending) == group:
@@ -71,8 +75,11 @@ def group_batches(items: Iterator[dict], group: int, worker: int, is_batch: Call
         if pending:
             yield {GROUP_KEY: pending, WORKER_KEY: worker}
             pending = []
-        yield {**item, WORKER_KEY: worker}
-    yield {GROUP_KEY: pending, WORKER_KEY: worker, END_KEY: True}
+        held = {**item, WORKER_KEY: worker}
+    if held is not None:  # (then nothing is pending)
+        yield {**held, END_KEY: True}
+    else:
+        yield {GROUP_KEY: pending, WORKER_KEY: worker, END_KEY: True}
 
 
 def in_loader_order(items: Iterator[dict], num_workers: int) -> Iterator[dict]:
@@ -100,8 +107,8 @@ def in_loader_order(items: Iterator[dict], num_workers: int) -> Iterator[dict]:
         if worker is None or not 0 <= worker < num_workers:
             raise RuntimeError(f"grouped hand-off: an item without a valid worker id ({worker!r}) from a "
                                f"DataLoader with {num_workers} workers")
+        ended[worker] = ended[worker] or bool(item.pop(END_KEY, False))
         if GROUP_KEY in item:
             queues[worker].extend(item[GROUP_KEY])
-            ended[worker] = ended[worker] or bool(item.get(END_KEY))
         else:
             yield item

@@ -735,6 +735,8 @@ def build_dataloader(
         stride_max = 10 if train else 8
     if resampled is None:
         resampled = train
+    workers = effective_workers(num_workers, cap_workers, announce=True)
+    group = resolve_handoff_group(handoff_group, batch_size * num_views(pairing), workers)  # cvd_mix: 2 views
     spec = SampleSpec(num_frames, height, width, stride_min, stride_max, train, random_cond, homography_strength)
     common = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, resampled=resampled,
                   shuffle_buffer=shuffle_buffer, epoch=epoch, drop_last=train, max_skip_fraction=max_skip_fraction,
@@ -759,8 +761,6 @@ def build_dataloader(
         raise ValueError(f"unknown pairing {pairing!r}; expected one of {(*PAIRINGS, 'cvd_mix')}")
     health = DataHealth(max_skip_fraction, skip_check_min_samples)
     announce_backend()  # which JPEG decoder (once per process; a warning for the slower PIL fallback)
-    workers = effective_workers(num_workers, cap_workers, announce=True)
-    group = resolve_handoff_group(handoff_group, batch_size * num_views(pairing), workers)  # cvd_mix: 2 views
     loader = StreamLoader(dataset, health=health, num_workers=workers, persistent_workers=False,
                           pin_memory=pin_memory, prefetch_factor=group_prefetch(group) if workers else None,
                           handoff_group=group)
