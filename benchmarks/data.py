@@ -26,13 +26,20 @@ pixel difference from PIL and whether each rejects JPEGs damaged mid-scan. A las
 torch's DataLoader alone at the loader's pace (:func:`handoff_floor`): what its per-batch hand-off
 costs without any of the loader's work, the floor of the ``main``/``workers`` split.
 
+The loader runs with its default hand-off groups (``handoff_group="auto"``: a worker hands over
+enough batches per DataLoader item for 4 clips; ``camvid.data.grouping``; the ``group`` column);
+``--handoff-group N`` sets them, and ``--ungrouped`` also times every worker count with one batch
+per item (``handoff_group=1``) in the same rounds, with the grouped/ungrouped quotient and the
+ungrouped loader's ``vs fewer``.
+
     .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 5 repeats
     .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 3 --json out.json
     .venv/bin/python benchmarks/data.py --workers 2 4 --no-cap   # what 4 workers on 2 cores cost
     .venv/bin/python benchmarks/data.py --workers 0 1 2 --batch-size 4   # torch's hand-off shared by 4 clips
+    .venv/bin/python benchmarks/data.py --ungrouped               # hand-off groups against one batch per item
 
 The timed window (``--batches``, default 160) is long enough that a fresh worker's one-time costs
-inside it (its first shared-memory slots, up to ``prefetch_factor + 4``: a new segment and
+inside it (its first shared-memory slots, up to ``(prefetch_factor + 2) x group + 2``: a new segment and
 first-touch page faults each) are a small part, as over a training epoch (docs/performance.md).
 """
 
