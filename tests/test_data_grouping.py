@@ -71,7 +71,8 @@ def _assert_same(got, expected):
     # a finite pass (evaluation): worker 0 has 4 samples, worker 1 two (one skipped); batches of 3
     # keep their partial last batch (drop_last=False): 3 + 1 and 2 samples
     ({"batch_size": 3, "train": False}, 2, 3),
-    ({"batch_size": 1, "train": False}, "auto", 6),
+    ({"batch_size": 1, "train": False}, 4, 6),
+    ({"batch_size": 1, "epoch_length": 6, "num_workers": 1}, "auto", 6),  # the default: groups of 4 at 1 worker
 ])
 def test_grouped_loader_gives_the_ungrouped_batches_in_order(data, kw, group, batches):
     plain, plain_report, plain_loader = _read(data, 1, **kw)
@@ -147,8 +148,9 @@ def test_unpacking_restores_torch_order_for_uneven_workers(counts, group):
 
 
 def test_group_size_auto_and_bad_values():
-    assert [resolve_handoff_group("auto", clips, 2) for clips in (1, 2, 3, 4, 8)] == [4, 2, 2, 1, 1]
-    assert resolve_handoff_group(None, 1, 2) == 4 and resolve_handoff_group(6, 1, 2) == 6
+    assert [resolve_handoff_group("auto", clips, 1) for clips in (1, 2, 3, 4, 8)] == [4, 2, 2, 1, 1]
+    assert resolve_handoff_group(None, 1, 1) == 4 and resolve_handoff_group(6, 1, 2) == 6
+    assert resolve_handoff_group("auto", 1, 2) == 1  # auto groups only a single worker's batches
     assert resolve_handoff_group("auto", 1, 0) == 1 and resolve_handoff_group(5, 1, 0) == 1  # no workers: no groups
     for bad in (0, -1, 2.5, "4", True):
         with pytest.raises(ValueError, match=r"data.handoff_group=.*expected 'auto' or an integer >= 1"):

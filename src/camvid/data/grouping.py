@@ -36,10 +36,17 @@ AUTO_CLIPS = 4  # "auto": enough batches per item that one hand-off carries at l
 
 def resolve_handoff_group(requested, clips_per_batch: int, num_workers: int) -> int:
     """Batches per DataLoader item for ``data.handoff_group`` (``requested``): ``"auto"`` (or None)
-    gives enough batches that an item carries at least :data:`AUTO_CLIPS` clips, an integer >= 1
-    is taken as is (1: one batch per item, torch's plain hand-off). Always 1 without workers."""
+    gives, with exactly one worker, enough batches that an item carries at least
+    :data:`AUTO_CLIPS` clips, and no groups with several workers; an integer >= 1 is taken as is
+    (1: one batch per item, torch's plain hand-off). Always 1 without workers.
+
+    Why only one worker: that is where torch's per-item CPU decides whether the worker is worth
+    having at all (it competes with the main process for the cores), and there groups measured
+    faster than single batches in every run; with 2 workers on the same loaded 2-core host,
+    grouped loaders delivered fewer clips/s than ungrouped ones in most runs (benchmarks/data.py
+    --ungrouped, docs/performance.md), for a reason not established."""
     if requested is None or requested == "auto":
-        group = max(1, math.ceil(AUTO_CLIPS / max(1, clips_per_batch)))
+        group = max(1, math.ceil(AUTO_CLIPS / max(1, clips_per_batch))) if num_workers == 1 else 1
     elif isinstance(requested, int) and not isinstance(requested, bool) and requested >= 1:
         group = requested
     else:
