@@ -26,8 +26,9 @@ pixel difference from PIL and whether each rejects JPEGs damaged mid-scan. A las
 torch's DataLoader alone at the loader's pace (:func:`handoff_floor`): what its per-batch hand-off
 costs without any of the loader's work, the floor of the ``main``/``workers`` split.
 
-The loader runs with its default hand-off groups (``handoff_group="auto"``: a worker hands over
-enough batches per DataLoader item for 4 clips; ``camvid.data.grouping``; the ``group`` column);
+The loader runs with its default hand-off groups (``handoff_group="auto"``: a single worker hands
+over enough batches per DataLoader item for 4 clips, several workers one batch per item;
+``camvid.data.grouping``; the ``group`` column);
 ``--handoff-group N`` sets them, and ``--ungrouped`` also times every worker count with one batch
 per item (``handoff_group=1``) in the same rounds, with the grouped/ungrouped quotient and the
 ungrouped loader's ``vs fewer``.
@@ -324,7 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="clips per loader batch (torch's hand-off costs per batch, so larger batches share it)")
     p.add_argument("--handoff-group", default="auto",
                    help="batches a worker hands over per DataLoader item (build_dataloader(handoff_group=...)): "
-                        "'auto' (enough for 4 clips) or an integer >= 1 (1: one batch per item)")
+                        "'auto' (1 worker: enough for 4 clips; more workers: 1) or an integer >= 1 (1: one batch "
+                        "per item)")
     p.add_argument("--ungrouped", action="store_true",
                    help="also time the loader with one batch per hand-off (handoff_group=1) in every round, for "
                         "every worker count that starts workers, and compare")

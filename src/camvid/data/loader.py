@@ -726,8 +726,8 @@ def build_dataloader(
     process's share of the CPU cores (:mod:`camvid.data.workers`, with a log line) unless
     ``cap_workers=False``; ``loader.num_workers`` is the number started, ``loader.requested_workers``
     the one asked for. ``handoff_group``: training batches a worker hands over per DataLoader item
-    (:mod:`camvid.data.grouping`; ``"auto"``: enough for 4 clips, 1: one per item); the batches and
-    their order do not depend on it.
+    (:mod:`camvid.data.grouping`; ``"auto"``: with 1 worker enough for 4 clips, with more none; 1:
+    one per item); the batches and their order do not depend on it.
     """
     if stride_min is None:
         stride_min = 1 if train else 8
