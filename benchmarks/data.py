@@ -26,13 +26,21 @@ pixel difference from PIL and whether each rejects JPEGs damaged mid-scan. A las
 torch's DataLoader alone at the loader's pace (:func:`handoff_floor`): what its per-batch hand-off
 costs without any of the loader's work, the floor of the ``main``/``workers`` split.
 
+The loader runs with its default hand-off groups (``handoff_group="auto"``: a single worker hands
+over enough batches per DataLoader item for 4 clips, several workers one batch per item;
+``camvid.data.grouping``; the ``group`` column);
+``--handoff-group N`` sets them, and ``--ungrouped`` also times every worker count with one batch
+per item (``handoff_group=1``) in the same rounds, with the grouped/ungrouped quotient and the
+ungrouped loader's ``vs fewer``.
+
     .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 5 repeats
     .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 3 --json out.json
     .venv/bin/python benchmarks/data.py --workers 2 4 --no-cap   # what 4 workers on 2 cores cost
     .venv/bin/python benchmarks/data.py --workers 0 1 2 --batch-size 4   # torch's hand-off shared by 4 clips
+    .venv/bin/python benchmarks/data.py --ungrouped               # hand-off groups against one batch per item
 
 The timed window (``--batches``, default 160) is long enough that a fresh worker's one-time costs
-inside it (its first shared-memory slots, up to ``prefetch_factor + 4``: a new segment and
+inside it (its first shared-memory slots, up to ``(prefetch_factor + 2) x group + 2``: a new segment and
 first-touch page faults each) are a small part, as over a training epoch (docs/performance.md).
 """
 
@@ -170,17 +178,18 @@ def started_workers(workers: int, cap: bool = True) -> int:
     return effective_workers(workers, cap)
 
 
-def loader_rate(shards: Path, workers: int, n: int, cap: bool = True,
-                batch_size: int = 1) -> tuple[float, float, float, float]:
-    """(clips/s, CPU ms per clip of the main process, of its workers, ms to the first batch) of
-    the training stream: ``n`` batches of ``batch_size`` clips timed from the arrival of the first batch to
-    that of the last (worker start-up and shut-down are not throughput; the CPU figure includes
-    them, and the first clip, since worker CPU is only known once they exit)."""
+def loader_rate(shards: Path, workers: int, n: int, cap: bool = True, batch_size: int = 1,
+                group: int | str = "auto") -> tuple[float, float, float, float, int]:
+    """(clips/s, CPU ms per clip of the main process, of its workers, ms to the first batch, batches
+    per hand-off) of the training stream: ``n`` batches of ``batch_size`` clips timed from the
+    arrival of the first batch to that of the last (worker start-up and shut-down are not
+    throughput; the CPU figure includes them, and the first clip, since worker CPU is only known
+    once they exit). ``group``: ``build_dataloader(handoff_group=...)``."""
     from camvid.data.loader import build_dataloader
 
     loader = build_dataloader(str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1,
                               batch_size=batch_size, num_workers=workers, shuffle_buffer=1, epoch_length=n + 1,
-                              seed=1, cap_workers=cap)
+                              seed=1, cap_workers=cap, handoff_group=group)
     cpu0, kids0 = time.process_time(), _children_cpu()
     begin = time.perf_counter()
     it = iter(loader)
@@ -193,7 +202,8 @@ def loader_rate(shards: Path, workers: int, n: int, cap: bool = True,
     del it  # the epoch has ended: workers exit and are joined
     main, kids = time.process_time() - cpu0, _children_cpu() - kids0
     clips = batch_size * (got + 1)
-    return batch_size * got / (end - start), 1e3 * main / clips, 1e3 * kids / clips, 1e3 * (start - begin)
+    return (batch_size * got / (end - start), 1e3 * main / clips, 1e3 * kids / clips, 1e3 * (start - begin),
+            loader.handoff_group)
 
 
 def handoff_floor(n: int, work_ms: float, batch_size: int = 1) -> dict[str, float]:
@@ -313,8 +323,20 @@ def main(argv: list[str] | None = None) -> dict:
                         "caps them at this process's cores, as training does")
     p.add_argument("--batch-size", type=int, default=1,
                    help="clips per loader batch (torch's hand-off costs per batch, so larger batches share it)")
+    p.add_argument("--handoff-group", default="auto",
+                   help="batches a worker hands over per DataLoader item (build_dataloader(handoff_group=...)): "
+                        "'auto' (1 worker: enough for 4 clips; more workers: 1) or an integer >= 1 (1: one batch "
+                        "per item)")
+    p.add_argument("--ungrouped", action="store_true",
+                   help="also time the loader with one batch per hand-off (handoff_group=1) in every round, for "
+                        "every worker count that starts workers, and compare")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
+    if args.handoff_group != "auto":
+        try:
+            args.handoff_group = int(args.handoff_group)
+        except ValueError:
+            p.error(f"--handoff-group {args.handoff_group!r}: 'auto' or an integer >= 1")
     if args.repeats < 1 or args.batches < 2 or args.clips < 1 or min(args.workers) < 0 or args.batch_size < 1:
         p.error("--repeats, --clips and --batch-size must be >= 1, --batches >= 2, --workers >= 0")
     loader_batches = max(2, args.batches // args.batch_size)  # --batches counts clips
@@ -342,13 +364,18 @@ def main(argv: list[str] | None = None) -> dict:
                 for w in args.workers:
                     decode, decode_cpu = decode_limit(max(started[w], 1), loader_batches * args.batch_size,
                                                       pools.get(w))
-                    loader, main_cpu, worker_cpu, first_ms = loader_rate(shards, w, loader_batches, cap,
-                                                                         args.batch_size)
+                    loader, main_cpu, worker_cpu, first_ms, group = loader_rate(
+                        shards, w, loader_batches, cap, args.batch_size, args.handoff_group)
                     loader_cpu = main_cpu + worker_cpu
                     rounds[w].append({"loader": loader, "decode": decode, "ratio": loader / decode, "start_ms": first_ms,
                                       "loader_cpu_ms": loader_cpu, "main_cpu_ms": main_cpu,
                                       "worker_cpu_ms": worker_cpu, "decode_cpu_ms": decode_cpu,
-                                      "cpu_ratio": decode_cpu / loader_cpu})
+                                      "cpu_ratio": decode_cpu / loader_cpu, "group": group})
+                    if args.ungrouped and started[w] > 0:
+                        plain, plain_main, plain_worker, _, _ = loader_rate(shards, w, loader_batches, cap,
+                                                                            args.batch_size, 1)
+                        rounds[w][-1].update(ungrouped=plain, ungrouped_cpu_ms=plain_main + plain_worker,
+                                             ungrouped_main_cpu_ms=plain_main)
         finally:
             for pool in pools.values():
                 pool.terminate()
@@ -362,8 +389,17 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"workers": w, "started": started[w], "decode_processes": max(started[w], 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
              "ratio_range": [min(r["ratio"] for r in rounds[w]), max(r["ratio"] for r in rounds[w])],
              "rounds": rounds[w]} for w in args.workers]
+    for row in rows:
+        row["group"] = row["rounds"][0]["group"]
+        if "ungrouped" in row["rounds"][0]:
+            for k in ("ungrouped", "ungrouped_cpu_ms", "ungrouped_main_cpu_ms"):
+                row[k] = _median([r[k] for r in row["rounds"]])
+            row["x_ungrouped"] = _median([r["loader"] / r["ungrouped"] for r in row["rounds"]])
     for prev, row in zip(rows, rows[1:]):  # same-round comparison: load that drifts between rounds cancels
         row["vs_fewer"] = _median([a["loader"] / b["loader"] for a, b in zip(row["rounds"], prev["rounds"])])
+        if "ungrouped" in row:  # the ungrouped loader against the row above as it ran before (ungrouped or 0)
+            row["ungrouped_vs_fewer"] = _median([a["ungrouped"] / b.get("ungrouped", b["loader"])
+                                                 for a, b in zip(row["rounds"], prev["rounds"])])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = {"clip": f"{FRAMES}x{SIZE}x{SIZE} JPEG q95, {size_kb:.0f} KB/frame", "decoder": jpeg_backend(),
               "cpus": os.cpu_count(), "available_cores": available_cores(), "cap_workers": cap,
@@ -375,17 +411,25 @@ def main(argv: list[str] | None = None) -> dict:
           f"({result['available_cores']} available), workers {'capped at them' if cap else 'not capped (--no-cap)'}; "
           f"load average {load:.1f} at the end; medians of {args.repeats} interleaved rounds of "
           f"{loader_batches * args.batch_size} clips in batches of {args.batch_size}")
-    print(f"{'workers':>7} {'started':>7} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} "
+    print(f"{'workers':>7} {'started':>7} {'group':>5} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} "
           f"{'(range)':>11}   {'loader CPU ms/clip':>18} {'(main+workers)':>14} {'decode CPU ms/clip':>18} "
           f"{'CPU ratio':>9} {'start ms':>8} "
           f"{'vs fewer':>8}")
     for r in rows:
         lo, hi = r["ratio_range"]
         split = f"{r['main_cpu_ms']:.1f}+{r['worker_cpu_ms']:.1f}"
-        print(f"{r['workers']:>7} {r['started']:>7} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
+        print(f"{r['workers']:>7} {r['started']:>7} {r['group']:>5} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
               f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} "
               f"{split:>14} {r['decode_cpu_ms']:>18.1f} "
               f"{r['cpu_ratio']:>9.2f} {r['start_ms']:>8.0f} {r['vs_fewer'] if 'vs_fewer' in r else '':>8.3}")
+    if any("ungrouped" in r for r in rows):
+        print("the same rounds with one batch per hand-off (handoff_group=1): clips/s, loader CPU ms/clip (main), "
+              "grouped / ungrouped clips/s, ungrouped vs the row above (medians of per-round quotients)")
+        for r in rows:
+            if "ungrouped" in r:
+                print(f"{r['workers']:>7} {r['started']:>7} {1:>5} {r['ungrouped']:>15.2f} "
+                      f"{r['ungrouped_cpu_ms']:>8.1f} ({r['ungrouped_main_cpu_ms']:.1f})  x{r['x_ungrouped']:.3f}  "
+                      f"vs fewer {r['ungrouped_vs_fewer'] if 'ungrouped_vs_fewer' in r else '':>6.3}")
     print("CPU ms per clip of the decoding thread (the critical path when the rest has a core of its own): "
           + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in thread_cpu.items()))
     print(f"torch DataLoader alone, 1 worker at the same pace (a worker burning the decode CPU of a batch): main "

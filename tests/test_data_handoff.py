@@ -103,13 +103,15 @@ def test_receiver_rejects_protocol_errors():
     del kept
 
 
-@pytest.mark.parametrize("pairing, num_frames, batch_size", [("none", T, 1), ("re10k_fold", 4, 2)])
-def test_workers_deliver_exact_batches_through_reused_slots(shards, pairing, num_frames, batch_size):
+@pytest.mark.parametrize("pairing, num_frames, batch_size, workers", [("none", T, 1, 1), ("re10k_fold", 4, 2, 2)])
+def test_workers_deliver_exact_batches_through_reused_slots(shards, pairing, num_frames, batch_size, workers):
+    """(1 worker at batch 1 hands over groups of 4 batches: camvid.data.grouping)"""
     clips = _clips(shards)
     loader = build_dataloader(str(shards), pairing=pairing, num_frames=num_frames, height=H, width=W,
-                              stride_min=1, stride_max=1, batch_size=batch_size, num_workers=2, shuffle_buffer=1,
-                              epoch_length=24, seed=2, cap_workers=False)  # 2 workers on any machine
-    loader.handoff_slots = 3  # few slots: reuse and fallbacks both happen within 24 batches
+                              stride_min=1, stride_max=1, batch_size=batch_size, num_workers=workers, shuffle_buffer=1,
+                              epoch_length=40, seed=2, cap_workers=False)  # 2 workers on any machine
+    # few slots (a hand-off group's and 2 more): reuse and fallbacks both happen within 40 batches
+    loader.handoff_slots = loader.handoff_group + 2
     kept, count = [], 0
     for number, batch in enumerate(loader):
         assert batch["video"].shape[:2] == (batch_size * (2 if pairing == "re10k_fold" else 1), num_frames)
@@ -119,7 +121,7 @@ def test_workers_deliver_exact_batches_through_reused_slots(shards, pairing, num
         count += 1
     for batch in kept:
         _check_batch(batch, clips)
-    assert count == 24
+    assert count == 40 and loader.handoff_group == (4 if workers == 1 else 1)
     receiver = loader.slot_receiver
     assert receiver.resolved > len(receiver.slots) > 0  # slots were reused
 

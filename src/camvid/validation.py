@@ -110,6 +110,14 @@ def one_of(*choices) -> Check:
     return check
 
 
+def auto_or(check: Check) -> Check:
+    """The string ``auto`` or what ``check`` accepts."""
+    def either(v):
+        problem = None if v == "auto" else check(v)
+        return None if problem is None else f"auto or {problem}"
+    return either
+
+
 def text(v) -> str | None:
     return None if isinstance(v, str) and v.strip() else "a non-empty string"
 
@@ -233,6 +241,7 @@ TRAIN_RULES: list[Rule] = [
     Rule("data.epoch_length", integer(1), nullable=True),
     Rule("data.overfit_batches", integer(0), nullable=True),
     Rule("data.mix_weights", number_list(2, 0.0, positive_sum=True)),
+    Rule("data.handoff_group", auto_or(integer(1))),
     Rule("resume_mismatch", one_of("error", "warn")),
     _optional_path("ckpt_path", existing_dir),
     _optional_path("method_ckpt", existing_file),

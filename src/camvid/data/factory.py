@@ -140,6 +140,8 @@ def loader_kwargs(data_cfg: Mapping, *, train: bool = True) -> dict:
         train=train,
         max_skip_fraction=float(_get(data_cfg, "max_skip_fraction", 0.1)),
         skip_check_min_samples=int(_get(data_cfg, "skip_check_min_samples", 100)),
+        # batches per worker hand-off (camvid.data.grouping); the stream itself does not depend on it
+        handoff_group=_get(data_cfg, "handoff_group", "auto"),
         # the conditioning frame of a training clip: random (CamI2V) or frame 0 (model.rand_cond_frame)
         random_cond=bool(_get(data_cfg, "random_cond", True)),
     )

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from camvid.data.batches import normalize_video
 from camvid.data.clips import BadSample, Clip, open_re10k_clip, open_shard_sample, open_webvid_clip
 from camvid.data.decode import announce_backend
+from camvid.data.grouping import group_batches, group_prefetch, in_loader_order, resolve_handoff_group
 from camvid.data.handoff import SlotReceiver, SlotVideo, slots_supported, worker_ring
 from camvid.data.health import HEALTH_KEY, DataHealth, SkipCounter, SkipEvent
 from camvid.data.layout import Re10kClip, WebVidClip, list_re10k_clips, list_webvid_clips
@@ -271,6 +272,9 @@ class ClipStream(IterableDataset):
         # > 0: workers hand video over through that many reused shared-memory slots each
         # (camvid.data.handoff); set by StreamLoader, which turns the references back into tensors
         self.handoff_slots = 0
+        # > 1: workers hand that many batches over per DataLoader item (camvid.data.grouping); set by
+        # StreamLoader, which unpacks them in the ungrouped order
+        self.handoff_group = 1
         # > 0: a DataLoader worker reads that many samples ahead in a thread (camvid.data.readahead)
         self.read_ahead = read_ahead
         if not resampled and len(self.units) < self.world_size:
@@ -474,7 +478,7 @@ class ClipStream(IterableDataset):
         return _with_final_report(iter(pipeline), {ident: counter}) if own_epoch else iter(pipeline)
 
     def __iter__(self) -> Iterator[dict]:
-        return self.iter_worker(*self._worker())
+        return _grouped(self.iter_worker(*self._worker()), self.handoff_group)
 
 
 class MixedStream(IterableDataset):
@@ -489,13 +493,17 @@ class MixedStream(IterableDataset):
             raise ValueError(f"mixed streams need one batch size, got {first.batch_size} and {second.batch_size}")
         self.first, self.second, self.ratio = first, second, ratio
         self.epoch_length, self.skip_batches, self.seed, self.epoch = epoch_length, skip_batches, seed, epoch
+        self.handoff_group = 1  # see ClipStream.handoff_group
+
+    def __iter__(self) -> Iterator[dict]:
+        return _grouped(self._batches(), self.handoff_group)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.first.set_epoch(epoch)
         self.second.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[dict]:
+    def _batches(self) -> Iterator[dict]:
         worker, num_workers = ClipStream._worker()
         worker = (worker + self.skip_batches) % num_workers  # see ClipStream.iter_worker
         rng = _seeded(self.seed, self.first.rank, worker, self.epoch, tag="mix")
@@ -535,6 +543,15 @@ def _with_final_report(batches: Iterator[dict], counters: dict[str, SkipCounter]
     yield from batches
     if get_worker_info() is not None:  # in the main process StreamLoader reads the counters directly
         yield {HEALTH_ONLY: True, HEALTH_KEY: {ident: c.report() for ident, c in counters.items()}}
+
+
+def _grouped(items: Iterator[dict], group: int) -> Iterator[dict]:
+    """In a DataLoader worker with ``group > 1``: ``group`` batches per DataLoader item
+    (:mod:`camvid.data.grouping`; StreamLoader unpacks them); otherwise ``items`` unchanged."""
+    info = get_worker_info()
+    if info is None or group <= 1:
+        return items
+    return group_batches(items, group, info.id, is_batch=lambda item: not item.get(HEALTH_ONLY, False))
 
 
 def _streams(dataset) -> list:
@@ -610,15 +627,20 @@ class StreamLoader(DataLoader):
     and stops the run when the sum exceeds ``max_skip_fraction``.
 
     With workers, video arrives through reused shared-memory slots (:mod:`camvid.data.handoff`):
-    each worker keeps up to ``prefetch_factor + 4`` (batches in flight, the one the caller holds
-    and the one before it, as the previous batch is still referenced until the caller takes the
-    next); a batch the caller keeps longer keeps its slot, and its worker then uses a fresh one."""
+    each worker keeps up to ``(prefetch_factor + 2) * handoff_group + 2`` (batches in flight, the
+    group being handed out, the batch the caller holds and the one before it, as the previous batch
+    is still referenced until the caller takes the next); a batch the caller keeps longer keeps its
+    slot, and its worker then uses a fresh one. ``handoff_group`` > 1: each DataLoader item carries
+    that many batches (:mod:`camvid.data.grouping`), unpacked here in the ungrouped order."""
 
-    def __init__(self, dataset, *, health: DataHealth, **kwargs):
+    def __init__(self, dataset, *, health: DataHealth, handoff_group: int = 1, **kwargs):
         super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
+        if isinstance(handoff_group, bool) or not isinstance(handoff_group, int) or handoff_group < 1:
+            raise ValueError(f"handoff_group must be an integer >= 1, got {handoff_group!r}")
         self.health = health
         self.slot_receiver: SlotReceiver | None = None
-        self.handoff_slots = (self.prefetch_factor or 2) + 4 if self.num_workers else 0  # per worker
+        self.handoff_group = handoff_group if self.num_workers else 1
+        self.handoff_slots = ((self.prefetch_factor or 2) + 2) * self.handoff_group + 2 if self.num_workers else 0
 
     def _start(self):
         """The DataLoader iterator; its workers (started here) hand video over through slots. The
@@ -627,17 +649,22 @@ class StreamLoader(DataLoader):
         streams = _streams(self.dataset)
         for stream in streams:
             stream.handoff_slots = self.handoff_slots
+        self.dataset.handoff_group = self.handoff_group
         try:
             return super().__iter__()
         finally:
             for stream in streams:
                 stream.handoff_slots = 0
+            self.dataset.handoff_group = 1
 
     def __iter__(self):
         if self.slot_receiver is None or not self.persistent_workers:  # persistent workers keep their slots
             self.slot_receiver = SlotReceiver()  # kept on the loader for inspection (tests, benchmarks)
         slots = self.slot_receiver
-        for batch in self._start():
+        items = self._start()
+        if self.handoff_group > 1:
+            items = in_loader_order(items, self.num_workers)
+        for batch in items:
             slots.release_unused()  # slots of earlier batches the caller has let go of
             for name, value in batch.items():
                 if isinstance(value, np.ndarray):
@@ -684,6 +711,7 @@ def build_dataloader(
     skip_check_min_samples: int = 100,
     pin_memory: bool = False,
     cap_workers: bool = True,
+    handoff_group: int | str = "auto",
 ) -> StreamLoader:
     """The loader a Hydra ``data`` config instantiates.
 
@@ -697,7 +725,9 @@ def build_dataloader(
     skipped raises :class:`camvid.data.health.TooManySkips`. ``num_workers`` is capped at this
     process's share of the CPU cores (:mod:`camvid.data.workers`, with a log line) unless
     ``cap_workers=False``; ``loader.num_workers`` is the number started, ``loader.requested_workers``
-    the one asked for.
+    the one asked for. ``handoff_group``: training batches a worker hands over per DataLoader item
+    (:mod:`camvid.data.grouping`; ``"auto"``: with 1 worker enough for 4 clips, with more none; 1:
+    one per item); the batches and their order do not depend on it.
     """
     if stride_min is None:
         stride_min = 1 if train else 8
@@ -705,6 +735,8 @@ def build_dataloader(
         stride_max = 10 if train else 8
     if resampled is None:
         resampled = train
+    workers = effective_workers(num_workers, cap_workers, announce=True)
+    group = resolve_handoff_group(handoff_group, batch_size * num_views(pairing), workers)  # cvd_mix: 2 views
     spec = SampleSpec(num_frames, height, width, stride_min, stride_max, train, random_cond, homography_strength)
     common = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, resampled=resampled,
                   shuffle_buffer=shuffle_buffer, epoch=epoch, drop_last=train, max_skip_fraction=max_skip_fraction,
@@ -729,9 +761,9 @@ def build_dataloader(
         raise ValueError(f"unknown pairing {pairing!r}; expected one of {(*PAIRINGS, 'cvd_mix')}")
     health = DataHealth(max_skip_fraction, skip_check_min_samples)
     announce_backend()  # which JPEG decoder (once per process; a warning for the slower PIL fallback)
-    workers = effective_workers(num_workers, cap_workers, announce=True)
     loader = StreamLoader(dataset, health=health, num_workers=workers, persistent_workers=False,
-                          pin_memory=pin_memory, prefetch_factor=4 if workers else None)
+                          pin_memory=pin_memory, prefetch_factor=group_prefetch(group) if workers else None,
+                          handoff_group=group)
     loader.requested_workers = num_workers
     return loader
 
