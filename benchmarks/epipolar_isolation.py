@@ -96,14 +96,16 @@ class IsolatedBlock(nn.Module):
         b, t, h = video.shape[0], video.shape[1], SIZE // PATCH
         f = self.pose(plucker_rays(K, c2w, SIZE, SIZE))[0].permute(0, 2, 3, 4, 1).reshape(b, t, h * h, WIDTH)
         content = video
+        # test predictions all draw the same noise, so own and other cameras differ only in the cameras
+        gen = self.noise_gen if self.training else torch.Generator().manual_seed(0)
         if self.timesteps is not None:  # the target frames as the UNet sees them at a training timestep
             lo, hi = self.timesteps
-            step = torch.randint(lo, hi + 1, (b,), generator=self.noise_gen) if self.training else torch.full((b,), hi)
-            noise = torch.randn(video[:, 1:].shape, generator=self.noise_gen)
+            step = torch.randint(lo, hi + 1, (b,), generator=gen) if self.training else torch.full((b,), hi)
+            noise = torch.randn(video[:, 1:].shape, generator=gen)
             noisy = q_sample(video[:, 1:], step.view(b, 1, 1, 1, 1), noise, ALPHAS_CUMPROD)
             content = torch.cat([video[:, :1], noisy], dim=1)
         elif self.query_noise:  # the frames as the UNet sees them at t = T: pure noise through the same content path
-            noise = torch.randn(video[:, 1:].shape, generator=self.noise_gen)
+            noise = torch.randn(video[:, 1:].shape, generator=gen)
             content = torch.cat([video[:, :1], noise], dim=1)
         c = self.content(F.pixel_unshuffle(content.flatten(0, 1), PATCH))  # (b t, C, h, h)
         c = c.permute(0, 2, 3, 1).reshape(b, t, h * h, WIDTH)
@@ -135,6 +137,17 @@ def unshuffle(frames: torch.Tensor) -> torch.Tensor:
 
 def stack(pairs):
     return [torch.stack([p[i] for p in pairs]) for i in range(3)]
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, train, batch: int, gen: torch.Generator) -> float:
+    """One step on ``batch`` random training clips; returns the loss."""
+    idx = torch.randint(len(train), (batch,), generator=gen).tolist()
+    video, K, c2w = stack([train[i] for i in idx])
+    loss = F.mse_loss(model(video, K, c2w), unshuffle(video[:, 1:]))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
 
 
 def main() -> None:
@@ -199,12 +212,7 @@ def main() -> None:
         opt = torch.optim.Adam(base, lr=args.lr)
         model.use_block = False
         for _ in range(args.base_steps):
-            idx = torch.randint(len(train), (args.batch,), generator=gen).tolist()
-            video, K, c2w = stack([train[i] for i in idx])
-            loss = F.mse_loss(model(video, K, c2w), unshuffle(video[:, 1:]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train_step(model, opt, train, args.batch, gen)
         model.use_block = True
         for prm in base:
             prm.requires_grad_(False)
@@ -226,13 +234,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     losses = []
     for step in range(args.steps):
-        idx = torch.randint(len(train), (args.batch,), generator=gen).tolist()
-        video, K, c2w = stack([train[i] for i in idx])
-        loss = F.mse_loss(model(video, K, c2w), unshuffle(video[:, 1:]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        losses.append(train_step(model, opt, train, args.batch, gen))
         if (step + 1) % 100 == 0 or step + 1 == args.steps:
             model.eval()
             with torch.no_grad():
