@@ -64,7 +64,7 @@ def report(samples: Path, evald: Path, max_rows: int = 4) -> dict[str, Path]:
 
     from camvid.evaluation.camera_following import DEPTH_FILE, warp_to_camera
     from camvid.evaluation.layout import read_samples
-    from camvid.training.preview import write_gif
+    from camvid.viz.video import write_gif
 
     per_video = json.loads((evald / "camera_following_per_video.json").read_text())
     records = {r.sample_id: r for r in read_samples(samples)}

@@ -147,8 +147,8 @@ def test_eval_results_and_samples_go_to_the_training_runs_wandb_run(tmp_path):
 
     from camvid.evaluation.tables import ResultRow
     from camvid.experiments.stages import _log_to_training_run
-    from camvid.training.preview import write_gif
     from camvid.training.run_identity import run_id
+    from camvid.viz.video import write_gif
 
     run = tmp_path / "run"
     (run / "samples" / "clip0").mkdir(parents=True)

@@ -23,8 +23,8 @@ from camvid.geometry.cameras import (
     w2c_to_c2w,
 )
 from camvid.models.base import VideoDiffusionModel
-from camvid.training.preview import to_uint8_video, write_gif
 from camvid.trajectories import resolve_trajectories, save_path_picture, source_aspect
+from camvid.viz.video import to_uint8_video, write_gif
 
 __all__ = [
     "sampler_settings",

@@ -99,7 +99,7 @@ def clip_from_image(run: LoadedRun, image: str | Path, trajectory: str, caption:
 
 def clip_frames(video: torch.Tensor) -> np.ndarray:
     """(T, 3, H, W) in [-1, 1] -> (T, H, W, 3) uint8 for plotting."""
-    from camvid.training.preview import to_uint8_video
+    from camvid.viz.video import to_uint8_video
 
     return to_uint8_video(video)
 
