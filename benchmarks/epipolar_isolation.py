@@ -22,6 +22,8 @@ Steps towards the UNet, one at a time (docs/diffusion.md has the tables):
     --static-copy     the target's tokens and the residual stream carry the conditioning frame's content at
                       the same position (what the base's temporal attention copies there); the block adds to it
     --base-steps N    with --static-copy: a camera-blind content conv + decoder trained first, then frozen
+    --static-gate     with --static-copy: a learnable scalar on the copied content (starts at 1)
+    --out-init default  the block's output projection starts as nn.Linear does, not at zero
     --timesteps LO HI the target's own content noised to a DynamiCrafter timestep in [LO, HI] (tested at HI)
     --frames 8 --batch 1 --lr 3e-3   the demo's clip length, batch and a larger step
 
