@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-every", type=int, default=5, help="every N-th clip goes to the test split (0: none)")
+    p.add_argument("--trajectories-per-scene", type=int, default=1,
+                   help="clips per room, leaving one first view along different trajectories (split per room)")
     p.add_argument("--depth-dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--texture-size", type=int, default=512, help="texels per 4 m texture tile (multiple of 32)")
     p.add_argument("--webvid", action="store_true", help="also write a WebVid-like set under OUT/webvid")
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     split = write_synthetic_re10k(
         args.out, args.num_clips, args.num_frames, args.height, args.width, seed=args.seed,
         test_every=args.test_every, depth_dtype=args.depth_dtype, texture_size=args.texture_size,
+        trajectories_per_scene=args.trajectories_per_scene,
     )
     print(f"RealEstate10K layout: {len(split.train)} train / {len(split.test)} test clips in {args.out} "
           f"({time.perf_counter() - start:.1f} s)")

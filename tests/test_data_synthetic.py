@@ -7,6 +7,7 @@ import functools
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from camvid.data.synthetic import (
     CAMERA_REGION,
@@ -171,3 +172,29 @@ def test_bad_inputs_raise(scene):
     with pytest.raises(ValueError, match="fov_deg"):
         default_intrinsics(8, 8, fov_deg=0)
     assert "pans" in describe_clip(scene, "pan") and "room" in describe_clip(scene, "pan")
+
+
+def test_trajectories_of_one_room_share_their_first_view(tmp_path):
+    """trajectories_per_scene: the clips of a room start from the same camera and frame, then move
+    differently; the test split takes whole rooms, so no test room is seen in training."""
+    from camvid.data.layout import frame_dir
+    from camvid.data.synthetic_writer import write_synthetic_re10k
+    from camvid.geometry.cameras import read_pose_file
+
+    start = make_trajectory("pan", 6, 3, start_seed=11)
+    assert np.allclose(make_trajectory("truck", 6, 4, start_seed=11)[0], start[0])
+    assert not np.allclose(make_trajectory("truck", 6, 4, start_seed=11)[-1], start[-1])
+    assert np.array_equal(make_trajectory("pan", 6, 3), make_trajectory("pan", 6, 3, start_seed=None))
+
+    split = write_synthetic_re10k(tmp_path, num_clips=6, num_frames=4, height=16, width=16, seed=2,
+                                  test_every=2, texture_size=32, trajectories_per_scene=3)
+    assert split.train == [f"syn0002{i:06d}" for i in range(3)]
+    assert split.test == [f"syn0002{i:06d}" for i in range(3, 6)]
+    for name, ids in (("train", split.train), ("test", split.test)):
+        tracks = [read_pose_file(tmp_path / name / f"{c}.txt") for c in ids]
+        firsts = [np.asarray(Image.open(frame_dir(tmp_path, name, c) / "00000.png")) for c in ids]
+        assert all(np.allclose(t.w2c[0], tracks[0].w2c[0]) for t in tracks)
+        assert all(np.array_equal(f, firsts[0]) for f in firsts)
+        assert len({t.url for t in tracks}) == 3 and not np.allclose(tracks[0].w2c[-1], tracks[1].w2c[-1])
+    with pytest.raises(ValueError, match="trajectories_per_scene"):
+        write_synthetic_re10k(tmp_path / "bad", 2, 2, 8, 8, trajectories_per_scene=0)

@@ -345,7 +345,7 @@ def _clamp_to_region(pos: np.ndarray) -> np.ndarray:
     return start + lo * (pos - start)
 
 
-def make_trajectory(kind: str, num_frames: int, seed: int) -> np.ndarray:
+def make_trajectory(kind: str, num_frames: int, seed: int, start_seed: int | None = None) -> np.ndarray:
     """(T, 4, 4) float64 camera-to-world poses of one RealEstate10K-like camera move.
 
     Kinds: ``forward`` (dolly along the view direction), ``pan`` (yaw in place), ``orbit`` (arc
@@ -353,17 +353,20 @@ def make_trajectory(kind: str, num_frames: int, seed: int) -> np.ndarray:
     with yaw and pitch changes); sampling presets only: ``tilt`` (pitch in place), ``roll`` (rotation
     about the view axis), ``zoom_in`` / ``zoom_out`` (straight dolly towards / away from the view,
     as camera-control papers name it). Deterministic for ``(kind, num_frames, seed)``.
+    ``start_seed``: draw the first camera (position, yaw, pitch) from this seed instead, so several
+    trajectories (other kinds or seeds) leave from the same view of a room.
     """
     if kind not in PRESET_KINDS:
         raise ValueError(f"make_trajectory: unknown kind {kind!r}; expected one of {PRESET_KINDS}")
     if num_frames < 1:
         raise ValueError(f"make_trajectory: num_frames must be >= 1, got {num_frames}")
     rng = np.random.default_rng([seed, PRESET_KINDS.index(kind), 0x7A])
-    r_start = rng.uniform(0.0, 0.5)
-    a_start = rng.uniform(0, 2 * np.pi)
-    start = np.array([r_start * np.cos(a_start), rng.uniform(-0.1, 0.1), r_start * np.sin(a_start)])
-    yaw0 = rng.uniform(0, 2 * np.pi)
-    pitch0 = rng.uniform(-0.12, 0.12)
+    first = rng if start_seed is None else np.random.default_rng([start_seed, 0x51])
+    r_start = first.uniform(0.0, 0.5)
+    a_start = first.uniform(0, 2 * np.pi)
+    start = np.array([r_start * np.cos(a_start), first.uniform(-0.1, 0.1), r_start * np.sin(a_start)])
+    yaw0 = first.uniform(0, 2 * np.pi)
+    pitch0 = first.uniform(-0.12, 0.12)
     s = _smooth_profile(num_frames, rng)
     sign = rng.choice([-1.0, 1.0])
 

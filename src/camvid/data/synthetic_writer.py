@@ -61,6 +61,7 @@ def write_synthetic_re10k(
     depth_dtype: str = "float16",
     kinds: tuple[str, ...] = synthetic.TRAJECTORY_KINDS,
     texture_size: int = 512,
+    trajectories_per_scene: int = 1,
 ) -> SyntheticSplit:
     """Render ``num_clips`` clips (one scene and one trajectory each) into ``out``.
 
@@ -69,7 +70,16 @@ def write_synthetic_re10k(
     (``synthetic://camvid/scene/<scene_seed>/<kind>/<texture_size>``: ``make_scene(scene_seed,
     texture_size)`` and ``make_trajectory(kind, num_frames, scene_seed)``). Returns the clip ids of
     each split.
+
+    ``trajectories_per_scene`` N > 1: clips ``i`` with the same ``i // N`` share one scene, field of
+    view and first camera (drawn from ``(seed, i // N)``) and leave it along different trajectories (kind
+    and motion from ``(seed, i)``), so the first frame alone does not tell which video follows; the URL
+    line is then ``.../scene/<scene_seed>/<kind>/<texture_size>/<trajectory_seed>`` (``make_trajectory(kind,
+    num_frames, trajectory_seed, start_seed=scene_seed)``). The split is per scene (``test_every``
+    counts scenes), so no test scene is seen in training.
     """
+    if trajectories_per_scene < 1:
+        raise ValueError(f"write_synthetic_re10k: trajectories_per_scene must be >= 1, got {trajectories_per_scene}")
     if num_clips < 1 or num_frames < 1:
         raise ValueError(f"write_synthetic_re10k: need num_clips >= 1 and num_frames >= 1, got {num_clips}, {num_frames}")
     if depth_dtype not in ("float16", "float32"):
@@ -80,14 +90,21 @@ def write_synthetic_re10k(
     out = Path(out)
     captions: dict[str, str] = {}
     split = SyntheticSplit([], [])
+    per = int(trajectories_per_scene)
     for i in range(num_clips):
         clip_seed = int(np.random.default_rng([seed, i]).integers(0, 2**31 - 1))
+        scene_seed = int(np.random.default_rng([seed, i // per]).integers(0, 2**31 - 1))
         kind = kinds[i % len(kinds)]
         clip_id = f"syn{seed:04d}{i:06d}"
-        name = clip_split(i, test_every)
-        scene = synthetic.make_scene(clip_seed, texture_size)
-        c2w = synthetic.make_trajectory(kind, num_frames, clip_seed)
-        fov = float(np.random.default_rng([clip_seed, 1]).uniform(*fov_range))
+        name = clip_split(i // per, test_every)
+        scene = synthetic.make_scene(scene_seed, texture_size)
+        if per == 1:
+            c2w = synthetic.make_trajectory(kind, num_frames, clip_seed)
+            url = f"synthetic://camvid/scene/{clip_seed}/{kind}/{texture_size}"
+        else:
+            c2w = synthetic.make_trajectory(kind, num_frames, clip_seed, start_seed=scene_seed)
+            url = f"synthetic://camvid/scene/{scene_seed}/{kind}/{texture_size}/{clip_seed}"
+        fov = float(np.random.default_rng([scene_seed, 1]).uniform(*fov_range))
         K = synthetic.default_intrinsics(height, width, fov)
         frames, depth = synthetic.render_frames(scene, K, c2w, height, width)
 
@@ -100,7 +117,7 @@ def write_synthetic_re10k(
         np.save(dpath, depth.astype(depth_dtype))
         norm_k = np.array([K[0, 0] / width, K[1, 1] / height, K[0, 2] / width, K[1, 2] / height])
         track = CameraTrack(
-            url=f"synthetic://camvid/scene/{clip_seed}/{kind}/{texture_size}",
+            url=url,
             timestamps=np.arange(num_frames, dtype=np.int64) * FRAME_PERIOD_US,
             intrinsics=np.tile(norm_k, (num_frames, 1)),
             w2c=np.linalg.inv(c2w)[:, :3, :],
