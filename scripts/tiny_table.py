@@ -51,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads per job (default: the machine's cores / lanes, at least 1)")
     p.add_argument("--rows", nargs="+", default=None, help="only these row presets")
-    p.add_argument("overrides", nargs="*", help="key=value overrides passed to every job")
-    args = p.parse_args(argv)
+    p.add_argument("overrides", nargs="*", help="key=value overrides passed to every job (anywhere on the line)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # key=value words are overrides wherever they stand (after --seeds / --rows they would be swallowed)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = p.parse_args([a for a in argv if a not in overrides])
+    args.overrides = [*args.overrides, *overrides]
     if args.lanes < 1:
         p.error(f"--lanes must be >= 1, got {args.lanes}")
     bad = [o for o in args.overrides if "=" not in o]

@@ -262,6 +262,8 @@ def test_tiny_table_script_lists_every_row_and_seed_and_names_bad_rows():
         script.jobs_of("cami2v_t1", [1], ["cami2v_t2_full3d"])
     with pytest.raises(SystemExit):
         script.main(["cami2v_t1", "--lanes", "0"])
+    with pytest.raises(SystemExit):
+        script.main(["cami2v_t1", "--seeds", "1", "not-an-override"])
 
 
 @pytest.mark.slow
