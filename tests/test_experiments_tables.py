@@ -88,6 +88,7 @@ def test_tiny_table_shows_camera_following_beside_the_paper(tmp_path):
     assert cami2v.seeds == ["seed_1"] and cami2v.cells["CamFollowPSNR"].mean == pytest.approx(18.25)
     assert cami2v.cells["CamFollowPSNR_gt"].mean == pytest.approx(24.5)  # the GT videos' reference
     assert cami2v.cells["CamFollowPSNR_wrong_traj"].mean == pytest.approx(16.25)
+    assert cami2v.cells["CamFollowMargin"].mean == pytest.approx(18.25 - 16.25)  # paired per job
     assert cami2v.cells["CamFollowPSNR"].paper is None and cami2v.cells["RotErr"].paper == pytest.approx(0.4758)
     assert "no finished job" in by["cami2v_t1_motionctrl"].cells["CamFollowPSNR"].note
 
@@ -280,3 +281,18 @@ def test_tiny_table_script_runs_two_rows_side_by_side_and_renders_the_table(tmp_
     cami2v = next(x for x in md.splitlines() if x.startswith("| Plücker + Epipolar (CamI2V) |"))
     assert cami2v.startswith("| Plücker + Epipolar (CamI2V) | 0 |")  # not asked for: no job
     assert (root / "logs" / "cami2v_t2_camco_like.seed_1.log").is_file()
+
+
+def test_camera_following_margin_is_paired_within_each_seed(tmp_path):
+    root = tmp_path / "cami2v_t1"
+    # two seeds whose scores move together: the margin's spread is far below the scores' spread
+    _job(root, "cami2v_t1_cami2v", 1, {"CamFollowPSNR": 20.0, "CamFollowPSNR_wrong_traj": 19.5})
+    _job(root, "cami2v_t1_cami2v", 2, {"CamFollowPSNR": 22.0, "CamFollowPSNR_wrong_traj": 21.3})
+    _job(root, "cami2v_t1_dynamicrafter", 1, {"CamFollowPSNR": 21.0})  # no wrong-trajectory reference
+    _, rows = collect_table("cami2v_t1", root, scale="tiny")
+    by = {r.preset: r for r in rows}
+    margin = by["cami2v_t1_cami2v"].cells["CamFollowMargin"]
+    assert margin.values == pytest.approx([0.5, 0.7])
+    assert margin.std < by["cami2v_t1_cami2v"].cells["CamFollowPSNR"].std
+    missing = by["cami2v_t1_dynamicrafter"].cells["CamFollowMargin"]
+    assert missing.mean is None and "did not report it" in missing.note
