@@ -81,9 +81,10 @@ def test_worker_batches_are_the_same_with_and_without_read_ahead(shards, tmp_pat
 
     marker = tmp_path / "read_ahead_used"
 
-    def recording(items, depth):  # inherited by the forked worker: leaves a file when the worker reads ahead
-        marker.write_text(str(depth))
-        return read_ahead(items, depth)
+    def recording(items, depth, **kw):  # inherited by the forked worker: leaves a file when the worker reads ahead
+        if "name" not in kw:  # the sample read-ahead (the decode-ahead names its thread)
+            marker.write_text(str(depth))
+        return read_ahead(items, depth, **kw)
 
     monkeypatch.setattr(loader_mod, "read_ahead", recording)
 
