@@ -31,13 +31,18 @@ over enough batches per DataLoader item for 4 clips, several workers one batch p
 ``camvid.data.grouping``; the ``group`` column);
 ``--handoff-group N`` sets them, and ``--ungrouped`` also times every worker count with one batch
 per item (``handoff_group=1``) in the same rounds, with the grouped/ungrouped quotient and the
-ungrouped loader's ``vs fewer``.
+ungrouped loader's ``vs fewer``. Workers decode ahead (``decode_ahead=1``: a second thread of each
+worker decodes and builds the next batch while the worker hands the current one over;
+``camvid.data.readahead``); ``--decode-ahead N`` sets the depth (0: off), and
+``--without-decode-ahead`` also times every worker count that starts workers with
+``decode_ahead=0`` in the same rounds, with the with/without quotient and that loader's ``vs fewer``.
 
     .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 5 repeats
     .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 3 --json out.json
     .venv/bin/python benchmarks/data.py --workers 2 4 --no-cap   # what 4 workers on 2 cores cost
     .venv/bin/python benchmarks/data.py --workers 0 1 2 --batch-size 4   # torch's hand-off shared by 4 clips
     .venv/bin/python benchmarks/data.py --ungrouped               # hand-off groups against one batch per item
+    .venv/bin/python benchmarks/data.py --without-decode-ahead    # decode-ahead against none, same rounds
 
 The timed window (``--batches``, default 160) is long enough that a fresh worker's one-time costs
 inside it (its first shared-memory slots, up to ``(prefetch_factor + 2) x group + 2``: a new segment and
