@@ -31,18 +31,13 @@ over enough batches per DataLoader item for 4 clips, several workers one batch p
 ``camvid.data.grouping``; the ``group`` column);
 ``--handoff-group N`` sets them, and ``--ungrouped`` also times every worker count with one batch
 per item (``handoff_group=1``) in the same rounds, with the grouped/ungrouped quotient and the
-ungrouped loader's ``vs fewer``. Workers decode ahead (``decode_ahead=1``: a second thread of each
-worker decodes and builds the next batch while the worker hands the current one over;
-``camvid.data.readahead``); ``--decode-ahead N`` sets the depth (0: off), and
-``--without-decode-ahead`` also times every worker count that starts workers with
-``decode_ahead=0`` in the same rounds, with the with/without quotient and that loader's ``vs fewer``.
+ungrouped loader's ``vs fewer``.
 
     .venv/bin/python benchmarks/data.py                          # 32 clips, workers 0 1 2 4, 5 repeats
     .venv/bin/python benchmarks/data.py --workers 0 2 --repeats 3 --json out.json
     .venv/bin/python benchmarks/data.py --workers 2 4 --no-cap   # what 4 workers on 2 cores cost
     .venv/bin/python benchmarks/data.py --workers 0 1 2 --batch-size 4   # torch's hand-off shared by 4 clips
     .venv/bin/python benchmarks/data.py --ungrouped               # hand-off groups against one batch per item
-    .venv/bin/python benchmarks/data.py --without-decode-ahead    # decode-ahead against none, same rounds
 
 The timed window (``--batches``, default 160) is long enough that a fresh worker's one-time costs
 inside it (its first shared-memory slots, up to ``(prefetch_factor + 2) x group + 2``: a new segment and
@@ -184,17 +179,17 @@ def started_workers(workers: int, cap: bool = True) -> int:
 
 
 def loader_rate(shards: Path, workers: int, n: int, cap: bool = True, batch_size: int = 1,
-                group: int | str = "auto", decode_ahead: int = 1) -> tuple[float, float, float, float, int]:
+                group: int | str = "auto") -> tuple[float, float, float, float, int]:
     """(clips/s, CPU ms per clip of the main process, of its workers, ms to the first batch, batches
     per hand-off) of the training stream: ``n`` batches of ``batch_size`` clips timed from the
     arrival of the first batch to that of the last (worker start-up and shut-down are not
     throughput; the CPU figure includes them, and the first clip, since worker CPU is only known
-    once they exit). ``group``, ``decode_ahead``: ``build_dataloader(handoff_group=..., decode_ahead=...)``."""
+    once they exit). ``group``: ``build_dataloader(handoff_group=...)``."""
     from camvid.data.loader import build_dataloader
 
     loader = build_dataloader(str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1,
                               batch_size=batch_size, num_workers=workers, shuffle_buffer=1, epoch_length=n + 1,
-                              seed=1, cap_workers=cap, handoff_group=group, decode_ahead=decode_ahead)
+                              seed=1, cap_workers=cap, handoff_group=group)
     cpu0, kids0 = time.process_time(), _children_cpu()
     begin = time.perf_counter()
     it = iter(loader)
@@ -232,9 +227,8 @@ def decode_thread_cpu(shards: Path, n: int, rounds: int, skip: int = 20) -> dict
     """CPU ms per clip of the thread that decodes (``time.thread_time`` between consecutive
     batches, after ``skip`` batches of warm-up), i.e. the loader's critical path when the other
     threads and processes have a core of their own: in-process (0 workers), in one worker with
-    read-ahead and decode-ahead (the default: the stamps come from the decode-ahead thread, which
-    does not hand over), in one worker without decode-ahead (its main thread decodes and hands over)
-    and in one without read-ahead; medians of ``rounds`` interleaved rounds. Needs fork (the batches are stamped by a patched ``ClipStream._with_health``, which the
+    read-ahead (the default) and in one worker without it; medians of ``rounds`` interleaved
+    rounds. Needs fork (the batches are stamped by a patched ``ClipStream._with_health``, which the
     workers inherit)."""
     import camvid.data.loader as loader_mod
 
@@ -250,13 +244,11 @@ def decode_thread_cpu(shards: Path, n: int, rounds: int, skip: int = 20) -> dict
     out: dict[str, list] = {}
     loader_mod.ClipStream._with_health = staticmethod(stamped)
     try:
-        for name, workers, ahead, decode_ahead in [("in_process", 0, None, 1), ("worker", 1, None, 1),
-                                                   ("worker_no_decode_ahead", 1, None, 0),
-                                                   ("worker_no_read_ahead", 1, 0, 1)] * rounds:
+        for name, workers, ahead in [("in_process", 0, None), ("worker", 1, None),
+                                     ("worker_no_read_ahead", 1, 0)] * rounds:
             loader = loader_mod.build_dataloader(
                 str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1, batch_size=1,
-                num_workers=workers, shuffle_buffer=1, epoch_length=n + skip, seed=1, cap_workers=False,
-                decode_ahead=decode_ahead)
+                num_workers=workers, shuffle_buffer=1, epoch_length=n + skip, seed=1, cap_workers=False)
             if ahead is not None:
                 loader.dataset.read_ahead = ahead
             stamps = [float(b["bench_thread_cpu"]) for b in loader][skip:]
@@ -338,12 +330,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ungrouped", action="store_true",
                    help="also time the loader with one batch per hand-off (handoff_group=1) in every round, for "
                         "every worker count that starts workers, and compare")
-    p.add_argument("--decode-ahead", type=int, default=1,
-                   help="batches a worker decodes ahead in a thread while handing over the current one "
-                        "(build_dataloader(decode_ahead=...); 0: off)")
-    p.add_argument("--without-decode-ahead", action="store_true",
-                   help="also time the loader without decode-ahead (decode_ahead=0) in every round, for every "
-                        "worker count that starts workers, and compare")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.handoff_group != "auto":
@@ -351,9 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
             args.handoff_group = int(args.handoff_group)
         except ValueError:
             p.error(f"--handoff-group {args.handoff_group!r}: 'auto' or an integer >= 1")
-    if (args.repeats < 1 or args.batches < 2 or args.clips < 1 or min(args.workers) < 0 or args.batch_size < 1
-            or args.decode_ahead < 0):
-        p.error("--repeats, --clips and --batch-size must be >= 1, --batches >= 2, --workers and --decode-ahead >= 0")
+    if args.repeats < 1 or args.batches < 2 or args.clips < 1 or min(args.workers) < 0 or args.batch_size < 1:
+        p.error("--repeats, --clips and --batch-size must be >= 1, --batches >= 2, --workers >= 0")
     loader_batches = max(2, args.batches // args.batch_size)  # --batches counts clips
 
     from camvid.data.decode import jpeg_backend
@@ -380,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
                     decode, decode_cpu = decode_limit(max(started[w], 1), loader_batches * args.batch_size,
                                                       pools.get(w))
                     loader, main_cpu, worker_cpu, first_ms, group = loader_rate(
-                        shards, w, loader_batches, cap, args.batch_size, args.handoff_group, args.decode_ahead)
+                        shards, w, loader_batches, cap, args.batch_size, args.handoff_group)
                     loader_cpu = main_cpu + worker_cpu
                     rounds[w].append({"loader": loader, "decode": decode, "ratio": loader / decode, "start_ms": first_ms,
                                       "loader_cpu_ms": loader_cpu, "main_cpu_ms": main_cpu,
@@ -388,14 +373,9 @@ def main(argv: list[str] | None = None) -> dict:
                                       "cpu_ratio": decode_cpu / loader_cpu, "group": group})
                     if args.ungrouped and started[w] > 0:
                         plain, plain_main, plain_worker, _, _ = loader_rate(shards, w, loader_batches, cap,
-                                                                            args.batch_size, 1, args.decode_ahead)
+                                                                            args.batch_size, 1)
                         rounds[w][-1].update(ungrouped=plain, ungrouped_cpu_ms=plain_main + plain_worker,
                                              ungrouped_main_cpu_ms=plain_main)
-                    if args.without_decode_ahead and started[w] > 0:
-                        plain, plain_main, plain_worker, _, _ = loader_rate(
-                            shards, w, loader_batches, cap, args.batch_size, args.handoff_group, 0)
-                        rounds[w][-1].update(no_decode_ahead=plain, no_decode_ahead_cpu_ms=plain_main + plain_worker,
-                                             no_decode_ahead_main_cpu_ms=plain_main)
         finally:
             for pool in pools.values():
                 pool.terminate()
@@ -415,30 +395,22 @@ def main(argv: list[str] | None = None) -> dict:
             for k in ("ungrouped", "ungrouped_cpu_ms", "ungrouped_main_cpu_ms"):
                 row[k] = _median([r[k] for r in row["rounds"]])
             row["x_ungrouped"] = _median([r["loader"] / r["ungrouped"] for r in row["rounds"]])
-        if "no_decode_ahead" in row["rounds"][0]:
-            for k in ("no_decode_ahead", "no_decode_ahead_cpu_ms", "no_decode_ahead_main_cpu_ms"):
-                row[k] = _median([r[k] for r in row["rounds"]])
-            row["x_no_decode_ahead"] = _median([r["loader"] / r["no_decode_ahead"] for r in row["rounds"]])
     for prev, row in zip(rows, rows[1:]):  # same-round comparison: load that drifts between rounds cancels
         row["vs_fewer"] = _median([a["loader"] / b["loader"] for a, b in zip(row["rounds"], prev["rounds"])])
         if "ungrouped" in row:  # the ungrouped loader against the row above as it ran before (ungrouped or 0)
             row["ungrouped_vs_fewer"] = _median([a["ungrouped"] / b.get("ungrouped", b["loader"])
                                                  for a, b in zip(row["rounds"], prev["rounds"])])
-        if "no_decode_ahead" in row:
-            row["no_decode_ahead_vs_fewer"] = _median([a["no_decode_ahead"] / b.get("no_decode_ahead", b["loader"])
-                                                       for a, b in zip(row["rounds"], prev["rounds"])])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = {"clip": f"{FRAMES}x{SIZE}x{SIZE} JPEG q95, {size_kb:.0f} KB/frame", "decoder": jpeg_backend(),
               "cpus": os.cpu_count(), "available_cores": available_cores(), "cap_workers": cap,
               "load_average_1min": load, "python": platform.python_version(),
-              "repeats": args.repeats, "batches": args.batches, "batch_size": args.batch_size,
-              "decode_ahead": args.decode_ahead, "rows": rows,
+              "repeats": args.repeats, "batches": args.batches, "batch_size": args.batch_size, "rows": rows,
               "decoders_frames_per_s": dec, "decode_thread_cpu_ms_per_clip": thread_cpu,
               "handoff_floor_ms_per_batch": floor}
     print(f"clips: {result['clip']}; loader decoder: {result['decoder']}; {result['cpus']} CPUs "
           f"({result['available_cores']} available), workers {'capped at them' if cap else 'not capped (--no-cap)'}; "
           f"load average {load:.1f} at the end; medians of {args.repeats} interleaved rounds of "
-          f"{loader_batches * args.batch_size} clips in batches of {args.batch_size}; decode-ahead {args.decode_ahead}")
+          f"{loader_batches * args.batch_size} clips in batches of {args.batch_size}")
     print(f"{'workers':>7} {'started':>7} {'group':>5} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} "
           f"{'(range)':>11}   {'loader CPU ms/clip':>18} {'(main+workers)':>14} {'decode CPU ms/clip':>18} "
           f"{'CPU ratio':>9} {'start ms':>8} "
@@ -458,15 +430,6 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{r['workers']:>7} {r['started']:>7} {1:>5} {r['ungrouped']:>15.2f} "
                       f"{r['ungrouped_cpu_ms']:>8.1f} ({r['ungrouped_main_cpu_ms']:.1f})  x{r['x_ungrouped']:.3f}  "
                       f"vs fewer {r['ungrouped_vs_fewer'] if 'ungrouped_vs_fewer' in r else '':>6.3}")
-    if any("no_decode_ahead" in r for r in rows):
-        print("the same rounds without decode-ahead (decode_ahead=0): clips/s, loader CPU ms/clip (main), "
-              "with / without clips/s, without vs the row above (medians of per-round quotients)")
-        for r in rows:
-            if "no_decode_ahead" in r:
-                print(f"{r['workers']:>7} {r['started']:>7} {r['group']:>5} {r['no_decode_ahead']:>15.2f} "
-                      f"{r['no_decode_ahead_cpu_ms']:>8.1f} ({r['no_decode_ahead_main_cpu_ms']:.1f})  "
-                      f"x{r['x_no_decode_ahead']:.3f}  "
-                      f"vs fewer {r['no_decode_ahead_vs_fewer'] if 'no_decode_ahead_vs_fewer' in r else '':>6.3}")
     print("CPU ms per clip of the decoding thread (the critical path when the rest has a core of its own): "
           + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in thread_cpu.items()))
     print(f"torch DataLoader alone, 1 worker at the same pace (a worker burning the decode CPU of a batch): main "

@@ -124,7 +124,6 @@ def test_a_successful_run_prints_one_summary_and_finishes_wandb(data_root, tmp_p
     ("seed=-1", "seed=-1: must be an integer >= 0"),
     ("resume_mismatch=ignore", "resume_mismatch=ignore: must be one of error, warn"),
     ("data.handoff_group=0", "data.handoff_group=0: must be auto or an integer >= 1"),
-    ("data.decode_ahead=-1", "data.decode_ahead=-1: must be an integer >= 0"),
     ("backbone.height=abc", "backbone.height=abc: must be an integer >= 8"),
 ])
 def test_bad_option_values_name_the_option_value_and_what_is_allowed(override, message, data_root, tmp_path):

@@ -242,7 +242,6 @@ TRAIN_RULES: list[Rule] = [
     Rule("data.overfit_batches", integer(0), nullable=True),
     Rule("data.mix_weights", number_list(2, 0.0, positive_sum=True)),
     Rule("data.handoff_group", auto_or(integer(1))),
-    Rule("data.decode_ahead", integer(0)),
     Rule("resume_mismatch", one_of("error", "warn")),
     _optional_path("ckpt_path", existing_dir),
     _optional_path("method_ckpt", existing_file),

@@ -142,8 +142,6 @@ def loader_kwargs(data_cfg: Mapping, *, train: bool = True) -> dict:
         skip_check_min_samples=int(_get(data_cfg, "skip_check_min_samples", 100)),
         # batches per worker hand-off (camvid.data.grouping); the stream itself does not depend on it
         handoff_group=_get(data_cfg, "handoff_group", "auto"),
-        # batches a worker decodes ahead in a thread while handing over the current one (camvid.data.readahead)
-        decode_ahead=_get(data_cfg, "decode_ahead", 1),
         # the conditioning frame of a training clip: random (CamI2V) or frame 0 (model.rand_cond_frame)
         random_cond=bool(_get(data_cfg, "random_cond", True)),
     )

@@ -245,7 +245,6 @@ class ClipStream(IterableDataset):
         skip_check_min_samples: int = 100,
         name: str = "data",
         read_ahead: int = 2,
-        decode_ahead: int = 1,
     ):
         if kind not in ("shards", "directory"):
             raise ValueError(f"kind must be 'shards' or 'directory', got {kind!r}")
@@ -259,8 +258,6 @@ class ClipStream(IterableDataset):
             raise ValueError(f"epoch_length must be >= 1 batches (or None), got {epoch_length}")
         if skip_batches < 0:
             raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
-        _check_depth("read_ahead", read_ahead)
-        _check_depth("decode_ahead", decode_ahead)
         self.units, self.kind, self.spec, self.pairing = list(units), kind, spec, pairing
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = dist_info(rank, world_size)
@@ -280,9 +277,6 @@ class ClipStream(IterableDataset):
         self.handoff_group = 1
         # > 0: a DataLoader worker reads that many samples ahead in a thread (camvid.data.readahead)
         self.read_ahead = read_ahead
-        # > 0: a DataLoader worker decodes and builds that many batches ahead in a second thread,
-        # while its main thread hands the current one over (camvid.data.readahead)
-        self.decode_ahead = decode_ahead
         if not resampled and len(self.units) < self.world_size:
             raise ValueError(
                 f"{len(self.units)} {kind} units cannot be split over {self.world_size} ranks without "
@@ -474,16 +468,14 @@ class ClipStream(IterableDataset):
         stages.append(self._samples(worker, counter, buffer))
         stages.append(self._batches(ident, counter, buffer))
         pipeline = wds.DataPipeline(*stages)
-        if not own_epoch:  # the caller cuts the epoch, and decodes ahead around the whole of it
-            return iter(pipeline)
-        if self.epoch_length is not None:
+        if self.epoch_length is not None and own_epoch:
             remaining = self._share(self.epoch_length, worker, num_workers) - skip
             if remaining <= 0:
                 return _with_final_report(iter(()), {ident: counter})  # with_epoch(0) would mean "no limit"
             pipeline = pipeline.with_epoch(nbatches=remaining)
             if not self.resampled:
                 pipeline.repetitions = 1  # a finite pass is not repeated to fill the epoch
-        return _with_final_report(_decoded_ahead(iter(pipeline), self.decode_ahead), {ident: counter})
+        return _with_final_report(iter(pipeline), {ident: counter}) if own_epoch else iter(pipeline)
 
     def __iter__(self) -> Iterator[dict]:
         return _grouped(self.iter_worker(*self._worker()), self.handoff_group)
@@ -502,9 +494,6 @@ class MixedStream(IterableDataset):
         self.first, self.second, self.ratio = first, second, ratio
         self.epoch_length, self.skip_batches, self.seed, self.epoch = epoch_length, skip_batches, seed, epoch
         self.handoff_group = 1  # see ClipStream.handoff_group
-        # see ClipStream.decode_ahead: one thread decodes ahead for both streams (they share the
-        # worker's batch buffers), around the mix and its epoch cut
-        self.decode_ahead = first.decode_ahead
 
     def __iter__(self) -> Iterator[dict]:
         return _grouped(self._batches(), self.handoff_group)
@@ -526,10 +515,6 @@ class MixedStream(IterableDataset):
             self.second.iter_worker(worker, num_workers, worker_skip=skip - sum(picks)),
         ]
         total = None if self.epoch_length is None else self.first._share(self.epoch_length, worker, num_workers) - skip
-        counters = dict([self.first._counter(worker), self.second._counter(worker)])
-        return _with_final_report(_decoded_ahead(self._mixed(its, rng, total), self.decode_ahead), counters)
-
-    def _mixed(self, its: list[Iterator[dict]], rng: random.Random, total: int | None) -> Iterator[dict]:
         served = 0
         alive = [True, True]
         while any(alive) and (total is None or served < total):
@@ -544,26 +529,11 @@ class MixedStream(IterableDataset):
             batch["source"] = "re10k_fold" if choice == 0 else "webvid_homography"
             served += 1
             yield batch
+        counters = dict([self.first._counter(worker), self.second._counter(worker)])
+        yield from _with_final_report(iter(()), counters)
 
 
 HEALTH_ONLY = "__health_only__"
-
-
-def _check_depth(option: str, depth) -> None:
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-        raise ValueError(f"{option} must be an integer >= 0 (0 = off), got {depth!r}")
-
-
-def _decoded_ahead(batches: Iterator[dict], depth: int) -> Iterator[dict]:
-    """In a DataLoader worker with ``depth`` > 0: ``batches`` built in a thread, up to ``depth``
-    ahead (plus the one it holds), while the worker's main thread hands the previous ones over
-    (:mod:`camvid.data.readahead`). Everything that decodes into the worker's batch buffers, counts
-    skips and cuts the epoch runs in that one thread, in the order of a plain iteration, so the
-    batches, their skip counts and the final report (read once the thread has finished) are those
-    of a worker without it; the thread stops at the epoch cut, so it decodes nothing extra."""
-    if depth and get_worker_info() is not None:
-        return read_ahead(batches, depth=depth, name="camvid-decode-ahead")
-    return batches
 
 
 def _with_final_report(batches: Iterator[dict], counters: dict[str, SkipCounter]) -> Iterator[dict]:
@@ -659,11 +629,9 @@ class StreamLoader(DataLoader):
     With workers, video arrives through reused shared-memory slots (:mod:`camvid.data.handoff`):
     each worker keeps up to ``(prefetch_factor + 2) * handoff_group + 2`` (batches in flight, the
     group being handed out, the batch the caller holds and the one before it, as the previous batch
-    is still referenced until the caller takes the next), plus ``decode_ahead + 1`` when its
-    decode-ahead thread builds batches before they are asked for (those queued and the one it
-    holds); a batch the caller keeps longer keeps its slot, and its worker then uses a fresh one.
-    ``handoff_group`` > 1: each DataLoader item carries that many batches
-    (:mod:`camvid.data.grouping`), unpacked here in the ungrouped order."""
+    is still referenced until the caller takes the next); a batch the caller keeps longer keeps its
+    slot, and its worker then uses a fresh one. ``handoff_group`` > 1: each DataLoader item carries
+    that many batches (:mod:`camvid.data.grouping`), unpacked here in the ungrouped order."""
 
     def __init__(self, dataset, *, health: DataHealth, handoff_group: int = 1, **kwargs):
         super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
@@ -672,9 +640,7 @@ class StreamLoader(DataLoader):
         self.health = health
         self.slot_receiver: SlotReceiver | None = None
         self.handoff_group = handoff_group if self.num_workers else 1
-        ahead = getattr(dataset, "decode_ahead", 0)
-        self.handoff_slots = (((self.prefetch_factor or 2) + 2) * self.handoff_group + 2 + (ahead + 1 if ahead else 0)
-                              if self.num_workers else 0)
+        self.handoff_slots = ((self.prefetch_factor or 2) + 2) * self.handoff_group + 2 if self.num_workers else 0
 
     def _start(self):
         """The DataLoader iterator; its workers (started here) hand video over through slots. The
@@ -746,7 +712,6 @@ def build_dataloader(
     pin_memory: bool = False,
     cap_workers: bool = True,
     handoff_group: int | str = "auto",
-    decode_ahead: int = 1,
 ) -> StreamLoader:
     """The loader a Hydra ``data`` config instantiates.
 
@@ -762,9 +727,7 @@ def build_dataloader(
     ``cap_workers=False``; ``loader.num_workers`` is the number started, ``loader.requested_workers``
     the one asked for. ``handoff_group``: training batches a worker hands over per DataLoader item
     (:mod:`camvid.data.grouping`; ``"auto"``: with 1 worker enough for 4 clips, with more none; 1:
-    one per item); the batches and their order do not depend on it. ``decode_ahead``: batches a
-    worker's second thread decodes and builds ahead while the worker hands the current one over
-    (:mod:`camvid.data.readahead`; 0: off; workers only); the batches do not depend on it either.
+    one per item); the batches and their order do not depend on it.
     """
     if stride_min is None:
         stride_min = 1 if train else 8
@@ -777,7 +740,7 @@ def build_dataloader(
     spec = SampleSpec(num_frames, height, width, stride_min, stride_max, train, random_cond, homography_strength)
     common = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, resampled=resampled,
                   shuffle_buffer=shuffle_buffer, epoch=epoch, drop_last=train, max_skip_fraction=max_skip_fraction,
-                  skip_check_min_samples=skip_check_min_samples, decode_ahead=decode_ahead)
+                  skip_check_min_samples=skip_check_min_samples)
 
     def stream(path: str, source: str, pair: str, **extra) -> ClipStream:
         kind, units = resolve_units(path, split, source)

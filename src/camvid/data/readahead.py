@@ -1,19 +1,14 @@
-"""Read-ahead: a background thread pulls the next items of an iterator while the caller works on
-the current one. A DataLoader worker uses it twice (:meth:`camvid.data.loader.ClipStream.iter_worker`):
+"""Read-ahead: a background thread pulls the next items of an iterator (the next samples, read
+from their tar and opened) while the caller works on the current one.
 
-- *sample read-ahead*: a thread reads the next samples from their tar and opens them (splitting the
-  tar, parsing and checking the pose file and metadata: about 1 ms of a 16-frame 256 x 256 clip's
-  12), while the current sample's frames decode;
-- *decode-ahead*: a second thread decodes the next samples and builds (collates) the next batches
-  while the worker's main thread hands the current one over to the main process (torch's worker
-  loop pickling it and putting it on its result queue, the hand-off group being assembled: about
-  1.3 ms per clip).
-
-Why: the JPEG decoder releases the GIL (simplejpeg), so the decoding overlaps both the Python
-bookkeeping before it and the hand-off after it when a core has room for them; a worker then
-delivers a clip in about the time of its slowest stage instead of the sum of the three
-(benchmarks/data.py, docs/performance.md). Only DataLoader workers read ahead: in the main process
-(``num_workers=0``) the training loop's own Python would compete with the threads for the GIL.
+Why: a DataLoader worker spends most of each sample in the JPEG decoder, which releases the GIL
+(simplejpeg), and the rest in Python, which holds it: reading and splitting the tar, parsing and
+checking the pose file and metadata (about 1 ms of a 16-frame 256 x 256 clip's 12). With that in a
+second thread the two overlap, so a worker delivers a clip in about the decode time plus the
+sample's own bookkeeping; that pays for the worker's hand-off to the main process
+(benchmarks/data.py, docs/performance.md). Only DataLoader workers
+read ahead: in the main process (``num_workers=0``) the training loop's own Python would compete
+with the thread for the GIL.
 
 The order of items is unchanged (one producer, a FIFO queue), so seeds and resume positions are
 those of a plain iteration; an exception raised upstream is raised to the caller at its position.
@@ -33,10 +28,8 @@ __all__ = ["read_ahead"]
 _END = object()
 
 
-def read_ahead(items: Iterator, depth: int = 2, poll_s: float = 0.1, name: str = "camvid-read-ahead",
-               join_s: float = 10.0) -> Iterator:
-    """The items of ``items`` in order, at most ``depth`` of them read ahead by a daemon thread
-    called ``name`` (plus the one it holds while the queue is full)."""
+def read_ahead(items: Iterator, depth: int = 2, poll_s: float = 0.1, join_s: float = 10.0) -> Iterator:
+    """The items of ``items`` in order, at most ``depth`` of them read ahead by a daemon thread."""
     if depth < 1:
         raise ValueError(f"read-ahead depth must be >= 1, got {depth}")
     box: queue.Queue = queue.Queue(maxsize=depth)
@@ -65,7 +58,7 @@ def read_ahead(items: Iterator, depth: int = 2, poll_s: float = 0.1, name: str =
             if close is not None:  # stopped early: the upstream generators' clean-up runs here
                 close()
 
-    thread = threading.Thread(target=pump, name=name, daemon=True)
+    thread = threading.Thread(target=pump, name="camvid-read-ahead", daemon=True)
     thread.start()
     try:
         while True:
