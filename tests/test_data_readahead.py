@@ -59,8 +59,25 @@ def test_closing_the_reader_stops_an_endless_source():
     reader = read_ahead(endless(), depth=2, poll_s=0.01)
     assert [next(reader) for _ in range(5)] == [0, 1, 2, 3, 4]
     reader.close()
-    assert _gone()
+    assert not _threads()  # joined by close()
     assert len(pulled) <= 5 + 2 + 1  # at most `depth` items queued and one in the thread's hands
+
+
+def test_closing_the_reader_closes_the_source_in_its_thread():
+    """The source's clean-up (in the loader: a half-built batch gives its slot back) runs in the
+    thread that iterated it, before close() returns."""
+    cleaned = []
+
+    def source():
+        try:
+            yield from range(100)
+        finally:
+            cleaned.append(threading.current_thread().name)
+
+    reader = read_ahead(source(), depth=1, poll_s=0.01)
+    assert next(reader) == 0
+    reader.close()
+    assert cleaned == ["camvid-read-ahead"] and not _threads()
 
 
 def test_depth_must_be_positive():

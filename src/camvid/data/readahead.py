@@ -12,7 +12,9 @@ with the thread for the GIL.
 
 The order of items is unchanged (one producer, a FIFO queue), so seeds and resume positions are
 those of a plain iteration; an exception raised upstream is raised to the caller at its position.
-Closing the returned generator (end of the epoch, a worker shut down) stops the thread.
+Closing the returned generator (end of the epoch, a worker shut down) stops the thread: it closes
+the upstream iterator itself (so the upstream's clean-up runs in the thread that ran it) and the
+caller waits for it to finish (up to ``join_s``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ __all__ = ["read_ahead"]
 _END = object()
 
 
-def read_ahead(items: Iterator, depth: int = 2, poll_s: float = 0.1) -> Iterator:
+def read_ahead(items: Iterator, depth: int = 2, poll_s: float = 0.1, join_s: float = 10.0) -> Iterator:
     """The items of ``items`` in order, at most ``depth`` of them read ahead by a daemon thread."""
     if depth < 1:
         raise ValueError(f"read-ahead depth must be >= 1, got {depth}")
@@ -46,10 +48,15 @@ def read_ahead(items: Iterator, depth: int = 2, poll_s: float = 0.1) -> Iterator
         try:
             for item in items:
                 if not offer((True, item)):
-                    return
-            offer((True, _END))
+                    break
+            else:
+                offer((True, _END))
         except BaseException as err:  # handed to the caller, raised there
             offer((False, err))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # stopped early: the upstream generators' clean-up runs here
+                close()
 
     thread = threading.Thread(target=pump, name="camvid-read-ahead", daemon=True)
     thread.start()
@@ -63,3 +70,5 @@ def read_ahead(items: Iterator, depth: int = 2, poll_s: float = 0.1) -> Iterator
             yield item
     finally:
         stop.set()
+        if thread is not threading.current_thread():
+            thread.join(join_s)
