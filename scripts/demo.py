@@ -25,6 +25,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The tiny world's frames: SIZE x SIZE pixels (the tiny DynamiCrafter's resolution,
+# conf/backbone/tiny_dynamicrafter.yaml) and RENDER_FRAMES per clip, of which training reads 8 at
+# strides 1-2 and the test clips 8 at stride 2 (the whole move). Shared with scripts/make_tiny_base.py.
+SIZE = 32
+RENDER_FRAMES = 16
 
 
 def run(stage: str, cmd: list[str], timings: dict, env: dict, logs: Path) -> None:
@@ -113,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="everything the demo writes goes here")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: conf/experiment/demo.yaml)")
-    p.add_argument("--clips", type=int, default=36,
+    p.add_argument("--clips", type=int, default=192,
                    help="synthetic clips to render (every 6th is a test clip: all five trajectory kinds are tested)")
-    p.add_argument("--samples", type=int, default=6, help="test clips to sample and evaluate")
+    p.add_argument("--samples", type=int, default=16, help="test clips to sample and evaluate")
     p.add_argument("--trials", type=int, default=2, help="SfM trials per video (the paper uses 5)")
     args = p.parse_args(argv)
 
@@ -131,8 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (data / "captions.json").is_file():
         # rendered at the model's resolution: the depth the metric warps with is then exact per pixel
         run("render", [py, "data_prep/synthetic.py", "--out", str(data), "--num-clips", str(args.clips),
-                       "--num-frames", "40", "--height", "64", "--width", "64", "--texture-size", "128",
-                       "--seed", "0", "--test-every", "6"], timings, env, logs)
+                       "--num-frames", str(RENDER_FRAMES), "--height", str(SIZE), "--width", str(SIZE),
+                       "--texture-size", "128", "--seed", "0", "--test-every", "6"], timings, env, logs)
     for split in ("train", "test"):
         if not (data / "shards" / split / "manifest.json").is_file():
             run(f"shards/{split}", [py, "data_prep/make_shards.py", "re10k", "--root", str(data), "--split", split,
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
                    f"num_samples={args.samples}", f"out_dir={samples}", f"hydra.run.dir={out / 'sample_logs'}",
                    *quiet], timings, env, logs)
     run("evaluate", [py, "src/evaluate.py", f"samples_dir={samples}", f"out_dir={evald}",
-                     f"camera.trials={args.trials}", "camera.sfm.upscale=4", "camera.workers=2",
+                     f"camera.trials={args.trials}", f"camera.sfm.upscale={256 // SIZE}", "camera.workers=2",
                      "metrics=[camera_following,camera]",
                      "reference=true",
                      f"hydra.run.dir={out / 'eval_logs'}", *quiet], timings, env, logs)

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "src" / "camvid" / "assets" / "tiny_dynamicrafter_base.safetensors"
 sys.path.insert(0, str(REPO / "scripts"))
-from demo import run  # noqa: E402  (one stage runner for both scripts: log file, timing, exit on failure)
+from demo import RENDER_FRAMES, SIZE, run  # noqa: E402  (one stage runner for both scripts: log file, timing, exit on failure)
 
 
 def export_base(ckpt: Path, out: Path, card: dict) -> dict:
@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if not (data / "captions.json").is_file():
             run("render", [
-                py, "data_prep/synthetic.py", "--out", str(data), "--num-clips", str(args.clips), "--num-frames", "40",
-                "--height", "64", "--width", "64", "--texture-size", "128", "--seed", str(args.data_seed),
+                py, "data_prep/synthetic.py", "--out", str(data), "--num-clips", str(args.clips), "--num-frames",
+                str(RENDER_FRAMES), "--height", str(SIZE), "--width", str(SIZE), "--texture-size", "128",
+                "--seed", str(args.data_seed),
                 "--test-every", "0"], timings, env, logs)
         if not (data / "shards" / "train" / "manifest.json").is_file():
             run("shards", [
@@ -102,11 +103,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"no checkpoint under {run_dir / 'checkpoints'}")
     state = json.loads((ckpt / "trainer_state.json").read_text())
     card = {
-        "what": "tiny DynamiCrafter base (camera-agnostic, x0-prediction, first_frame=replace_residual), "
-                "8 frames 64x64, trained on synthetic rooms",
+        "what": f"tiny DynamiCrafter base (camera-agnostic, x0-prediction, first_frame=replace), "
+                f"8 frames {SIZE}x{SIZE}, trained on synthetic rooms",
         "command": "python scripts/make_tiny_base.py" + (f" --steps {args.steps}" if args.steps else ""),
         "recipe": "src/train.py experiment=tiny_base",
-        "data": f"{args.clips} synthetic clips, seed {args.data_seed}, 40 frames, 64x64, texture 128",
+        "data": f"{args.clips} synthetic clips, seed {args.data_seed}, {RENDER_FRAMES} frames, {SIZE}x{SIZE}, texture 128",
         "seed": args.seed,
         "step": int(state["step"]),
         "train_seconds": round(timings["train"], 1) if "train" in timings else None,

@@ -88,6 +88,7 @@ def test_tiny_table_shows_camera_following_beside_the_paper(tmp_path):
     assert cami2v.seeds == ["seed_1"] and cami2v.cells["CamFollowPSNR"].mean == pytest.approx(18.25)
     assert cami2v.cells["CamFollowPSNR_gt"].mean == pytest.approx(24.5)  # the GT videos' reference
     assert cami2v.cells["CamFollowPSNR_wrong_traj"].mean == pytest.approx(16.25)
+    assert cami2v.cells["CamFollowMargin"].mean == pytest.approx(18.25 - 16.25)  # paired per job
     assert cami2v.cells["CamFollowPSNR"].paper is None and cami2v.cells["RotErr"].paper == pytest.approx(0.4758)
     assert "no finished job" in by["cami2v_t1_motionctrl"].cells["CamFollowPSNR"].note
 
@@ -116,8 +117,9 @@ def test_tiny_rows_learn_with_the_demo_recipe(preset):
     assert row.backbone.kwargs == tiny.kwargs  # DynamiCrafter: x0-prediction, clean first frame
     assert row.model.sampler == tiny.sampler and row.model.guidance == tiny.guidance
     assert "camera_following" in row.stage_eval.metrics and row.stage_sample.steps is None
-    for key in ("model.optimizer.lr", "trainer.max_steps", "trainer.batch_size", "backbone.num_frames",
-                "backbone.height", "backbone.width"):
+    for key in ("model.optimizer.lr", "trainer.batch_size", "backbone.num_frames", "backbone.height",
+                "backbone.width", "model.train_base", "model.rand_cond_frame", "model.train_timesteps",
+                "data.stride_train", "data.stride_eval"):
         assert OmegaConf.select(row, key) == OmegaConf.select(demo, key), key
     if family == "dynamicrafter":
         assert row.backbone.kwargs.parameterization == "x0" and row.model.sampler == demo.model.sampler
@@ -240,3 +242,57 @@ def test_cvd_table2_job_samples_both_sets_and_the_table_joins_them(tmp_path):
     assert table.returncode == 0, table.stderr[-3000:]
     md = (seed.parents[1] / "table.md").read_text()
     assert "pt_inception-2015-12-05-6726825d.pth" in md  # FID / KID: the RealEstate10K set's own reason
+
+
+def _tiny_table_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny_table", REPO / "scripts" / "tiny_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_table_script_lists_every_row_and_seed_and_names_bad_rows():
+    script = _tiny_table_script()
+    jobs = script.jobs_of("cami2v_t1", [1, 2], None)
+    presets = ["cami2v_t1_dynamicrafter", "cami2v_t1_motionctrl", "cami2v_t1_cameractrl", "cami2v_t1_cami2v"]
+    assert jobs == [(p, s) for s in (1, 2) for p in presets]
+    assert script.jobs_of("cami2v_t1", [3], ["cami2v_t1_cami2v"]) == [("cami2v_t1_cami2v", 3)]
+    with pytest.raises(SystemExit, match="cami2v_t2_full3d: not a row preset of table cami2v_t1"):
+        script.jobs_of("cami2v_t1", [1], ["cami2v_t2_full3d"])
+    with pytest.raises(SystemExit):
+        script.main(["cami2v_t1", "--lanes", "0"])
+    with pytest.raises(SystemExit):
+        script.main(["cami2v_t1", "--seeds", "1", "not-an-override"])
+
+
+@pytest.mark.slow
+def test_tiny_table_script_runs_two_rows_side_by_side_and_renders_the_table(tmp_path):
+    env = _env(tmp_path)
+    done = _run(["scripts/tiny_table.py", "cami2v_t2", "--seeds", "1", "--lanes", "2", "--rows",
+                 "cami2v_t2_camco_like", "cami2v_t2_pluecker_only", *TINY_JOB], env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    root = tmp_path / "outputs" / "tables" / "tiny" / "cami2v_t2"
+    md = (root / "table.md").read_text()
+    for label in ("Plücker + Epipolar on ref. frame (CamCo-like)", "Plücker only"):
+        line = next(x for x in md.splitlines() if x.startswith(f"| {label} |"))
+        assert line.startswith(f"| {label} | 1 |"), line  # one finished seed in the row
+    cami2v = next(x for x in md.splitlines() if x.startswith("| Plücker + Epipolar (CamI2V) |"))
+    assert cami2v.startswith("| Plücker + Epipolar (CamI2V) | 0 |")  # not asked for: no job
+    assert (root / "logs" / "cami2v_t2_camco_like.seed_1.log").is_file()
+
+
+def test_camera_following_margin_is_paired_within_each_seed(tmp_path):
+    root = tmp_path / "cami2v_t1"
+    # two seeds whose scores move together: the margin's spread is far below the scores' spread
+    _job(root, "cami2v_t1_cami2v", 1, {"CamFollowPSNR": 20.0, "CamFollowPSNR_wrong_traj": 19.5})
+    _job(root, "cami2v_t1_cami2v", 2, {"CamFollowPSNR": 22.0, "CamFollowPSNR_wrong_traj": 21.3})
+    _job(root, "cami2v_t1_dynamicrafter", 1, {"CamFollowPSNR": 21.0})  # no wrong-trajectory reference
+    _, rows = collect_table("cami2v_t1", root, scale="tiny")
+    by = {r.preset: r for r in rows}
+    margin = by["cami2v_t1_cami2v"].cells["CamFollowMargin"]
+    assert margin.values == pytest.approx([0.5, 0.7])
+    assert margin.std < by["cami2v_t1_cami2v"].cells["CamFollowPSNR"].std
+    missing = by["cami2v_t1_dynamicrafter"].cells["CamFollowMargin"]
+    assert missing.mean is None and "did not report it" in missing.note

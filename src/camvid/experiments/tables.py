@@ -10,7 +10,9 @@ finished job, or the metric's own "not computed" reason.
 A ``scale=tiny`` table (``--scale tiny``) shows, before the paper's columns, the tiny world's own
 measure (``conf/scale/tiny.yaml`` evaluates it for every row): the camera-following PSNR, its
 ground-truth-video upper bound (``CamFollowPSNR_gt``, the reference of the same results row), the
-static and wrong-trajectory references and the first-frame PSNR (docs/evaluation.md). The papers do
+static and wrong-trajectory references, the margin between a job's own-camera score and its
+wrong-trajectory score (``CamFollowMargin``, paired per job) and the first-frame PSNR
+(docs/evaluation.md). The papers do
 not report these, so their paper column reads "—". A table config may name its own ``tiny_columns``.
 """
 
@@ -36,8 +38,12 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 # the camera-following family (camvid.evaluation.camera_following) in the order the tiny tables show it;
 # "<metric>_gt" is the results row's reference (the same measure on the ground-truth videos)
 TINY_COLUMNS = ("CamFollowPSNR", "CamFollowPSNR_gt", "CamFollowPSNR_static", "CamFollowPSNR_wrong_traj",
-                "FirstFramePSNR")
+                "CamFollowMargin", "FirstFramePSNR")
 GT_SUFFIX = "_gt"
+# columns computed per job from two others (name -> (a, b): a - b). CamFollowMargin is a job's own-camera
+# score minus the same videos against the other clips' cameras: paired within the job, so the seeds'
+# common ups and downs (a sharper or blurrier model scores higher or lower against every camera) cancel
+DERIVED = {"CamFollowMargin": ("CamFollowPSNR", "CamFollowPSNR_wrong_traj")}
 
 
 @dataclass
@@ -110,6 +116,10 @@ def _results_by_metric(results: Path | list[Path]) -> dict[str, dict]:
             for name, row in extra.items():
                 if name not in found or (found[name].get("value") is None and row.get("value") is not None):
                     found[name] = row
+    for name, (a, b) in DERIVED.items():
+        va, vb = (found.get(m, {}).get("value") for m in (a, b))
+        if name not in found and va is not None and vb is not None:
+            found[name] = {"metric": name, "value": float(va) - float(vb)}
     return found
 
 

@@ -137,8 +137,12 @@ def _train(cfg: DictConfig) -> dict:
     method = build_method(cfg)
     full = set_trainable(method, cfg)
     if full and is_main:
-        print("model.train_base: no pretrained base weights, so the whole model trains (not only the "
-              "method's new modules); give pretrained=PATH to train only the new modules")
+        if cfg.get("pretrained"):
+            print("model.train_base=true: the pretrained base trains with the method's new modules "
+                  "(model.train_base=false freezes it, as the papers do)")
+        else:
+            print("model.train_base: no pretrained base weights, so the whole model trains (not only the "
+                  "method's new modules); give pretrained=PATH to train only the new modules")
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"model={cfg.model.name}: no trainable parameters after freeze_base()")
