@@ -24,11 +24,18 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
-# The tiny world's frames: SIZE x SIZE pixels (the tiny DynamiCrafter's resolution,
-# conf/backbone/tiny_dynamicrafter.yaml) and RENDER_FRAMES per clip, of which training reads 8 at
-# strides 1-2 and the test clips 8 at stride 2 (the whole move). Shared with scripts/make_tiny_base.py.
-SIZE = 32
+# The tiny world's frames: SIZE x SIZE pixels, read from the tiny DynamiCrafter's config (rendered at the
+# model's resolution, so the metric's depth is exact per pixel), and RENDER_FRAMES per clip, of which
+# training reads 8 at strides 1-2 and the test clips 8 at stride 2 (the whole move). Shared with
+# scripts/make_tiny_base.py.
+_TINY = yaml.safe_load((REPO / "conf" / "backbone" / "tiny_dynamicrafter.yaml").read_text())
+if _TINY["height"] != _TINY["width"]:
+    raise SystemExit(f"conf/backbone/tiny_dynamicrafter.yaml: the demo renders square frames, got "
+                     f"{_TINY['height']}x{_TINY['width']}")
+SIZE = int(_TINY["height"])
 RENDER_FRAMES = 16
 
 
