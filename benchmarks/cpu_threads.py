@@ -7,7 +7,8 @@ reported as a ratio to the single-thread reference of the same round, so a load 
 the run affects both sides of each ratio alike.
 
     python benchmarks/cpu_threads.py                 # 3 rounds, 8 frames at 64x64
-    python benchmarks/cpu_threads.py --rounds 2 --frames 8 --size 32
+    python benchmarks/cpu_threads.py --rounds 2 --frames 8 --size 32 --batch 4             # the demo's step
+    python benchmarks/cpu_threads.py --rounds 2 --frames 8 --size 32 --batch 4 --load 2    # 2 busy jobs beside
 
 What to look for on a loaded host (more runnable threads than cores): with the default OpenMP wait
 policy, 2 threads burn many times the CPU of 1 thread for the same step (waiting threads spin), and
@@ -29,26 +30,30 @@ SETTINGS = {
     "1 thread": {"OMP_NUM_THREADS": "1"},
     "2 threads, default wait (spin)": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None},
     "2 threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"},
+    "2 threads, GOMP_SPINCOUNT=3000": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "3000"},
+    "2 threads, GOMP_SPINCOUNT=30000": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "30000"},
 }
+# a competing job for --load: one busy thread that never sleeps
+HOG = "while True:\n    pass\n"
 
 CHILD = r"""
 import json, sys, time, torch
 from camvid.models.dynamicrafter import build_dynamicrafter_method
 from camvid.diffusion.losses import diffusion_loss
-frames, size, steps = (int(a) for a in sys.argv[1:4])
+frames, size, steps, batch = (int(a) for a in sys.argv[1:5])
 torch.manual_seed(0)
 K = torch.tensor([[size, 0, size / 2], [0, size, size / 2], [0, 0, 1.0]])
 c2w = torch.eye(4).expand(1, frames, 4, 4).clone()
 c2w[0, :, 0, 3] = torch.linspace(0, 0.5, frames)
-batch = {"video": torch.rand(1, frames, 3, size, size) * 2 - 1, "K": K.expand(1, frames, 3, 3).clone(),
-         "c2w": c2w, "cond_index": torch.zeros(1, dtype=torch.long), "frame_stride": torch.tensor([1]),
-         "caption": ["a room"], "num_views": 1}
+batch = {"video": torch.rand(batch, frames, 3, size, size) * 2 - 1, "K": K.expand(batch, frames, 3, 3).clone(),
+         "c2w": c2w.expand(batch, -1, -1, -1).clone(), "cond_index": torch.zeros(batch, dtype=torch.long),
+         "frame_stride": torch.ones(batch, dtype=torch.long), "caption": ["a room"] * batch, "num_views": 1}
 m = build_dynamicrafter_method("cami2v", "tiny", num_frames=frames, image_hw=(size, size),
                                parameterization="x0", first_frame="replace")
 m.requires_grad_(True)
 for e in m.encoder_modules():
     e.requires_grad_(False)
-opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], 1e-3)
+opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], 1e-3, fused=True)
 def step():
     out = diffusion_loss(m, batch, cond_dropout={"uncond_prob": 0.05})
     opt.zero_grad(); out["loss"].backward(); opt.step()
@@ -61,14 +66,14 @@ print(json.dumps({"cpu": (time.process_time() - c0) / steps, "wall": (time.perf_
 """
 
 
-def run_child(setting: dict, frames: int, size: int, steps: int) -> dict:
+def run_child(setting: dict, frames: int, size: int, steps: int, batch: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     for k, v in setting.items():
         if v is None:
             env.pop(k, None)
         else:
             env[k] = v
-    out = subprocess.run([sys.executable, "-c", CHILD, str(frames), str(size), str(steps)], env=env,
+    out = subprocess.run([sys.executable, "-c", CHILD, str(frames), str(size), str(steps), str(batch)], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -79,14 +84,29 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=3, help="timed steps per child (after one warm-up step)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--load", type=int, default=0,
+                   help="start this many competing busy processes for the run (a loaded host, reproducibly)")
     args = p.parse_args()
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.load)]
+    try:
+        measure(args)
+    finally:
+        for h in hogs:
+            h.kill()
+
+
+def measure(args) -> None:
     load = os.getloadavg()[0]
-    print(f"{os.cpu_count()} CPUs, load average {load:.1f}; tiny CamI2V, {args.frames} frames at "
-          f"{args.size}x{args.size}, {args.steps} steps per child, {args.rounds} rounds")
+    print(f"{os.cpu_count()} CPUs, load average {load:.1f}, {args.load} competing busy processes; tiny CamI2V, "
+          f"batch {args.batch}, {args.frames} frames at {args.size}x{args.size}, {args.steps} steps per child, "
+          f"{args.rounds} rounds")
     ratios: dict[str, list[tuple[float, float]]] = {name: [] for name in SETTINGS}
+    ref_walls: list[dict] = []
     for r in range(args.rounds):
-        results = {name: run_child(s, args.frames, args.size, args.steps) for name, s in SETTINGS.items()}
+        results = {name: run_child(s, args.frames, args.size, args.steps, args.batch) for name, s in SETTINGS.items()}
         ref = results["1 thread"]
+        ref_walls.append(ref)
         for name, res in results.items():
             ratios[name].append((res["cpu"] / ref["cpu"], res["wall"] / ref["wall"]))
             print(f"  round {r}: {name:<36} cpu {res['cpu']:.2f} s/step  wall {res['wall']:.2f} s/step")
@@ -95,6 +115,7 @@ def main() -> None:
         cpu = sorted(x for x, _ in rs)[len(rs) // 2]
         wall = sorted(y for _, y in rs)[len(rs) // 2]
         print(f"  {name:<36} cpu x{cpu:.2f}  wall x{wall:.2f}")
+    print(f"(1 thread: {sorted(r['wall'] for r in ref_walls)[len(ref_walls) // 2]:.2f} s/step wall, median)")
 
 
 if __name__ == "__main__":

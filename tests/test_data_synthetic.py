@@ -198,3 +198,25 @@ def test_trajectories_of_one_room_share_their_first_view(tmp_path):
         assert len({t.url for t in tracks}) == 3 and not np.allclose(tracks[0].w2c[-1], tracks[1].w2c[-1])
     with pytest.raises(ValueError, match="trajectories_per_scene"):
         write_synthetic_re10k(tmp_path / "bad", 2, 2, 8, 8, trajectories_per_scene=0)
+
+
+def test_rendering_refuses_a_folder_that_holds_something_else(tmp_path):
+    from camvid.data.synthetic_writer import ensure_synthetic_dataset
+
+    # the demo's output folder, one level above the rooms: named, nothing touched, nothing left behind
+    root = tmp_path / "data"
+    (root / "synthetic").mkdir(parents=True)
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"data exists and is not the synthetic dataset.*data/synthetic"):
+        ensure_synthetic_dataset(root, num_clips=2, num_frames=4, height=16, width=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert (root / "notes.txt").read_text() == "mine"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(FileExistsError, match="not the synthetic dataset"):
+        ensure_synthetic_dataset(a_file, num_clips=2, num_frames=4, height=16, width=16)
+    # an empty folder is rendered into
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (ensure_synthetic_dataset(empty, num_clips=2, num_frames=4, height=16, width=16, texture_size=64)
+            / "captions.json").is_file()

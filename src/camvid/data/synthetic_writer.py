@@ -257,6 +257,11 @@ def ensure_synthetic_dataset(
     root = Path(root)
     if (root / "captions.json").is_file():
         return root
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        # never render over (or beside) someone else's files: the rename below could not succeed anyway
+        raise FileExistsError(f"{root} exists and is not the synthetic dataset (no captions.json in it) nor an "
+                              "empty folder; point data.root at the synthetic rooms' folder (e.g. "
+                              f"{root / 'synthetic'}) or at a new path to render them there")
     if texture_size is None:
         # About two texels per pixel at 1.5 m: enough detail, without 512-texel build times for tiny renders.
         texture_size = int(min(512, max(64, 2 ** np.ceil(np.log2(2 * max(height, width))))))

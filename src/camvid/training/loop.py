@@ -30,6 +30,7 @@ from camvid.training.checkpoint import CheckpointManager, find_latest, read_trai
 from camvid.training.data import build_train_loader, prepare_data
 from camvid.training.distributed import make_accelerator, shared_run_dir
 from camvid.training.logger import build_logger, finish_runs_on_exit
+from camvid.training.optim import build_optimizer, build_scheduler
 from camvid.training.preemption import PreemptionGuard
 from camvid.training.preview import log_preview
 from camvid.training.resume import check_resume_compatible, run_fingerprint
@@ -152,10 +153,8 @@ def _train(cfg: DictConfig) -> dict:
                                   cfg.model.get("train_timesteps"))  # optional [lo, hi]: docs/diffusion.md
 
     opt_cfg = cfg.model.optimizer
-    optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas),
-                                  weight_decay=opt_cfg.weight_decay)
-    warmup = int(tcfg.lr_warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    optimizer = build_optimizer(params, opt_cfg, fused=bool(tcfg.get("fused_optimizer", True)))
+    scheduler = build_scheduler(optimizer, tcfg)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
 
     state = TrainState(accelerator, int(cfg.seed) * 1000)
