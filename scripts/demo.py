@@ -57,11 +57,9 @@ def run(stage: str, cmd: list[str], timings: dict, env: dict, logs: Path) -> Non
 
 
 def demo_env() -> dict:
-    """Offline, and OpenMP threads that sleep instead of spinning while they wait: on a loaded
-    machine spinning threads steal the cores the work needs (docs/performance.md, CPU threads)."""
+    """Offline, W&B quiet (each stage's entry point sets its OpenMP waiting itself: camvid.threads)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE=os.environ.get("WANDB_MODE", "offline"),
                CAMVID_RUN_ID="demo", WANDB_SILENT="true")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 

@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work) if Path(args.work).is_absolute() else REPO / args.work
     data, run_dir, logs = work / "data", work / "run", work / "logs"
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     py = sys.executable
     timings: dict[str, float] = {}
     if args.export_only:

@@ -70,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.lanes)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
                WANDB_MODE=os.environ.get("WANDB_MODE", "offline"), WANDB_SILENT="true")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     print(f"{args.table} at scale=tiny: {len(todo)} jobs, {args.lanes} at a time, {threads} thread(s) each; "
           f"jobs in {root}, logs in {logs}", flush=True)
 

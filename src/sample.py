@@ -22,8 +22,10 @@ if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# before torch loads OpenMP: waiting threads sleep instead of spinning (docs/performance.md, CPU threads)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# before torch loads OpenMP: how its waiting threads spin (docs/performance.md, "CPU threads")
+from camvid.threads import set_openmp_wait  # noqa: E402
+
+set_openmp_wait()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")

@@ -20,8 +20,10 @@ if str(REPO / "src") not in sys.path:  # runnable without `pip install -e .`
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# before torch loads OpenMP: waiting threads sleep instead of spinning (docs/performance.md, CPU threads)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# before torch loads OpenMP: how its waiting threads spin (docs/performance.md, "CPU threads")
+from camvid.threads import set_openmp_wait  # noqa: E402
+
+set_openmp_wait()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -87,3 +87,34 @@ def test_bad_schedule_config_is_refused(key, value, message):
     cfg = compose(["experiment=demo", f"trainer.{key}={value}"])
     with pytest.raises(ValueError, match=message):
         validate_train_config(cfg)
+
+
+def test_new_modules_get_their_own_lr():
+    base, new = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    cfg = OmegaConf.create({"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0, "new_modules_lr_scale": 5})
+    opt = build_optimizer([base, new], cfg, new_params=[new])
+    assert [(len(g["params"]), g["lr"]) for g in opt.param_groups] == [(1, 1e-3), (1, pytest.approx(5e-3))]
+    sched = build_scheduler(opt, OmegaConf.create({"max_steps": 2, "lr_schedule": "cosine"}))
+    for p in (base, new):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    sched.step()  # the schedule scales both groups alike
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.5e-3, 2.5e-3])
+    # scale 1 (the default): one group; every new parameter must be among the trained ones
+    assert len(build_optimizer([base, new], _opt_cfg(), new_params=[new]).param_groups) == 1
+    with pytest.raises(ValueError, match="1 of the new modules' parameters are not trainable"):
+        build_optimizer([base], cfg, new_params=[new])
+
+
+def test_new_module_parameters_of_a_method():
+    from camvid.models.registry import build_method, new_module_parameter_names, set_trainable
+
+    cfg = compose(["experiment=demo", "backbone.pretrained=null"])
+    method = build_method(cfg)
+    assert set_trainable(method, cfg)
+    before = {n: p.requires_grad for n, p in method.named_parameters()}
+    names = new_module_parameter_names(method)
+    assert {n: p.requires_grad for n, p in method.named_parameters()} == before  # left as it was
+    assert names and all(before[n] for n in names)
+    assert any(".epipolar." in n for n in names) and not any(n.endswith("input_blocks.0.0.weight") for n in names)
+    assert len(names) < sum(before.values())  # the base trains too here, with the base lr

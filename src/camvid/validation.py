@@ -229,6 +229,7 @@ TRAIN_RULES: list[Rule] = [
     Rule("trainer.find_unused_parameters", boolean),
     Rule("model.optimizer.lr", number(0.0, lo_open=True), required=True),
     Rule("model.optimizer.weight_decay", number(0.0)),
+    Rule("model.optimizer.new_modules_lr_scale", number(0.0, lo_open=True)),
     Rule("model.optimizer.betas", number_list(2, 0.0, 1.0, hi_open=True)),
     Rule("model.train_base", one_of("auto", True, False)),
     # every method's schedule has 1000 training timesteps (the loss checks the model's own length)

@@ -10,7 +10,7 @@ from camvid.assets import resolve_weights
 from camvid.config import check_combination
 from camvid.models.base import VideoDiffusionModel
 
-__all__ = ["build_method", "set_trainable", "trains_base", "WEIGHT_SOURCES"]
+__all__ = ["build_method", "new_module_parameter_names", "set_trainable", "trains_base", "WEIGHT_SOURCES"]
 
 # Where the official weights come from (they cannot be downloaded by the code: place them by hand).
 WEIGHT_SOURCES = {
@@ -139,3 +139,15 @@ def set_trainable(method: VideoDiffusionModel, cfg: DictConfig) -> bool:
         for encoder in method.encoder_modules():
             encoder.requires_grad_(False)
     return full
+
+
+def new_module_parameter_names(method: VideoDiffusionModel) -> set[str]:
+    """The names of the method's own new parameters (what ``freeze_base`` leaves trainable: camera
+    encoders, epipolar / cross-video attention, ...), whatever trains now; ``requires_grad`` is left as
+    it was."""
+    was = {name: p.requires_grad for name, p in method.named_parameters()}
+    method.freeze_base()
+    names = {name for name, p in method.named_parameters() if p.requires_grad}
+    for name, p in method.named_parameters():
+        p.requires_grad_(was[name])
+    return names

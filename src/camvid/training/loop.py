@@ -25,7 +25,7 @@ from camvid.data.batches import to_device
 from camvid.data.health import format_report, gather_report, report_metrics
 from camvid.diffusion.losses import diffusion_loss
 from camvid.fsutil import atomic_write_text
-from camvid.models.registry import build_method, set_trainable
+from camvid.models.registry import build_method, new_module_parameter_names, set_trainable
 from camvid.training.checkpoint import CheckpointManager, find_latest, read_trainer_state
 from camvid.training.data import build_train_loader, prepare_data
 from camvid.training.distributed import make_accelerator, shared_run_dir
@@ -153,7 +153,9 @@ def _train(cfg: DictConfig) -> dict:
                                   cfg.model.get("train_timesteps"))  # optional [lo, hi]: docs/diffusion.md
 
     opt_cfg = cfg.model.optimizer
-    optimizer = build_optimizer(params, opt_cfg, fused=bool(tcfg.get("fused_optimizer", True)))
+    new_names = new_module_parameter_names(method)
+    optimizer = build_optimizer(params, opt_cfg, fused=bool(tcfg.get("fused_optimizer", True)),
+                                new_params=[p for n, p in method.named_parameters() if n in new_names and p.requires_grad])
     scheduler = build_scheduler(optimizer, tcfg)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
 

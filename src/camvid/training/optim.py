@@ -24,12 +24,29 @@ def fused_supported(params: list[torch.Tensor]) -> bool:
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
-def build_optimizer(params: list[torch.Tensor], opt_cfg, fused: bool = True) -> torch.optim.Optimizer:
+def build_optimizer(params: list[torch.Tensor], opt_cfg, fused: bool = True,
+                    new_params: list[torch.Tensor] | None = None) -> torch.optim.Optimizer:
     """AdamW over ``params`` with ``opt_cfg.lr``, ``betas`` and ``weight_decay``; fused when asked and
-    supported (see ``fused_supported``)."""
+    supported (see ``fused_supported``).
+
+    ``new_params`` (a subset of ``params``: the method's new modules) get ``opt_cfg.new_modules_lr_scale``
+    x lr in a second parameter group when that scale is not 1 (a base that trains alongside its new,
+    zero-initialised camera modules: docs/diffusion.md, "The tiny CPU recipe").
+    """
+    lr = float(opt_cfg.lr)
+    scale = float(opt_cfg.get("new_modules_lr_scale", 1.0) or 1.0)
+    groups: list | list[dict] = params
+    if new_params and scale != 1.0:
+        new_ids = {id(p) for p in new_params}
+        unknown = new_ids - {id(p) for p in params}
+        if unknown:
+            raise ValueError(f"{len(unknown)} of the new modules' parameters are not trainable")
+        groups = [{"params": [p for p in params if id(p) not in new_ids], "lr": lr},
+                  {"params": [p for p in params if id(p) in new_ids], "lr": lr * scale}]
+        groups = [g for g in groups if g["params"]]
     kwargs = {"fused": True} if fused and fused_supported(params) else {}
-    return torch.optim.AdamW(params, lr=float(opt_cfg.lr), betas=tuple(opt_cfg.betas),
-                             weight_decay=float(opt_cfg.weight_decay), **kwargs)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt_cfg.betas), weight_decay=float(opt_cfg.weight_decay),
+                             **kwargs)
 
 
 def lr_factor(step: int, *, warmup: int = 0, schedule: str = "constant", max_steps: int = 1,
