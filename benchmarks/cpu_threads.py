@@ -30,9 +30,11 @@ SETTINGS = {
     "1 thread": {"OMP_NUM_THREADS": "1"},
     "2 threads, default wait (spin)": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None},
     "2 threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"},
-    "2 threads, GOMP_SPINCOUNT=3000": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "3000"},
-    "2 threads, GOMP_SPINCOUNT=30000": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "30000"},
 }
+
+
+def spin_setting(spins: int) -> dict:
+    return {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": str(spins)}
 # a competing job for --load: one busy thread that never sleeps
 HOG = "while True:\n    pass\n"
 
@@ -85,6 +87,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=3, help="timed steps per child (after one warm-up step)")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--spins", type=int, nargs="*", default=[1000, 30000],
+                   help="also 2 threads with these GOMP_SPINCOUNT values (libgomp's default is 300000)")
     p.add_argument("--load", type=int, default=0,
                    help="start this many competing busy processes for the run (a loaded host, reproducibly)")
     args = p.parse_args()
@@ -101,10 +105,11 @@ def measure(args) -> None:
     print(f"{os.cpu_count()} CPUs, load average {load:.1f}, {args.load} competing busy processes; tiny CamI2V, "
           f"batch {args.batch}, {args.frames} frames at {args.size}x{args.size}, {args.steps} steps per child, "
           f"{args.rounds} rounds")
-    ratios: dict[str, list[tuple[float, float]]] = {name: [] for name in SETTINGS}
+    settings = {**SETTINGS, **{f"2 threads, GOMP_SPINCOUNT={n}": spin_setting(n) for n in args.spins}}
+    ratios: dict[str, list[tuple[float, float]]] = {name: [] for name in settings}
     ref_walls: list[dict] = []
     for r in range(args.rounds):
-        results = {name: run_child(s, args.frames, args.size, args.steps, args.batch) for name, s in SETTINGS.items()}
+        results = {name: run_child(s, args.frames, args.size, args.steps, args.batch) for name, s in settings.items()}
         ref = results["1 thread"]
         ref_walls.append(ref)
         for name, res in results.items():

@@ -71,6 +71,13 @@ def test_split_sampling_writes_each_sample_once_and_equals_one_process(data_root
     before = {p: p.stat().st_mtime_ns for p in split.glob("*/video.mp4")}
     assert all(sample_test_clip(method, cfg, dataset, i, split, **kw) == [] for i in range(n))
     assert before == {p: p.stat().st_mtime_ns for p in split.glob("*/video.mp4")}
+    # the guidance is recorded; a rerun asking for another one is refused, nothing overwritten
+    assert a[0].meta["guidance"]["camera_scale"] == 0.0
+    with pytest.raises(ValueError, match="was sampled with guidance .*'camera_scale': 0.0.*'camera_scale': 3.0"):
+        sample_test_clip(method, cfg, dataset, 0, split, **kw, guidance={"camera_scale": 3.0})
+    assert before == {p: p.stat().st_mtime_ns for p in split.glob("*/video.mp4")}
+    guided = sample_test_clip(method, cfg, dataset, 0, tmp_path / "guided", **kw, guidance={"camera_scale": 3.0})
+    assert read_samples(tmp_path / "guided")[0].meta["guidance"]["camera_scale"] == 3.0 and len(guided) == 1
 
 
 class _Requeue:

@@ -6,6 +6,7 @@ of :mod:`camvid.evaluation.layout`) and by the demo.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,9 +158,14 @@ def merged_guidance(cfg: DictConfig, override=None) -> dict:
     if not isinstance(override, dict):
         raise ValueError(f"guidance={override!r}: give keys, e.g. guidance.camera_scale=1")
     override = {k: v for k, v in override.items() if v is not None}
-    unknown = sorted(set(override) - set(guidance))
+    from dataclasses import fields
+
+    from camvid.diffusion.guidance import Guidance
+
+    known = set(guidance) | {f.name for f in fields(Guidance)}
+    unknown = sorted(set(override) - known)
     if unknown:
-        raise ValueError(f"guidance keys {unknown} are unknown; the model's guidance has {sorted(guidance)}")
+        raise ValueError(f"guidance keys {unknown} are unknown; guidance has {sorted(known)}")
     return {**guidance, **override}
 
 
@@ -404,7 +410,12 @@ def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset
     groups = [_scene_key(batch["key"][v]) for v in range(n_videos)]
     ids = [batch["key"][v] if views == 1 else f"{groups[v]}_view{v % views}" for v in range(n_videos)]
     folders = [Path(out_dir) / sid for sid in ids]
+    used_guidance = merged_guidance(train_cfg, guidance)
     if skip_existing and all((f / META_FILE).is_file() for f in folders):
+        earlier = json.loads((folders[0] / META_FILE).read_text()).get("guidance")
+        if earlier is not None and earlier != used_guidance:
+            raise ValueError(f"{folders[0]} was sampled with guidance {earlier}, this run asks for {used_guidance}: "
+                             "sample into another folder, or delete the old samples to replace them")
         return []
     if protocol.identical_trajectories:
         if views < 2:
@@ -433,7 +444,8 @@ def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset
             caption=batch["caption"][v], seed=seed, gt_video=to_uint8_video(batch["video"][v]), fps=fps,
             meta={"method": train_cfg.model.name, "attn": train_cfg.attn.name, "checkpoint": str(ckpt),
                   "frame_stride": int(batch["frame_stride"][v]), "paper_row": train_cfg.get("paper_row"),
-                  "group": groups[v] if views > 1 else None, "view": v % views, "protocol": meta_protocol},
+                  "group": groups[v] if views > 1 else None, "view": v % views, "protocol": meta_protocol,
+                  "guidance": used_guidance},
         )
         write_gif(folder / "video.gif", frames, fps=fps)
         if test_root is not None:  # exact depth of the conditioning frame (camera following)

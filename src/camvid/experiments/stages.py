@@ -173,8 +173,8 @@ def _sample_set(cfg, scfg, protocol, out_dir: Path, train_cfg, method, ckpt, ran
     written = 0
     for idx in mine:
         written += len(sample_test_clip(method, train_cfg, dataset, idx, out_dir, base_seed=int(scfg.seed),
-                                        ckpt=ckpt, steps=scfg.get("steps"), test_root=root, split=split,
-                                        protocol=protocol))
+                                        ckpt=ckpt, steps=scfg.get("steps"), guidance=scfg.get("guidance"),
+                                        test_root=root, split=split, protocol=protocol))
     (out_dir / f".rank{rank}_of_{world}.done").write_text(json.dumps({"clips": mine, "written": written}))
     print(f"sample: rank {rank}/{world} wrote {written} videos ({len(mine)} clips, the rest already there) "
           f"into {out_dir}", flush=True)

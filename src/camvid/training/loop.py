@@ -26,6 +26,7 @@ from camvid.data.health import format_report, gather_report, report_metrics
 from camvid.diffusion.losses import diffusion_loss
 from camvid.fsutil import atomic_write_text
 from camvid.models.registry import build_method, new_module_parameter_names, set_trainable
+from camvid.threads import ThreadGovernor
 from camvid.training.checkpoint import CheckpointManager, find_latest, read_trainer_state
 from camvid.training.data import build_train_loader, prepare_data
 from camvid.training.distributed import make_accelerator, shared_run_dir
@@ -198,7 +199,11 @@ def _train(cfg: DictConfig) -> dict:
     # optional data audit: which samples each rank trained on (DDP sharding check, debugging)
     seen_keys: list[list[str]] | None = [] if tcfg.get("log_sample_keys") else None
     preemption = PreemptionGuard().install()  # SLURM's pre-timeout signal: checkpoint, then requeue
+    # CPU runs: intra-op threads follow the machine's load (camvid.threads.ThreadGovernor)
+    governor = ThreadGovernor() if accelerator.device.type == "cpu" else None
     for step in range(start_step, max_steps):
+        if governor is not None:
+            governor.step(step)
         for _ in range(int(tcfg.grad_accum)):
             batch = _to_device(next(batches), accelerator.device)
             with accelerator.accumulate(objective):
@@ -244,6 +249,9 @@ def _train(cfg: DictConfig) -> dict:
             log_preview(method, batch, cfg, run_dir, done, logger)
     pbar.close()
     preemption.uninstall()
+    if governor is not None and governor.changes and is_main:
+        print("CPU threads followed the load (step: threads, other jobs' load): "
+              + ", ".join(f"{s}: {n} ({o})" for s, n, o in governor.changes))
     if seen_keys is not None:
         keys_dir = run_dir / "sample_keys"
         keys_dir.mkdir(exist_ok=True)
