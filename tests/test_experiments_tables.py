@@ -123,8 +123,10 @@ def test_tiny_rows_learn_with_the_demo_recipe(preset):
         assert OmegaConf.select(row, key) == OmegaConf.select(demo, key), key
     if family == "dynamicrafter":
         assert row.backbone.kwargs.parameterization == "x0" and row.model.sampler == demo.model.sampler
+        # sampled with the demo's camera guidance (a sample-time setting here, the model's own in the demo)
+        assert row.stage_sample.guidance.camera_scale == demo.model.guidance.camera_scale == 3.0
     else:
-        assert row.model.name == "cvd"
+        assert row.model.name == "cvd" and row.stage_sample.guidance is None
 
 
 def test_unknown_table_is_named():
