@@ -31,12 +31,13 @@ SETTINGS = {
     "2 threads, default wait (spin)": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None},
     "2 threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"},
 }
+# a competing job for --load: one busy thread that never sleeps
+HOG = "while True:\n    pass\n"
 
 
 def spin_setting(spins: int) -> dict:
+    """2 threads, libgomp spinning ``spins`` iterations before it sleeps (--spins)."""
     return {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": str(spins)}
-# a competing job for --load: one busy thread that never sleeps
-HOG = "while True:\n    pass\n"
 
 CHILD = r"""
 import json, sys, time, torch

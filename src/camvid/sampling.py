@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
+from camvid.diffusion.guidance import Guidance
 from camvid.geometry.cameras import (
     normalized_to_pixel_intrinsics,
     read_pose_file,
@@ -158,10 +159,6 @@ def merged_guidance(cfg: DictConfig, override=None) -> dict:
     if not isinstance(override, dict):
         raise ValueError(f"guidance={override!r}: give keys, e.g. guidance.camera_scale=1")
     override = {k: v for k, v in override.items() if v is not None}
-    from dataclasses import fields
-
-    from camvid.diffusion.guidance import Guidance
-
     known = set(guidance) | {f.name for f in fields(Guidance)}
     unknown = sorted(set(override) - known)
     if unknown:
@@ -434,7 +431,7 @@ def sample_test_clip(method: VideoDiffusionModel, train_cfg: DictConfig, dataset
     if views > 1:
         meta_protocol["pair_sampling"] = "joint" if together else "independent"
     seed = int(base_seed) + idx
-    out = generate(method, train_cfg, gen_batch, seed=seed, steps=steps, eta=eta, guidance=guidance,
+    out = generate(method, train_cfg, gen_batch, seed=seed, steps=steps, eta=eta, guidance=used_guidance,
                    collaborative=collaborative)
     written = []
     for v in range(out.shape[0]):

@@ -1,14 +1,15 @@
-"""How the entry points' OpenMP threads wait (docs/performance.md, "CPU threads").
+"""How the entry points' OpenMP threads wait, and how many a CPU training run uses (docs/performance.md,
+"CPU threads").
 
-Set before torch loads OpenMP (the entry points call :func:`set_openmp_wait` before importing torch; the
-demo and table scripts pass the result to their child processes). libgomp, the OpenMP of PyTorch's
-wheels, keeps a thread that has finished its share of an operation spinning for ``GOMP_SPINCOUNT``
-iterations before it sleeps. Its default (300,000, about a millisecond) suits a machine of one's own;
-on a loaded host the spinning threads take the cores the working threads need (the tiny training step
-went from 0.7 to 18 s). ``OMP_WAIT_POLICY=PASSIVE`` (no spinning) fixes the loaded case but costs a
-wake-up per operation: on a quiet machine the tiny model's step, thousands of small operations, took
-1.8x as long as with the default. A short spin keeps most of the quiet speed and bounds the waste under
-load. Whatever the user sets (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) wins.
+The waiting is set before torch loads OpenMP: the entry points (``src/train.py``, ``src/sample.py``,
+``src/evaluate.py``) call :func:`set_openmp_wait` before importing torch, so every script that runs them
+gets it too. libgomp, the OpenMP of PyTorch's wheels, keeps a thread that has finished its share of an
+operation spinning for ``GOMP_SPINCOUNT`` iterations before it sleeps. ``OMP_WAIT_POLICY=PASSIVE`` (no
+spinning) costs a wake-up per operation: on a quiet machine the tiny model's two-thread step, thousands of
+small operations, took 1.48x the one-thread time. A spin of 30,000 is as fast as libgomp's default there
+(0.75x), but any spin long enough for that makes a loaded host's step several times slower; under load
+:class:`ThreadGovernor` drops the run to one thread, which does not spin. Whatever the user sets
+(``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) wins.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ the parameters, which on the CPU costs about a tenth of a tiny model's training 
 (docs/performance.md, "CPU threads"). Same update rule, same state dict: a run resumes across the two.
 
 The schedule: an optional linear warm-up, then ``constant`` (the papers' recipe) or ``cosine`` (down to
-``lr_min_ratio`` x lr at ``max_steps``). A short run's last weights are noisy at a constant step; the
-cosine decay settles them (the tiny CPU recipe, docs/diffusion.md).
+``lr_min_ratio`` x lr at ``max_steps``). For the tiny CPU recipe the cosine decay measured no gain over
+the constant step (docs/diffusion.md, "Camera guidance, and the demo at 1000 steps").
 """
 
 from __future__ import annotations
