@@ -46,6 +46,19 @@ def _cfg(samples, out, **kw):
     return cfg
 
 
+def test_camera_rows_from_a_later_first_frame(samples, tmp_path):
+    cfg = _cfg(samples, tmp_path, metrics=["camera"], camera={"trials": 1, "progress": False, "first_frame": 1,
+                                                             "sfm": {"peak_threshold": 0.004}})
+    rows = {r.metric: r for r in run_evaluation(cfg)["rows"]}
+    assert rows["RotErr"].value < 0.3 and "frames 1..T-1" in rows["RotErr"].note
+    assert rows["RotErr_wrong_traj"].value > 3 * rows["RotErr"].value
+    assert "2 videos" in rows["RotErr_wrong_traj"].note
+    # the requested-vs-recovered plots take the same frames
+    assert sorted(p.name for p in (tmp_path / "cameras").glob("*.png")) == ["scene3_view0.png", "scene3_view1.png"]
+    cached = json.loads(next((tmp_path / "cache" / "camera" / "video").glob("*.json")).read_text())
+    assert cached["result"]["first_frame"] == 1 and cached["result"]["num_frames"] == T - 1
+
+
 def test_full_table_with_missing_weights(samples, tmp_path):
     result = run_evaluation(_cfg(samples, tmp_path, reference=True))
     rows = {r.metric: r for r in result["rows"]}
@@ -55,6 +68,10 @@ def test_full_table_with_missing_weights(samples, tmp_path):
               "xRotAUC@5", "xPrecision"):
         assert rows[m].value is not None, m
     assert rows["RotErr"].value < 0.3  # GT-rendered videos: cameras recovered
+    # the wrong-trajectory reference: the recovered cameras against the other video's requested path
+    for m in ("RotErr", "TransErr", "CamMC"):
+        wrong = rows[f"{m}_wrong_traj"]
+        assert wrong.value > 3 * rows[m].value and wrong.reference is not None and wrong.better == "higher", m
     # every metric of both papers has a row; those without weights say so, with no number
     for m in ("FVD_videogpt", "FVD_stylegan", "FID", "KID", "CLIP-T", "CLIP-F"):
         assert rows[m].value is None and rows[m].note.startswith("not computed"), m

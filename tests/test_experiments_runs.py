@@ -173,3 +173,51 @@ def test_eval_results_and_samples_go_to_the_training_runs_wandb_run(tmp_path):
     assert len(runs) == 1
     data = next(runs[0].glob("*.wandb")).read_bytes()
     assert b"eval/TransErr" in data and b"samples/clip0" in data and b"cami2v_t2_full3d-seed3" in data
+
+
+def test_eval_stage_reevaluates_when_its_settings_change(tmp_path, capsys):
+    """A rerun skips an evaluation only when its results were made with the same settings: changing
+    stage_eval (another metric family, another SfM option) evaluates again instead of keeping the
+    old table."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from camvid.data import synthetic as syn
+    from camvid.evaluation.camera_following import DEPTH_FILE
+    from camvid.evaluation.layout import write_sample
+    from camvid.experiments.stages import _eval_stage
+
+    run = tmp_path / "run"
+    samples = run / "samples"
+    K = syn.default_intrinsics(32, 32, 60.0)
+    for seed, kind in ((2, "forward"), (3, "truck")):
+        c2w = syn.make_trajectory(kind, 20, seed)[::4]
+        frames, depth = syn.render_frames(syn.make_scene(seed, texture_size=64), K, c2w, 32, 32)
+        folder = write_sample(samples, f"clip{seed}", frames, K, c2w, "a room", 0, gt_video=frames)
+        np.save(Path(folder) / DEPTH_FILE, depth[0].astype(np.float32))
+    (samples / ".rank0_of_1.done").write_text("done\n")
+    paths = {"root_dir": str(tmp_path), "data_dir": str(tmp_path), "log_dir": str(tmp_path),
+             "weights_dir": str(tmp_path / "weights"), "output_dir": str(run)}
+
+    def cfg(**stage_eval):
+        return OmegaConf.create({"paths": paths, "paper_row": None, "stage_sample": {}, "stages": ["eval"],
+                                 "stage_eval": {"metrics": ["camera_following"], **stage_eval}})
+
+    results = Path(_eval_stage(cfg(), run))
+    first = json.loads(results.read_text())
+    assert first["settings"]["metrics"] == ["camera_following"]
+    assert "samples_dir" not in first["settings"] and "paths" not in first["settings"]
+    capsys.readouterr()
+    _eval_stage(cfg(), run)  # same settings: skipped, the file untouched
+    assert "stage skipped" in capsys.readouterr().out
+    assert json.loads(results.read_text()) == first
+    _eval_stage(cfg(reference=False), run)  # other settings: evaluated again
+    assert "other settings" in capsys.readouterr().out
+    again = json.loads(results.read_text())
+    assert again["settings"]["reference"] is False and again["rows"] == first["rows"]
+    # results written before they recorded their settings are evaluated again too
+    again.pop("settings")
+    results.write_text(json.dumps(again))
+    _eval_stage(cfg(reference=False), run)
+    assert "other settings" in capsys.readouterr().out and "settings" in json.loads(results.read_text())

@@ -117,6 +117,9 @@ def test_tiny_rows_learn_with_the_demo_recipe(preset):
     assert row.backbone.kwargs == tiny.kwargs  # DynamiCrafter: x0-prediction, clean first frame
     assert row.model.sampler == tiny.sampler and row.model.guidance == tiny.guidance
     assert "camera_following" in row.stage_eval.metrics and row.stage_sample.steps is None
+    # the papers' SfM columns with the tiny world's settings (docs/evaluation.md), as the demo evaluates
+    assert "camera" in row.stage_eval.metrics and row.stage_eval.camera.first_frame == 1
+    assert row.stage_eval.camera.sfm.peak_threshold == 0.002 and row.stage_eval.camera.sfm.upscale == 8
     for key in ("model.optimizer.lr", "trainer.batch_size", "backbone.num_frames", "backbone.height",
                 "backbone.width", "model.train_base", "model.rand_cond_frame", "model.train_timesteps",
                 "data.stride_train", "data.stride_eval"):

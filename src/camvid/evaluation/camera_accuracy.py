@@ -8,6 +8,15 @@ with no successful trial has no error numbers and counts in ``video_failure_rate
 
 Per-video results are cached as JSON keyed by the options and seeds, so an interrupted run
 resumes where it stopped.
+
+``first_frame`` leaves the frames before it out of SfM and of the errors (the requested poses are
+cut alike, and the errors are taken relative to the first frame kept). The papers evaluate every
+frame (0); the tiny synthetic world uses 1: its generated videos reproduce the conditioning frame
+sharp and blur the frames after it, so SIFT cannot match frame 0 with the others
+(docs/evaluation.md, "Camera accuracy in the tiny world").
+
+:func:`wrong_trajectory_errors` is the reference a camera-following model must score clearly worse
+on: the recovered cameras of each video against the other videos' requested trajectories.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from camvid.evaluation.pose_metrics import camera_errors
 from camvid.evaluation.sfm import SfmOptions, run_sfm
 
 __all__ = ["CAMERA_METRICS", "CameraAccuracyConfig", "VideoJob", "evaluate_video", "evaluate_camera_accuracy",
-           "summarize_camera_results", "failed_video_result"]
+           "summarize_camera_results", "failed_video_result", "wrong_trajectory_errors"]
 
 CAMERA_METRICS = ("RotErr", "TransErr", "CamMC")
 
@@ -39,6 +48,11 @@ class CameraAccuracyConfig:
     cache_dir: str | None = None
     sfm: SfmOptions = field(default_factory=SfmOptions)
     progress: bool = True
+    first_frame: int = 0  # frames before it are left out (module docstring)
+
+    def __post_init__(self) -> None:
+        if int(self.first_frame) != self.first_frame or self.first_frame < 0:
+            raise ValueError(f"camera accuracy: first_frame must be a whole number >= 0, got {self.first_frame}")
 
     def seeds(self) -> list[int]:
         if self.trials < 1:
@@ -53,7 +67,8 @@ class VideoJob:
     sample_id: str
     video_path: str
     K: np.ndarray  # (3, 3) pixel intrinsics shared by the clip
-    gt_c2w: np.ndarray  # (T, 4, 4)
+    gt_c2w: np.ndarray  # (T, 4, 4), every frame of the video
+    first_frame: int = 0  # SfM and the errors use frames first_frame..T-1
 
 
 def evaluate_video(job: VideoJob, seeds: list[int], options: SfmOptions) -> dict:
@@ -68,19 +83,23 @@ def evaluate_video(job: VideoJob, seeds: list[int], options: SfmOptions) -> dict
         raise ValueError(
             f"{job.video_path}: {len(frames)} frames but {len(job.gt_c2w)} camera poses in cameras.txt"
         )
+    if len(frames) - job.first_frame < 3:
+        raise ValueError(f"{job.video_path}: camera accuracy from frame {job.first_frame} of {len(frames)} "
+                         "leaves fewer than 3 frames for SfM")
+    frames, gt_c2w = frames[job.first_frame:], np.asarray(job.gt_c2w)[job.first_frame:]
     trials = []
     for trial in run_sfm(frames, job.K, seeds, options):
         entry = {"seed": trial.seed, "success": trial.success, "registered": trial.num_registered,
                  "reason": trial.reason}
         if trial.success:
-            entry.update(camera_errors(trial.c2w, job.gt_c2w))
+            entry.update(camera_errors(trial.c2w, gt_c2w))
             # the recovered path at full precision (requested-vs-recovered plots; per-frame errors that
             # sum to the entry's own: rounding would move near-zero rotation angles)
             entry["c2w"] = trial.c2w.tolist()
         trials.append(entry)
     ok = [t for t in trials if t["success"]]
-    result = {"sample_id": job.sample_id, "num_frames": len(frames), "trials": trials,
-              "num_trials": len(trials), "num_success": len(ok)}
+    result = {"sample_id": job.sample_id, "num_frames": len(frames), "first_frame": job.first_frame,
+              "trials": trials, "num_trials": len(trials), "num_success": len(ok)}
     for name in CAMERA_METRICS:
         result[name] = float(np.mean([t[name] for t in ok])) if ok else None
     return result
@@ -110,6 +129,7 @@ def _evaluate_or_fail(job: VideoJob, seeds: list[int], options: SfmOptions) -> d
 def _cache_key(seeds: list[int], options: SfmOptions, job: VideoJob) -> str:
     blob = json.dumps({"seeds": seeds, "sfm": asdict(options), "video": os.path.abspath(job.video_path),
                        "mtime": os.path.getmtime(job.video_path), "K": np.round(job.K, 6).tolist(),
+                       "first_frame": job.first_frame,
                        "gt": np.round(job.gt_c2w, 6).tolist()}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()
 
@@ -146,6 +166,35 @@ def summarize_camera_results(per_video: list[dict]) -> dict:
     for name in CAMERA_METRICS:
         summary[name] = float(np.mean([v[name] for v in ok])) if ok else None
     return summary
+
+
+def wrong_trajectory_errors(per_video: list[dict], gt_c2w: dict[str, np.ndarray], max_others: int = 32) -> dict:
+    """Each video's recovered cameras scored against other videos' requested trajectories.
+
+    ``per_video``: :func:`evaluate_camera_accuracy`'s results (successful trials keep their ``c2w``,
+    frames ``first_frame``..T-1); ``gt_c2w``: every video's requested (T, 4, 4) poses by sample id.
+    For each video with a successful trial, its trials' errors against each of the next
+    ``max_others`` videos (cyclic, in ``per_video`` order; all the others when there are fewer) of the
+    same length that ``gt_c2w`` holds, averaged over the trials and those videos; then the mean over videos.
+    Returns ``{metric: mean or None, "num_videos": n}``."""
+    ids = [v["sample_id"] for v in per_video]
+    means: dict[str, list[float]] = {name: [] for name in CAMERA_METRICS}
+    for i, video in enumerate(per_video):
+        ok = [t for t in video["trials"] if t["success"] and "c2w" in t]
+        if not ok or video["sample_id"] not in gt_c2w:
+            continue
+        first = int(video.get("first_frame", 0))
+        own_len = len(gt_c2w[video["sample_id"]])
+        others = [ids[(i + k) % len(ids)] for k in range(1, len(ids))]
+        # videos without requested poses here (left out as unusable) are no reference
+        others = [o for o in others if o in gt_c2w and len(gt_c2w[o]) == own_len][:max_others]
+        if not others:
+            continue
+        errors = [camera_errors(np.asarray(t["c2w"]), np.asarray(gt_c2w[o])[first:]) for t in ok for o in others]
+        for name in CAMERA_METRICS:
+            means[name].append(float(np.mean([e[name] for e in errors])))
+    n = len(means[CAMERA_METRICS[0]])
+    return {**{name: (float(np.mean(v)) if v else None) for name, v in means.items()}, "num_videos": n}
 
 
 def evaluate_camera_accuracy(jobs: list[VideoJob], config: CameraAccuracyConfig, tag: str = "video") -> dict:

@@ -34,7 +34,9 @@ def draw_requested_vs_recovered(records: list[SampleRecord], per_video: list[dic
             trial = ok[0]
             title = (f"{record.sample_id}: RotErr {trial['RotErr']:.3g}, TransErr {trial['TransErr']:.3g} "
                      f"(seed {trial['seed']})")
-            plot_cameras([record.c2w, np.asarray(trial["c2w"])], path, labels=["requested", "recovered (SfM)"],
+            # the recovered cameras are frames first_frame..T-1 (camera_accuracy.VideoJob)
+            requested = record.c2w[int(result.get("first_frame", 0)):]
+            plot_cameras([requested, np.asarray(trial["c2w"])], path, labels=["requested", "recovered (SfM)"],
                          normalize=True, title=title)
         else:
             reasons = "; ".join(sorted({t["reason"] for t in result["trials"]})) or "no trial"

@@ -22,6 +22,7 @@ from camvid.evaluation.camera_accuracy import (
     evaluate_camera_accuracy,
     failed_video_result,
     summarize_camera_results,
+    wrong_trajectory_errors,
 )
 from camvid.evaluation.geometry_consistency import (
     AUC_THRESHOLDS,
@@ -36,7 +37,7 @@ from camvid.evaluation.tables import ResultRow, paper_row, write_tables
 from camvid.evaluation.weights import MissingWeights, require_weights
 from camvid.fsutil import atomic_write_text
 
-__all__ = ["METRIC_FAMILIES", "run_evaluation"]
+__all__ = ["METRIC_FAMILIES", "eval_settings", "run_evaluation"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,12 @@ def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path,
         trials=int(cfg.get("trials", 5)), base_seed=int(cfg.get("base_seed", 0)),
         workers=int(cfg.get("workers", 1)), sfm=sfm, progress=bool(cfg.get("progress", True)),
         cache_dir=str(out_dir / "cache" / "camera") if cfg.get("cache", True) else None,
+        first_frame=int(cfg.get("first_frame", 0)),
     )
 
     def jobs(use_gt: bool) -> list[VideoJob]:
-        return [VideoJob(r.sample_id, str(r.gt_video_path if use_gt else r.video_path), r.K[0], r.c2w)
+        return [VideoJob(r.sample_id, str(r.gt_video_path if use_gt else r.video_path), r.K[0], r.c2w,
+                         first_frame=config.first_frame)
                 for r in records if not use_gt or r.gt_video_path is not None]
 
     generated = evaluate_camera_accuracy(jobs(False), config, tag="video")
@@ -75,15 +78,26 @@ def _camera_rows(records: list[SampleRecord], cfg: dict, out_dir: Path,
         generated = _count_unusable(generated, unusable, config.trials)
     gt_result = evaluate_camera_accuracy(jobs(True), config, tag="gt") if reference and jobs(True) else None
     s, ref = generated["summary"], (gt_result or {}).get("summary", {})
+    frames = f"frames {config.first_frame}..T-1 (docs/evaluation.md)" if config.first_frame else ""
     rows = [ResultRow(m, s[m], ref.get(m), better="lower",
-                      note="" if s[m] is not None else "not computed: SfM failed on every video")
+                      note=frames if s[m] is not None else "not computed: SfM failed on every video")
             for m in CAMERA_METRICS]
+    requested = {r.sample_id: r.c2w for r in records}
+    wrong = wrong_trajectory_errors(generated["per_video"], requested)
+    wrong_gt = wrong_trajectory_errors(gt_result["per_video"], requested) if gt_result else {}
+    for m in CAMERA_METRICS:
+        rows.append(ResultRow(
+            f"{m}_wrong_traj", wrong[m], wrong_gt.get(m), better="higher",
+            note=f"reference: the recovered cameras of {wrong['num_videos']} videos against other videos' "
+                 "trajectories" if wrong[m] is not None else
+                 "not computed: needs >= 2 videos and a successful SfM trial"))
     n_failed = s["num_videos_failed"]
     rows.append(ResultRow("CameraTrialFailureRate", s["trial_failure_rate"], ref.get("trial_failure_rate"),
                           better="lower", note=f"{s['num_trials']} SfM trials ({config.trials} per video)"))
     rows.append(ResultRow("CameraVideoFailureRate", s["video_failure_rate"], ref.get("video_failure_rate"),
                           better="lower", note=f"{n_failed}/{s['num_videos']} videos with no successful trial "
                           "(counted, not dropped; their errors are absent from the means)"))
+    generated["wrong_trajectory"] = wrong
     _write_per_video(out_dir / "camera_per_video.csv", generated["per_video"], (gt_result or {}).get("per_video"))
     if int(cfg.get("plots", 16)) > 0:  # requested vs recovered cameras, out_dir/cameras/<sample>.png
         from camvid.evaluation.camera_plots import draw_requested_vs_recovered
@@ -298,6 +312,18 @@ def _log_wandb(cfg: dict, rows: list[ResultRow], title: str) -> None:
     run.finish()
 
 
+# keys of an evaluation config that say where things are or go, not what is measured
+_LOCATION_KEYS = ("samples_dir", "out_dir", "paths", "wandb", "progress")
+
+
+def eval_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What an evaluation measures and how (metrics, their options, weights, the paper row): the
+    config less its locations, JSON-ready. results.json records it, so a rerun can tell whether
+    results it finds were made with the same settings (``camvid.experiments.stages``)."""
+    kept = {k: v for k, v in cfg.items() if k not in _LOCATION_KEYS}
+    return json.loads(json.dumps(kept, sort_keys=True, default=str))
+
+
 def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
     """Evaluate ``cfg['samples_dir']``; write results.{md,csv,json} to ``cfg['out_dir']``."""
     samples_dir = Path(cfg["samples_dir"])
@@ -362,6 +388,7 @@ def run_evaluation(cfg: dict[str, Any]) -> dict[str, Any]:
     extra = {"samples_dir": str(samples_dir), "num_samples": len(all_records), "paper_row": row_id,
              "unusable_videos": unusable,
              "unusable_gt_videos": {r.sample_id: r.gt_problem for r in all_records if r.gt_problem},
+             "settings": eval_settings(cfg),
              "details": json.loads(json.dumps(details, default=lambda o: None))}
     paths = write_tables(out_dir, rows, extra, title, paper_source)
     if failures_csv is not None:

@@ -43,10 +43,16 @@ class SfmOptions:
     # evaluation-only upscale of the frames (bicubic, intrinsics scaled alike) before feature
     # extraction: SIFT finds too few keypoints in 64x64 frames (the tiny synthetic world); 1 = off
     upscale: int = 1
+    # SIFT's peak (contrast) threshold; None keeps COLMAP's (0.02 / octave resolution 3 = 0.0067).
+    # Lower finds keypoints in low-contrast frames: the tiny world's blurred generated videos need
+    # about 0.002 (docs/evaluation.md, "Camera accuracy in the tiny world")
+    peak_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if int(self.upscale) != self.upscale or self.upscale < 1:
             raise ValueError(f"SfmOptions.upscale must be a whole number >= 1, got {self.upscale}")
+        if self.peak_threshold is not None and not (0 < float(self.peak_threshold) < 1):
+            raise ValueError(f"SfmOptions.peak_threshold must be in (0, 1) or None, got {self.peak_threshold}")
         if self.matcher not in ("exhaustive", "sequential"):
             raise ValueError(f"SfmOptions.matcher must be 'exhaustive' or 'sequential', got {self.matcher!r}")
         if self.mapper not in ("global", "incremental"):
@@ -106,6 +112,8 @@ def extract_features(image_dir: Path, database: Path, K: np.ndarray | None, opti
     extraction.sift.estimate_affine_shape = options.estimate_affine_shape
     extraction.sift.domain_size_pooling = options.domain_size_pooling
     extraction.sift.max_num_features = options.max_num_features
+    if options.peak_threshold is not None:
+        extraction.sift.peak_threshold = float(options.peak_threshold)
     pycolmap.extract_features(
         database,
         image_dir,

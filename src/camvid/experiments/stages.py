@@ -207,8 +207,17 @@ def _wait_for_ranks(samples_dir: Path, world: int, timeout_s: float = 6 * 3600) 
         time.sleep(2)
 
 
+def _recorded_settings(results: Path) -> dict | None:
+    """The evaluation settings a results.json was made with (None: unreadable, or written before
+    results recorded them)."""
+    try:
+        return json.loads(results.read_text()).get("settings")
+    except (OSError, ValueError):
+        return None
+
+
 def _eval_stage(cfg: DictConfig, run_dir: Path) -> str:
-    from camvid.evaluation.pipeline import run_evaluation
+    from camvid.evaluation.pipeline import eval_settings, run_evaluation
 
     first = None
     for folder, scfg, overrides in sample_sets(cfg):
@@ -223,8 +232,11 @@ def _eval_stage(cfg: DictConfig, run_dir: Path) -> str:
         first = first or str(results)
         newest = max((p.stat().st_mtime for p in samples_dir.glob("*/meta.json")), default=0.0)
         if results.is_file() and results.stat().st_mtime >= newest:
-            print(f"eval: {results} is newer than every sample: stage skipped", flush=True)
-            continue
+            if _recorded_settings(results) == eval_settings(ecfg):
+                print(f"eval: {results} is newer than every sample and has these settings: stage skipped",
+                      flush=True)
+                continue
+            print(f"eval: {results} was made with other settings (stage_eval): evaluating again", flush=True)
         result = run_evaluation(ecfg)
         print(result["markdown"], flush=True)
         prefix = "eval" if folder == "samples" else f"eval_{folder.removeprefix('samples_')}"
