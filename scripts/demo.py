@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  results table: {evald / 'results.md'}")
     print(f"  side-by-side GIF (conditioning | generated | ground truth | warped reference): {figures['gif']}")
     print(f"  camera following per frame: {figures['plot']}")
+    if (evald / "cameras").is_dir():
+        print(f"  requested vs recovered (SfM) cameras per video: {evald / 'cameras'}")
     print(f"  stage logs: {logs}")
 
 
