@@ -37,6 +37,12 @@ if _TINY["height"] != _TINY["width"]:
                      f"{_TINY['height']}x{_TINY['width']}")
 SIZE = int(_TINY["height"])
 RENDER_FRAMES = 16
+# The tiny world's SfM settings (frames 1..T-1, SIFT's contrast threshold, the frame upscale; docs/evaluation.md,
+# "Camera accuracy in the tiny world"), read from where the tiny tables take them: conf/scale/tiny.yaml
+_TINY_CAMERA = yaml.safe_load((REPO / "conf" / "scale" / "tiny.yaml").read_text())["stage_eval"]["camera"]
+TINY_SFM = [f"camera.first_frame={_TINY_CAMERA['first_frame']}",
+            f"camera.sfm.upscale={_TINY_CAMERA['sfm']['upscale']}",
+            f"camera.sfm.peak_threshold={_TINY_CAMERA['sfm']['peak_threshold']}"]
 
 
 def run(stage: str, cmd: list[str], timings: dict, env: dict, logs: Path) -> None:
@@ -154,10 +160,8 @@ def main(argv: list[str] | None = None) -> None:
                    f"num_samples={args.samples}", f"out_dir={samples}", f"hydra.run.dir={out / 'sample_logs'}",
                    *quiet], timings, env, logs)
     run("evaluate", [py, "src/evaluate.py", f"samples_dir={samples}", f"out_dir={evald}",
-                     f"camera.trials={args.trials}", f"camera.sfm.upscale={256 // SIZE}", "camera.workers=2",
-                     # the tiny world's SfM settings (docs/evaluation.md, "Camera accuracy in the tiny world");
+                     f"camera.trials={args.trials}", "camera.workers=2", *TINY_SFM,
                      # no domain-size pooling: 10 s less, which keeps the demo inside 15 minutes
-                     "camera.first_frame=1", "camera.sfm.peak_threshold=0.002",
                      "camera.sfm.domain_size_pooling=false",
                      "metrics=[camera_following,camera]",
                      "reference=true",

@@ -48,8 +48,10 @@ class ThreadGovernor:
 
         import torch
 
+        from camvid.data.workers import available_cores  # here: torch must not load before set_openmp_wait
+
         self.every = max(1, int(every))
-        self.cores = cores or len(os.sched_getaffinity(0))
+        self.cores = cores or available_cores()
         self.full = threads or torch.get_num_threads()
         self.loadavg = loadavg or (lambda: os.getloadavg()[0])
         self.clock, self.cpu_clock = clock or time.perf_counter, cpu_clock or time.process_time

@@ -313,7 +313,7 @@ def _log_wandb(cfg: dict, rows: list[ResultRow], title: str) -> None:
 
 
 # keys of an evaluation config that say where things are or go, not what is measured
-_LOCATION_KEYS = ("samples_dir", "out_dir", "paths", "wandb", "progress")
+_LOCATION_KEYS = ("samples_dir", "out_dir", "paths", "wandb")
 
 
 def eval_settings(cfg: dict[str, Any]) -> dict[str, Any]:
