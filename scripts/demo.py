@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: conf/experiment/demo.yaml)")
     p.add_argument("--clips", type=int, default=192,
                    help="synthetic clips to render (every 6th is a test clip: all five trajectory kinds are tested)")
-    p.add_argument("--samples", type=int, default=16, help="test clips to sample and evaluate")
+    p.add_argument("--samples", type=int, default=32, help="test clips to sample and evaluate (the demo holds out 32)")
     p.add_argument("--trials", type=int, default=2, help="SfM trials per video (the paper uses 5)")
     args = p.parse_args(argv)
 

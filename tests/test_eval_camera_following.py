@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from camvid.data import synthetic as syn
-from camvid.evaluation.camera_following import masked_scores, score_video, score_videos, warp_to_camera
+from camvid.evaluation.camera_following import (
+    masked_scores,
+    paired_margin,
+    score_video,
+    score_videos,
+    warp_to_camera,
+)
 
 
 def test_plane_translation_is_an_exact_pixel_shift():
@@ -72,6 +78,29 @@ def test_gt_scores_far_above_static_and_wrong_trajectory(rendered):
         assert row["gt"]["l1"] < row["static"]["l1"] and row["gt"]["l1"] < row["wrong_trajectory"]["l1"]
         assert row["first_frame_psnr"] == 100.0  # the GT video's frame 0 is the conditioning image
         assert row["gt"]["psnr_per_frame"][0] == 100.0 and len(row["gt"]["psnr_per_frame"]) == 5
+
+
+def test_gt_wrong_trajectory_reference_and_paired_margins(rendered):
+    gts = [c[0] for c in rendered]
+    depths, Ks, c2ws = [c[1] for c in rendered], [c[2] for c in rendered], [c[3] for c in rendered]
+    rows = score_videos(gts, gts, depths, Ks, c2ws)
+    for row in rows:  # the GT video is the generated one here: both wrong-trajectory scores agree
+        assert row["gt_wrong_trajectory"]["psnr"] == pytest.approx(row["wrong_trajectory"]["psnr"])
+    margin = paired_margin(rows, "gt", "gt_wrong_trajectory")
+    diffs = [r["gt"]["psnr"] - r["gt_wrong_trajectory"]["psnr"] for r in rows]
+    assert margin["n"] == 3 and margin["wins"] == 3 and margin["mean"] > 5.0
+    assert margin["mean"] == pytest.approx(np.mean(diffs))
+    assert margin["se"] == pytest.approx(np.std(diffs, ddof=1) / math.sqrt(3))
+    # a still "generated" video: it scores exactly the static reference, so its margin over it is 0 and
+    # it never wins; its margin over the other trajectories is small against the GT's
+    still = [np.repeat(g[:1], len(g), axis=0) for g in gts]
+    rows = score_videos(still, gts, depths, Ks, c2ws)
+    assert paired_margin(rows, "generated", "static") == {"mean": 0.0, "se": 0.0, "wins": 0, "n": 3}
+    assert abs(paired_margin(rows, "generated", "wrong_trajectory")["mean"]) < margin["mean"] / 3
+    # videos without a finite score on either side are left out; none at all gives None
+    rows[0]["generated"]["psnr"] = math.nan
+    assert paired_margin(rows, "generated", "static")["n"] == 2
+    assert paired_margin([{"generated": {"psnr": 20.0}}], "generated", "static") is None
 
 
 def test_frames_without_overlap_are_left_out(rendered):

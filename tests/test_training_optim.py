@@ -109,7 +109,7 @@ def test_new_modules_get_their_own_lr():
 def test_new_module_parameters_of_a_method():
     from camvid.models.registry import build_method, new_module_parameter_names, set_trainable
 
-    cfg = compose(["experiment=demo", "backbone.pretrained=null"])
+    cfg = compose(["experiment=demo", "backbone.pretrained=null", "model.train_base=true"])
     method = build_method(cfg)
     assert set_trainable(method, cfg)
     before = {n: p.requires_grad for n, p in method.named_parameters()}

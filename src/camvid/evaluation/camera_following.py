@@ -193,7 +193,9 @@ def score_videos(generated: Sequence[np.ndarray], gt: Sequence[np.ndarray], dept
     ``gt[i][cond_index]`` is the conditioning image of video i. Rows hold ``psnr`` / ``l1`` (means over
     frames 1..T-1) and ``psnr_per_frame`` for ``generated``, ``gt`` (upper bound), ``static`` (the
     conditioning frame repeated) and ``wrong_trajectory`` (the generated video against each other
-    video's relative trajectory, averaged; needs >= 2 videos), plus ``first_frame_psnr``."""
+    video's relative trajectory, averaged; needs >= 2 videos) and ``gt_wrong_trajectory`` (the same for
+    the GT video: what a model that follows its camera exactly loses on other trajectories), plus
+    ``first_frame_psnr``."""
     n = len(generated)
     if not (len(gt) == len(depths) == len(Ks) == len(c2ws) == n):
         raise ValueError("score_videos: generated, gt, depths, Ks and c2ws must have one entry per video")
@@ -207,16 +209,13 @@ def score_videos(generated: Sequence[np.ndarray], gt: Sequence[np.ndarray], dept
         for name, video in (("generated", generated[i]), ("gt", gt[i]), ("static", static)):
             s = score_video(video, cond, depths[i], Ks[i], rel[i], **kw)
             row[name] = {"psnr": s.mean_psnr, "l1": s.mean_l1, "psnr_per_frame": s.psnr, "coverage": s.coverage}
-        wrong = []
-        for j in range(n):
-            if j == i or len(rel[j]) != len(rel[i]):
-                continue
-            s = score_video(generated[i], cond, depths[i], Ks[i], rel[j], **kw)
-            wrong.append((s.mean_psnr, s.mean_l1, s.psnr))
-        if wrong:
-            row["wrong_trajectory"] = {"psnr": float(np.nanmean([w[0] for w in wrong])),
-                                       "l1": float(np.nanmean([w[1] for w in wrong])),
-                                       "psnr_per_frame": np.nanmean([w[2] for w in wrong], axis=0).tolist()}
+        others = [j for j in range(n) if j != i and len(rel[j]) == len(rel[i])]
+        for name, video in (("wrong_trajectory", generated[i]), ("gt_wrong_trajectory", gt[i])):
+            wrong = [score_video(video, cond, depths[i], Ks[i], rel[j], **kw) for j in others]
+            if wrong:
+                row[name] = {"psnr": float(np.nanmean([w.mean_psnr for w in wrong])),
+                             "l1": float(np.nanmean([w.mean_l1 for w in wrong])),
+                             "psnr_per_frame": np.nanmean([w.psnr for w in wrong], axis=0).tolist()}
         out.append(row)
     return out
 
@@ -225,7 +224,20 @@ def score_videos(generated: Sequence[np.ndarray], gt: Sequence[np.ndarray], dept
 # over a samples folder (``make eval``)
 
 FOLLOWING_METRICS = ("CamFollowPSNR", "CamFollowL1", "CamFollowPSNR_static", "CamFollowPSNR_wrong_traj",
-                     "FirstFramePSNR")
+                     "CamFollowMargin_static", "CamFollowMargin_wrong_traj", "FirstFramePSNR")
+
+
+def paired_margin(per_video: Sequence[dict], key: str, reference: str, field: str = "psnr") -> dict | None:
+    """The per-video difference ``per_video[i][key][field] - per_video[i][reference][field]`` over the
+    videos where both are finite: {"mean", "se" (standard error of the mean; nan for one video), "wins"
+    (videos with a positive difference), "n"}; None when no video has both."""
+    diffs = [v[key][field] - v[reference][field] for v in per_video
+             if key in v and reference in v and math.isfinite(v[key][field]) and math.isfinite(v[reference][field])]
+    if not diffs:
+        return None
+    d = np.asarray(diffs, dtype=np.float64)
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+    return {"mean": float(d.mean()), "se": se, "wins": int((d > 0).sum()), "n": len(d)}
 
 
 def conditioning_depth(data_root, split: str, clip_id: str, frame_index: int, out_hw: tuple[int, int]) -> np.ndarray | None:
@@ -281,6 +293,17 @@ def evaluate_samples(records, out_dir) -> tuple[list, dict]:
         vals = [v[key][field] for v in per_video if key in v and math.isfinite(v[key][field])]
         return float(np.mean(vals)) if vals else None
 
+    def margin_row(metric: str, reference: str, what: str) -> ResultRow:
+        # paired per video: own-camera CamFollowPSNR minus the reference's (GT column: the GT videos' margin)
+        gen = paired_margin(per_video, "generated", reference)
+        gt_ref = paired_margin(per_video, "gt", "gt_wrong_trajectory" if reference == "wrong_trajectory" else reference)
+        if gen is None:
+            return ResultRow(metric, None, None, better="higher", note="not computed: needs >= 2 videos")
+        se = "" if math.isnan(gen["se"]) else f" ± {gen['se']:.2f} (s.e.)"
+        return ResultRow(metric, gen["mean"], None if gt_ref is None else gt_ref["mean"], better="higher",
+                         note=f"CamFollowPSNR minus that of {what}, per video: mean{se} dB, higher in "
+                              f"{gen['wins']} of {gen['n']} videos")
+
     n = f"{len(usable)}/{len(records)} videos, frames 1..T-1, co-visible pixels"
     first = [v["first_frame_psnr"] for v in per_video]
     rows = [
@@ -292,6 +315,8 @@ def evaluate_samples(records, out_dir) -> tuple[list, dict]:
         ResultRow("CamFollowPSNR_wrong_traj", mean("wrong_trajectory", "psnr"), None, better="lower",
                   note="reference: the generated videos scored against the other videos' trajectories"
                   if len(usable) > 1 else "not computed: needs >= 2 videos"),
+        margin_row("CamFollowMargin_static", "static", "the still frame"),
+        margin_row("CamFollowMargin_wrong_traj", "wrong_trajectory", "the other videos' trajectories"),
         ResultRow("FirstFramePSNR", float(np.mean(first)), None, better="higher",
                   note="generated frame 0 against the conditioning image"),
     ]
