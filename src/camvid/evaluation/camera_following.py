@@ -293,12 +293,13 @@ def evaluate_samples(records, out_dir) -> tuple[list, dict]:
         vals = [v[key][field] for v in per_video if key in v and math.isfinite(v[key][field])]
         return float(np.mean(vals)) if vals else None
 
-    def margin_row(metric: str, reference: str, what: str) -> ResultRow:
-        # paired per video: own-camera CamFollowPSNR minus the reference's (GT column: the GT videos' margin)
+    def margin_row(metric: str, reference: str, gt_reference: str, what: str, missing: str) -> ResultRow:
+        # paired per video: own-camera CamFollowPSNR minus the reference's (GT column: the GT videos' margin
+        # over ``gt_reference``, the same reference for the GT video)
         gen = paired_margin(per_video, "generated", reference)
-        gt_ref = paired_margin(per_video, "gt", "gt_wrong_trajectory" if reference == "wrong_trajectory" else reference)
+        gt_ref = paired_margin(per_video, "gt", gt_reference)
         if gen is None:
-            return ResultRow(metric, None, None, better="higher", note="not computed: needs >= 2 videos")
+            return ResultRow(metric, None, None, better="higher", note=f"not computed: {missing}")
         se = "" if math.isnan(gen["se"]) else f" ± {gen['se']:.2f} (s.e.)"
         return ResultRow(metric, gen["mean"], None if gt_ref is None else gt_ref["mean"], better="higher",
                          note=f"CamFollowPSNR minus that of {what}, per video: mean{se} dB, higher in "
@@ -315,8 +316,10 @@ def evaluate_samples(records, out_dir) -> tuple[list, dict]:
         ResultRow("CamFollowPSNR_wrong_traj", mean("wrong_trajectory", "psnr"), None, better="lower",
                   note="reference: the generated videos scored against the other videos' trajectories"
                   if len(usable) > 1 else "not computed: needs >= 2 videos"),
-        margin_row("CamFollowMargin_static", "static", "the still frame"),
-        margin_row("CamFollowMargin_wrong_traj", "wrong_trajectory", "the other videos' trajectories"),
+        margin_row("CamFollowMargin_static", "static", "static", "the still frame",
+                   "no video has a finite score and still-frame score"),
+        margin_row("CamFollowMargin_wrong_traj", "wrong_trajectory", "gt_wrong_trajectory",
+                   "the other videos' trajectories", "needs >= 2 videos"),
         ResultRow("FirstFramePSNR", float(np.mean(first)), None, better="higher",
                   note="generated frame 0 against the conditioning image"),
     ]
