@@ -131,3 +131,36 @@ def test_sfm_upscale_scales_intrinsics_with_the_pixels():
     np.testing.assert_allclose(big_px[:2] / big_px[2], 4 * small_px[:2] / small_px[2])
     with pytest.raises(ValueError, match="upscale"):
         SfmOptions(upscale=0)
+
+
+def test_by_kind_breakdown_script(tmp_path):
+    """benchmarks/camera_following_by_kind.py: per kind and per half of the move sizes, from the per-video
+    details and the pose files' URL lines; a sample without a pose file is named."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "by_kind", Path(__file__).resolve().parents[1] / "benchmarks" / "camera_following_by_kind.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def video(gen, wrong, still, gt):
+        return {"generated": {"psnr": gen}, "wrong_trajectory": {"psnr": wrong}, "static": {"psnr": still},
+                "gt": {"psnr": gt}, "gt_wrong_trajectory": {"psnr": gt - 5.0}}
+
+    per_video = [dict(video(22.0, 20.0, 21.0, 24.0), sample_id="a"),   # pan, small move, followed
+                 dict(video(21.0, 22.0, 19.0, 27.0), sample_id="b")]   # truck, large move, not followed
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "camera_following_per_video.json").write_text(json.dumps(per_video))
+    (tmp_path / "data" / "test").mkdir(parents=True)
+    for sid, kind in (("a", "pan"), ("b", "truck")):
+        (tmp_path / "data" / "test" / f"{sid}.txt").write_text(f"synthetic://camvid/scene/7/{kind}/128\n0 1 1\n")
+    out = mod.main([str(tmp_path / "eval"), str(tmp_path / "data")]).splitlines()
+    assert "| pan | +2.00 (1/1) | +1.00 (1/1) | +5.00 (1/1) | +3.00 (1/1) |" in out
+    assert "| truck | -1.00 (0/1) | +2.00 (1/1) | +5.00 (1/1) | +8.00 (1/1) |" in out
+    assert "| smaller moves (1) | +2.00 (1/1) |" in "\n".join(out) and "| larger moves (1) | -1.00 (0/1) |" in "\n".join(out)
+    assert "| all (2) | +0.50 (1/2) | +1.50 (2/2) |" in "\n".join(out)
+    (tmp_path / "data" / "test" / "b.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="b.txt: no pose file for sample b"):
+        mod.main([str(tmp_path / "eval"), str(tmp_path / "data")])
