@@ -1,4 +1,5 @@
-"""A paper table at ``scale=tiny`` on one machine: every row x seed, a few jobs at a time, then the table.
+"""A paper table at ``scale=tiny`` (or ``tiny_frozen``) on one machine: every row x seed, a few jobs at a
+time, then the table.
 
 ``python src/train.py -m table=T scale=tiny seed=1,2,3`` runs the jobs one after another in one
 process (Hydra's basic launcher); on a laptop with N cores it is faster to run N jobs side by side,
@@ -11,6 +12,8 @@ Each job is exactly ``python src/train.py table=T scale=tiny experiment=<row pre
 (``$CAMVID_ROOT/outputs/tables/tiny/T/<preset>/seed_<s>``) and a finished job is skipped when the
 command is run again (its stages find their outputs). Its log goes to ``<sweep>/logs/``. At the end
 the table is rendered as ``make table TABLE=T SCALE=tiny`` does (``table.md``, ``table.csv``).
+``--scale tiny_frozen`` runs the same jobs with the papers' frozen-base recipe (conf/scale/tiny_frozen.yaml)
+into ``outputs/tables/tiny_frozen/T``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from camvid.experiments.tables import default_root, load_table_config  # noqa: E402
 from camvid.experiments.tables import main as render_table  # noqa: E402
+
+TINY_SCALES = ("tiny", "tiny_frozen")  # conf/scale/ presets that run on one CPU machine
 
 
 def jobs_of(table: str, seeds: list[int], rows: list[str] | None) -> list[tuple[str, int]]:
@@ -51,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads per job (default: the machine's cores / lanes, at least 1)")
     p.add_argument("--rows", nargs="+", default=None, help="only these row presets")
+    p.add_argument("--scale", default="tiny", choices=TINY_SCALES,
+                   help="tiny: the tiny tables' recipe (base and modules train); tiny_frozen: the papers' "
+                        "frozen base, only the camera modules train (conf/scale/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides passed to every job (anywhere on the line)")
     argv = sys.argv[1:] if argv is None else list(argv)
     # key=value words are overrides wherever they stand (after --seeds / --rows they would be swallowed)
@@ -64,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"overrides must be key=value, got {bad}")
 
     todo = deque(jobs_of(args.table, args.seeds, args.rows))
-    root = default_root(args.table, "tiny")
+    root = default_root(args.table, args.scale)
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.lanes)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
                WANDB_MODE=os.environ.get("WANDB_MODE", "offline"), WANDB_SILENT="true")
-    print(f"{args.table} at scale=tiny: {len(todo)} jobs, {args.lanes} at a time, {threads} thread(s) each; "
+    print(f"{args.table} at scale={args.scale}: {len(todo)} jobs, {args.lanes} at a time, {threads} thread(s) each; "
           f"jobs in {root}, logs in {logs}", flush=True)
 
     running: dict[subprocess.Popen, tuple[str, int, float]] = {}
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         for proc in running:
             proc.terminate()
     print(f"all jobs finished in {time.perf_counter() - start:.0f} s", flush=True)
-    render_table([args.table, "--scale", "tiny", "--root", str(root)])
+    render_table([args.table, "--scale", args.scale, "--root", str(root)])
     if failed:
         print(f"failed jobs (their cells say so): {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -93,7 +101,7 @@ def _run_lanes(todo: deque, running: dict, failed: list, args, env: dict, logs: 
     while todo or running:
         while todo and len(running) < args.lanes:
             preset, seed = todo.popleft()
-            cmd = [sys.executable, str(REPO / "src" / "train.py"), f"table={args.table}", "scale=tiny",
+            cmd = [sys.executable, str(REPO / "src" / "train.py"), f"table={args.table}", f"scale={args.scale}",
                    f"experiment={preset}", f"seed={seed}", "hydra.job_logging.root.level=WARNING", *args.overrides]
             log = (logs / f"{preset}.seed_{seed}.log").open("w")
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -135,6 +135,48 @@ def test_tiny_rows_learn_with_the_tiny_recipe(preset):
         assert row.model.name == "cvd" and row.stage_sample.guidance is None
 
 
+@pytest.mark.parametrize("preset", ["cami2v_t1_dynamicrafter", "cami2v_t1_cameractrl", "cvd_t3_cvd"])
+def test_tiny_frozen_rows_train_with_the_demo_recipe(preset):
+    from camvid.diffusion.losses import CondDropout
+    from camvid.experiments.stages import _nothing_to_train
+
+    demo = compose(["experiment=demo"])
+    row = compose(["table=cami2v_t1", "scale=tiny_frozen", f"experiment={preset}"])
+    tiny = compose(["table=cami2v_t1", "scale=tiny", f"experiment={preset}"])
+    assert row.scale_name == "tiny_frozen" and row.stage_sample.num_samples == 32
+    assert row.trainer.max_steps == 1000 and row.backbone.name == tiny.backbone.name
+    if preset.startswith("cvd"):  # no tiny AnimateDiff base to freeze: scale=tiny's recipe
+        for key in ("model.train_base", "model.optimizer.lr", "model.train_timesteps", "stage_sample.guidance",
+                    "stage_sample.steps"):
+            assert OmegaConf.select(row, key) == OmegaConf.select(tiny, key), key
+        drop = CondDropout.from_config
+        assert drop(OmegaConf.to_container(row.backbone.cond_dropout, resolve=True)) == drop(tiny.backbone.cond_dropout)
+        assert not _nothing_to_train(row)
+        return
+    # the demo's training and sampling recipe (conf/experiment/demo.yaml)
+    for key in ("model.train_base", "model.optimizer.lr", "model.train_timesteps", "backbone.cond_dropout",
+                "backbone.pretrained", "model.rand_cond_frame", "trainer.batch_size", "data.stride_train"):
+        assert OmegaConf.select(row, key) == OmegaConf.select(demo, key), key
+    assert row.stage_sample.steps == demo.backbone.sampler.steps == 12
+    assert row.stage_sample.guidance.camera_scale == demo.backbone.guidance.camera_scale == 0.0
+    # the no-camera row has nothing to train on the frozen base: the zero-shot row; at scale=tiny it trains
+    assert _nothing_to_train(row) is (preset == "cami2v_t1_dynamicrafter")
+    assert not _nothing_to_train(tiny)
+
+
+def test_tiny_frozen_no_camera_row_samples_the_frozen_base_without_training(tmp_path):
+    env = _env(tmp_path)
+    job = ["src/train.py", "table=cami2v_t1", "scale=tiny_frozen", "experiment=cami2v_t1_dynamicrafter", "seed=1",
+           *TINY_JOB, "stage_eval.metrics=[camera_following]"]
+    done = _run(job, env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "nothing trains: stage skipped, the pretrained base is sampled as it is" in done.stdout
+    run = tmp_path / "outputs" / "tables" / "tiny_frozen" / "cami2v_t1" / "cami2v_t1_dynamicrafter" / "seed_1"
+    assert not (run / "checkpoints").exists()
+    results = json.loads((run / "samples" / "eval" / "results.json").read_text())
+    assert any(r["metric"] == "CamFollowPSNR" and r["value"] is not None for r in results["rows"])
+
+
 def test_unknown_table_is_named():
     with pytest.raises(FileNotFoundError, match="TABLE=nope: .*known tables: .*cami2v_t2"):
         collect_table("nope", Path("/nonexistent"))

@@ -63,6 +63,11 @@ def run_job(cfg: DictConfig) -> dict:
         # released systems sampled as they are (CVD's SparseCtrl / SVD baselines), also at scale=tiny
         print(f"train: model={cfg.model.name} is sampling-only: stage skipped", flush=True)
         stages.remove("train")
+    if "train" in stages and _nothing_to_train(cfg):
+        # a base-only row (no camera, temporal attention) on a frozen base: the papers' zero-shot row
+        print(f"train: model={cfg.model.name} has no new modules and model.train_base is off, so nothing "
+              "trains: stage skipped, the pretrained base is sampled as it is", flush=True)
+        stages.remove("train")
     if stages != ["benchmark"]:  # a measurement reads no data and no weights (random weights, synthetic batch)
         validate_train_config(cfg)  # bad option values end the job before anything is read or built
     export_distributed_env()  # a multi-task submitit job: RANK/WORLD_SIZE/MASTER_* for accelerate
@@ -86,6 +91,16 @@ def run_job(cfg: DictConfig) -> dict:
 
 
 # --- train ---------------------------------------------------------------------------------------
+
+def _nothing_to_train(cfg: DictConfig) -> bool:
+    """A model without new modules (no camera input, the backbone's own temporal attention, one view)
+    whose base is frozen (``model.train_base`` false, or auto with pretrained weights)."""
+    from camvid.models.registry import trains_base
+
+    base_only = (cfg.model.get("camera") is None and str(cfg.attn.get("variant", "temporal")) == "temporal"
+                 and int(cfg.model.get("views", 1) or 1) == 1)
+    return base_only and not trains_base(cfg)
+
 
 def _finished_step(run_dir: Path) -> int | None:
     from camvid.training.checkpoint import find_latest, read_trainer_state

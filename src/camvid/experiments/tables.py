@@ -7,7 +7,7 @@ keyed by the preset's ``paper_row``) in the adjacent column with the relative di
 ``table.md`` and ``table.csv``. A cell that cannot be filled says why: no preset for the row, no
 finished job, or the metric's own "not computed" reason.
 
-A ``scale=tiny`` table (``--scale tiny``) shows, before the paper's columns, the tiny world's own
+A ``scale=tiny`` table (``--scale tiny``, or ``tiny_frozen``) shows, before the paper's columns, the tiny world's own
 measure (``conf/scale/tiny.yaml`` evaluates it for every row): the camera-following PSNR, its
 ground-truth-video upper bound (``CamFollowPSNR_gt``, the reference of the same results row), the
 static and wrong-trajectory references, the margin between a job's own-camera score and its
@@ -125,9 +125,9 @@ def _results_by_metric(results: Path | list[Path]) -> dict[str, dict]:
 
 def collect_table(name: str, root: Path, conf_dir: Path = CONF_DIR, scale: str = "full") -> tuple[dict, list[TableRow]]:
     """The table config and its rows filled from the finished jobs under ``root``; ``scale="tiny"``
-    puts the camera-following columns (``tiny_columns`` or :data:`TINY_COLUMNS`) before the paper's."""
+    (or ``"tiny_frozen"``) puts the camera-following columns (``tiny_columns`` or :data:`TINY_COLUMNS`) before the paper's."""
     spec = load_table_config(name, conf_dir)
-    if scale == "tiny":
+    if scale.startswith("tiny"):  # tiny, tiny_frozen: the CPU scales (conf/scale/)
         extra = [c for c in spec.get("tiny_columns", TINY_COLUMNS) if c not in spec["columns"]]
         spec = {**spec, "columns": [*extra, *spec["columns"]], "unpublished": extra}
     paper = load_paper_numbers()
@@ -226,7 +226,7 @@ def default_root(name: str, scale: str = "full") -> Path:
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(description="Collect a table sweep's finished jobs into the paper's layout.")
     parser.add_argument("table", help="a conf/table/<name>.yaml, e.g. cami2v_t2")
-    parser.add_argument("--scale", default="full", help="the sweep's scale= (full or tiny)")
+    parser.add_argument("--scale", default="full", help="the sweep's scale= (full, tiny or tiny_frozen)")
     parser.add_argument("--root", default=None, help="the sweep directory (default: outputs/tables/<scale>/<table>)")
     parser.add_argument("--out", default=None, help="where table.md/table.csv go (default: the sweep directory)")
     args = parser.parse_args(argv)
