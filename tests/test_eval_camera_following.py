@@ -164,3 +164,48 @@ def test_by_kind_breakdown_script(tmp_path):
     (tmp_path / "data" / "test" / "b.txt").unlink()
     with pytest.raises(FileNotFoundError, match="b.txt: no pose file for sample b"):
         mod.main([str(tmp_path / "eval"), str(tmp_path / "data")])
+
+
+def test_direction_table_tells_a_right_a_mirrored_and_a_still_move(rendered, tmp_path):
+    """benchmarks/camera_following_by_kind.py --samples: the GT video scores best on its own trajectory
+    (not mirrored, reversed or no move); a video that moves the mirrored way scores best mirrored; a still
+    video scores best on no move."""
+    import importlib.util
+    from pathlib import Path
+
+    from camvid.evaluation.camera_following import DEPTH_FILE
+    from camvid.evaluation.layout import write_sample
+
+    spec = importlib.util.spec_from_file_location(
+        "by_kind", Path(__file__).resolve().parents[1] / "benchmarks" / "camera_following_by_kind.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
+    for frames, depth, K, c2w in rendered:
+        gt = mod.direction_scores(frames, frames[0], depth, K, c2w)
+        assert gt["own"] > max(gt["mirrored"], gt["reversed"], gt["no move"]) + 3.0, gt
+        still = mod.direction_scores(np.repeat(frames[:1], len(frames), 0), frames[0], depth, K, c2w)
+        assert still["no move"] == 100.0 and still["no move"] > still["own"] + 3.0, still
+    # the truck clip rendered along its mirror image: its video moves the other way
+    scene_frames, depth, K, c2w = rendered[2]
+    rel = np.linalg.inv(c2w[0]) @ c2w
+    mirrored = c2w[0] @ (mirror @ rel @ mirror)
+    frames, _ = syn.render_frames(syn.make_scene(4, texture_size=64), K[0], mirrored, 32, 32)
+    assert np.array_equal(frames[0], scene_frames[0])
+    wrong_way = mod.direction_scores(frames, frames[0], depth, K, c2w)
+    assert wrong_way["mirrored"] > max(wrong_way["own"], wrong_way["no move"]) + 3.0, wrong_way
+
+    # the table over sample folders: kinds from the pose files, the GT row and a generated row per kind
+    samples, data = tmp_path / "samples", tmp_path / "data" / "test"
+    data.mkdir(parents=True)
+    for i, ((frames, depth, K, c2w), kind) in enumerate(zip(rendered, ("pan", "forward", "truck"))):
+        folder = write_sample(samples, f"s{i}", np.repeat(frames[:1], len(frames), 0), K, c2w, "", 0, gt_video=frames)
+        np.save(folder / DEPTH_FILE, depth)
+        (data / f"s{i}.txt").write_text(f"synthetic://camvid/scene/{i}/{kind}/128\n")
+    kinds = {f"s{i}": k for i, k in enumerate(("pan", "forward", "truck"))}
+    lines = mod.direction_table(samples, kinds).splitlines()
+    assert lines[0].startswith("| clips | generated: own | generated: mirrored |") and len(lines) == 2 + 3 + 1
+    pan = next(x for x in lines if x.startswith("| pan |")).split("|")[2:-1]
+    gen_own, gen_no_move, gt_own, gt_mirrored = float(pan[0]), float(pan[3]), float(pan[4]), float(pan[5])
+    assert gen_no_move > gen_own and gt_own > gt_mirrored  # the still video stays, the GT moves its own way
+    assert lines[-1].startswith("| all (3) |")
