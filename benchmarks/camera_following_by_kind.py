@@ -112,11 +112,12 @@ def direction_table(samples_dir: Path, kinds: dict[str, str]) -> str:
     cols = [(who, d) for who in ("generated", "GT") for d in DIRECTIONS]
     lines = ["| clips | " + " | ".join(f"{who}: {d}" for who, d in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     everything = [row for rows in groups.values() for row in rows]
+    def cell(rows: list[dict], col) -> str:
+        vals = [r[col] for r in rows if math.isfinite(r[col])]
+        return f"{statistics.mean(vals):.2f}" if vals else "-"
+
     for name, rows in [*sorted(groups.items()), (f"all ({len(everything)})", everything)]:
-        def cell(col):
-            vals = [r[col] for r in rows if math.isfinite(r[col])]
-            return f"{statistics.mean(vals):.2f}" if vals else "-"
-        lines.append(f"| {name} | " + " | ".join(cell(c) for c in cols) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(rows, c) for c in cols) + " |")
     return "\n".join(lines)
 
 
