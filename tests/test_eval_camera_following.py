@@ -209,3 +209,36 @@ def test_direction_table_tells_a_right_a_mirrored_and_a_still_move(rendered, tmp
     gen_own, gen_no_move, gt_own, gt_mirrored = float(pan[0]), float(pan[3]), float(pan[4]), float(pan[5])
     assert gen_no_move > gen_own and gt_own > gt_mirrored  # the still video stays, the GT moves its own way
     assert lines[-1].startswith("| all (3) |")
+
+
+def test_vs_row_script_pairs_each_video_with_the_reference_row(tmp_path):
+    """benchmarks/camera_following_vs_row.py: per seed, the per-video margin differences against the
+    reference row (a reference with one seed serves every seed); a job without the per-video file is named."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "vs_row", Path(__file__).resolve().parents[1] / "benchmarks" / "camera_following_vs_row.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def job(preset, seed, margins):
+        out = tmp_path / preset / f"seed_{seed}" / "samples" / "eval"
+        out.mkdir(parents=True)
+        rows = [{"sample_id": f"v{i}", "generated": {"psnr": 20.0 + m}, "wrong_trajectory": {"psnr": 20.0}}
+                for i, m in enumerate(margins)]
+        (out / "camera_following_per_video.json").write_text(json.dumps(rows))
+
+    job("none", 1, [0.0, 0.1, -0.1, 0.0])
+    job("cam", 1, [0.5, 0.1, 0.3, -0.2])   # differences 0.5, 0.0, 0.4, -0.2: mean 0.175, 2 ahead
+    job("cam", 2, [0.2, 0.3, 0.1, 0.2])    # differences 0.2, 0.2, 0.2, 0.2 against seed 1 of "none"
+    rows = mod.compare(tmp_path, "none", ["cam"])
+    s1, s2 = rows[0]["seeds"]
+    assert s1["mean"] == pytest.approx(0.175) and s1["wins"] == 2 and s1["n"] == 4
+    assert s1["se"] == pytest.approx(np.std([0.5, 0.0, 0.4, -0.2], ddof=1) / 2)
+    assert s2["mean"] == pytest.approx(0.2) and s2["se"] == pytest.approx(0.0) and s2["wins"] == 4
+    assert rows[0]["mean"] == pytest.approx(0.1875) and rows[0]["std"] == pytest.approx(np.std([0.175, 0.2], ddof=1))
+    assert "| cam | +0.19 ± 0.02 | +0.18 ± 0.17 (2/4), +0.20 ± 0.00 (4/4) |" in mod.main([str(tmp_path), "none", "cam"])
+    with pytest.raises(FileNotFoundError, match="nope: no seed_"):
+        mod.compare(tmp_path, "none", ["nope"])
