@@ -18,6 +18,8 @@ generated and the GT videos scored (CamFollowPSNR, mean dB) against their own tr
 poses: moving back instead of forward) and no move (every camera at the first one: how close the video
 stays to its first view). A video that moves the right way scores best on its own trajectory; one that
 moves the wrong way scores best mirrored or reversed; one that does not move scores best on no move.
+The last two columns count the generated videos that score best on their own trajectory, and above its
+mirror image.
 """
 
 from __future__ import annotations
@@ -110,14 +112,23 @@ def direction_table(samples_dir: Path, kinds: dict[str, str]) -> str:
     if not groups:
         raise SystemExit(f"{samples_dir}: none of the evaluated samples is there")
     cols = [(who, d) for who in ("generated", "GT") for d in DIRECTIONS]
-    lines = ["| clips | " + " | ".join(f"{who}: {d}" for who, d in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = ["| clips | " + " | ".join(f"{who}: {d}" for who, d in cols)
+             + " | generated: own best | generated: own above mirrored |", "|---" * (len(cols) + 3) + "|"]
     everything = [row for rows in groups.values() for row in rows]
+
     def cell(rows: list[dict], col) -> str:
         vals = [r[col] for r in rows if math.isfinite(r[col])]
         return f"{statistics.mean(vals):.2f}" if vals else "-"
 
+    def own_best(row: dict) -> bool:  # the generated video scores highest on its own trajectory
+        return all(row[("generated", "own")] > row[("generated", d)] for d in DIRECTIONS[1:])
+
+    def own_above_mirrored(row: dict) -> bool:
+        return row[("generated", "own")] > row[("generated", "mirrored")]
+
     for name, rows in [*sorted(groups.items()), (f"all ({len(everything)})", everything)]:
-        lines.append(f"| {name} | " + " | ".join(cell(rows, c) for c in cols) + " |")
+        counts = [f"{sum(f(r) for r in rows)}/{len(rows)}" for f in (own_best, own_above_mirrored)]
+        lines.append(f"| {name} | " + " | ".join(cell(rows, c) for c in cols) + " | " + " | ".join(counts) + " |")
     return "\n".join(lines)
 
 

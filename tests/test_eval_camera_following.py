@@ -208,6 +208,7 @@ def test_direction_table_tells_a_right_a_mirrored_and_a_still_move(rendered, tmp
     pan = next(x for x in lines if x.startswith("| pan |")).split("|")[2:-1]
     gen_own, gen_no_move, gt_own, gt_mirrored = float(pan[0]), float(pan[3]), float(pan[4]), float(pan[5])
     assert gen_no_move > gen_own and gt_own > gt_mirrored  # the still video stays, the GT moves its own way
+    assert pan[-2].strip() == "0/1"  # a still video never scores best on its own trajectory: no move wins
     assert lines[-1].startswith("| all (3) |")
 
 
