@@ -45,6 +45,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+# the hook the attention modules call (camvid.attention.hooks), re-exported as this module's API
+from camvid.attention.hooks import SESSIONS, active, record
+
 __all__ = ["capture", "active", "record", "attention_layers", "query_position", "keys_to_grid", "Query",
            "LayerAttention", "AttentionMaps", "DIMS"]
 
@@ -52,19 +55,6 @@ DIMS = ("timestep", "head", "query", "frame", "key_row", "key_col")
 # timestep label of a forward call made outside ``method.denoise``
 NO_TIMESTEP = -1
 
-_SESSIONS: list[_Session] = []
-
-
-def active() -> bool:
-    """True while a :func:`capture` is open (the only cost the hook adds otherwise)."""
-    return bool(_SESSIONS)
-
-
-def record(module: nn.Module, q: torch.Tensor, k: torch.Tensor, reg_k: torch.Tensor | None, ctx, kind: str | None,
-           feat_hw: tuple[int, int] | None) -> None:
-    """Called by ``MultiHeadAttention.forward`` with q (N, Lq, H, D), k (N, Lk, H, D), reg_k (1, H, R, D)."""
-    for session in _SESSIONS:
-        session.record(module, q, k, reg_k, ctx, kind)
 
 
 @dataclass(frozen=True)
@@ -490,11 +480,11 @@ def capture(model: nn.Module, layers: Sequence[str | int] | str | None = None, h
         model.denoise = tracked_denoise  # instance attribute: removed on exit, the class method is untouched
     else:
         session.handles.append(model.register_forward_pre_hook(lambda m, args: session.begin_call(None)))
-    _SESSIONS.append(session)
+    SESSIONS.append(session)
     try:
         yield session.maps
     finally:
-        _SESSIONS.remove(session)
+        SESSIONS.remove(session)
         for handle in session.handles:
             handle.remove()
         if callable(denoise):

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camvid.attention.capture import active as capture_active
-from camvid.attention.capture import record as capture_record
 from camvid.attention.context import AttentionContext
+from camvid.attention.hooks import active as capture_active
+from camvid.attention.hooks import record as capture_record
 from camvid.attention.kernels import chunked_masked_attention, dense_masked_attention
 from camvid.attention.sparse import tiled_sparse_attention_packed
 
