@@ -9,7 +9,7 @@ SWEEP_DIR holds ``<preset>/seed_<s>/samples/eval/camera_following_per_video.json
 video's camera-following margin (its CamFollowPSNR minus that against the other videos' trajectories, dB)
 can be compared with the same video's margin in the reference row. Per preset and seed: the mean of those
 per-video differences, its standard error over the videos and the count of videos where the row is ahead;
-then the seeds' mean ± std. A seed the reference row lacks is compared with the reference's first seed
+then the seeds' mean ± std. Seeds whose job is not evaluated yet are left out and named. A seed the reference row lacks is compared with the reference's first seed
 (a row that trains nothing, such as the frozen base, is the same in every seed).
 """
 
@@ -22,9 +22,13 @@ import statistics
 from pathlib import Path
 
 
+def per_video_file(job: Path) -> Path:
+    return job / "samples" / "eval" / "camera_following_per_video.json"
+
+
 def video_margins(job: Path) -> dict[str, float]:
     """Per video of one job: CamFollowPSNR minus its score against the other videos' trajectories."""
-    path = job / "samples" / "eval" / "camera_following_per_video.json"
+    path = per_video_file(job)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (evaluate the job with the camera_following metric)")
     out = {}
@@ -36,19 +40,22 @@ def video_margins(job: Path) -> dict[str, float]:
     return out
 
 
-def seeds_of(sweep: Path, preset: str) -> dict[int, Path]:
+def seeds_of(sweep: Path, preset: str) -> tuple[dict[int, Path], list[int]]:
+    """The preset's evaluated jobs by seed, and the seeds whose job is not evaluated yet."""
     jobs = {int(p.name.split("_", 1)[1]): p for p in (sweep / preset).glob("seed_*") if p.name[5:].isdigit()}
-    if not jobs:
-        raise FileNotFoundError(f"{sweep / preset}: no seed_* job")
-    return dict(sorted(jobs.items()))
+    done = {s: j for s, j in sorted(jobs.items()) if per_video_file(j).is_file()}
+    if not done:
+        raise FileNotFoundError(f"{sweep / preset}: no evaluated seed_* job (with the camera_following metric)")
+    return done, sorted(set(jobs) - set(done))
 
 
 def compare(sweep: Path, reference: str, presets: list[str]) -> list[dict]:
-    ref_jobs = seeds_of(sweep, reference)
+    ref_jobs, _ = seeds_of(sweep, reference)
     rows = []
     for preset in presets:
         per_seed = []
-        for seed, job in seeds_of(sweep, preset).items():
+        jobs, unfinished = seeds_of(sweep, preset)
+        for seed, job in jobs.items():
             ref = video_margins(ref_jobs.get(seed, next(iter(ref_jobs.values()))))
             own = video_margins(job)
             diffs = [own[v] - ref[v] for v in own if v in ref]
@@ -59,7 +66,7 @@ def compare(sweep: Path, reference: str, presets: list[str]) -> list[dict]:
                              "wins": sum(d > 0 for d in diffs), "n": len(diffs)})
         means = [s["mean"] for s in per_seed]
         rows.append({"preset": preset, "seeds": per_seed, "mean": statistics.mean(means),
-                     "std": statistics.stdev(means) if len(means) > 1 else 0.0})
+                     "std": statistics.stdev(means) if len(means) > 1 else 0.0, "unfinished": unfinished})
     return rows
 
 
@@ -68,6 +75,8 @@ def render(rows: list[dict], reference: str) -> str:
              "(videos ahead) |", "|---|---|---|"]
     for r in rows:
         seeds = ", ".join(f"{s['mean']:+.2f} ± {s['se']:.2f} ({s['wins']}/{s['n']})" for s in r["seeds"])
+        if r["unfinished"]:
+            seeds += f"; not evaluated yet: seed {', '.join(map(str, r['unfinished']))}"
         lines.append(f"| {r['preset']} | {r['mean']:+.2f} ± {r['std']:.2f} | {seeds} |")
     return "\n".join(lines)
 

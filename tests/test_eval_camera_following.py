@@ -241,5 +241,7 @@ def test_vs_row_script_pairs_each_video_with_the_reference_row(tmp_path):
     assert s2["mean"] == pytest.approx(0.2) and s2["se"] == pytest.approx(0.0) and s2["wins"] == 4
     assert rows[0]["mean"] == pytest.approx(0.1875) and rows[0]["std"] == pytest.approx(np.std([0.175, 0.2], ddof=1))
     assert "| cam | +0.19 ± 0.02 | +0.18 ± 0.17 (2/4), +0.20 ± 0.00 (4/4) |" in mod.main([str(tmp_path), "none", "cam"])
-    with pytest.raises(FileNotFoundError, match="nope: no seed_"):
+    with pytest.raises(FileNotFoundError, match="nope: no evaluated seed_"):
         mod.compare(tmp_path, "none", ["nope"])
+    (tmp_path / "cam" / "seed_3" / "checkpoints").mkdir(parents=True)  # a job still training: named, left out
+    assert "(4/4); not evaluated yet: seed 3 |" in mod.main([str(tmp_path), "none", "cam"])
