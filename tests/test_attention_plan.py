@@ -219,3 +219,20 @@ def test_chunk_benchmark_builds_plans_of_each_size_and_restores_the_context_buil
     assert n == 1 and set(plans) == {1 << 16, 64}
     assert len(plans[64].chunks) > len(plans[1 << 16].chunks)
     assert all(c.key_ids.numel() <= 64 or c.shape[0] == 1 for c in plans[64].chunks)
+
+
+def test_kernel_ab_benchmark_compares_the_tree_with_a_revision():
+    """benchmarks/blocksparse_ab.py: the working tree's kernel against the file at a git revision, same
+    inputs; against HEAD of a clean tree both are the same computation."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "blocksparse_ab", Path(__file__).resolve().parents[1] / "benchmarks" / "blocksparse_ab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lines = mod.main(["HEAD", "--kinds", "ref", "--modes", "fwd", "--repeat", "1"])
+    assert lines[-1].startswith("ref   fwd    HEAD:") and "tree/rev" in lines[-1]
+    assert float(lines[-1].rsplit(" ", 1)[1]) < 1e-5  # an exact kernel at HEAD and in the tree
+    with pytest.raises(SystemExit, match="git show no-such-rev"):
+        mod.kernel_at("no-such-rev")

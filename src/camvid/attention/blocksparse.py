@@ -73,15 +73,18 @@ def _gather_kv(ws, kv, idx, n):
 
 
 def _tile_order(plan):
-    """All query ids in chunk order and each chunk's [start, end) in it (chunks are consecutive there)."""
-    cached = getattr(plan, "_tile_order", None)
+    """All query ids in chunk order, each chunk's [start, end) in it (chunks are consecutive there), and
+    the inverse order (position of each query in chunk order: every query is in exactly one tile)."""
+    cached = getattr(plan, "_chunk_order", None)
     if cached is None:
         ids = torch.cat([c.query_ids.reshape(-1) for c in plan.chunks])
         bounds, at = [], 0
         for c in plan.chunks:
             bounds.append((at, at + c.query_ids.numel()))
             at += c.query_ids.numel()
-        cached = plan._tile_order = (ids, bounds)
+        inverse = torch.empty_like(ids)
+        inverse[ids] = torch.arange(ids.numel(), device=ids.device)
+        cached = plan._chunk_order = (ids, bounds, inverse)
     return cached
 
 
@@ -138,22 +141,27 @@ class _BlockSparseAttention(torch.autograd.Function):
 
     Every tensor op is a parallel region, and on a busy host each region can wait a scheduler
     time slice for a descheduled worker thread; so a chunk costs three ops forward (gather, fused
-    attention, and the copy of its output into place).
+    attention, and the copy of its output into a buffer in chunk order).
 
-    The scatters (``index_copy_``, and the backward's ``index_add_`` of the key and value gradients)
-    run on one thread: with two, PyTorch's CPU ``index_add_`` takes a parallel scatter path that was
-    16-40x slower than the serial one for these shapes (rows of H*D floats, each key repeated by many
-    tiles; measured on the development host), which made it most of the backward pass.
+    The forward's outputs are put back in query order by one gather with the inverse order after the
+    last chunk, not scattered chunk by chunk: a contiguous copy per chunk and one ``index_select`` took
+    3.3 ms at 32x32 (16384 queries, C = 320) where the per-chunk ``index_copy_`` took 9.3 ms on one
+    thread and 5.4 on two (2-core development host; ``benchmarks/blocksparse_ab.py`` compares kernels).
+    The backward's scatters (``index_copy_`` of the query gradients, ``index_add_`` of the key and
+    value gradients) run on one thread: with two, PyTorch's CPU ``index_add_`` takes a parallel scatter
+    path that was 16-40x slower than the serial one for these shapes (rows of H*D floats, each key
+    repeated by many tiles), which made it most of the backward pass; the gather trick gave the
+    backward nothing measurable (0.98-1.03x).
     """
 
     @staticmethod
     def forward(ctx, q, kv, R, plan):
         # q (Nq, H, D); kv (rows, 2, H, D): per sample R register rows then Lk keys (see _chunk_inputs)
         Nq, H, D = q.shape
-        ids, bounds = _tile_order(plan)
+        ids, bounds, inverse = _tile_order(plan)
         qs = q.index_select(0, ids)  # (Nq, H, D) in chunk order
         ws = _workspace(plan)
-        out = q.new_empty(Nq, H, D)  # every query is in exactly one tile: fully written below
+        ordered = q.new_empty(Nq, H, D)  # outputs in chunk order: every query is in exactly one tile
         outs, lses = [], []
         for c, (a, b) in zip(plan.chunks, bounds):
             n, Q = c.query_ids.shape
@@ -161,13 +169,12 @@ class _BlockSparseAttention(torch.autograd.Function):
             kg, vg = _gather_kv(ws, kv, kids, n)
             o, lse_c = _flash(qs[a:b].view(n, Q, H, D).transpose(1, 2), kg, vg, attn_mask=bias)
             o = o.transpose(1, 2)  # (n, Q, H, D): the kernel's own memory order, no copy
-            with one_thread():
-                out.index_copy_(0, ids[a:b], o.reshape(-1, H, D))
+            ordered[a:b].view(n, Q, H, D).copy_(o)
             outs.append(o)
             lses.append(lse_c)  # (n, H, Q)
         ctx.plan, ctx.R = plan, R
         ctx.save_for_backward(qs, kv, *outs, *lses)
-        return out
+        return ordered.index_select(0, inverse)
 
     @staticmethod
     def backward(ctx, dout):
@@ -176,7 +183,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         nc = len(plan.chunks)
         outs, lses = rest[:nc], rest[nc:]
         Nq, H, D = qs.shape
-        ids, bounds = _tile_order(plan)
+        ids, bounds, _ = _tile_order(plan)
         dos = dout.index_select(0, ids)
         dkv = kv.new_zeros(kv.shape[0], 2, H, D)  # filled in place: no stack of separate k and v grads
         dk, dv = dkv[:, 0], dkv[:, 1]
