@@ -50,9 +50,11 @@ def clip_kind(data_root: Path, split: str, clip_id: str) -> str:
 
 
 def margins(rows: list[dict]) -> dict[str, str]:
+    from camvid.evaluation.camera_following import paired_margin
+
     def cell(key: str, ref: str) -> str:
-        d = [r[key]["psnr"] - r[ref]["psnr"] for r in rows if key in r and ref in r]
-        return f"{statistics.mean(d):+.2f} ({sum(x > 0 for x in d)}/{len(d)})" if d else "-"
+        m = paired_margin(rows, key, ref)
+        return f"{m['mean']:+.2f} ({m['wins']}/{m['n']})" if m else "-"
 
     return {"over wrong": cell("generated", "wrong_trajectory"), "over still": cell("generated", "static"),
             "GT over wrong": cell("gt", "gt_wrong_trajectory"), "GT over still": cell("gt", "static")}

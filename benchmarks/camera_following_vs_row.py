@@ -9,8 +9,9 @@ SWEEP_DIR holds ``<preset>/seed_<s>/samples/eval/camera_following_per_video.json
 video's camera-following margin (its CamFollowPSNR minus that against the other videos' trajectories, dB)
 can be compared with the same video's margin in the reference row. Per preset and seed: the mean of those
 per-video differences, its standard error over the videos and the count of videos where the row is ahead;
-then the seeds' mean ± std. Seeds whose job is not evaluated yet are left out and named. A seed the reference row lacks is compared with the reference's first seed
-(a row that trains nothing, such as the frozen base, is the same in every seed).
+then the seeds' mean ± std. Seeds whose job is not evaluated yet are left out and named. A seed the
+reference row lacks is compared with the reference's first seed (a row that trains nothing, such as the
+frozen base, is the same in every seed).
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from camvid.evaluation.camera_following import paired_margin  # noqa: E402
 
 
 def per_video_file(job: Path) -> Path:
@@ -58,12 +64,11 @@ def compare(sweep: Path, reference: str, presets: list[str]) -> list[dict]:
         for seed, job in jobs.items():
             ref = video_margins(ref_jobs.get(seed, next(iter(ref_jobs.values()))))
             own = video_margins(job)
-            diffs = [own[v] - ref[v] for v in own if v in ref]
-            if len(diffs) < 2:
+            pairs = [{"row": {"psnr": own[v]}, "reference": {"psnr": ref[v]}} for v in own if v in ref]
+            m = paired_margin(pairs, "row", "reference")
+            if m is None or m["n"] < 2:
                 raise ValueError(f"{job}: fewer than 2 videos shared with {reference}")
-            per_seed.append({"seed": seed, "mean": statistics.mean(diffs),
-                             "se": statistics.stdev(diffs) / math.sqrt(len(diffs)),
-                             "wins": sum(d > 0 for d in diffs), "n": len(diffs)})
+            per_seed.append({"seed": seed, **m})
         means = [s["mean"] for s in per_seed]
         rows.append({"preset": preset, "seeds": per_seed, "mean": statistics.mean(means),
                      "std": statistics.stdev(means) if len(means) > 1 else 0.0, "unfinished": unfinished})
