@@ -29,10 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from camvid.experiments.tables import default_root, load_table_config  # noqa: E402
+from camvid.experiments.tables import TINY_SCALES, default_root, load_table_config  # noqa: E402
 from camvid.experiments.tables import main as render_table  # noqa: E402
-
-TINY_SCALES = ("tiny", "tiny_frozen")  # conf/scale/ presets that run on one CPU machine
 
 
 def jobs_of(table: str, seeds: list[int], rows: list[str] | None) -> list[tuple[str, int]]:

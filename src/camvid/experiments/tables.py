@@ -40,6 +40,8 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 TINY_COLUMNS = ("CamFollowPSNR", "CamFollowPSNR_gt", "CamFollowPSNR_static", "CamFollowPSNR_wrong_traj",
                 "CamFollowMargin", "FirstFramePSNR")
 GT_SUFFIX = "_gt"
+# the conf/scale/ presets that run on one CPU machine (their tables show the camera-following columns)
+TINY_SCALES = ("tiny", "tiny_frozen")
 # columns computed per job from two others (name -> (a, b): a - b). CamFollowMargin is a job's own-camera
 # score minus the same videos against the other clips' cameras: paired within the job, so the seeds'
 # common ups and downs (a sharper or blurrier model scores higher or lower against every camera) cancel
@@ -124,10 +126,11 @@ def _results_by_metric(results: Path | list[Path]) -> dict[str, dict]:
 
 
 def collect_table(name: str, root: Path, conf_dir: Path = CONF_DIR, scale: str = "full") -> tuple[dict, list[TableRow]]:
-    """The table config and its rows filled from the finished jobs under ``root``; ``scale="tiny"``
-    (or ``"tiny_frozen"``) puts the camera-following columns (``tiny_columns`` or :data:`TINY_COLUMNS`) before the paper's."""
+    """The table config and its rows filled from the finished jobs under ``root``; a scale of
+    :data:`TINY_SCALES` puts the camera-following columns (``tiny_columns`` or :data:`TINY_COLUMNS`) before
+    the paper's."""
     spec = load_table_config(name, conf_dir)
-    if scale.startswith("tiny"):  # tiny, tiny_frozen: the CPU scales (conf/scale/)
+    if scale in TINY_SCALES:
         extra = [c for c in spec.get("tiny_columns", TINY_COLUMNS) if c not in spec["columns"]]
         spec = {**spec, "columns": [*extra, *spec["columns"]], "unpublished": extra}
     paper = load_paper_numbers()
