@@ -23,6 +23,23 @@ def _torch_threads():
     yield
 
 
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package); the folder is on
+    ``sys.path`` while it loads, for benchmarks that import each other's helpers."""
+    import importlib.util
+    import sys
+
+    root = REPO / "benchmarks"
+    sys.path.insert(0, str(root))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", root / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(root))
+    return module
+
+
 def compose(overrides: list[str], config_name: str = "train"):
     """Compose a config like the entry points do (without running the job)."""
     from hydra import compose as hydra_compose

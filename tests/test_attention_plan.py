@@ -9,6 +9,7 @@ import torch
 from camvid.attention import AttentionContext, sparse
 from camvid.attention.sparse import TileChunk, build_tile_plan_from_runs, tiled_sparse_attention
 from camvid.geometry import epipolar as geo
+from conftest import load_benchmark
 
 
 def clip(B, T, image_hw, forward=False, dtype=torch.float64):
@@ -169,26 +170,10 @@ def test_bias_from_slot_intervals_equals_bias_from_the_sub_mask(registers, dtype
         assert torch.equal(got == 0, from_mask == 0) and bool(torch.isneginf(got[got != 0]).all())
 
 
-def _load_benchmark(name):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(root))  # blocksparse_chunks imports the attention benchmark's helpers
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", root / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(root))
-    return module
-
-
 def test_coverage_counts_unseen_keys_and_empty_queries_of_the_dense_masks():
     """``benchmarks/attention.py --parts coverage`` counts, per kind, the keys no query sees and the
     queries with no key: the same numbers as the dense masks' empty columns and rows."""
-    bench = _load_benchmark("attention")
+    bench = load_benchmark("attention")
     image_hw, feat_hw, T = (64, 64), (8, 8), 4
     K, c2w = bench.cameras(T, image_hw)
     for t in range(T):  # 0.8 rad of yaw per frame: some epipolar lines leave the reference frame
@@ -212,7 +197,7 @@ def test_coverage_counts_unseen_keys_and_empty_queries_of_the_dense_masks():
 def test_chunk_benchmark_builds_plans_of_each_size_and_restores_the_context_builder():
     import camvid.attention.context as context_mod
 
-    bench = _load_benchmark("blocksparse_chunks")
+    bench = load_benchmark("blocksparse_chunks")
     before = context_mod.build_tile_plan_from_runs
     plans, n = bench.plans_for("ref", (64, 64), (8, 8), [1 << 16, 64], 1)
     assert context_mod.build_tile_plan_from_runs is before
@@ -224,13 +209,7 @@ def test_chunk_benchmark_builds_plans_of_each_size_and_restores_the_context_buil
 def test_kernel_ab_benchmark_compares_the_tree_with_a_revision():
     """benchmarks/blocksparse_ab.py: the working tree's kernel against the file at a git revision, same
     inputs; against HEAD of a clean tree both are the same computation."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "blocksparse_ab", Path(__file__).resolve().parents[1] / "benchmarks" / "blocksparse_ab.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("blocksparse_ab")
     lines = mod.main(["HEAD", "--kinds", "ref", "--modes", "fwd", "--repeat", "1"])
     assert lines[-1].startswith("ref   fwd    HEAD:") and "tree/rev" in lines[-1]
     assert float(lines[-1].rsplit(" ", 1)[1]) < 1e-5  # an exact kernel at HEAD and in the tree

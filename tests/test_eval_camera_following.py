@@ -15,6 +15,7 @@ from camvid.evaluation.camera_following import (
     score_videos,
     warp_to_camera,
 )
+from conftest import load_benchmark
 
 
 def test_plane_translation_is_an_exact_pixel_shift():
@@ -136,14 +137,9 @@ def test_sfm_upscale_scales_intrinsics_with_the_pixels():
 def test_by_kind_breakdown_script(tmp_path):
     """benchmarks/camera_following_by_kind.py: per kind and per half of the move sizes, from the per-video
     details and the pose files' URL lines; a sample without a pose file is named."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "by_kind", Path(__file__).resolve().parents[1] / "benchmarks" / "camera_following_by_kind.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("camera_following_by_kind")
 
     def video(gen, wrong, still, gt):
         return {"generated": {"psnr": gen}, "wrong_trajectory": {"psnr": wrong}, "static": {"psnr": still},
@@ -170,16 +166,11 @@ def test_direction_table_tells_a_right_a_mirrored_and_a_still_move(rendered, tmp
     """benchmarks/camera_following_by_kind.py --samples: the GT video scores best on its own trajectory
     (not mirrored, reversed or no move); a video that moves the mirrored way scores best mirrored; a still
     video scores best on no move."""
-    import importlib.util
-    from pathlib import Path
 
     from camvid.evaluation.camera_following import DEPTH_FILE
     from camvid.evaluation.layout import write_sample
 
-    spec = importlib.util.spec_from_file_location(
-        "by_kind", Path(__file__).resolve().parents[1] / "benchmarks" / "camera_following_by_kind.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("camera_following_by_kind")
     mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
     for frames, depth, K, c2w in rendered:
         gt = mod.direction_scores(frames, frames[0], depth, K, c2w)
@@ -215,14 +206,9 @@ def test_direction_table_tells_a_right_a_mirrored_and_a_still_move(rendered, tmp
 def test_vs_row_script_pairs_each_video_with_the_reference_row(tmp_path):
     """benchmarks/camera_following_vs_row.py: per seed, the per-video margin differences against the
     reference row (a reference with one seed serves every seed); a job without the per-video file is named."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "vs_row", Path(__file__).resolve().parents[1] / "benchmarks" / "camera_following_vs_row.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("camera_following_vs_row")
 
     def job(preset, seed, margins):
         out = tmp_path / preset / f"seed_{seed}" / "samples" / "eval"

@@ -9,7 +9,7 @@ from camvid.config import ConfigError, check_combination
 from camvid.evaluation.layout import read_samples
 from camvid.sampling import run_sampling
 from camvid.training.loop import train
-from conftest import compose, data_overrides, run_overrides
+from conftest import compose, data_overrides, load_benchmark, run_overrides
 
 PAIRS = [("animatediff", "animatediff"),
          pytest.param("motionctrl", "animatediff", marks=pytest.mark.slow),  # ~1-2 min each on a busy CPU
@@ -192,15 +192,12 @@ def test_cvd_on_dynamicrafter_starts_as_cameractrl_and_couples_the_pair():
 
 def test_parameter_table_lists_every_pair_check_combination_allows():
     """``benchmarks/backbone.py params`` prints every model x backbone that runs."""
-    import importlib.util
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("backbone_bench", root / "benchmarks" / "backbone.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("backbone")
     def model_cfg(path: Path):
         """A model config merged over the sibling model config its defaults name (the SparseCtrl rows)."""
         cfg = OmegaConf.load(path)
