@@ -144,9 +144,9 @@ class _BlockSparseAttention(torch.autograd.Function):
     attention, and the copy of its output into a buffer in chunk order).
 
     The forward's outputs are put back in query order by one gather with the inverse order after the
-    last chunk, not scattered chunk by chunk: a contiguous copy per chunk and one ``index_select`` took
-    3.3 ms at 32x32 (16384 queries, C = 320) where the per-chunk ``index_copy_`` took 9.3 ms on one
-    thread and 5.4 on two (2-core development host; ``benchmarks/blocksparse_ab.py`` compares kernels).
+    last chunk, not scattered chunk by chunk: a contiguous copy per chunk and one parallel
+    ``index_select`` beat a single-threaded ``index_copy_`` per chunk (``python
+    benchmarks/blocksparse_ab.py REV``: forward 0.86-1.03 of the scatter version's time, docs/performance.md).
     The backward's scatters (``index_copy_`` of the query gradients, ``index_add_`` of the key and
     value gradients) run on one thread: with two, PyTorch's CPU ``index_add_`` takes a parallel scatter
     path that was 16-40x slower than the serial one for these shapes (rows of H*D floats, each key
