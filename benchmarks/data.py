@@ -8,8 +8,10 @@ count W in ``--workers``:
   (worker start-up and shut-down excluded; ``start ms`` shows the time to the first batch). The
   loader caps W at the cores this process may use (``camvid.data.workers``; ``started`` is the
   number it started); ``--no-cap`` starts W regardless;
-- decode limit: clips/s of decoding exactly those JPEG frames (``camvid.data.decode.decode_image``,
-  the loader's decoder) in max(started, 1) processes that hold the frames already and do nothing
+- decode limit: clips/s of decoding exactly those JPEG frames (``camvid.data.decode.decode_frames``,
+  the loader's decoder, into a reused array) in max(started, 1) processes, each on as many threads
+  as the loader's workers decode with (``threads``: ``camvid.data.workers.decode_threads``, e.g. 2
+  for a lone worker on 2 cores, 1 in the main process), that hold the frames already and do nothing
   else (a pool forked after the frames were read; only clip numbers and CPU times cross processes).
 
 ``ratio`` = loader / decode limit; the loader's other work (tar reading, pose parsing, batching,
@@ -144,16 +146,23 @@ class _BusyBatches(IterableDataset):
 
 
 _CLIPS: list[list[bytes]] = []  # the frames; set before the decode pools fork, so tasks are clip numbers
+_OUT: list[np.ndarray] = []  # this process's output array, reused clip after clip (as the loader's slots)
 
 
 def _decode_clip(index: int) -> float:
-    """Decode clip ``index`` of ``_CLIPS``; returns the CPU seconds it took in this process."""
-    from camvid.data.decode import decode_image
+    """Decode clip ``index`` of ``_CLIPS`` as the loader does (:func:`camvid.data.decode.decode_frames`,
+    on this process's decode threads); returns the CPU seconds of this process (all its threads)."""
+    from camvid.data.decode import decode_frames
 
     start = time.process_time()
-    for f in _CLIPS[index]:
-        decode_image(f)
+    _OUT[:] = [decode_frames([(f, "bench") for f in _CLIPS[index]], _OUT[0] if _OUT else None)]
     return time.process_time() - start
+
+
+def _set_threads(threads: int) -> None:
+    from camvid.data.decode import set_decode_threads
+
+    set_decode_threads(threads)
 
 
 def _children_cpu() -> float:
@@ -161,14 +170,20 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def decode_limit(processes: int, n: int, pool=None) -> tuple[float, float]:
+def decode_limit(processes: int, n: int, pool=None, threads: int = 1) -> tuple[float, float]:
     """(clips/s, CPU ms per clip) decoding ``n`` clips (cycling through ``_CLIPS``) in ``processes``
-    processes: ``pool`` (already started, holding the frames since the fork) or this process. Only
-    clip numbers and CPU times travel between processes, so the rate is the decoders' alone."""
+    processes: ``pool`` (already started, holding the frames since the fork, its processes on their
+    own decode threads) or this process on ``threads`` decode threads. Only clip numbers and CPU
+    times travel between processes, so the rate is the decoders' alone."""
     work = [i % len(_CLIPS) for i in range(n)]
-    start = time.perf_counter()
-    cpu = sum(pool.map(_decode_clip, work, chunksize=1) if pool is not None else map(_decode_clip, work))
-    return n / (time.perf_counter() - start), 1e3 * cpu / n
+    if pool is None:
+        _set_threads(threads)
+    try:
+        start = time.perf_counter()
+        cpu = sum(pool.map(_decode_clip, work, chunksize=1) if pool is not None else map(_decode_clip, work))
+        return n / (time.perf_counter() - start), 1e3 * cpu / n
+    finally:
+        _set_threads(1)
 
 
 def started_workers(workers: int, cap: bool = True) -> int:
@@ -178,18 +193,25 @@ def started_workers(workers: int, cap: bool = True) -> int:
     return effective_workers(workers, cap)
 
 
+def worker_threads(started: int, requested: int | str = "auto") -> int:
+    """Decode threads of each of ``started`` workers (``build_dataloader(decode_threads=requested)``)."""
+    from camvid.data.workers import decode_threads
+
+    return decode_threads(requested, started)
+
+
 def loader_rate(shards: Path, workers: int, n: int, cap: bool = True, batch_size: int = 1,
-                group: int | str = "auto") -> tuple[float, float, float, float, int]:
+                group: int | str = "auto", decode_threads: int | str = "auto") -> tuple[float, float, float, float, int]:
     """(clips/s, CPU ms per clip of the main process, of its workers, ms to the first batch, batches
     per hand-off) of the training stream: ``n`` batches of ``batch_size`` clips timed from the
     arrival of the first batch to that of the last (worker start-up and shut-down are not
     throughput; the CPU figure includes them, and the first clip, since worker CPU is only known
-    once they exit). ``group``: ``build_dataloader(handoff_group=...)``."""
+    once they exit). ``group``, ``decode_threads``: ``build_dataloader(handoff_group=..., decode_threads=...)``."""
     from camvid.data.loader import build_dataloader
 
     loader = build_dataloader(str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1,
                               batch_size=batch_size, num_workers=workers, shuffle_buffer=1, epoch_length=n + 1,
-                              seed=1, cap_workers=cap, handoff_group=group)
+                              seed=1, cap_workers=cap, handoff_group=group, decode_threads=decode_threads)
     cpu0, kids0 = time.process_time(), _children_cpu()
     begin = time.perf_counter()
     it = iter(loader)
@@ -227,7 +249,8 @@ def decode_thread_cpu(shards: Path, n: int, rounds: int, skip: int = 20) -> dict
     """CPU ms per clip of the thread that decodes (``time.thread_time`` between consecutive
     batches, after ``skip`` batches of warm-up), i.e. the loader's critical path when the other
     threads and processes have a core of their own: in-process (0 workers), in one worker with
-    read-ahead (the default) and in one worker without it; medians of ``rounds`` interleaved
+    read-ahead (the default) and in one worker without it, all decoding on one thread (the worker's
+    ``decode_threads=1``) so that the figure is a whole clip's; medians of ``rounds`` interleaved
     rounds. Needs fork (the batches are stamped by a patched ``ClipStream._with_health``, which the
     workers inherit)."""
     import camvid.data.loader as loader_mod
@@ -248,7 +271,8 @@ def decode_thread_cpu(shards: Path, n: int, rounds: int, skip: int = 20) -> dict
                                      ("worker_no_read_ahead", 1, 0)] * rounds:
             loader = loader_mod.build_dataloader(
                 str(shards), num_frames=FRAMES, height=SIZE, width=SIZE, stride_min=1, stride_max=1, batch_size=1,
-                num_workers=workers, shuffle_buffer=1, epoch_length=n + skip, seed=1, cap_workers=False)
+                num_workers=workers, shuffle_buffer=1, epoch_length=n + skip, seed=1, cap_workers=False,
+                decode_threads=1)
             if ahead is not None:
                 loader.dataset.read_ahead = ahead
             stamps = [float(b["bench_thread_cpu"]) for b in loader][skip:]
@@ -330,6 +354,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ungrouped", action="store_true",
                    help="also time the loader with one batch per hand-off (handoff_group=1) in every round, for "
                         "every worker count that starts workers, and compare")
+    p.add_argument("--decode-threads", default="auto",
+                   help="threads each worker decodes a clip with (build_dataloader(decode_threads=...)): 'auto' (the "
+                        "worker's share of the cores) or an integer >= 1; the decode limit uses as many per process")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.handoff_group != "auto":
@@ -337,6 +364,11 @@ def main(argv: list[str] | None = None) -> dict:
             args.handoff_group = int(args.handoff_group)
         except ValueError:
             p.error(f"--handoff-group {args.handoff_group!r}: 'auto' or an integer >= 1")
+    if args.decode_threads != "auto":
+        try:
+            args.decode_threads = int(args.decode_threads)
+        except ValueError:
+            p.error(f"--decode-threads {args.decode_threads!r}: 'auto' or an integer >= 1")
     if args.repeats < 1 or args.batches < 2 or args.clips < 1 or min(args.workers) < 0 or args.batch_size < 1:
         p.error("--repeats, --clips and --batch-size must be >= 1, --batches >= 2, --workers >= 0")
     loader_batches = max(2, args.batches // args.batch_size)  # --batches counts clips
@@ -346,6 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cap = not args.no_cap
     started = {w: started_workers(w, cap) for w in args.workers}
+    threads = {w: worker_threads(started[w], args.decode_threads) for w in args.workers}
     logging.getLogger("camvid.data.workers").setLevel(logging.ERROR)  # the table's `started` column says it
     import torch
 
@@ -356,16 +389,17 @@ def main(argv: list[str] | None = None) -> dict:
         size_kb = np.mean([len(f) for c in _CLIPS for f in c]) / 1024
         rounds: dict[int, list[dict]] = {w: [] for w in args.workers}
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        pools = {w: ctx.Pool(started[w]) for w in args.workers if started[w] > 1}
+        pools = {w: ctx.Pool(started[w], initializer=_set_threads, initargs=(threads[w],))
+                 for w in args.workers if started[w] > 1}
         try:
             for pool in pools.values():
                 pool.map(_decode_clip, range(len(pool._pool)))  # start and warm the processes
             for _ in range(args.repeats):
                 for w in args.workers:
                     decode, decode_cpu = decode_limit(max(started[w], 1), loader_batches * args.batch_size,
-                                                      pools.get(w))
+                                                      pools.get(w), threads[w])
                     loader, main_cpu, worker_cpu, first_ms, group = loader_rate(
-                        shards, w, loader_batches, cap, args.batch_size, args.handoff_group)
+                        shards, w, loader_batches, cap, args.batch_size, args.handoff_group, args.decode_threads)
                     loader_cpu = main_cpu + worker_cpu
                     rounds[w].append({"loader": loader, "decode": decode, "ratio": loader / decode, "start_ms": first_ms,
                                       "loader_cpu_ms": loader_cpu, "main_cpu_ms": main_cpu,
@@ -373,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       "cpu_ratio": decode_cpu / loader_cpu, "group": group})
                     if args.ungrouped and started[w] > 0:
                         plain, plain_main, plain_worker, _, _ = loader_rate(shards, w, loader_batches, cap,
-                                                                            args.batch_size, 1)
+                                                                            args.batch_size, 1, args.decode_threads)
                         rounds[w][-1].update(ungrouped=plain, ungrouped_cpu_ms=plain_main + plain_worker,
                                              ungrouped_main_cpu_ms=plain_main)
         finally:
@@ -386,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     keys = ("loader", "decode", "ratio", "loader_cpu_ms", "main_cpu_ms", "worker_cpu_ms", "decode_cpu_ms", "cpu_ratio",
             "start_ms")
-    rows = [{"workers": w, "started": started[w], "decode_processes": max(started[w], 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
+    rows = [{"workers": w, "started": started[w], "threads": threads[w], "decode_processes": max(started[w], 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
              "ratio_range": [min(r["ratio"] for r in rounds[w]), max(r["ratio"] for r in rounds[w])],
              "rounds": rounds[w]} for w in args.workers]
     for row in rows:
@@ -411,14 +445,14 @@ def main(argv: list[str] | None = None) -> dict:
           f"({result['available_cores']} available), workers {'capped at them' if cap else 'not capped (--no-cap)'}; "
           f"load average {load:.1f} at the end; medians of {args.repeats} interleaved rounds of "
           f"{loader_batches * args.batch_size} clips in batches of {args.batch_size}")
-    print(f"{'workers':>7} {'started':>7} {'group':>5} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} "
+    print(f"{'workers':>7} {'started':>7} {'threads':>7} {'group':>5} {'loader clips/s':>15} {'decode-only clips/s':>20} {'ratio':>6} "
           f"{'(range)':>11}   {'loader CPU ms/clip':>18} {'(main+workers)':>14} {'decode CPU ms/clip':>18} "
           f"{'CPU ratio':>9} {'start ms':>8} "
           f"{'vs fewer':>8}")
     for r in rows:
         lo, hi = r["ratio_range"]
         split = f"{r['main_cpu_ms']:.1f}+{r['worker_cpu_ms']:.1f}"
-        print(f"{r['workers']:>7} {r['started']:>7} {r['group']:>5} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
+        print(f"{r['workers']:>7} {r['started']:>7} {r['threads']:>7} {r['group']:>5} {r['loader']:>15.2f} {r['decode']:>20.2f} {r['ratio']:>6.2f} "
               f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} "
               f"{split:>14} {r['decode_cpu_ms']:>18.1f} "
               f"{r['cpu_ratio']:>9.2f} {r['start_ms']:>8.0f} {r['vs_fewer'] if 'vs_fewer' in r else '':>8.3}")
@@ -427,10 +461,11 @@ def main(argv: list[str] | None = None) -> dict:
               "grouped / ungrouped clips/s, ungrouped vs the row above (medians of per-round quotients)")
         for r in rows:
             if "ungrouped" in r:
-                print(f"{r['workers']:>7} {r['started']:>7} {1:>5} {r['ungrouped']:>15.2f} "
+                print(f"{r['workers']:>7} {r['started']:>7} {r['threads']:>7} {1:>5} {r['ungrouped']:>15.2f} "
                       f"{r['ungrouped_cpu_ms']:>8.1f} ({r['ungrouped_main_cpu_ms']:.1f})  x{r['x_ungrouped']:.3f}  "
                       f"vs fewer {r['ungrouped_vs_fewer'] if 'ungrouped_vs_fewer' in r else '':>6.3}")
-    print("CPU ms per clip of the decoding thread (the critical path when the rest has a core of its own): "
+    print("CPU ms per clip of the decoding thread, one decode thread (the critical path when the rest has a core of "
+          "its own): "
           + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in thread_cpu.items()))
     print(f"torch DataLoader alone, 1 worker at the same pace (a worker burning the decode CPU of a batch): main "
           f"process {floor['main_cpu_ms']:.2f} ms CPU per batch, worker {floor['worker_cpu_ms_beyond_work']:.2f} ms "

@@ -93,3 +93,81 @@ def test_pil_takes_over_without_simplejpeg(without_simplejpeg, frames, caplog):
 def test_both_decoders_agree_on_a_clip(without_simplejpeg, frames):
     clip = [(frames[0], f"f{i}") for i in range(3)]
     assert _max_diff(decode.decode_frames(clip), without_simplejpeg.decode_frames(clip)) <= TOLERANCE
+
+
+class _SlowSimplejpeg:
+    """simplejpeg with a short sleep per decoded frame, recording the thread that decoded it, so
+    that every decode thread gets frames however fast the machine is."""
+
+    def __init__(self, real):
+        self.real, self.threads = real, []
+
+    def decode_jpeg_header(self, data):
+        return self.real.decode_jpeg_header(data)
+
+    def decode_jpeg(self, data, **kw):
+        import threading
+        import time
+
+        time.sleep(0.005)
+        self.threads.append(threading.current_thread().name)
+        return self.real.decode_jpeg(data, **kw)
+
+
+@pytest.fixture()
+def threaded(monkeypatch):
+    """Decoding on 3 threads for the test (this process's setting restored after it), simplejpeg slowed."""
+    monkeypatch.setattr(decode, "_THREADS", 1)
+    slow = _SlowSimplejpeg(decode._simplejpeg)
+    monkeypatch.setattr(decode, "_simplejpeg", slow)
+    decode.set_decode_threads(3)
+    return slow
+
+
+@pytest.mark.skipif(decode.jpeg_backend() != "simplejpeg", reason="simplejpeg not installed")
+def test_threads_decode_the_same_pixels_into_the_given_buffer(threaded, frames):
+    clip = [(frames[i % 2], f"clip.{i:05d}.jpg") for i in range(8)]  # 4:2:0 and 4:4:4, one size
+    decode.set_decode_threads(1)
+    one = decode.decode_frames(clip)
+    decode.set_decode_threads(3)
+    threaded.threads.clear()
+    out = np.zeros_like(one)
+    got = decode.decode_frames(clip, out)
+    assert got is out and np.array_equal(got, one)
+    assert len(threaded.threads) == 8  # each frame once
+    assert len(set(threaded.threads)) >= 2 and any(n.startswith("camvid-decode") for n in threaded.threads)
+    assert decode.decode_threads() == 3
+
+
+@pytest.mark.skipif(decode.jpeg_backend() != "simplejpeg", reason="simplejpeg not installed")
+def test_threads_give_the_one_thread_errors(threaded, frames):
+    bad = bytearray(frames[1])  # the damage the one-thread test above uses
+    bad[len(bad) // 2:len(bad) // 2 + 40] = bytes(40)
+    clip = [(frames[0], f"s.tar:c.{i:05d}.jpg") for i in range(6)]
+    clip[4] = (bytes(bad), "s.tar:c.00004.jpg")
+    with pytest.raises(ValueError, match=r"s\.tar:c\.00004\.jpg: cannot decode image"):
+        decode.decode_frames(clip)
+    clip[4] = (frames[0][:20], "s.tar:c.00004.jpg")  # a cut header
+    with pytest.raises(ValueError, match=r"s\.tar:c\.00004\.jpg: cannot decode image"):
+        decode.decode_frames(clip)
+    grey = _jpeg(np.full((24, 40), 90, np.uint8))  # another size: the clip's size error
+    clip[4] = (grey, "s.tar:c.00004.jpg")
+    with pytest.raises(ValueError, match=r"c\.00004\.jpg: cannot decode image \(frame size \(24, 40\) differs"):
+        decode.decode_frames(clip)
+
+
+def test_threads_leave_png_frames_to_pil(threaded, frames):
+    png = io.BytesIO()
+    Image.fromarray(_pil(frames[0])).save(png, format="PNG")
+    clip = [(png.getvalue(), "a.png"), (frames[0], "b.jpg"), (png.getvalue(), "c.png")]
+    got = decode.decode_frames(clip)
+    assert np.array_equal(got[0], _pil(frames[0])) and np.array_equal(got[2], got[0])
+    assert _max_diff(got[1], _pil(frames[0])) <= TOLERANCE
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True])
+def test_decode_threads_must_be_a_positive_integer(bad, monkeypatch):
+    monkeypatch.setattr(decode, "_THREADS", 1)
+    with pytest.raises(ValueError, match="decode threads must be an integer >= 1"):
+        decode.set_decode_threads(bad)
+    assert decode.decode_threads() == 1

@@ -1,17 +1,27 @@
 """DataLoader workers capped at this process's share of the CPU cores (camvid.data.workers): the
 number started, the log line that says so, the option that starts the requested number anyway, and
-the resume fingerprint that records the number started."""
+the resume fingerprint that records the number started; the threads each worker decodes with."""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+import camvid.data.decode as decode_mod
+import camvid.data.loader as loader_mod
 import camvid.data.workers as workers_mod
 from camvid.data.loader import build_dataloader
-from camvid.data.workers import available_cores, effective_workers, local_processes, worker_cap
+from camvid.data.workers import (
+    available_cores,
+    decode_threads,
+    effective_workers,
+    local_processes,
+    worker_cap,
+)
 from camvid.training.resume import fingerprint_differences, run_fingerprint
 from conftest import jpeg_train_shards
 
@@ -105,3 +115,52 @@ def test_resume_fingerprint_records_the_workers_started(monkeypatch):
     diff = [d for d in fingerprint_differences(forced, capped) if d.startswith("trainer.num_workers")]
     assert diff == ["trainer.num_workers: checkpoint 4, now 2 (workers started: the request capped at this "
                     "process's CPU cores unless trainer.cap_workers=false)"]
+
+
+@pytest.mark.parametrize("requested, workers, cores, local, threads", [
+    ("auto", 1, 2, 1, 2),   # a lone worker on 2 cores: both
+    ("auto", 2, 2, 1, 1),   # one core per worker
+    ("auto", 3, 8, 1, 2),   # 8 // 3
+    ("auto", 1, 16, 8, 2),  # 8 training processes on 16 cores: 2 cores for the rank's one worker
+    ("auto", 4, 4, 8, 1),   # fewer cores than processes: still one thread
+    (None, 1, 4, 1, 4),
+    ("auto", 0, 8, 1, 1),   # the main process decodes on its own thread
+    (3, 1, 2, 1, 3),        # as asked
+    (3, 0, 2, 1, 1),
+])
+def test_decode_threads_share_the_cores_among_the_workers(requested, workers, cores, local, threads):
+    assert decode_threads(requested, workers, cores=cores, local=local) == threads
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True])
+def test_decode_threads_refuses_what_is_not_a_thread_count(bad):
+    with pytest.raises(ValueError, match="data.decode_threads=.*'auto' or an integer >= 1"):
+        decode_threads(bad, 1)
+
+
+@pytest.mark.skipif(mp.get_start_method() != "fork", reason="the workers see the patched stamp only when forked")
+def test_a_lone_worker_decodes_on_its_share_of_the_cores_with_the_same_pixels(shards, monkeypatch):
+    """2 cores, 1 worker: the worker decodes on 2 threads (the stamp is read in the worker), the main
+    process stays on 1, and the batches are those of one thread and of no worker."""
+    monkeypatch.setattr(workers_mod, "available_cores", lambda: 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(decode_mod, "_THREADS", 1)
+    plain = loader_mod.ClipStream._with_health
+
+    def stamped(batch, ident, counter, ring=None):
+        batch = plain(batch, ident, counter, ring)
+        batch["threads_in_worker"] = np.array(decode_mod.decode_threads())
+        return batch
+
+    monkeypatch.setattr(loader_mod.ClipStream, "_with_health", staticmethod(stamped))
+    runs = {}
+    for name, kw in {"auto": dict(num_workers=1), "one": dict(num_workers=1, decode_threads=1),
+                     "main": dict(num_workers=0, decode_threads=4)}.items():
+        loader = _loader(shards, **kw)
+        runs[name] = [(int(b["threads_in_worker"]), b["video"].clone()) for b in loader]
+    assert [t for t, _ in runs["auto"]] == [2, 2, 2]
+    assert [t for t, _ in runs["one"]] == [1, 1, 1]
+    assert [t for t, _ in runs["main"]] == [1, 1, 1]  # no worker: the main process keeps one thread
+    assert decode_mod.decode_threads() == 1
+    for name in ("one", "main"):
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(runs["auto"], runs[name]))

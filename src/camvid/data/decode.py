@@ -10,17 +10,28 @@ PIL's pixels exactly with the wheels tested. PyTurboJPEG is a ctypes wrapper tha
 libturbojpeg >= 3.0 (not on pip; Debian 12 ships 2.1) and pillow-simd replaces Pillow with a
 source build, so neither installs everywhere. The choice is made once at import;
 :func:`announce_backend` logs it (the loader calls it once per process).
+
+Threads: simplejpeg releases the GIL while it decodes, so :func:`decode_frames` can split a clip's
+frames among threads. :func:`set_decode_threads` sets how many for this process; the loader sets it
+in each DataLoader worker to the worker's share of the cores (``camvid.data.workers.decode_threads``:
+a lone worker on a 2-core share decodes on 2 threads) and leaves the main process at 1, where the
+training loop's own threads need the cores. The threads take the frames one by one, each decoded
+straight into its place in the output; the result and the errors are those of the one-thread path.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["decode_image", "decode_frames", "decode_with", "DECODERS", "jpeg_backend", "announce_backend"]
+__all__ = ["decode_image", "decode_frames", "decode_with", "DECODERS", "jpeg_backend", "announce_backend",
+           "set_decode_threads", "decode_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +128,66 @@ def decode_image(data: bytes) -> np.ndarray:
     return _pil(data)
 
 
+_THREADS = 1
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, helper threads, executor) of this process
+
+
+def set_decode_threads(threads: int) -> None:
+    """Threads :func:`decode_frames` splits a clip's JPEG frames among in this process (1: the
+    calling thread alone, the default)."""
+    global _THREADS
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"decode threads must be an integer >= 1, got {threads!r}")
+    _THREADS = threads
+
+
+def decode_threads() -> int:
+    """This process's decode threads (:func:`set_decode_threads`)."""
+    return _THREADS
+
+
+def _helpers(count: int) -> ThreadPoolExecutor:
+    """``count`` helper threads of this process (a forked worker makes its own: threads do not survive a fork)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != count:
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[2].shutdown(wait=False)
+        _POOL = (os.getpid(), count, ThreadPoolExecutor(count, thread_name_prefix="camvid-decode"))
+    return _POOL[2]
+
+
+def _decode_some(frames: list[tuple[bytes, str]], out: np.ndarray, claim) -> int | None:
+    """Decode frames into ``out`` until none is left, each taking the next unclaimed index from
+    ``claim`` (a shared ``itertools.count``: ``next`` on it is atomic under the GIL); the first index
+    that fails, or None."""
+    for i in claim:
+        if i >= len(frames):
+            return None
+        try:
+            _simplejpeg.decode_jpeg(frames[i][0], colorspace="RGB", buffer=out[i])
+        except Exception:  # noqa: BLE001 - re-decoded on the one-thread path, which names the error
+            return i
+    return None
+
+
+def _decode_threaded(frames: list[tuple[bytes, str]], given: np.ndarray | None, threads: int) -> np.ndarray | None:
+    """The frames on ``threads`` threads when every one is a JPEG simplejpeg decodes to RGB and all
+    have one size; None otherwise (and on any failure): the one-thread path then decodes them, with
+    its errors. The threads take frames one at a time from a shared counter, so a thread that the
+    scheduler holds back (the loader's read-ahead, the main process) just decodes fewer of them."""
+    try:
+        shapes = {_jpeg_shape(data) for data, _ in frames}
+    except Exception:  # noqa: BLE001 - a corrupt header: the one-thread path names the frame
+        return None
+    if len(shapes) != 1 or None in shapes:
+        return None
+    out = _output(given, (len(frames), *shapes.pop(), 3))
+    claim = itertools.count()
+    pending = [_helpers(threads - 1).submit(_decode_some, frames, out, claim) for _ in range(threads - 1)]
+    failed = [_decode_some(frames, out, claim)] + [f.result() for f in pending]
+    return None if any(i is not None for i in failed) else out
+
+
 def _output(given: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     return given if given is not None and given.shape == shape else np.empty(shape, dtype=np.uint8)
 
@@ -124,7 +195,13 @@ def _output(given: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
 def decode_frames(frames: list[tuple[bytes, str]], out: np.ndarray | None = None) -> np.ndarray:
     """(n, H, W, 3) uint8 from ``(bytes, where)`` pairs. JPEG frames are decoded straight into one
     array (no stacking copy): ``out`` when it has the frames' shape, else a new one. ``ValueError``
-    names the frame that fails or differs in size."""
+    names the frame that fails or differs in size. With :func:`set_decode_threads` > 1 the frames
+    are split among that many threads (same pixels, same errors)."""
+    threads = min(_THREADS, len(frames))
+    if threads > 1 and _simplejpeg is not None:
+        decoded = _decode_threaded(frames, out, threads)
+        if decoded is not None:
+            return decoded
     given, out = out, None
     for i, (data, where) in enumerate(frames):
         try:

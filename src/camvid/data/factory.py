@@ -142,6 +142,8 @@ def loader_kwargs(data_cfg: Mapping, *, train: bool = True) -> dict:
         skip_check_min_samples=int(_get(data_cfg, "skip_check_min_samples", 100)),
         # batches per worker hand-off (camvid.data.grouping); the stream itself does not depend on it
         handoff_group=_get(data_cfg, "handoff_group", "auto"),
+        # threads per loader worker that decode a clip's JPEG frames (camvid.data.workers.decode_threads)
+        decode_threads=_get(data_cfg, "decode_threads", "auto"),
         # the conditioning frame of a training clip: random (CamI2V) or frame 0 (model.rand_cond_frame)
         random_cond=bool(_get(data_cfg, "random_cond", True)),
     )

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from camvid.data.batches import normalize_video
 from camvid.data.clips import BadSample, Clip, open_re10k_clip, open_shard_sample, open_webvid_clip
-from camvid.data.decode import announce_backend
+from camvid.data.decode import announce_backend, set_decode_threads
 from camvid.data.grouping import group_batches, group_prefetch, in_loader_order, resolve_handoff_group
 from camvid.data.handoff import SlotReceiver, SlotVideo, slots_supported, worker_ring
 from camvid.data.health import HEALTH_KEY, DataHealth, SkipCounter, SkipEvent
@@ -60,6 +60,7 @@ from camvid.data.shards import (
     shard_refs,
     shard_urls,
 )
+from camvid.data.workers import decode_threads as decode_threads_for
 from camvid.data.workers import effective_workers
 
 __all__ = [
@@ -277,6 +278,9 @@ class ClipStream(IterableDataset):
         self.handoff_group = 1
         # > 0: a DataLoader worker reads that many samples ahead in a thread (camvid.data.readahead)
         self.read_ahead = read_ahead
+        # threads a DataLoader worker decodes a clip's frames with (camvid.data.decode); set by
+        # StreamLoader while its workers start, never used in the main process
+        self.decode_threads = 1
         if not resampled and len(self.units) < self.world_size:
             raise ValueError(
                 f"{len(self.units)} {kind} units cannot be split over {self.world_size} ranks without "
@@ -454,6 +458,8 @@ class ClipStream(IterableDataset):
         else:
             skip = worker_skip
         ident, counter = self._counter(worker)
+        if get_worker_info() is not None:
+            set_decode_threads(self.decode_threads)
         stages = [self._unit_source(worker, num_workers)]
         if self.kind == "shards":
             stages.append(self._expand_shards)
@@ -631,9 +637,11 @@ class StreamLoader(DataLoader):
     group being handed out, the batch the caller holds and the one before it, as the previous batch
     is still referenced until the caller takes the next); a batch the caller keeps longer keeps its
     slot, and its worker then uses a fresh one. ``handoff_group`` > 1: each DataLoader item carries
-    that many batches (:mod:`camvid.data.grouping`), unpacked here in the ungrouped order."""
+    that many batches (:mod:`camvid.data.grouping`), unpacked here in the ungrouped order.
+    ``decode_threads``: threads each worker decodes a clip's frames with (:mod:`camvid.data.decode`;
+    the main process always decodes on its own thread)."""
 
-    def __init__(self, dataset, *, health: DataHealth, handoff_group: int = 1, **kwargs):
+    def __init__(self, dataset, *, health: DataHealth, handoff_group: int = 1, decode_threads: int = 1, **kwargs):
         super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
         if isinstance(handoff_group, bool) or not isinstance(handoff_group, int) or handoff_group < 1:
             raise ValueError(f"handoff_group must be an integer >= 1, got {handoff_group!r}")
@@ -641,6 +649,9 @@ class StreamLoader(DataLoader):
         self.slot_receiver: SlotReceiver | None = None
         self.handoff_group = handoff_group if self.num_workers else 1
         self.handoff_slots = ((self.prefetch_factor or 2) + 2) * self.handoff_group + 2 if self.num_workers else 0
+        if isinstance(decode_threads, bool) or not isinstance(decode_threads, int) or decode_threads < 1:
+            raise ValueError(f"decode_threads must be an integer >= 1, got {decode_threads!r}")
+        self.decode_threads = decode_threads if self.num_workers else 1
 
     def _start(self):
         """The DataLoader iterator; its workers (started here) hand video over through slots. The
@@ -648,13 +659,13 @@ class StreamLoader(DataLoader):
         same data set (which would not turn slot references back into tensors) never gets it."""
         streams = _streams(self.dataset)
         for stream in streams:
-            stream.handoff_slots = self.handoff_slots
+            stream.handoff_slots, stream.decode_threads = self.handoff_slots, self.decode_threads
         self.dataset.handoff_group = self.handoff_group
         try:
             return super().__iter__()
         finally:
             for stream in streams:
-                stream.handoff_slots = 0
+                stream.handoff_slots, stream.decode_threads = 0, 1
             self.dataset.handoff_group = 1
 
     def __iter__(self):
@@ -712,6 +723,7 @@ def build_dataloader(
     pin_memory: bool = False,
     cap_workers: bool = True,
     handoff_group: int | str = "auto",
+    decode_threads: int | str = "auto",
 ) -> StreamLoader:
     """The loader a Hydra ``data`` config instantiates.
 
@@ -727,7 +739,10 @@ def build_dataloader(
     ``cap_workers=False``; ``loader.num_workers`` is the number started, ``loader.requested_workers``
     the one asked for. ``handoff_group``: training batches a worker hands over per DataLoader item
     (:mod:`camvid.data.grouping`; ``"auto"``: with 1 worker enough for 4 clips, with more none; 1:
-    one per item); the batches and their order do not depend on it.
+    one per item); the batches and their order do not depend on it. ``decode_threads``: threads each
+    worker decodes a clip's JPEG frames with (:func:`camvid.data.workers.decode_threads`; ``"auto"``:
+    the worker's part of the cores, e.g. 2 for a lone worker on 2 cores; the main process always
+    uses 1); the pixels do not depend on it.
     """
     if stride_min is None:
         stride_min = 1 if train else 8
@@ -737,6 +752,7 @@ def build_dataloader(
         resampled = train
     workers = effective_workers(num_workers, cap_workers, announce=True)
     group = resolve_handoff_group(handoff_group, batch_size * num_views(pairing), workers)  # cvd_mix: 2 views
+    threads = decode_threads_for(decode_threads, workers)
     spec = SampleSpec(num_frames, height, width, stride_min, stride_max, train, random_cond, homography_strength)
     common = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, resampled=resampled,
                   shuffle_buffer=shuffle_buffer, epoch=epoch, drop_last=train, max_skip_fraction=max_skip_fraction,
@@ -763,7 +779,7 @@ def build_dataloader(
     announce_backend()  # which JPEG decoder (once per process; a warning for the slower PIL fallback)
     loader = StreamLoader(dataset, health=health, num_workers=workers, persistent_workers=False,
                           pin_memory=pin_memory, prefetch_factor=group_prefetch(group) if workers else None,
-                          handoff_group=group)
+                          handoff_group=group, decode_threads=threads)
     loader.requested_workers = num_workers
     return loader
 

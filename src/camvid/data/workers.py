@@ -10,6 +10,12 @@ fewer clips/s than 2 (docs/performance.md). The cap counts the cores this proces
 total) and divides them among the training processes of this node (``LOCAL_WORLD_SIZE``, set by
 torchrun and ``accelerate launch``), since every rank starts its own workers.
 ``cap=False`` (``trainer.cap_workers=false``) starts the requested number regardless.
+
+The same share sets how many threads each worker decodes a clip's JPEG frames with
+(:func:`decode_threads`, ``data.decode_threads``): ``auto`` gives each started worker its part of
+the share, so a lone worker on 2 cores decodes on 2 threads instead of leaving a core idle, and
+``workers x threads`` stays within the share. The main process (0 workers) decodes on its own
+thread: there the training loop needs the cores.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["available_cores", "local_processes", "worker_cap", "effective_workers"]
+__all__ = ["available_cores", "local_processes", "worker_cap", "effective_workers", "decode_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +76,16 @@ def effective_workers(requested: int, cap: bool = True, *, cores: int | None = N
                     "add scheduling and start-up cost. Set trainer.cap_workers=false (build_dataloader("
                     "cap_workers=False)) to start %d anyway.", requested, cores, shared, limit, requested)
     return limit
+
+
+def decode_threads(requested: int | str, workers: int, *, cores: int | None = None, local: int | None = None) -> int:
+    """Threads each of ``workers`` started DataLoader workers decodes a clip with: ``"auto"`` (or
+    None) -> the worker's part of this process's share of the cores, ``max(1, worker_cap //
+    workers)``; an integer >= 1 as given. 1 with no workers (the main process decodes on its own
+    thread)."""
+    if requested is None or requested == "auto":
+        return 1 if workers < 1 else max(1, worker_cap(cores, local) // workers)
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ValueError(f"data.decode_threads={requested!r}: expected 'auto' or an integer >= 1 (threads per "
+                         "loader worker that decode a clip's JPEG frames)")
+    return requested if workers >= 1 else 1
