@@ -14,6 +14,8 @@ count W in ``--workers``:
   for a lone worker on 2 cores, 1 in the main process), that hold the frames already and do nothing
   else (a pool forked after the frames were read; only clip numbers and CPU times cross processes).
 
+Where workers decode on several threads, the decode limit is also taken with one thread per process
+(the same processes, ``ratio_one_thread``), so a lone worker's threads show against both.
 ``ratio`` = loader / decode limit; the loader's other work (tar reading, pose parsing, batching,
 handing uint8 video to the main process) is what it loses. CPU ms per clip (all processes of each
 side; for the loader the workers' start-up is included) shows the same from the CPU side: ``CPU
@@ -391,17 +393,25 @@ def main(argv: list[str] | None = None) -> dict:
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         pools = {w: ctx.Pool(started[w], initializer=_set_threads, initargs=(threads[w],))
                  for w in args.workers if started[w] > 1}
+        # the same processes on one thread each, for rows whose workers decode on several
+        single = {w: ctx.Pool(started[w], initializer=_set_threads, initargs=(1,))
+                  for w in args.workers if started[w] > 1 and threads[w] > 1}
         try:
-            for pool in pools.values():
+            for pool in (*pools.values(), *single.values()):
                 pool.map(_decode_clip, range(len(pool._pool)))  # start and warm the processes
             for _ in range(args.repeats):
                 for w in args.workers:
                     decode, decode_cpu = decode_limit(max(started[w], 1), loader_batches * args.batch_size,
                                                       pools.get(w), threads[w])
+                    decode_one = decode
+                    if threads[w] > 1:
+                        decode_one, _ = decode_limit(max(started[w], 1), loader_batches * args.batch_size,
+                                                     single.get(w), 1)
                     loader, main_cpu, worker_cpu, first_ms, group = loader_rate(
                         shards, w, loader_batches, cap, args.batch_size, args.handoff_group, args.decode_threads)
                     loader_cpu = main_cpu + worker_cpu
                     rounds[w].append({"loader": loader, "decode": decode, "ratio": loader / decode, "start_ms": first_ms,
+                                      "decode_one_thread": decode_one, "ratio_one_thread": loader / decode_one,
                                       "loader_cpu_ms": loader_cpu, "main_cpu_ms": main_cpu,
                                       "worker_cpu_ms": worker_cpu, "decode_cpu_ms": decode_cpu,
                                       "cpu_ratio": decode_cpu / loader_cpu, "group": group})
@@ -411,14 +421,14 @@ def main(argv: list[str] | None = None) -> dict:
                         rounds[w][-1].update(ungrouped=plain, ungrouped_cpu_ms=plain_main + plain_worker,
                                              ungrouped_main_cpu_ms=plain_main)
         finally:
-            for pool in pools.values():
+            for pool in (*pools.values(), *single.values()):
                 pool.terminate()
         dec = decoders(_CLIPS, 16 * FRAMES, max(args.repeats, 5))
         thread_cpu = decode_thread_cpu(shards, args.batches, args.repeats)
         floor = handoff_floor(loader_batches, args.batch_size * _median([r["decode_cpu_ms"] for w in args.workers
                                                                          for r in rounds[w]]), args.batch_size)
 
-    keys = ("loader", "decode", "ratio", "loader_cpu_ms", "main_cpu_ms", "worker_cpu_ms", "decode_cpu_ms", "cpu_ratio",
+    keys = ("loader", "decode", "ratio", "decode_one_thread", "ratio_one_thread", "loader_cpu_ms", "main_cpu_ms", "worker_cpu_ms", "decode_cpu_ms", "cpu_ratio",
             "start_ms")
     rows = [{"workers": w, "started": started[w], "threads": threads[w], "decode_processes": max(started[w], 1), **{k: _median([r[k] for r in rounds[w]]) for k in keys},
              "ratio_range": [min(r["ratio"] for r in rounds[w]), max(r["ratio"] for r in rounds[w])],
@@ -456,6 +466,13 @@ def main(argv: list[str] | None = None) -> dict:
               f"{f'({lo:.2f}-{hi:.2f})':>11}   {r['loader_cpu_ms']:>18.1f} "
               f"{split:>14} {r['decode_cpu_ms']:>18.1f} "
               f"{r['cpu_ratio']:>9.2f} {r['start_ms']:>8.0f} {r['vs_fewer'] if 'vs_fewer' in r else '':>8.3}")
+    if any(r["threads"] > 1 for r in rows):
+        print("the decode limit with one thread per process (the same processes; rows whose workers decode on several "
+              "threads): decode-only clips/s, loader / it (median of per-round quotients)")
+        for r in rows:
+            if r["threads"] > 1:
+                print(f"{r['workers']:>7} {r['started']:>7} {1:>7} {r['decode_one_thread']:>20.2f} "
+                      f"{r['ratio_one_thread']:>6.2f}")
     if any("ungrouped" in r for r in rows):
         print("the same rounds with one batch per hand-off (handoff_group=1): clips/s, loader CPU ms/clip (main), "
               "grouped / ungrouped clips/s, ungrouped vs the row above (medians of per-round quotients)")

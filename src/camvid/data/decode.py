@@ -159,11 +159,14 @@ def _helpers(count: int) -> ThreadPoolExecutor:
 def _decode_some(frames: list[tuple[bytes, str]], out: np.ndarray, claim) -> int | None:
     """Decode frames into ``out`` until none is left, each taking the next unclaimed index from
     ``claim`` (a shared ``itertools.count``: ``next`` on it is atomic under the GIL); the first index
-    that fails, or None."""
+    that fails or is not a JPEG of the clip's size (simplejpeg's RGB colour spaces), or None."""
+    shape = out.shape[1:3]
     for i in claim:
         if i >= len(frames):
             return None
         try:
+            if _jpeg_shape(frames[i][0]) != shape:
+                return i
             _simplejpeg.decode_jpeg(frames[i][0], colorspace="RGB", buffer=out[i])
         except Exception:  # noqa: BLE001 - re-decoded on the one-thread path, which names the error
             return i
@@ -173,15 +176,16 @@ def _decode_some(frames: list[tuple[bytes, str]], out: np.ndarray, claim) -> int
 def _decode_threaded(frames: list[tuple[bytes, str]], given: np.ndarray | None, threads: int) -> np.ndarray | None:
     """The frames on ``threads`` threads when every one is a JPEG simplejpeg decodes to RGB and all
     have one size; None otherwise (and on any failure): the one-thread path then decodes them, with
-    its errors. The threads take frames one at a time from a shared counter, so a thread that the
-    scheduler holds back (the loader's read-ahead, the main process) just decodes fewer of them."""
+    its errors. The threads take frames one at a time from a shared counter (each reads its frames'
+    headers itself), so a thread that the scheduler holds back (the loader's read-ahead, the main
+    process) just decodes fewer of them."""
     try:
-        shapes = {_jpeg_shape(data) for data, _ in frames}
+        shape = _jpeg_shape(frames[0][0])
     except Exception:  # noqa: BLE001 - a corrupt header: the one-thread path names the frame
         return None
-    if len(shapes) != 1 or None in shapes:
+    if shape is None:
         return None
-    out = _output(given, (len(frames), *shapes.pop(), 3))
+    out = _output(given, (len(frames), *shape, 3))
     claim = itertools.count()
     pending = [_helpers(threads - 1).submit(_decode_some, frames, out, claim) for _ in range(threads - 1)]
     failed = [_decode_some(frames, out, claim)] + [f.result() for f in pending]
