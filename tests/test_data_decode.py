@@ -137,6 +137,9 @@ def test_threads_decode_the_same_pixels_into_the_given_buffer(threaded, frames):
     assert len(threaded.threads) == 8  # each frame once
     assert len(set(threaded.threads)) >= 2 and any(n.startswith("camvid-decode") for n in threaded.threads)
     assert decode.decode_threads() == 3
+    pool = decode._POOL
+    assert np.array_equal(decode.decode_frames(clip[:2]), one[:2])  # fewer frames than threads
+    assert decode._POOL is pool  # the same helper threads, not a new pool per clip size
 
 
 @pytest.mark.skipif(decode.jpeg_backend() != "simplejpeg", reason="simplejpeg not installed")

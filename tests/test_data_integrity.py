@@ -106,16 +106,21 @@ def test_re10k_sample_without_pose_is_skipped_never_identity(source, tmp_path):
         assert not torch.allclose(b["c2w"][0, 1], torch.eye(4))
 
 
-def test_corrupt_jpeg_is_skipped_and_named(source, tmp_path):
+@pytest.mark.parametrize("loading", [{}, {"num_workers": 1, "decode_threads": 2}], ids=["in_process", "worker_2_threads"])
+def test_corrupt_jpeg_is_skipped_and_named(source, tmp_path, loading):
+    """In the main process, and in a worker decoding each clip on 2 threads: the same skip, named the
+    same way."""
     out = _shards(source, tmp_path, shard_size=8, image_format="jpg")
     url = shard_urls(out)[0]
     samples = _samples(url)
     victim = samples[1]["__key__"]
     samples[1]["00000.jpg"] = samples[1]["00000.jpg"][:40] + b"\x00" * 200  # header kept, body garbage
     _rewrite(url, samples)
-    batches, report, text = _read_all(out)
+    batches, report, text = _read_all(out, **loading)
     assert len(batches) == 7 and report["skipped"] == {"corrupt_image": 1}
-    assert f"{victim}.00000.jpg: cannot decode image" in text
+    assert victim not in [b["key"][0] for b in batches]
+    assert f"{victim}.00000.jpg: cannot decode image" in text or loading
+    assert f"{victim}.00000.jpg: cannot decode image" in str(report)
 
 
 @pytest.mark.parametrize("row,expect", [

@@ -187,7 +187,8 @@ def _decode_threaded(frames: list[tuple[bytes, str]], given: np.ndarray | None, 
         return None
     out = _output(given, (len(frames), *shape, 3))
     claim = itertools.count()
-    pending = [_helpers(threads - 1).submit(_decode_some, frames, out, claim) for _ in range(threads - 1)]
+    helpers = _helpers(_THREADS - 1)  # one pool per process, whatever the clip's frame count
+    pending = [helpers.submit(_decode_some, frames, out, claim) for _ in range(threads - 1)]
     failed = [_decode_some(frames, out, claim)] + [f.result() for f in pending]
     return None if any(i is not None for i in failed) else out
 
