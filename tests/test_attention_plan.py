@@ -113,6 +113,62 @@ def test_pencil_sorted_tiles_are_exact_forward_and_gradients_fp64(mode, monkeypa
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
+def test_band_sort_keys_put_queries_of_one_band_together_whatever_their_frame():
+    """Runs in one key frame (h = 8 rows, w = 16): queries 0, 3 and 5 keep the same vertical band,
+    1 and 4 the same horizontal one, 2 a diagonal; each band's queries get equal keys, the bands
+    distinct ones."""
+    h, w = 8, 16
+    lo = torch.zeros(6, h, dtype=torch.int16)
+    hi = torch.zeros(6, h, dtype=torch.int16)
+    for qi in (0, 3, 5):  # columns 6..8 of every row
+        lo[qi], hi[qi] = 6, 9
+    for qi in (1, 4):  # all columns of rows 2 and 3
+        lo[qi, 2:4], hi[qi, 2:4] = 0, w
+    lo[2] = torch.arange(h, dtype=torch.int16)  # cells (r, r..r+1): a diagonal
+    hi[2] = lo[2] + 2
+    for bins in sparse._BAND_ANGLE_BINS:
+        key = sparse._band_sort_keys(lo, hi, 1, w, bins)[0]
+        assert key[0] == key[3] == key[5] and key[1] == key[4]
+        assert len({float(key[0]), float(key[1]), float(key[2])}) == 3
+    tiles = sparse._sorted_across_frames(sparse._band_sort_keys(lo, hi, 2, w, 8), 3)  # 2 samples of 3 queries
+    assert sorted(map(sorted, tiles.tolist())) == [[0, 1, 2], [3, 4, 5]]  # tiles never mix samples
+
+
+def test_reference_frame_plans_tile_queries_of_all_frames_by_band_exactly_fp64(monkeypatch):
+    """``epipolar_ref``: every query looks into the reference frame, so the plan may group queries of
+    different frames whose bands coincide; that tiling is chosen when it computes fewer pairs than
+    the per-frame ones, and it is exact, forward and gradients."""
+    image_hw, feat_hw = (64, 96), (8, 12)
+    K, c2w = clip(1, 6, image_hw)
+    runs = geo.epipolar_runs(K, c2w, image_hw, feat_hw, mode="ref", ref_index=0)
+    hw = feat_hw[0] * feat_hw[1]
+    chosen = build_tile_plan_from_runs(runs.start, runs.end, feat_hw, order=None)
+    per_frame = sparse._candidate_tiles(1, 6, feat_hw, None, None, None)
+    lo = runs.start.reshape(-1, feat_hw[0]).to(torch.int16)
+    hi = runs.end.reshape(-1, feat_hw[0]).to(torch.int16)
+    best_per_frame = min(int(sparse._hulls(lo, hi, t, feat_hw[1])[1].sum()) for t in per_frame)
+    chosen_tiles = torch.cat([c.query_ids for c in chosen.chunks])
+    assert int(sparse._hulls(lo, hi, chosen_tiles, feat_hw[1])[1].sum()) < best_per_frame
+    assert any(len({int(i) // hw for i in t}) > 1 for t in chosen_tiles.tolist()), "tiles mix query frames"
+    band = sparse._sorted_across_frames(sparse._band_sort_keys(lo, hi, 1, feat_hw[1], 8), 32)
+    monkeypatch.setattr(sparse, "_candidate_tiles", lambda *a: [band])
+    plan = build_tile_plan_from_runs(runs.start, runs.end, feat_hw, chunk_keys=64, min_chunk_tiles=1)
+    dense = runs.rows(0, runs.num_queries)  # (1, Lq, Lk)
+    assert torch.equal(rebuilt_mask(plan), dense[0])
+    g = torch.Generator().manual_seed(3)
+    Lq, Lk, H, D = dense.shape[1], dense.shape[2], 2, 4
+    q = torch.randn(1, Lq, H, D, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, Lk, H, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    got = tiled_sparse_attention(q, k, v, plan)
+    scores = q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2) / math.sqrt(D)
+    attn = torch.softmax(scores.masked_fill(~dense[:, None], float("-inf")), -1).nan_to_num(0.0)
+    want = (attn @ v.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    w = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((got * w).sum(), (q, k, v)), torch.autograd.grad((want * w).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
 def test_chunks_bound_padding_and_size():
     g = torch.Generator().manual_seed(2)
     union = torch.cat([torch.randint(1, 400, (300,), generator=g), torch.zeros(5, dtype=torch.long)])

@@ -300,6 +300,50 @@ def _sorted_tile_query_ids(order: torch.Tensor, hw: int, q: int) -> torch.Tensor
     return (per_frame + first).reshape(-1, q)
 
 
+# Orientation bins of the band-sorted tilings (one candidate each; the estimate picks among them).
+_BAND_ANGLE_BINS = (4, 8, 16)
+
+
+def _band_sort_keys(lo: torch.Tensor, hi: torch.Tensor, N: int, w: int, bins: int) -> torch.Tensor:
+    """(N * Lq, h) runs in ONE key frame -> (N, Lq) sort keys that put queries whose bands nearly
+    coincide side by side, whatever their query frame.
+
+    Each query's band (the key cells it keeps) is summarised by the line through its cells' centroid
+    along their principal direction: the direction's angle theta (from the cells' second moments) and
+    the line's signed distance rho from the frame's centre. Queries are ordered by theta in ``bins``
+    bins, by rho within a bin (alternating direction from bin to bin), so 32 consecutive queries share
+    nearly one line, hence nearly one band. Unlike the per-frame pencil order, this groups queries of
+    all frames (every query of ``epipolar_ref`` looks into the same reference frame). Moments are
+    exact sums over each run's columns, in float64; a query without keys sorts anywhere.
+    """
+    lo, hi = lo.double(), hi.double()
+    n = (hi - lo).clamp_(min=0)
+    rows = torch.arange(lo.shape[1], dtype=torch.float64, device=lo.device).expand_as(n)
+
+    def squares_below(a):  # sum of c^2 for c in [0, a)
+        return (a - 1) * a * (2 * a - 1) / 6
+
+    col_sum = (lo + hi - 1) * n / 2
+    col_sq = torch.where(n > 0, squares_below(hi) - squares_below(lo), torch.zeros_like(n))
+    total = n.sum(1).clamp_(min=1)
+    cx, cy = col_sum.sum(1) / total, (rows * n).sum(1) / total
+    sxx = col_sq.sum(1) / total - cx * cx
+    syy = (rows * rows * n).sum(1) / total - cy * cy
+    sxy = (rows * col_sum).sum(1) / total - cx * cy
+    theta = 0.5 * torch.atan2(2 * sxy, sxx - syy)  # (-pi/2, pi/2]
+    rho = torch.cos(theta) * (cy - lo.shape[1] / 2) - torch.sin(theta) * (cx - w / 2)
+    b = ((theta + math.pi / 2) / math.pi * bins).floor_().clamp_(0, bins - 1)
+    span = 2 * (abs(rho).max() + 1)
+    key = b * span + torch.where(b.remainder(2) == 1, -rho, rho)  # snake: neighbouring bins meet at one end
+    return key.reshape(N, -1)
+
+
+def _sorted_across_frames(order: torch.Tensor, q: int) -> torch.Tensor:
+    """(N, Lq) sort keys -> (tiles, q) query ids: each sample's queries in key order, cut into runs of q."""
+    N, Lq = order.shape
+    return (order.argsort(dim=1, stable=True) + torch.arange(N, device=order.device).unsqueeze(1) * Lq).reshape(-1, q)
+
+
 def _hulls(lo: torch.Tensor, hi: torch.Tensor, qids: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per tile and segment-row, the hull [first, first + length) of its queries' runs (empty runs
     do not widen it): (first, length), both (tiles, G) long."""
@@ -310,8 +354,10 @@ def _hulls(lo: torch.Tensor, hi: torch.Tensor, qids: torch.Tensor, w: int) -> tu
     return first, (last - first).clamp_(min=0)
 
 
-def _candidate_tiles(N, frames, feat_hw, order, tile_hw, tile_frames) -> list[torch.Tensor]:
-    """Query tilings (tiles, Q) to choose from: only the given tile when ``tile_hw``/``tile_frames`` is set."""
+def _candidate_tiles(N, frames, feat_hw, order, tile_hw, tile_frames, one_key_frame=None) -> list[torch.Tensor]:
+    """Query tilings (tiles, Q) to choose from: only the given tile when ``tile_hw``/``tile_frames`` is set.
+    ``one_key_frame``: the (N * Lq, h) runs ``(lo, hi)`` when every query's keys lie in one key frame,
+    which adds tilings of queries of all frames sorted by band (:func:`_band_sort_keys`)."""
     if tile_hw is not None or tile_frames is not None:
         thw, tf = default_tile(feat_hw, frames, tile_hw, tile_frames)
         return [_tile_query_ids(N, frames, feat_hw, thw, tf)]
@@ -324,6 +370,9 @@ def _candidate_tiles(N, frames, feat_hw, order, tile_hw, tile_frames) -> list[to
             out.append(_tile_query_ids(N, frames, feat_hw, shape, 1))
     if order is not None and (h * w) % q == 0:
         out.append(_sorted_tile_query_ids(order, h * w, q))
+    if one_key_frame is not None and (h * w) % q == 0:
+        lo, hi = one_key_frame
+        out += [_sorted_across_frames(_band_sort_keys(lo, hi, N, w, bins), q) for bins in _BAND_ANGLE_BINS]
     return out
 
 
@@ -351,7 +400,10 @@ def build_tile_plan_from_runs(
     Tiling: ``tile_hw``/``tile_frames`` fix it; otherwise the tiling with the fewest hull pairs
     (estimated on a sample of tiles) among the default tile, other one-frame rectangles of its size
     and, with ``order`` (N, Lq) sort keys (``camvid.geometry.pencil_order``: queries with equal keys
-    have equal epipolar lines), each frame's queries in key order cut into tiles of that size.
+    have equal epipolar lines), each frame's queries in key order cut into tiles of that size; and,
+    when every query's keys lie in one key frame (``S == 1``: ``epipolar_ref``), the queries of all
+    frames sorted by their band's line (:func:`_band_sort_keys`, a few orientation binnings), so a
+    tile may hold cells of several frames that look at the same band.
     Chunks keep tiles within ``max_padding`` of their widest and hold about ``chunk_keys`` gathered
     keys, or ``min_chunk_tiles`` tiles when that is more, up to ``DEFAULT_CHUNK_KEYS`` (see
     ``RUNS_CHUNK_KEYS`` and ``_pack_tiles``). The whole build
@@ -386,7 +438,8 @@ def _plan_from_runs(start, end, feat_hw, order, tile_hw, tile_frames, packing) -
     small = torch.int16  # columns fit (w <= 32767); small integers keep the passes below cheap
     lo = start.reshape(N * Lq, G).to(small)
     hi = end.reshape(N * Lq, G).to(small)
-    candidates = _candidate_tiles(N, Lq // hw, feat_hw, order, tile_hw, tile_frames)
+    # one key frame for every query (epipolar_ref): tiles may also gather queries of all frames
+    candidates = _candidate_tiles(N, Lq // hw, feat_hw, order, tile_hw, tile_frames, (lo, hi) if S == 1 else None)
     if len(candidates) > 1:
         def estimate(qids):
             sample = qids[:: max(1, len(qids) // _ESTIMATE_TILES)]
