@@ -2,14 +2,17 @@
 
     python benchmarks/blocksparse_chunks.py                       # 32x32, ref and cross, 1 thread
     python benchmarks/blocksparse_chunks.py --kinds all --threads 2 --chunk-keys 65536 8192
+    python benchmarks/blocksparse_chunks.py --kinds ref --threads 2 --chunk-keys 16384 --per-frame --repeat 15
 
 Only ``camvid.attention.blocksparse`` on random q and packed k/v of the level's shape (C = 320,
 5 heads, 16 frames; ``cross``: one pair of videos), with the plan ``AttentionContext`` builds
-(pencil-sorted tiles) packed into chunks of about ``--chunk-keys`` gathered keys (at least
+(the tiling it chooses) packed into chunks of about ``--chunk-keys`` gathered keys (at least
 ``--min-tiles`` tiles, at most 2^16 keys, as ``camvid.attention.sparse.RUNS_CHUNK_KEYS`` does).
 Plans are timed round-robin, median of ``--repeat`` rounds; "cpu" is the process CPU time (all
 threads), less sensitive than wall time to other jobs on a shared host. Every plan's outputs and
-gradients are compared with the first plan's (they must agree to rounding).
+gradients are compared with the first plan's (they must agree to rounding). ``--per-frame`` also
+times each plan with the tilings of one query frame only (no band-sorted tiles across frames, which
+``ref`` plans may choose: ``camvid.attention.sparse._band_sort_keys``), the plan before them.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attention import SIZES, cameras  # noqa: E402  (the benchmark's RealEstate10K-like clip)
 
 
-def plans_for(kind, image_hw, feat_hw, chunk_keys, min_tiles):
+def plans_for(kind, image_hw, feat_hw, chunk_keys, min_tiles, per_frame=False):
+    """{(chunk keys, tiling): plan}, tiling "chosen" (what the context builds) and with ``per_frame``
+    also "per-frame" (the same without band-sorted tiles across frames); and the batch size."""
     import camvid.attention.context as context_mod
-    from camvid.attention import AttentionContext
+    from camvid.attention import AttentionContext, sparse
     from camvid.attention.blocksparse import prepare_plan
     from camvid.attention.sparse import build_tile_plan_from_runs
 
@@ -39,18 +44,20 @@ def plans_for(kind, image_hw, feat_hw, chunk_keys, min_tiles):
     if B > 1:
         c2w[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])  # as benchmarks/attention.py
     plans = {}
-    original = context_mod.build_tile_plan_from_runs
+    original, bins = context_mod.build_tile_plan_from_runs, sparse._BAND_ANGLE_BINS
     try:
         for ck in chunk_keys:
-            context_mod.build_tile_plan_from_runs = functools.partial(build_tile_plan_from_runs, chunk_keys=ck,
-                                                                      min_chunk_tiles=min_tiles)
-            ctx = AttentionContext(K=K, c2w=c2w, image_hw=image_hw, cond_index=torch.zeros(B, dtype=torch.long),
-                                   num_views=B, path="sparse")
-            plan = ctx.tile_plan(kind, feat_hw)
-            prepare_plan(plan, 0, torch.float32)
-            plans[ck] = plan
+            for tiling in ("chosen", "per-frame") if per_frame else ("chosen",):
+                sparse._BAND_ANGLE_BINS = bins if tiling == "chosen" else ()
+                context_mod.build_tile_plan_from_runs = functools.partial(build_tile_plan_from_runs, chunk_keys=ck,
+                                                                          min_chunk_tiles=min_tiles)
+                ctx = AttentionContext(K=K, c2w=c2w, image_hw=image_hw, cond_index=torch.zeros(B, dtype=torch.long),
+                                       num_views=B, path="sparse")
+                plan = ctx.tile_plan(kind, feat_hw)
+                prepare_plan(plan, 0, torch.float32)
+                plans[(ck, tiling)] = plan
     finally:
-        context_mod.build_tile_plan_from_runs = original
+        context_mod.build_tile_plan_from_runs, sparse._BAND_ANGLE_BINS = original, bins
     return plans, (B * 16 if kind == "cross" else B)
 
 
@@ -63,19 +70,21 @@ def main():
     ap.add_argument("--min-tiles", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--per-frame", action="store_true",
+                    help="also time each plan with one-frame tilings only (no band-sorted tiles across frames)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     feat_hw = tuple(int(v) for v in args.level.split("x"))
     print(f"# command: python benchmarks/blocksparse_chunks.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"# torch {torch.__version__}, {args.threads} threads, median of {args.repeat} rounds; "
           f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
-    print("| kind | chunk keys | chunks | computed pairs | fwd wall (s) | fwd cpu (s) | fwd+bwd wall (s) | "
+    print("| kind | chunk keys | tiling | chunks | computed pairs | fwd wall (s) | fwd cpu (s) | fwd+bwd wall (s) | "
           "fwd+bwd cpu (s) | max diff to first |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     from camvid.attention.blocksparse import block_sparse_attention_packed
 
     for kind in args.kinds:
-        plans, N = plans_for(kind, SIZES[args.size], feat_hw, args.chunk_keys, args.min_tiles)
+        plans, N = plans_for(kind, SIZES[args.size], feat_hw, args.chunk_keys, args.min_tiles, args.per_frame)
         first = next(iter(plans.values()))
         g = torch.Generator().manual_seed(0)
         q = torch.randn(N, first.num_queries, 5, 64, generator=g, requires_grad=True)
@@ -106,7 +115,7 @@ def main():
         for ck, plan in plans.items():
             diff = max(float((a - b).abs().max()) for a, b in zip(results[ck], ref))
             cells = [statistics.median(x[i] for x in times[(ck, f)]) for f in ("fwd", "step") for i in (0, 1)]
-            print(f"| {kind} | {ck} | {len(plan.chunks)} | {100 * plan.computed_fraction:.1f}% | "
+            print(f"| {kind} | {ck[0]} | {ck[1]} | {len(plan.chunks)} | {100 * plan.computed_fraction:.1f}% | "
                   + " | ".join(f"{v:.3f}" for v in cells) + f" | {diff:.1e} |")
         sys.stdout.flush()
 

@@ -255,11 +255,13 @@ def test_chunk_benchmark_builds_plans_of_each_size_and_restores_the_context_buil
 
     bench = load_benchmark("blocksparse_chunks")
     before = context_mod.build_tile_plan_from_runs
-    plans, n = bench.plans_for("ref", (64, 64), (8, 8), [1 << 16, 64], 1)
-    assert context_mod.build_tile_plan_from_runs is before
-    assert n == 1 and set(plans) == {1 << 16, 64}
-    assert len(plans[64].chunks) > len(plans[1 << 16].chunks)
-    assert all(c.key_ids.numel() <= 64 or c.shape[0] == 1 for c in plans[64].chunks)
+    bins = sparse._BAND_ANGLE_BINS
+    plans, n = bench.plans_for("ref", (64, 64), (8, 8), [1 << 16, 64], 1, per_frame=True)
+    assert context_mod.build_tile_plan_from_runs is before and sparse._BAND_ANGLE_BINS == bins
+    assert n == 1 and set(plans) == {(ck, t) for ck in (1 << 16, 64) for t in ("chosen", "per-frame")}
+    assert len(plans[(64, "chosen")].chunks) > len(plans[(1 << 16, "chosen")].chunks)
+    assert all(c.key_ids.numel() <= 64 or c.shape[0] == 1 for c in plans[(64, "chosen")].chunks)
+    assert torch.equal(rebuilt_mask(plans[(1 << 16, "per-frame")]), rebuilt_mask(plans[(1 << 16, "chosen")]))
 
 
 def test_kernel_ab_benchmark_compares_the_tree_with_a_revision():
