@@ -6,7 +6,11 @@ it; ``default_tile``). A tile gathers one key list (for plans from row runs: per
 row, the hull of its queries' runs; from a mask or neighbour lists: the union of its queries' keys)
 and carries its exact (Q, U) sub-mask. Neighbouring cells, and the same cell in neighbouring frames
 of a smooth camera path, have neighbouring epipolar lines, so the list stays a few times the band
-of one query while the gathered keys are shared by the whole tile.
+of one query while the gathered keys are shared by the whole tile. Plans from row runs also weigh
+tiles cut from other orders (``build_tile_plan_from_runs``): other one-frame rectangles, each frame's
+cells sorted along the pencil of epipolar lines, and, when every query looks into one key frame
+(``epipolar_ref``), the queries of all frames sorted by their band's line, so a tile may hold cells of
+several frames that see the same band; the plan keeps the one with the fewest gathered pairs.
 
 Tiles are sorted by list length and packed into chunks whose gathered keys stay under a fixed number
 of elements, so padding is small and memory is bounded. The plan depends only on the cameras and the
