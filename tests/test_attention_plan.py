@@ -127,10 +127,10 @@ def test_band_sort_keys_put_queries_of_one_band_together_whatever_their_frame():
     lo[2] = torch.arange(h, dtype=torch.int16)  # cells (r, r..r+1): a diagonal
     hi[2] = lo[2] + 2
     for bins in sparse._BAND_ANGLE_BINS:
-        key = sparse._band_sort_keys(lo, hi, 1, w, bins)[0]
+        key = sparse._band_sort_keys(sparse._band_lines(lo, hi, w), 1, bins)[0]
         assert key[0] == key[3] == key[5] and key[1] == key[4]
         assert len({float(key[0]), float(key[1]), float(key[2])}) == 3
-    tiles = sparse._sorted_across_frames(sparse._band_sort_keys(lo, hi, 2, w, 8), 3)  # 2 samples of 3 queries
+    tiles = sparse._sorted_across_frames(sparse._band_sort_keys(sparse._band_lines(lo, hi, w), 2, 8), 3)  # 2 samples of 3 queries
     assert sorted(map(sorted, tiles.tolist())) == [[0, 1, 2], [3, 4, 5]]  # tiles never mix samples
 
 
@@ -150,7 +150,7 @@ def test_reference_frame_plans_tile_queries_of_all_frames_by_band_exactly_fp64(m
     chosen_tiles = torch.cat([c.query_ids for c in chosen.chunks])
     assert int(sparse._hulls(lo, hi, chosen_tiles, feat_hw[1])[1].sum()) < best_per_frame
     assert any(len({int(i) // hw for i in t}) > 1 for t in chosen_tiles.tolist()), "tiles mix query frames"
-    band = sparse._sorted_across_frames(sparse._band_sort_keys(lo, hi, 1, feat_hw[1], 8), 32)
+    band = sparse._sorted_across_frames(sparse._band_sort_keys(sparse._band_lines(lo, hi, feat_hw[1]), 1, 8), 32)
     monkeypatch.setattr(sparse, "_candidate_tiles", lambda *a: [band])
     plan = build_tile_plan_from_runs(runs.start, runs.end, feat_hw, chunk_keys=64, min_chunk_tiles=1)
     dense = runs.rows(0, runs.num_queries)  # (1, Lq, Lk)

@@ -308,17 +308,13 @@ def _sorted_tile_query_ids(order: torch.Tensor, hw: int, q: int) -> torch.Tensor
 _BAND_ANGLE_BINS = (4, 8, 16)
 
 
-def _band_sort_keys(lo: torch.Tensor, hi: torch.Tensor, N: int, w: int, bins: int) -> torch.Tensor:
-    """(N * Lq, h) runs in ONE key frame -> (N, Lq) sort keys that put queries whose bands nearly
-    coincide side by side, whatever their query frame.
+def _band_lines(lo: torch.Tensor, hi: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N * Lq, h) runs in ONE key frame -> each query's band as a line: (theta, rho), float64.
 
-    Each query's band (the key cells it keeps) is summarised by the line through its cells' centroid
-    along their principal direction: the direction's angle theta (from the cells' second moments) and
-    the line's signed distance rho from the frame's centre. Queries are ordered by theta in ``bins``
-    bins, by rho within a bin (alternating direction from bin to bin), so 32 consecutive queries share
-    nearly one line, hence nearly one band. Unlike the per-frame pencil order, this groups queries of
-    all frames (every query of ``epipolar_ref`` looks into the same reference frame). Moments are
-    exact sums over each run's columns, in float64; a query without keys sorts anywhere.
+    The line runs through the centroid of the band's cells along their principal direction: theta
+    is the direction's angle in (-pi/2, pi/2] (from the cells' second moments), rho the line's signed
+    distance from the frame's centre. Moments are exact sums over each run's columns; a query
+    without keys gets an arbitrary line (it widens no tile's hull).
     """
     lo, hi = lo.double(), hi.double()
     n = (hi - lo).clamp_(min=0)
@@ -334,12 +330,21 @@ def _band_sort_keys(lo: torch.Tensor, hi: torch.Tensor, N: int, w: int, bins: in
     sxx = col_sq.sum(1) / total - cx * cx
     syy = (rows * rows * n).sum(1) / total - cy * cy
     sxy = (rows * col_sum).sum(1) / total - cx * cy
-    theta = 0.5 * torch.atan2(2 * sxy, sxx - syy)  # (-pi/2, pi/2]
-    rho = torch.cos(theta) * (cy - lo.shape[1] / 2) - torch.sin(theta) * (cx - w / 2)
+    theta = 0.5 * torch.atan2(2 * sxy, sxx - syy)
+    return theta, torch.cos(theta) * (cy - lo.shape[1] / 2) - torch.sin(theta) * (cx - w / 2)
+
+
+def _band_sort_keys(lines: tuple[torch.Tensor, torch.Tensor], N: int, bins: int) -> torch.Tensor:
+    """Queries' band lines (:func:`_band_lines`) -> (N, Lq) sort keys that put queries whose bands
+    nearly coincide side by side, whatever their query frame: by theta in ``bins`` bins, by rho
+    within a bin (alternating direction from bin to bin, so neighbouring bins meet at one end). 32
+    consecutive queries then share nearly one line, hence nearly one band. Unlike the per-frame
+    pencil order this groups queries of all frames (every query of ``epipolar_ref`` looks into the
+    same reference frame)."""
+    theta, rho = lines
     b = ((theta + math.pi / 2) / math.pi * bins).floor_().clamp_(0, bins - 1)
-    span = 2 * (abs(rho).max() + 1)
-    key = b * span + torch.where(b.remainder(2) == 1, -rho, rho)  # snake: neighbouring bins meet at one end
-    return key.reshape(N, -1)
+    span = 2 * (rho.abs().max() + 1)
+    return (b * span + torch.where(b.remainder(2) == 1, -rho, rho)).reshape(N, -1)
 
 
 def _sorted_across_frames(order: torch.Tensor, q: int) -> torch.Tensor:
@@ -361,7 +366,8 @@ def _hulls(lo: torch.Tensor, hi: torch.Tensor, qids: torch.Tensor, w: int) -> tu
 def _candidate_tiles(N, frames, feat_hw, order, tile_hw, tile_frames, one_key_frame=None) -> list[torch.Tensor]:
     """Query tilings (tiles, Q) to choose from: only the given tile when ``tile_hw``/``tile_frames`` is set.
     ``one_key_frame``: the (N * Lq, h) runs ``(lo, hi)`` when every query's keys lie in one key frame,
-    which adds tilings of queries of all frames sorted by band (:func:`_band_sort_keys`)."""
+    which adds tilings of queries of all frames sorted by band (:func:`_band_sort_keys`), one per
+    ``_BAND_ANGLE_BINS`` when there are any."""
     if tile_hw is not None or tile_frames is not None:
         thw, tf = default_tile(feat_hw, frames, tile_hw, tile_frames)
         return [_tile_query_ids(N, frames, feat_hw, thw, tf)]
@@ -375,8 +381,8 @@ def _candidate_tiles(N, frames, feat_hw, order, tile_hw, tile_frames, one_key_fr
     if order is not None and (h * w) % q == 0:
         out.append(_sorted_tile_query_ids(order, h * w, q))
     if one_key_frame is not None and (h * w) % q == 0:
-        lo, hi = one_key_frame
-        out += [_sorted_across_frames(_band_sort_keys(lo, hi, N, w, bins), q) for bins in _BAND_ANGLE_BINS]
+        lines = _band_lines(*one_key_frame, w)
+        out += [_sorted_across_frames(_band_sort_keys(lines, N, bins), q) for bins in _BAND_ANGLE_BINS]
     return out
 
 
