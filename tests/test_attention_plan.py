@@ -40,6 +40,32 @@ def rebuilt_mask(plan):
     return out[:-1].view(plan.batch * plan.num_queries, plan.num_keys)
 
 
+def assert_exact_fp64(plan, dense, registers=0, seed=1):
+    """The plan's sparse attention equals the dense masked computation in fp64, forward and gradients
+    (``dense`` (1, Lq, Lk) bool; ``registers`` register tokens open to every query; a query with no
+    key and no register gives 0)."""
+    assert torch.equal(rebuilt_mask(plan), dense[0])
+    g = torch.Generator().manual_seed(seed)
+    Lq, Lk, H, D = dense.shape[1], dense.shape[2], 2, 4
+    q = torch.randn(1, Lq, H, D, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, Lk, H, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    regs = tuple(torch.randn(1, H, registers, D, generator=g, dtype=torch.float64, requires_grad=True)
+                 for _ in range(2)) if registers else ()
+    got = tiled_sparse_attention(q, k, v, plan, *regs)
+    kh, vh, full = k.transpose(1, 2), v.transpose(1, 2), dense
+    if registers:
+        kh, vh = torch.cat([regs[0], kh], 2), torch.cat([regs[1], vh], 2)
+        full = torch.cat([torch.ones(1, Lq, registers, dtype=torch.bool), dense], -1)
+    scores = q.transpose(1, 2) @ kh.transpose(-1, -2) / math.sqrt(D)
+    attn = torch.softmax(scores.masked_fill(~full[:, None], float("-inf")), -1).nan_to_num(0.0)
+    want = (attn @ vh).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    w = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    inputs = (q, k, v, *regs)
+    for a, b in zip(torch.autograd.grad((got * w).sum(), inputs), torch.autograd.grad((want * w).sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
 def test_pencil_order_gives_cells_on_one_epipolar_line_one_key():
     image_hw, feat_hw = (64, 64), (8, 8)
     K = torch.tensor([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]], dtype=torch.float64)
@@ -93,24 +119,7 @@ def test_pencil_sorted_tiles_are_exact_forward_and_gradients_fp64(mode, monkeypa
     tiles = sorted(map(tuple, torch.cat([c.query_ids for c in plan.chunks]).tolist()))
     assert tiles == sorted(map(tuple, sparse._sorted_tile_query_ids(order, 48, 8).tolist()))
     assert any(max(t) - min(t) > 8 for t in tiles), "tiles of scattered cells, not rectangles"
-    dense = runs.rows(0, runs.num_queries)  # (1, Lq, Lk)
-    assert torch.equal(rebuilt_mask(plan), dense[0])
-    g = torch.Generator().manual_seed(1)
-    Lq, Lk, H, D = dense.shape[1], dense.shape[2], 2, 4
-    q = torch.randn(1, Lq, H, D, generator=g, dtype=torch.float64, requires_grad=True)
-    k, v = (torch.randn(1, Lk, H, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    reg_k, reg_v = (torch.randn(1, H, 2, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    got = tiled_sparse_attention(q, k, v, plan, reg_k, reg_v)
-    kh = torch.cat([reg_k, k.transpose(1, 2)], 2)
-    vh = torch.cat([reg_v, v.transpose(1, 2)], 2)
-    full = torch.cat([torch.ones(1, Lq, 2, dtype=torch.bool), dense], -1)
-    scores = q.transpose(1, 2) @ kh.transpose(-1, -2) / math.sqrt(D)
-    want = (torch.softmax(scores.masked_fill(~full[:, None], float("-inf")), -1) @ vh).transpose(1, 2)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    w = torch.randn(got.shape, generator=g, dtype=torch.float64)
-    for a, b in zip(torch.autograd.grad((got * w).sum(), (q, k, v, reg_k, reg_v)),
-                    torch.autograd.grad((want * w).sum(), (q, k, v, reg_k, reg_v))):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    assert_exact_fp64(plan, runs.rows(0, runs.num_queries), registers=2, seed=1)
 
 
 def test_band_sort_keys_put_queries_of_one_band_together_whatever_their_frame():
@@ -153,20 +162,7 @@ def test_reference_frame_plans_tile_queries_of_all_frames_by_band_exactly_fp64(m
     band = sparse._sorted_across_frames(sparse._band_sort_keys(sparse._band_lines(lo, hi, feat_hw[1]), 1, 8), 32)
     monkeypatch.setattr(sparse, "_candidate_tiles", lambda *a: [band])
     plan = build_tile_plan_from_runs(runs.start, runs.end, feat_hw, chunk_keys=64, min_chunk_tiles=1)
-    dense = runs.rows(0, runs.num_queries)  # (1, Lq, Lk)
-    assert torch.equal(rebuilt_mask(plan), dense[0])
-    g = torch.Generator().manual_seed(3)
-    Lq, Lk, H, D = dense.shape[1], dense.shape[2], 2, 4
-    q = torch.randn(1, Lq, H, D, generator=g, dtype=torch.float64, requires_grad=True)
-    k, v = (torch.randn(1, Lk, H, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    got = tiled_sparse_attention(q, k, v, plan)
-    scores = q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2) / math.sqrt(D)
-    attn = torch.softmax(scores.masked_fill(~dense[:, None], float("-inf")), -1).nan_to_num(0.0)
-    want = (attn @ v.transpose(1, 2)).transpose(1, 2)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    w = torch.randn(got.shape, generator=g, dtype=torch.float64)
-    for a, b in zip(torch.autograd.grad((got * w).sum(), (q, k, v)), torch.autograd.grad((want * w).sum(), (q, k, v))):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    assert_exact_fp64(plan, runs.rows(0, runs.num_queries), seed=3)
 
 
 def test_chunks_bound_padding_and_size():
