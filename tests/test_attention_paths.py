@@ -355,6 +355,27 @@ def test_generic_block_sparse_path_equals_the_fused_cpu_kernel():
             torch.testing.assert_close(a, b)
 
 
+def test_reused_forward_buffers_never_change_a_returned_output_or_a_saved_input():
+    """The kernel keeps per-plan buffers between calls (queries in chunk order when no gradient needs
+    them, outputs in chunk order): a second call on the same plan leaves the first call's output and
+    the first call's gradients as they were."""
+    from camvid.attention import blocksparse
+
+    start, end = _empty_row_runs()
+    plan = build_tile_plan_from_runs(start, end, (2, 3), tile_hw=(1, 3), chunk_keys=5, min_chunk_tiles=1)
+    g = torch.Generator().manual_seed(4)
+    q1, q2 = (torch.randn(12, 2, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    kv = torch.randn(12, 2, 2, 4, generator=g, dtype=torch.float64)
+    alone = blocksparse._BlockSparseAttention.apply(q1, kv, 0, plan).clone()
+    first = blocksparse._BlockSparseAttention.apply(q1, kv, 0, plan)
+    blocksparse._BlockSparseAttention.apply(q2, kv, 0, plan)
+    assert torch.equal(first, alone)
+    want = torch.autograd.grad(blocksparse._BlockSparseAttention.apply(q1.requires_grad_(), kv, 0, plan).sum(), q1)[0]
+    y1 = blocksparse._BlockSparseAttention.apply(q1, kv, 0, plan)
+    blocksparse._BlockSparseAttention.apply(q2.requires_grad_(), kv, 0, plan)  # another layer, same plan
+    torch.testing.assert_close(torch.autograd.grad(y1.sum(), q1)[0], want, rtol=0, atol=0)
+
+
 def test_auto_path_choice():
     K, c2w = cameras(2, (64, 64))
     ctx = AttentionContext(K=K, c2w=c2w, image_hw=(64, 64), num_views=2)

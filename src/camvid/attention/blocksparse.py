@@ -151,7 +151,11 @@ class _BlockSparseAttention(torch.autograd.Function):
     value gradients) run on one thread: with two, PyTorch's CPU ``index_add_`` takes a parallel scatter
     path that was 16-40x slower than the serial one for these shapes (rows of H*D floats, each key
     repeated by many tiles), which made it most of the backward pass; the gather trick gave the
-    backward nothing measurable (0.98-1.03x).
+    backward nothing measurable (0.98-1.03x). The queries in chunk order (when no gradient will need
+    them, i.e. they are not saved) and the outputs in chunk order go into the plan's workspace, reused
+    by every call: fresh 20 MiB tensors paid their page faults on every call (forward 0.84x for
+    ``epipolar_ref``, 0.81x for ``cross_video``, 0.97x for ``epipolar`` with the buffers reused,
+    ``python benchmarks/blocksparse_ab.py REV``).
     """
 
     @staticmethod
@@ -159,9 +163,11 @@ class _BlockSparseAttention(torch.autograd.Function):
         # q (Nq, H, D); kv (rows, 2, H, D): per sample R register rows then Lk keys (see _chunk_inputs)
         Nq, H, D = q.shape
         ids, bounds, inverse = _tile_order(plan)
-        qs = q.index_select(0, ids)  # (Nq, H, D) in chunk order
         ws = _workspace(plan)
-        ordered = q.new_empty(Nq, H, D)  # outputs in chunk order: every query is in exactly one tile
+        # (Nq, H, D) in chunk order; a reused buffer when no gradient will need it (it is saved otherwise)
+        qs = q.index_select(0, ids) if any(ctx.needs_input_grad) else torch.index_select(
+            q, 0, ids, out=ws.get(q, "q", Nq, H, D))
+        ordered = ws.get(q, "out", Nq, H, D)  # outputs in chunk order (every query is in exactly one tile)
         outs, lses = [], []
         for c, (a, b) in zip(plan.chunks, bounds):
             n, Q = c.query_ids.shape
