@@ -361,16 +361,13 @@ def main(argv: list[str] | None = None) -> dict:
                         "worker's share of the cores) or an integer >= 1; the decode limit uses as many per process")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
-    if args.handoff_group != "auto":
-        try:
-            args.handoff_group = int(args.handoff_group)
-        except ValueError:
-            p.error(f"--handoff-group {args.handoff_group!r}: 'auto' or an integer >= 1")
-    if args.decode_threads != "auto":
-        try:
-            args.decode_threads = int(args.decode_threads)
-        except ValueError:
-            p.error(f"--decode-threads {args.decode_threads!r}: 'auto' or an integer >= 1")
+    for flag in ("handoff_group", "decode_threads"):  # 'auto' or an integer
+        value = getattr(args, flag)
+        if value != "auto":
+            try:
+                setattr(args, flag, int(value))
+            except ValueError:
+                p.error(f"--{flag.replace('_', '-')} {value!r}: 'auto' or an integer >= 1")
     if args.repeats < 1 or args.batches < 2 or args.clips < 1 or min(args.workers) < 0 or args.batch_size < 1:
         p.error("--repeats, --clips and --batch-size must be >= 1, --batches >= 2, --workers >= 0")
     loader_batches = max(2, args.batches // args.batch_size)  # --batches counts clips

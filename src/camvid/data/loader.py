@@ -643,14 +643,13 @@ class StreamLoader(DataLoader):
 
     def __init__(self, dataset, *, health: DataHealth, handoff_group: int = 1, decode_threads: int = 1, **kwargs):
         super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
-        if isinstance(handoff_group, bool) or not isinstance(handoff_group, int) or handoff_group < 1:
-            raise ValueError(f"handoff_group must be an integer >= 1, got {handoff_group!r}")
+        for name, value in (("handoff_group", handoff_group), ("decode_threads", decode_threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.health = health
         self.slot_receiver: SlotReceiver | None = None
         self.handoff_group = handoff_group if self.num_workers else 1
         self.handoff_slots = ((self.prefetch_factor or 2) + 2) * self.handoff_group + 2 if self.num_workers else 0
-        if isinstance(decode_threads, bool) or not isinstance(decode_threads, int) or decode_threads < 1:
-            raise ValueError(f"decode_threads must be an integer >= 1, got {decode_threads!r}")
         self.decode_threads = decode_threads if self.num_workers else 1
 
     def _start(self):
