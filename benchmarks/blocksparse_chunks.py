@@ -7,7 +7,8 @@
 Only ``camvid.attention.blocksparse`` on random q and packed k/v of the level's shape (C = 320,
 5 heads, 16 frames; ``cross``: one pair of videos), with the plan ``AttentionContext`` builds
 (the tiling it chooses) packed into chunks of about ``--chunk-keys`` gathered keys (at least
-``--min-tiles`` tiles, at most 2^16 keys, as ``camvid.attention.sparse.RUNS_CHUNK_KEYS`` does).
+``--min-tiles`` tiles, by default ``RUNS_MIN_CHUNK_TILES``, at most 2^16 keys, as
+``camvid.attention.sparse.RUNS_CHUNK_KEYS`` does).
 Plans are timed round-robin, median of ``--repeat`` rounds; "cpu" is the process CPU time (all
 threads), less sensitive than wall time to other jobs on a shared host. Every plan's outputs and
 gradients are compared with the first plan's (they must agree to rounding). ``--per-frame`` also
@@ -50,7 +51,7 @@ def plans_for(kind, image_hw, feat_hw, chunk_keys, min_tiles, per_frame=False):
             for tiling in ("chosen", "per-frame") if per_frame else ("chosen",):
                 sparse._BAND_ANGLE_BINS = bins if tiling == "chosen" else ()
                 context_mod.build_tile_plan_from_runs = functools.partial(build_tile_plan_from_runs, chunk_keys=ck,
-                                                                          min_chunk_tiles=min_tiles)
+                                                                          min_chunk_tiles=sparse.RUNS_MIN_CHUNK_TILES if min_tiles is None else min_tiles)
                 ctx = AttentionContext(K=K, c2w=c2w, image_hw=image_hw, cond_index=torch.zeros(B, dtype=torch.long),
                                        num_views=B, path="sparse")
                 plan = ctx.tile_plan(kind, feat_hw)
@@ -67,7 +68,7 @@ def main():
     ap.add_argument("--level", default="32x32", help="feature map h x w, e.g. 32x32 or 40x64")
     ap.add_argument("--kinds", nargs="*", default=["ref", "cross"], choices=["all", "ref", "cross"])
     ap.add_argument("--chunk-keys", nargs="*", type=int, default=[1 << 16, 1 << 13])
-    ap.add_argument("--min-tiles", type=int, default=64)
+    ap.add_argument("--min-tiles", type=int, default=None, help="default: camvid.attention.sparse.RUNS_MIN_CHUNK_TILES")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--per-frame", action="store_true",

@@ -357,8 +357,8 @@ def test_generic_block_sparse_path_equals_the_fused_cpu_kernel():
 
 def test_reused_forward_buffers_never_change_a_returned_output_or_a_saved_input():
     """The kernel keeps per-plan buffers between calls (queries in chunk order when no gradient needs
-    them, outputs in chunk order): a second call on the same plan leaves the first call's output and
-    the first call's gradients as they were."""
+    them, outputs in chunk order; the backward's key and value gradient sums): a second call on the same
+    plan leaves the first call's output and the first call's gradients as they were."""
     from camvid.attention import blocksparse
 
     start, end = _empty_row_runs()
@@ -374,6 +374,12 @@ def test_reused_forward_buffers_never_change_a_returned_output_or_a_saved_input(
     y1 = blocksparse._BlockSparseAttention.apply(q1, kv, 0, plan)
     blocksparse._BlockSparseAttention.apply(q2.requires_grad_(), kv, 0, plan)  # another layer, same plan
     torch.testing.assert_close(torch.autograd.grad(y1.sum(), q1)[0], want, rtol=0, atol=0)
+    # the backward sums key and value gradients in per-plan buffers: a returned gradient is its own
+    kv.requires_grad_()
+    dkv1 = torch.autograd.grad(blocksparse._BlockSparseAttention.apply(q1, kv, 0, plan).sum(), kv)[0]
+    kept = dkv1.clone()
+    dkv2 = torch.autograd.grad((2 * blocksparse._BlockSparseAttention.apply(q2, kv, 0, plan)).sum(), kv)[0]
+    assert torch.equal(dkv1, kept) and not torch.equal(dkv2, kept)
 
 
 def test_auto_path_choice():

@@ -147,11 +147,14 @@ class _BlockSparseAttention(torch.autograd.Function):
     last chunk, not scattered chunk by chunk: a contiguous copy per chunk and one parallel
     ``index_select`` beat a single-threaded ``index_copy_`` per chunk (``python
     benchmarks/blocksparse_ab.py REV``: forward 0.86-1.03 of the scatter version's time, docs/performance.md).
-    The backward's scatters (``index_copy_`` of the query gradients, ``index_add_`` of the key and
-    value gradients) run on one thread: with two, PyTorch's CPU ``index_add_`` takes a parallel scatter
-    path that was 16-40x slower than the serial one for these shapes (rows of H*D floats, each key
-    repeated by many tiles), which made it most of the backward pass; the gather trick gave the
-    backward nothing measurable (0.98-1.03x). The queries in chunk order (when no gradient will need
+    The backward's key and value gradients are summed with ``index_add_`` into two contiguous
+    (rows, H, D) buffers of the plan's workspace, zeroed per call, and stacked into the packed
+    gradient at the end. Summed straight into the k and v columns of one packed (rows, 2, H, D)
+    tensor, ``index_add_`` on those strided views fell back to a scatter that took a fifth of the
+    ``cross_video`` backward; on contiguous rows it runs its parallel path. The query gradients are
+    put in place with a parallel ``index_copy_`` (every query is in one tile). Both together:
+    forward+backward 0.65x ``epipolar``, 0.77x ``epipolar_ref``, 0.86x ``cross_video`` (``python
+    benchmarks/blocksparse_ab.py REV``, docs/performance.md). The queries in chunk order (when no gradient will need
     them, i.e. they are not saved) and the outputs in chunk order go into the plan's workspace, reused
     by every call: fresh 20 MiB tensors paid their page faults on every call (forward 0.84x for
     ``epipolar_ref``, 0.81x for ``cross_video``, 0.97x for ``epipolar`` with the buffers reused,
@@ -193,8 +196,9 @@ class _BlockSparseAttention(torch.autograd.Function):
         ids, bounds, _ = _tile_order(plan)
         ws = _workspace(plan)
         dos = torch.index_select(dout, 0, ids, out=ws.get(dout, "dout", Nq, H, D))  # used in this call only
-        dkv = kv.new_zeros(kv.shape[0], 2, H, D)  # filled in place: no stack of separate k and v grads
-        dk, dv = dkv[:, 0], dkv[:, 1]
+        rows = kv.shape[0]
+        dk = ws.get(kv, "dk", rows, H, D).zero_()
+        dv = ws.get(kv, "dv", rows, H, D).zero_()
         dq = qs.new_empty(Nq, H, D)
         for c, (a, b), o, lg in zip(plan.chunks, bounds, outs, lses):
             n, Q = c.query_ids.shape
@@ -206,11 +210,10 @@ class _BlockSparseAttention(torch.autograd.Function):
 
             gq, gk, gv = _flash_backward(view(dos), view(qs), kg, vg, o.transpose(1, 2), lg.contiguous(), 0.0,
                                          False, attn_mask=bias)
-            with one_thread():  # see the class docstring
-                dq.index_copy_(0, ids[a:b], gq.transpose(1, 2).reshape(-1, H, D))
-                dk.index_add_(0, kids, gk.transpose(1, 2).reshape(-1, H, D))
-                dv.index_add_(0, kids, gv.transpose(1, 2).reshape(-1, H, D))
-        return dq, dkv, None, None
+            dq.index_copy_(0, ids[a:b], gq.transpose(1, 2).reshape(-1, H, D))
+            dk.index_add_(0, kids, gk.transpose(1, 2).reshape(-1, H, D))
+            dv.index_add_(0, kids, gv.transpose(1, 2).reshape(-1, H, D))
+        return dq, torch.stack((dk, dv), 1), None, None
 
 
 def _chunk_sdpa(q, kv, qflat, kids, bias, n):

@@ -38,18 +38,21 @@ __all__ = ["TilePlan", "build_tile_plan", "build_tile_plan_from_runs", "tiled_sp
 DEFAULT_CHUNK_KEYS = 1 << 16
 # Plans from row runs aim lower: chunks of about 2^14 keys (a gathered key and value row is 2 C
 # floats: 42 MiB per chunk at C = 320; each of the backward's per-tile key and value gradients
-# half that), unless that leaves fewer than 64 tiles in a chunk (then 64 tiles, up to
+# half that), unless that leaves fewer than 8 tiles in a chunk (then 8 tiles, up to
 # DEFAULT_CHUNK_KEYS). The fused kernel allocates these per-tile gradients zero-filled, and its
 # outputs, fresh for every chunk: above glibc's 32 MiB mmap ceiling each such tensor maps new pages
 # and pays their first-touch faults on every call, below it the freed memory is reused. A chunk
-# is one parallel region over tiles x heads, so it keeps at least 64 tiles: the wide-band tiles of
-# ``epipolar`` (about 1600 keys each at 32x32) stay in big chunks, where 8-tile chunks took 1.7x
-# the forward time on two threads. ``benchmarks/blocksparse_chunks.py`` compares chunk sizes (the kernel
-# alone): against 2^16, forward+backward CPU time -12 % (epipolar_ref) and -18 % (cross_video) on
-# one thread, within 2 % on two threads of the loaded development host (2^13: -22 % / -15 % on one
-# thread, +7 % / +6 % on two).
+# is one parallel region over tiles x heads, so it keeps a few tiles: the wide-band tiles of
+# ``epipolar`` (about 1600 keys each at 32x32) go 10 to a chunk. A floor of 64 tiles had put them
+# in 2^16-key chunks, whose per-tile gradients (84 MiB) paid those faults: 8 tiles took 0.93x the
+# forward and 0.79x the forward+backward time of 64 (``python benchmarks/blocksparse_chunks.py
+# --kinds all --threads 2 --chunk-keys 65536 16384 --min-tiles 8``, docs/performance.md).
+# ``benchmarks/blocksparse_chunks.py`` compares chunk sizes (the kernel alone): against 2^16,
+# forward+backward CPU time -12 % (epipolar_ref) and -18 % (cross_video) on one thread, within 2 %
+# on two threads of the loaded development host (2^13: -22 % / -15 % on one thread, +7 % / +6 %
+# on two).
 RUNS_CHUNK_KEYS = 1 << 14
-RUNS_MIN_CHUNK_TILES = 64
+RUNS_MIN_CHUNK_TILES = 8
 
 
 @dataclass
