@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attention import SIZES, cameras, levels  # noqa: E402
 
 from camvid.attention import AttentionContext, build_cross_frame_attention  # noqa: E402
-from camvid.attention.flex import build_flex_block_mask  # noqa: E402
 
 KINDS = {"epipolar": "all", "epipolar_ref": "ref", "cross_video": "cross"}
 
@@ -94,7 +93,7 @@ def sparsity(frames=16):
                                        cond_index=torch.zeros(views, dtype=torch.long))
                 runs = ctx.runs(kind, feat_hw)
                 regs = 4 if kind != "cross" else 0
-                fbm = build_flex_block_mask(runs.start, runs.end, feat_hw, regs)
+                fbm = ctx.flex_block_mask(kind, feat_hw, regs)
                 hw = feat_hw[0] * feat_hw[1]
                 density = float((runs.end.long() - runs.start.long()).clamp(min=0).sum()) / (
                     runs.start.shape[0] * runs.num_queries * runs.start.shape[2] * hw)

@@ -171,7 +171,7 @@ def test_empty_rows_are_zero_without_registers_and_defined_with_them(registers):
 
 
 @pytest.mark.slow  # torch.compile of FlexAttention on the CPU takes about a minute
-@pytest.mark.parametrize("variant", ["epipolar", "cross_video"])
+@pytest.mark.parametrize("variant", ["epipolar", "epipolar_ref", "cross_video"])
 def test_flex_forward_equals_dense_on_cpu(variant):
     """FlexAttention's forward runs on the CPU through torch.compile; its backward does not (the
     CPU lowering has no backward), so gradients are only checked on CUDA by benchmarks/gpu_check.sh."""
@@ -218,6 +218,62 @@ def test_flex_block_mask_visits_every_block_holding_a_kept_pair():
         qi = torch.arange(Lq_pad).view(-1, 1)
         ki = torch.arange(Lk_pad).view(1, -1)
         assert torch.equal(bm.mask_mod(torch.tensor(0), torch.tensor(0), qi, ki), full)
+
+
+@pytest.mark.parametrize("permute", ["queries", "keys", "both"])
+def test_flex_block_mask_with_orders_visits_every_needed_block_and_masks_exactly(permute):
+    """With query and/or key orders the block mask lives in permuted positions: every block holding a
+    kept pair is visited, and mask_mod is the permuted mask exactly (registers stay after the keys)."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    from camvid.attention.flex import build_flex_block_mask
+
+    K, c2w = cameras(1, (64, 96))
+    runs = geo.epipolar_runs(K, c2w, (64, 96), (8, 12))
+    dense = runs.rows(0, runs.num_queries)[0]  # (Lq, Lk)
+    Lq, Lk = dense.shape
+    g = torch.Generator().manual_seed(3)
+    qo = torch.randperm(Lq, generator=g).view(1, -1) if permute in ("queries", "both") else None
+    ko = torch.randperm(Lk, generator=g).view(1, -1) if permute in ("keys", "both") else None
+    regs = 4
+    fbm = build_flex_block_mask(runs.start, runs.end, (8, 12), regs, block=16, query_order=qo, key_order=ko)
+    bm = fbm.block_mask
+    Lq_pad, Lk_pad = bm.seq_lengths
+    moved = dense[qo[0]] if qo is not None else dense
+    moved = moved[:, ko[0]] if ko is not None else moved
+    full = torch.zeros(Lq_pad, Lk_pad, dtype=torch.bool)
+    full[:Lq, :Lk] = moved
+    full[:Lq, Lk:Lk + regs] = True
+    needed = full.view(Lq_pad // 16, 16, Lk_pad // 16, 16).any(3).any(1)
+    visited = torch.zeros_like(needed)
+    counts, idx = bm.kv_num_blocks[0, 0], bm.kv_indices[0, 0]
+    for qb in range(needed.shape[0]):
+        visited[qb, idx[qb, : counts[qb]].long()] = True
+    assert not (needed & ~visited).any()  # no block with a kept pair is skipped
+    qi, ki = torch.arange(Lq_pad).view(-1, 1), torch.arange(Lk_pad).view(1, -1)
+    assert torch.equal(bm.mask_mod(torch.tensor(0), torch.tensor(0), qi, ki), full)
+    if qo is not None:
+        assert torch.equal(qo[0][fbm.query_position[0]], torch.arange(Lq))  # the inverse order
+    with pytest.raises(ValueError, match="key_order must be"):
+        build_flex_block_mask(runs.start, runs.end, (8, 12), regs, key_order=torch.arange(Lk - 1).view(1, -1))
+
+
+def test_flex_orders_skip_more_blocks_at_the_32x32_level():
+    """The context's orders (pencil-sorted frames for "all", band-sorted queries and a pencil-sorted
+    reference frame for "ref") leave more blocks without a kept pair than token order does."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    from camvid.attention.flex import build_flex_block_mask
+
+    image_hw, feat_hw = (256, 256), (32, 32)
+    K, c2w = cameras(1, image_hw)
+    ctx = AttentionContext(K=K, c2w=c2w, image_hw=image_hw, path="flex")
+    for kind in ("all", "ref"):
+        runs = ctx.runs(kind, feat_hw)
+        plain = build_flex_block_mask(runs.start, runs.end, feat_hw, 4)
+        ordered = ctx.flex_block_mask(kind, feat_hw, 4)
+        assert ordered.query_order is not None and ordered.key_order is not None
+        for order, n in ((ordered.query_order, runs.num_queries), (ordered.key_order, ordered.num_keys)):
+            assert torch.equal(order[0].sort().values, torch.arange(n))  # permutations
+        assert ordered.visited_blocks < 0.9 * plain.visited_blocks, (kind, ordered.sparsity, plain.sparsity)
 
 
 def test_soft_band_matches_cvd_formula_written_independently():

@@ -305,8 +305,43 @@ class AttentionContext:
         key = ("flex", kind, tuple(feat_hw), num_registers)
         if key not in self._cache:
             runs = self.runs(kind, feat_hw)
-            self._cache[key] = build_flex_block_mask(runs.start, runs.end, tuple(feat_hw), num_registers)
+            query_order, key_order = self._flex_orders(kind, tuple(feat_hw))
+            self._cache[key] = build_flex_block_mask(runs.start, runs.end, tuple(feat_hw), num_registers,
+                                                     query_order=query_order, key_order=key_order)
         return self._cache[key]
+
+    def _flex_orders(self, kind: str, feat_hw: tuple[int, int]):
+        """Query and key orders for the FlexAttention block mask: cells of one band side by side, so a
+        block of 128 queries and a block of 128 keys share a kept pair less often than rows of cells do.
+
+        "all": each frame's cells in pencil order (:meth:`_pencil_order`: sorted by their epipolar line
+        in the next frame), for queries and keys alike: cells with one key lie on one epipolar line of
+        their own frame too, and a band in a key frame is such a line. "ref": queries of all frames
+        sorted by their band in the reference frame (``camvid.attention.sparse.band_query_order``), the
+        reference frame's cells in pencil order towards its neighbour frame. "cross": token order (its
+        blocks already hold one frame pair each).
+        """
+        from camvid.attention.sparse import band_query_order
+        from camvid.geometry import epipolar as geo
+
+        if kind == "cross":
+            return None, None
+        B, T = self.K.shape[:2]
+        hw = feat_hw[0] * feat_hw[1]
+        device = self.K.device
+        if kind == "all":
+            per_frame = self._pencil_order(kind, feat_hw).view(B, T, hw).argsort(dim=-1, stable=True)
+            order = (per_frame + torch.arange(T, device=device).view(1, T, 1) * hw).reshape(B, T * hw)
+            return order, order
+        runs = self.runs(kind, feat_hw)
+        query_order = band_query_order(runs.start, runs.end, feat_hw[1])
+        rows = torch.arange(B, device=device)
+        ref = self.reference_index(B, device)
+        partner = torch.where(ref + 1 < T, ref + 1, (ref - 1).clamp(min=0))
+        angles = geo.pseudo_line_angles((B, T, T), self.seed, symmetric_last_two=True).to(device)[rows, ref, partner]
+        key = geo.pencil_order(self.K[rows, ref], self.c2w[rows, ref], self.K[rows, partner], self.c2w[rows, partner],
+                               self.image_hw, feat_hw, angles, grid=self.grid)
+        return query_order, key.reshape(B, hw).argsort(dim=1, stable=True)
 
     def _mask_is_source(self, kind: str, feat_hw) -> bool:
         """True when the dense mask is (or will be) the primary form: seeded, or from a custom mask_fn."""

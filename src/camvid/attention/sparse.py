@@ -350,6 +350,17 @@ def _band_sort_keys(lines: tuple[torch.Tensor, torch.Tensor], N: int, bins: int)
     return (b * span + torch.where(b.remainder(2) == 1, -rho, rho)).reshape(N, -1)
 
 
+def band_query_order(start: torch.Tensor, end: torch.Tensor, w: int, bins: int = 8) -> torch.Tensor:
+    """(N, Lq, 1, h) row runs in ONE key frame -> (N, Lq) query ids, each sample's queries sorted by
+    their band's line (:func:`_band_lines`, :func:`_band_sort_keys` with ``bins`` orientation bins):
+    consecutive queries, of any frame, look at nearly the same band."""
+    N, Lq, S, h = start.shape
+    if S != 1:
+        raise ValueError(f"band order needs runs in one key frame (S = 1), got S = {S}")
+    lines = _band_lines(start.reshape(N * Lq, h), end.reshape(N * Lq, h), w)
+    return _band_sort_keys(lines, N, bins).argsort(dim=1, stable=True)
+
+
 def _sorted_across_frames(order: torch.Tensor, q: int) -> torch.Tensor:
     """(N, Lq) sort keys -> (tiles, q) query ids: each sample's queries in key order, cut into runs of q."""
     N, Lq = order.shape
