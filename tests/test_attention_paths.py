@@ -255,6 +255,8 @@ def test_flex_block_mask_with_orders_visits_every_needed_block_and_masks_exactly
         assert torch.equal(qo[0][fbm.query_position[0]], torch.arange(Lq))  # the inverse order
     with pytest.raises(ValueError, match="key_order must be"):
         build_flex_block_mask(runs.start, runs.end, (8, 12), regs, key_order=torch.arange(Lk - 1).view(1, -1))
+    with pytest.raises(ValueError, match="query_order must hold a permutation"):
+        build_flex_block_mask(runs.start, runs.end, (8, 12), regs, query_order=torch.zeros(1, Lq, dtype=torch.long))
 
 
 def test_flex_orders_skip_more_blocks_at_the_32x32_level():

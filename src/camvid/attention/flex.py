@@ -92,8 +92,12 @@ def build_flex_block_mask(start: torch.Tensor, end: torch.Tensor, feat_hw: tuple
     nq, nk = Lq_pad // block, Lk_pad // block
     device = start.device
     for name, order, size in (("query_order", query_order, Lq), ("key_order", key_order, Lk)):
-        if order is not None and tuple(order.shape) != (N, size):
+        if order is None:
+            continue
+        if tuple(order.shape) != (N, size):
             raise ValueError(f"{name} must be (N, {size}) = ({N}, {size}), got {tuple(order.shape)}")
+        if not torch.equal(order.sort(dim=1).values.long(), torch.arange(size, device=order.device).expand(N, -1)):
+            raise ValueError(f"{name} must hold a permutation of 0..{size - 1} in every row")
     lo, hi = start.long(), end.long()
     if query_order is not None:
         query_order = query_order.long()
