@@ -201,23 +201,28 @@ def test_flex_block_mask_visits_every_block_holding_a_kept_pair():
     runs = geo.epipolar_runs(K, c2w, (64, 96), (8, 12))
     dense = runs.rows(0, runs.num_queries)[0]  # (Lq, Lk)
     for regs in (0, 4):
-        fbm = build_flex_block_mask(runs.start, runs.end, (8, 12), regs, block=16)
-        bm = fbm.block_mask
-        Lq, Lk = dense.shape
-        Lq_pad, Lk_pad = bm.seq_lengths
-        full = torch.zeros(Lq_pad, Lk_pad, dtype=torch.bool)
-        full[:Lq, :Lk] = dense
-        full[:Lq, Lk:Lk + regs] = True
-        needed = full.view(Lq_pad // 16, 16, Lk_pad // 16, 16).any(3).any(1)
-        visited = torch.zeros_like(needed)
-        counts, idx = bm.kv_num_blocks[0, 0], bm.kv_indices[0, 0]
-        for qb in range(needed.shape[0]):
-            visited[qb, idx[qb, : counts[qb]].long()] = True
+        bm = build_flex_block_mask(runs.start, runs.end, (8, 12), regs, block=16).block_mask
+        full, needed, visited = _kept_needed_visited(bm, dense, regs)
         assert torch.equal(visited, needed)  # exactly the blocks with a kept pair: none missed, none extra
         # mask_mod reproduces the runs exactly inside the visited blocks
-        qi = torch.arange(Lq_pad).view(-1, 1)
-        ki = torch.arange(Lk_pad).view(1, -1)
+        qi, ki = torch.arange(full.shape[0]).view(-1, 1), torch.arange(full.shape[1]).view(1, -1)
         assert torch.equal(bm.mask_mod(torch.tensor(0), torch.tensor(0), qi, ki), full)
+
+
+def _kept_needed_visited(bm, kept, regs, block=16):
+    """A block mask's padded (queries, keys) mask for the kept pairs ``kept`` plus ``regs`` register
+    columns, the blocks holding a kept pair, and the blocks the block mask visits (sample 0)."""
+    Lq, Lk = kept.shape
+    Lq_pad, Lk_pad = bm.seq_lengths
+    full = torch.zeros(Lq_pad, Lk_pad, dtype=torch.bool)
+    full[:Lq, :Lk] = kept
+    full[:Lq, Lk:Lk + regs] = True
+    needed = full.view(Lq_pad // block, block, Lk_pad // block, block).any(3).any(1)
+    visited = torch.zeros_like(needed)
+    counts, idx = bm.kv_num_blocks[0, 0], bm.kv_indices[0, 0]
+    for qb in range(needed.shape[0]):
+        visited[qb, idx[qb, : counts[qb]].long()] = True
+    return full, needed, visited
 
 
 @pytest.mark.parametrize("permute", ["queries", "keys", "both"])
@@ -237,19 +242,11 @@ def test_flex_block_mask_with_orders_visits_every_needed_block_and_masks_exactly
     regs = 4
     fbm = build_flex_block_mask(runs.start, runs.end, (8, 12), regs, block=16, query_order=qo, key_order=ko)
     bm = fbm.block_mask
-    Lq_pad, Lk_pad = bm.seq_lengths
     moved = dense[qo[0]] if qo is not None else dense
     moved = moved[:, ko[0]] if ko is not None else moved
-    full = torch.zeros(Lq_pad, Lk_pad, dtype=torch.bool)
-    full[:Lq, :Lk] = moved
-    full[:Lq, Lk:Lk + regs] = True
-    needed = full.view(Lq_pad // 16, 16, Lk_pad // 16, 16).any(3).any(1)
-    visited = torch.zeros_like(needed)
-    counts, idx = bm.kv_num_blocks[0, 0], bm.kv_indices[0, 0]
-    for qb in range(needed.shape[0]):
-        visited[qb, idx[qb, : counts[qb]].long()] = True
+    full, needed, visited = _kept_needed_visited(bm, moved, regs)
     assert not (needed & ~visited).any()  # no block with a kept pair is skipped
-    qi, ki = torch.arange(Lq_pad).view(-1, 1), torch.arange(Lk_pad).view(1, -1)
+    qi, ki = torch.arange(full.shape[0]).view(-1, 1), torch.arange(full.shape[1]).view(1, -1)
     assert torch.equal(bm.mask_mod(torch.tensor(0), torch.tensor(0), qi, ki), full)
     if qo is not None:
         assert torch.equal(qo[0][fbm.query_position[0]], torch.arange(Lq))  # the inverse order
