@@ -273,6 +273,11 @@ def test_flex_orders_skip_more_blocks_at_the_32x32_level():
         for order, n in ((ordered.query_order, runs.num_queries), (ordered.key_order, ordered.num_keys)):
             assert torch.equal(order[0].sort().values, torch.arange(n))  # permutations
         assert ordered.visited_blocks < 0.9 * plain.visited_blocks, (kind, ordered.sparsity, plain.sparsity)
+    from camvid.attention.sparse import band_query_order
+
+    every_frame = ctx.runs("all", feat_hw)  # one run segment per key frame: no single band to sort by
+    with pytest.raises(ValueError, match="one key frame"):
+        band_query_order(every_frame.start, every_frame.end, feat_hw[1])
 
 
 def test_soft_band_matches_cvd_formula_written_independently():
