@@ -45,13 +45,14 @@ def plans_for(kind, image_hw, feat_hw, chunk_keys, min_tiles, per_frame=False):
     if B > 1:
         c2w[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])  # as benchmarks/attention.py
     plans = {}
+    min_tiles = sparse.RUNS_MIN_CHUNK_TILES if min_tiles is None else min_tiles
     original, bins = context_mod.build_tile_plan_from_runs, sparse._BAND_ANGLE_BINS
     try:
         for ck in chunk_keys:
             for tiling in ("chosen", "per-frame") if per_frame else ("chosen",):
                 sparse._BAND_ANGLE_BINS = bins if tiling == "chosen" else ()
                 context_mod.build_tile_plan_from_runs = functools.partial(build_tile_plan_from_runs, chunk_keys=ck,
-                                                                          min_chunk_tiles=sparse.RUNS_MIN_CHUNK_TILES if min_tiles is None else min_tiles)
+                                                                          min_chunk_tiles=min_tiles)
                 ctx = AttentionContext(K=K, c2w=c2w, image_hw=image_hw, cond_index=torch.zeros(B, dtype=torch.long),
                                        num_views=B, path="sparse")
                 plan = ctx.tile_plan(kind, feat_hw)

@@ -22,6 +22,7 @@ forward runs through ``torch.compile`` (slow to compile, used by the tests); its
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -50,16 +51,13 @@ class FlexBlockMask:
     query_order: torch.Tensor | None = None  # (N, Lq): the query at each FlexAttention position
     key_order: torch.Tensor | None = None  # (N, Lk): the key at each FlexAttention key position
 
-    @property
+    @cached_property
     def query_position(self) -> torch.Tensor | None:
         """(N, Lq): the FlexAttention position of each query (the inverse of ``query_order``)."""
         if self.query_order is None:
             return None
-        if getattr(self, "_query_position", None) is None:
-            pos = torch.empty_like(self.query_order)
-            pos.scatter_(1, self.query_order, torch.arange(self.num_queries, device=pos.device).expand_as(pos))
-            self._query_position = pos
-        return self._query_position
+        pos = torch.empty_like(self.query_order)
+        return pos.scatter_(1, self.query_order, torch.arange(self.num_queries, device=pos.device).expand_as(pos))
 
     @property
     def sparsity(self) -> float:
@@ -91,18 +89,19 @@ def build_flex_block_mask(start: torch.Tensor, end: torch.Tensor, feat_hw: tuple
     Lq_pad, Lk_pad = _pad_to(Lq, block), _pad_to(Lk + R, block)
     nq, nk = Lq_pad // block, Lk_pad // block
     device = start.device
+    orders = []  # each given order as int64 on the runs' device, once
     for name, order, size in (("query_order", query_order, Lq), ("key_order", key_order, Lk)):
-        if order is None:
-            continue
-        if tuple(order.shape) != (N, size):
-            raise ValueError(f"{name} must be (N, {size}) = ({N}, {size}), got {tuple(order.shape)}")
-        if not torch.equal(order.sort(dim=1).values.long(), torch.arange(size, device=order.device).expand(N, -1)):
-            raise ValueError(f"{name} must hold a permutation of 0..{size - 1} in every row")
+        if order is not None:
+            if tuple(order.shape) != (N, size):
+                raise ValueError(f"{name} must be (N, {size}) = ({N}, {size}), got {tuple(order.shape)}")
+            order = order.to(device=device, dtype=torch.long)
+            if not torch.equal(order.sort(dim=1).values, torch.arange(size, device=device).expand(N, -1)):
+                raise ValueError(f"{name} must hold a permutation of 0..{size - 1} in every row")
+        orders.append(order)
+    q_of, k_of = orders
     lo, hi = start.long(), end.long()
-    if query_order is not None:
-        query_order = query_order.long()
-        lo, hi = lo.gather(1, query_order.view(N, Lq, 1, 1).expand_as(lo)), hi.gather(
-            1, query_order.view(N, Lq, 1, 1).expand_as(hi))
+    if q_of is not None:
+        lo, hi = (t.gather(1, q_of.view(N, Lq, 1, 1).expand_as(t)) for t in (lo, hi))
     if Lq_pad != Lq:  # padded queries keep nothing
         lo = torch.nn.functional.pad(lo, (0, 0, 0, 0, 0, Lq_pad - Lq), value=w)
         hi = torch.nn.functional.pad(hi, (0, 0, 0, 0, 0, Lq_pad - Lq), value=0)
@@ -111,18 +110,16 @@ def build_flex_block_mask(start: torch.Tensor, end: torch.Tensor, feat_hw: tuple
     nonempty = lo_b < hi_b
     tlo = torch.where(nonempty, lo_b, w).amin(2)  # hull per (query block, segment row)
     thi = torch.where(nonempty, hi_b, 0).amax(2)
-    if key_order is None:
+    if k_of is None:
         touched = _touched_in_token_order(tlo, thi, S * h, w, block, nk)
     else:
-        touched = _touched_in_key_order(tlo, thi, key_order.long(), Lk, w, block, nk)
+        touched = _touched_in_key_order(tlo, thi, k_of, Lk, w, block, nk)
     if R:
         touched[..., Lk // block:] = True  # the register block(s), seen by every query
         touched[..., (Lk + R - 1) // block + 1:] = False
     counts = touched.sum(-1).to(torch.int32)
     order = torch.argsort((~touched).to(torch.int8), dim=-1, stable=True).to(torch.int32)
     lo_t, hi_t = start, end  # captured by mask_mod (unpadded; indices are clamped)
-    q_of = query_order.to(device) if query_order is not None else None
-    k_of = key_order.long().to(device) if key_order is not None else None
 
     def mask_mod(b, hd, q_idx, kv_idx):
         qi = torch.clamp(q_idx, max=Lq - 1)
