@@ -17,12 +17,20 @@ reports medians. Every ratio is taken against the PUBLIC reference measured in t
   prepended to the context before ``to_k``/``to_v``, the boolean mask padded with True register
   columns, ONE ``F.scaled_dot_product_attention`` call with the (B, 1, L, R + L) bool mask for all
   heads. For ``epipolar_ref`` the same with the reference frame as context (CamI2V's
-  ``only_on_cond_frame``). For ``cross_video`` the module itself over a stored dense bool band mask
-  (one SDPA call with the bool mask per attention block); ``cross_view`` times one of that module's
-  attention calls alone (projections and attention of frame t of each video onto frame t of its
-  partner, one SDPA call with the (B*T, 1, hw, hw) bool band mask), the part the sparse kernel
-  replaces: the module's feed-forward, norms and projections are most of its time and bound its
-  speed-up. The dense mask is built before timing, as the public code builds it once per batch.
+  ``only_on_cond_frame``: its ``Epipolar.forward`` cuts the reference frame's columns out of the
+  level's full mask in every call, and so does this reference). For ``cross_video`` CVD's own computation (``EpiSelfAttention`` with
+  ``EpiAttnProcessor``): per attention call a NaN check and in-place ``nan_to_num`` of the float
+  attention map, diffusers' ``prepare_attention_mask`` repeating it for every head, separate
+  ``to_q``/``to_k``/``to_v`` over the partner frames and ONE SDPA call with the (B*T, heads, hw, hw)
+  float mask; the map carries our hard band (0 inside, the most negative float32 outside) and is
+  built before timing (CVD rebuilds its soft map in every call: not counted). ``cross_video`` times
+  the whole module (GroupNorm, ``proj_in``, two such attention blocks, feed-forward, ``proj_out``),
+  ``cross_view`` one of its attention calls alone (frame t of each video onto frame t of its
+  partner), the part the sparse kernel replaces: the module's feed-forward, norms and projections
+  are most of its time and bound its speed-up. BOOL (second column, cross variants): the same
+  layers with CamI2V's call, a (B*T, 1, hw, hw) bool mask in one SDPA call, which CVD's code does
+  not make (the reference of earlier runs). The dense masks are built before timing, as the
+  public code builds them once per batch.
 - FLOAT (second column, epipolar only): the bool mask turned into a float additive bias and an
   explicit ``softmax(q k^T / sqrt(d) + bias) v``, heads one at a time (the earlier reference).
 - ours: ``dense`` (SDPA per query chunk, mask rows expanded from the memoised row runs),
@@ -165,6 +173,65 @@ def public_attention(x, context, attn, mask):
     return attn.to_out(out.transpose(1, 2).reshape(B, L, -1))
 
 
+def public_ref_attention(x, attn, full_mask, cond):
+    """CamI2V's ``Epipolar.forward`` with ``only_on_cond_frame``: the reference frame's tokens (an
+    indexed copy) as the context, the level's full (B, L, L) mask cut to the reference frame's
+    columns in the call (``rearrange`` to (B, L, T, hw), indexed at ``cond_frame_index``), then
+    ``efficient_forward`` (``public_attention``). x (B, T, hw, C) -> (B, T * hw, C)."""
+    B, T, hw, C = x.shape
+    rows = torch.arange(B, device=x.device)
+    context = x[rows, cond]
+    mask = full_mask.view(B, full_mask.shape[1], T, hw)[rows, :, cond]
+    return public_attention(x.reshape(B, T * hw, C), context, attn, mask)
+
+
+def public_cvd_attention(x, partner, attn, bias_map):
+    """CVD's ``EpiSelfAttention.forward`` + ``EpiAttnProcessor.forward`` for one attention call.
+
+    ``bias_map`` (N, Lq, Lk) float is the additive map CVD's ``pos_encoder.get_attn_map`` returns
+    (built before timing, as our masks are; CVD rebuilds it in every call). Here it carries our hard
+    band (0 inside, the most negative float32 outside; CVD's ``nan_to_num`` would turn -inf into 0),
+    so the output equals ours; the work per call does not depend on the values: the NaN check and
+    in-place ``nan_to_num`` of the map, diffusers' ``prepare_attention_mask`` (the map repeated for
+    every head, ``repeat_interleave(heads, dim=0)``), separate ``to_q``/``to_k``/``to_v``, one SDPA
+    call with the (N, heads, Lq, Lk) float mask, ``to_out``. A query with no key in the band gets
+    the mean of the values here (every bias equal) and 0 in ours."""
+    N, L, _ = x.shape
+    H = attn.heads
+    torch.isnan(bias_map).any()  # CVD: ``if torch.isnan(attention_mask).any(): print(...)``
+    torch.nan_to_num(bias_map, nan=0.0, posinf=0.0, neginf=0.0, out=bias_map)
+    m = bias_map.repeat_interleave(H, dim=0).view(N, H, L, bias_map.shape[-1])
+    q, k, v = attn.to_q(x), attn.to_k(partner), attn.to_v(partner)
+    q, k, v = (t.view(N, t.shape[1], H, -1).transpose(1, 2) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m)
+    return attn.to_out(out.transpose(1, 2).reshape(N, L, -1))
+
+
+def public_cvd_module(x, module, views, attend):
+    """CVD's ``EpiTransformer3DModel`` forward with our module's layers (the same GroupNorm,
+    ``proj_in``, LayerNorms, feed-forward, ``proj_out``): each attention block gathers the partner
+    frames (``hidden_states[kv_index]``) and calls ``attend(queries, partner frames, block)``
+    (``public_cvd_attention`` for CVD's call, ``projections_only`` for the module without attention)."""
+    B, T, hw, C = x.shape
+    et = module.epi_transformer
+    rows = torch.arange(B, device=x.device).view(B // views, views).roll(-1, dims=1).flatten()
+    kv_index = (rows[:, None] * T + torch.arange(T, device=x.device)).flatten()
+    h = et.norm(x.reshape(B * T, hw, C).transpose(1, 2)).transpose(1, 2)
+    h = et.proj_in(h)
+    for block in et.transformer_blocks:
+        for attn, norm in zip(block.attention_blocks, block.norms):
+            n = norm(h)
+            h = h + attend(n, n[kv_index], attn)
+        h = h + block.ff(block.ff_norm(h))
+    return et.proj_out(h).view(B, T, hw, C)
+
+
+def band_bias(mask: torch.Tensor) -> torch.Tensor:
+    """Our bool band as CVD's float map: 0 inside, the most negative float32 outside."""
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
+        ~mask, torch.finfo(torch.float32).min)
+
+
 def projections_only(x, context, attn):
     """The call's linear layers (to_q, to_k, to_v over registers + context, to_out) without the
     attention: every path pays this, so public time / this time bounds any path's speed-up."""
@@ -282,18 +349,27 @@ def attention_level(spec: dict, K, c2w) -> dict:
     skip_public = spec.get("skip_public", False)
     if not skip_public:
         public_ctx = ctx_for("dense")
-        mask = public_ctx.mask(kind, (h, w))  # the dense bool mask, built before timing
+        # the dense bool mask, built before timing; for epipolar_ref the level's full mask, as CamI2V
+        # keeps it (``sample_locs_dict``), its reference-frame columns sliced out in every call
+        mask = public_ctx.mask("all" if variant == "epipolar_ref" else kind, (h, w))
     if skip_public:
         pass
     elif variant == "cross_view":
-        calls["public"] = lambda: public_attention(x, partner, attn_block, mask)
+        bias_map = band_bias(mask)
+        calls["public"] = lambda: public_cvd_attention(x, partner, attn_block, bias_map)
+        calls["public_bool"] = lambda: public_attention(x, partner, attn_block, mask)
         calls["unmasked"] = lambda: attn_block(x, partner)
         calls["projections"] = lambda: projections_only(x, partner, attn_block)
         calls["projections_ours"] = lambda: projections_ours(x, partner, attn_block)
         notes["projections"] = "public layers, no attention: bounds the public path"
         notes["projections_ours"] = "our fused projections, no attention: bounds our paths"
     elif variant == "cross_video":
-        calls["public"] = lambda: module(x, public_ctx, (h, w))
+        bias_map = band_bias(mask)
+        calls["public"] = lambda: public_cvd_module(
+            x, module, views, lambda n, p, a: public_cvd_attention(n, p, a, bias_map))
+        calls["public_bool"] = lambda: module(x, public_ctx, (h, w))
+        calls["projections"] = lambda: public_cvd_module(x, module, views, projections_only)
+        notes["projections"] = "the module without attention (norms, projections, feed-forward): bounds every path"
         open_ctx = ctx_for("dense", mask_fn=lambda c, k_, fh: torch.ones_like(mask))
         calls["unmasked"] = lambda: module(x, open_ctx, (h, w))
         notes["unmasked"] = "all-True mask"
@@ -301,7 +377,10 @@ def attention_level(spec: dict, K, c2w) -> dict:
         attn = module.epipolar_attn
         tokens = x.reshape(1, T * h * w, C)
         context = tokens if variant == "epipolar" else x[:, 0]
-        calls["public"] = lambda: public_attention(tokens, context, attn, mask).view_as(x)
+        if variant == "epipolar_ref":
+            calls["public"] = lambda: public_ref_attention(x, attn, mask, cond).view_as(x)
+        else:
+            calls["public"] = lambda: public_attention(tokens, context, attn, mask).view_as(x)
         calls["unmasked"] = lambda: attn(tokens, context).view_as(x)
         calls["projections"] = lambda: projections_only(tokens, context, attn).view_as(x)
         calls["projections_ours"] = lambda: projections_ours(tokens, context, attn).view_as(x)
@@ -553,9 +632,11 @@ def attention_table(base: dict, L: int, feat_hw, paths, args) -> None:
             if "fraction" in res and "unmasked" in res["paths"]:
                 limit = res["paths"]["unmasked"]["time"] * res["fraction"]
             for name, r in res["paths"].items():
-                label = {"public": "public CamI2V (bool SDPA)", "float": "float-bias softmax",
+                label = {"public": "public CVD (float map per head, SDPA)" if cross else "public CamI2V (bool SDPA)",
+                         "public_bool": "bool-mask SDPA (CamI2V's call on CVD's layers)", "float": "float-bias softmax",
                          "unmasked": "unmasked (full attention)",
-                         "projections": "projections only (public layers)",
+                         "projections": ("module layers only (no attention)" if variant == "cross_video"
+                                         else "projections only (public layers)"),
                          "projections_ours": "projections only (ours, fused)"}.get(name, f"ours {name}")
                 sp = f"{pub['time'] / r['time']:.2f}x" if pub else "-"
                 # below 1 MiB the resident-set difference is noise (it can be negative): no ratio

@@ -458,3 +458,54 @@ def test_auto_path_choice():
     stored.put_mask("all", (8, 8), torch.ones(2, 192, 192, dtype=torch.bool))
     with pytest.raises(ValueError, match="path='flex' builds its block mask from row runs"):
         stored.choose_path("all", (8, 8), 2, 192, 192, cpu)
+
+
+def test_forward_widens_long_key_tails_to_a_multiple_of_16_and_stays_exact():
+    """The fused CPU kernel's forward handles a row's key count modulo 16 in a slow tail: the forward
+    pads R + U up to the next multiple of 16 when that takes at most 8 slots (-inf, a valid row); the
+    backward keeps the plan's width. Outputs and gradients stay those of the dense computation."""
+    from camvid.attention import blocksparse
+    from camvid.attention.sparse import TileChunk, TilePlan
+
+    g = torch.Generator().manual_seed(7)
+    Q, Lk = 2, 50
+    widths = [5, 10, 16, 40, 41]  # R + U of 5 (11 to pad: no), 10 (6: yes), 16, 40 (8: yes), 41 (7: yes) at R = 0
+    for R in (0, 2):
+        chunks, at = [], 0
+        for U in widths:
+            key_ids = torch.stack([torch.randperm(Lk, generator=g)[:U] for _ in range(2)])
+            sub = torch.rand(2, Q, U, generator=g) < 0.5
+            sub[0, 0] = False  # one query with no key (only the registers, if any)
+            chunks.append(TileChunk(torch.arange(at, at + 2 * Q).view(2, Q), key_ids, sub_mask=sub))
+            at += 2 * Q
+        for c in chunks:
+            plain_ids, plain_bias = blocksparse._chunk_inputs(c, R, Lk, torch.float64)
+            ids, bias = blocksparse._chunk_inputs(c, R, Lk, torch.float64, aligned=True)
+            width = R + c.shape[2]
+            extra = -width % 16
+            want = width + extra if extra <= 8 else width
+            assert bias.shape == (2, 1, Q, want) and ids.numel() == 2 * want
+            assert torch.equal(bias[..., :width], plain_bias) and bool(torch.isneginf(bias[..., width:]).all())
+            assert torch.equal(ids.view(2, want)[:, :width].reshape(-1), plain_ids)
+            assert plain_bias.shape[-1] == width  # the backward's width
+        assert {blocksparse._chunk_inputs(c, R, Lk, torch.float64, aligned=True)[1].shape[-1] % 16 == 0
+                for c in chunks} == {True, False}, "both cases must be exercised"
+        plan = TilePlan(batch=1, num_queries=at, num_keys=Lk, chunks=chunks,
+                        row_valid=torch.ones(at, dtype=torch.bool))
+        q = torch.randn(at, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+        kv = torch.randn(R + Lk, 2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+        got = blocksparse._BlockSparseAttention.apply(q, kv, R, plan)
+        mask = torch.zeros(at, R + Lk, dtype=torch.bool)
+        mask[:, :R] = True
+        for c in chunks:
+            for t in range(2):
+                for i in range(Q):
+                    mask[c.query_ids[t, i], R + c.key_ids[t][c.sub_mask[t, i]]] = True
+        valid = mask.any(-1)  # R = 0: the query with no key gets 0 (its row opened, then zeroed)
+        want = dense_masked_attention(q.transpose(0, 1)[None], kv[:, 0].transpose(0, 1)[None],
+                                      kv[:, 1].transpose(0, 1)[None], (mask | ~valid[:, None])[None],
+                                      valid[None]).transpose(1, 2)[0]
+        torch.testing.assert_close(got, want)
+        w = torch.randn(got.shape, generator=g, dtype=torch.float64)
+        for a, b in zip(torch.autograd.grad((got * w).sum(), (q, kv)), torch.autograd.grad((want * w).sum(), (q, kv))):
+            torch.testing.assert_close(a, b)

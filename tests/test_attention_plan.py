@@ -246,6 +246,49 @@ def test_coverage_counts_unseen_keys_and_empty_queries_of_the_dense_masks():
         assert got[kind] == want, kind
 
 
+def test_public_references_of_the_attention_benchmark_compute_our_masked_attention():
+    """The public computations ``benchmarks/attention.py`` takes every ratio against (CamI2V's
+    reference-frame call cutting its mask out of the level's full mask; CVD's attention call with the
+    float map repeated per head, alone and inside the module) give our dense path's outputs."""
+    from camvid.attention import build_cross_frame_attention
+
+    bench = load_benchmark("attention")
+    image_hw, feat_hw, T, C, heads = (64, 64), (8, 8), 4, 64, 2
+    K, c2w = bench.cameras(T, image_hw)
+    g = torch.Generator().manual_seed(3)
+
+    def filled(module):  # zero-initialised output layers would make every comparison trivial
+        with torch.no_grad():
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
+        return module.double()
+
+    ref = filled(build_cross_frame_attention("epipolar_ref", C, heads))
+    cond = torch.tensor([2])
+    ctx = AttentionContext(K=K, c2w=c2w, image_hw=image_hw, cond_index=cond, num_views=1, path="dense")
+    x = torch.randn(1, T, 64, C, generator=g, dtype=torch.float64)
+    got = bench.public_ref_attention(x, ref.epipolar_attn, ctx.mask("all", feat_hw), cond).view_as(x)
+    torch.testing.assert_close(got, ref(x, ctx, feat_hw))
+
+    cv = filled(build_cross_frame_attention("cross_video", C, heads, norm_num_groups=32))
+    Kb, c2wb = K.repeat(2, 1, 1, 1), c2w.repeat(2, 1, 1, 1)
+    c2wb[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])
+    ctx = AttentionContext(K=Kb, c2w=c2wb, image_hw=image_hw, cond_index=torch.zeros(2, dtype=torch.long),
+                           num_views=2, path="dense")
+    mask = ctx.mask("cross", feat_hw)
+    bias_map = bench.band_bias(mask).double()
+    kept = bias_map.clone()
+    x = torch.randn(2, T, 64, C, generator=g, dtype=torch.float64)
+    got = bench.public_cvd_module(x, cv, 2, lambda n, p, a: bench.public_cvd_attention(n, p, a, bias_map))
+    torch.testing.assert_close(got, cv(x, ctx, feat_hw))
+    block = cv.epi_transformer.transformer_blocks[0].attention_blocks[0]
+    frames, partner = x.reshape(2 * T, 64, C), x.roll(-1, dims=0).reshape(2 * T, 64, C)
+    torch.testing.assert_close(bench.public_cvd_attention(frames, partner, block, bias_map),
+                               block(frames, partner, ctx, "cross", feat_hw))
+    assert torch.equal(bias_map, kept)  # CVD's in-place nan_to_num leaves a finite map as it was
+    assert bool((bias_map[~mask] == torch.finfo(torch.float32).min).all()) and bool((bias_map[mask] == 0).all())
+
+
 def test_chunk_benchmark_builds_plans_of_each_size_and_restores_the_context_builder():
     import camvid.attention.context as context_mod
 

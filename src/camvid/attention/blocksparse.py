@@ -88,25 +88,46 @@ def _tile_order(plan):
     return cached
 
 
-def _chunk_inputs(chunk, R: int, num_keys: int, dtype):
-    """Row ids into the register-extended key tensor and the (n, 1, Q, R + U) additive bias.
+FORWARD_KEY_ALIGN, FORWARD_MAX_PAD = 16, 8
+"""The forward pass widens a chunk's R + U key columns to the next multiple of 16 when that adds at
+most 8 padding slots (masked with -inf, pointing at a valid row). PyTorch's fused CPU kernel handles
+a row's key count modulo 16 in a slow tail: its forward time per tile rises along a sawtooth that
+drops at each multiple of 16 (32 queries x 5 heads of 64: 44 keys 38 us, 48 keys 24 us; 56 keys 45
+us, 64 keys 35 us). A long tail is worth padding; a short one is not, as every padding slot is
+also gathered (the 32x32 level's chunks: ``epipolar_ref`` forward 0.9x with this rule, while padding
+every chunk made ``cross_video``'s 36- and 49-key chunks slower). The backward time grows smoothly
+with the key count, so the backward pass keeps the plan's width; the forward's saved log-sum-exp is
+the same either way (a padding slot adds exp(-inf) = 0)."""
+
+
+def _chunk_inputs(chunk, R: int, num_keys: int, dtype, aligned: bool = False):
+    """Row ids into the register-extended key tensor and the (n, 1, Q, width) additive bias; width
+    R + U, padded as ``FORWARD_KEY_ALIGN`` says when ``aligned`` (padding slots: -inf, the tile's
+    first row).
 
     The extended tensor holds, per sample, its ``R`` register rows and then its ``num_keys`` keys
     (the layout of a projection over ``[registers, context]``): key ``j`` of the flat (B * Lk) key
     axis is row ``j + R * (j // Lk + 1)``; every tile reads sample 0's register rows (the register
-    tokens are the same for every sample). Both depend only on the plan, ``R`` and the dtype, so
-    they are made on first use and kept on the chunk: every layer and head of the level, forward
-    and backward, reuses them.
+    tokens are the same for every sample). Both depend only on the plan, ``R``, the dtype and
+    ``aligned``, so they are made on first use and kept on the chunk: every layer and head of the
+    level, forward and backward, reuses them.
     """
     cache = chunk.__dict__.setdefault("_ext", {})
-    key = (R, num_keys, dtype)
+    key = (R, num_keys, dtype, aligned)
     if key not in cache:
         n = chunk.key_ids.shape[0]
         regs = torch.arange(R, device=chunk.key_ids.device).expand(n, R)
         rows = chunk.key_ids + R * (chunk.key_ids // num_keys + 1)
-        kids = torch.cat([regs, rows], dim=1).reshape(-1)
-        cache.clear()  # one register count and dtype per level in practice: keep memory bounded
-        cache[key] = (kids, chunk.bias(R, dtype))
+        kids = torch.cat([regs, rows], dim=1)
+        bias = chunk.bias(R, dtype)
+        extra = -kids.shape[1] % FORWARD_KEY_ALIGN if aligned else 0
+        if 0 < extra <= FORWARD_MAX_PAD:
+            kids = torch.cat([kids, kids[:, :1].expand(n, extra)], dim=1)
+            bias = torch.nn.functional.pad(bias, (0, extra), value=float("-inf"))
+        # one register count and dtype per level in practice: keep memory bounded (both widths)
+        for stale in [k for k in cache if k[:3] != key[:3]]:
+            del cache[stale]
+        cache[key] = (kids.reshape(-1), bias)
     return cache[key]
 
 
@@ -116,6 +137,7 @@ def prepare_plan(plan, num_registers: int, dtype=torch.float32) -> None:
     with one_thread():  # small ops: see build_tile_plan_from_runs
         for c in plan.chunks:
             _chunk_inputs(c, num_registers, plan.num_keys, dtype)
+            _chunk_inputs(c, num_registers, plan.num_keys, dtype, aligned=True)
 
 
 def pack_kv(k, v, reg_k=None, reg_v=None):
@@ -175,7 +197,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         outs, lses = [], []
         for c, (a, b) in zip(plan.chunks, bounds):
             n, Q = c.query_ids.shape
-            kids, bias = _chunk_inputs(c, R, plan.num_keys, q.dtype)
+            kids, bias = _chunk_inputs(c, R, plan.num_keys, q.dtype, aligned=True)
             kg, vg = _gather_kv(ws, kv, kids, n)
             o, lse_c = _flash(qs[a:b].view(n, Q, H, D).transpose(1, 2), kg, vg, attn_mask=bias)
             o = o.transpose(1, 2)  # (n, Q, H, D): the kernel's own memory order, no copy
