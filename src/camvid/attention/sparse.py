@@ -36,23 +36,25 @@ __all__ = ["TilePlan", "build_tile_plan", "build_tile_plan_from_runs", "tiled_sp
 # Gathered keys per chunk (tiles x union length), before the feature dimension: the most a chunk
 # may hold (plans from a mask or neighbour lists use it as their size).
 DEFAULT_CHUNK_KEYS = 1 << 16
-# Plans from row runs aim lower: chunks of about 2^14 keys (a gathered key and value row is 2 C
-# floats: 42 MiB per chunk at C = 320; each of the backward's per-tile key and value gradients
-# half that), unless that leaves fewer than 8 tiles in a chunk (then 8 tiles, up to
+# Plans from row runs aim lower: chunks of about 2^13 keys (a gathered key and value row is 2 C
+# floats: 21 MiB per chunk at C = 320; each of the backward's per-tile key and value gradients
+# half that), unless that leaves fewer than 4 tiles in a chunk (then 4 tiles, up to
 # DEFAULT_CHUNK_KEYS). The fused kernel allocates these per-tile gradients zero-filled, and its
 # outputs, fresh for every chunk: above glibc's 32 MiB mmap ceiling each such tensor maps new pages
-# and pays their first-touch faults on every call, below it the freed memory is reused. A chunk
-# is one parallel region over tiles x heads, so it keeps a few tiles: the wide-band tiles of
-# ``epipolar`` (about 1600 keys each at 32x32) go 10 to a chunk. A floor of 64 tiles had put them
-# in 2^16-key chunks, whose per-tile gradients (84 MiB) paid those faults: 8 tiles took 0.93x the
-# forward and 0.79x the forward+backward time of 64 (``python benchmarks/blocksparse_chunks.py
-# --kinds all --threads 2 --chunk-keys 65536 16384 --min-tiles 8``, docs/performance.md).
-# ``benchmarks/blocksparse_chunks.py`` compares chunk sizes (the kernel alone): against 2^16,
-# forward+backward CPU time -12 % (epipolar_ref) and -18 % (cross_video) on one thread, within 2 %
-# on two threads of the loaded development host (2^13: -22 % / -15 % on one thread, +7 % / +6 %
-# on two).
-RUNS_CHUNK_KEYS = 1 << 14
-RUNS_MIN_CHUNK_TILES = 8
+# and pays their first-touch faults on every call, below it the freed memory is reused; smaller
+# chunks also keep the gathered rows closer in cache for the attention call that reads them. A
+# chunk is one parallel region over tiles x heads, so it keeps a few tiles: the wide-band tiles of
+# ``epipolar`` (about 1600-2200 keys each at 32x32) go 4 to a chunk. Against 8 tiles of 2^14 keys
+# (the previous rule): forward 0.92x, forward+backward 0.87x for ``epipolar`` (``python
+# benchmarks/blocksparse_chunks.py --kinds all --threads 2 --chunk-keys 16384 8192 --min-tiles 4``,
+# load average 1.8), ``epipolar_ref`` and ``cross_video`` within 3 % (their short tiles fill a
+# chunk either way). A floor of 64 tiles had put ``epipolar``'s tiles in 2^16-key chunks whose
+# per-tile gradients (84 MiB) paid those faults on every call: 8 tiles took 0.93x its forward and
+# 0.79x its forward+backward time. On a host running more threads than cores, every extra parallel
+# region can wait a scheduler slice: a run at load average 6 once found 8-tile chunks 1.7x slower
+# than 64-tile ones; ``benchmarks/blocksparse_chunks.py`` compares chunk sizes on any host.
+RUNS_CHUNK_KEYS = 1 << 13
+RUNS_MIN_CHUNK_TILES = 4
 
 
 @dataclass
