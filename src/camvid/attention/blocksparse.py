@@ -100,6 +100,12 @@ with the key count, so the backward pass keeps the plan's width; the forward's s
 the same either way (a padding slot adds exp(-inf) = 0)."""
 
 
+def forward_padding(width: int) -> int:
+    """Masked slots the forward pass appends to a chunk of ``width`` = R + U key columns."""
+    extra = -width % FORWARD_KEY_ALIGN
+    return extra if extra <= FORWARD_MAX_PAD else 0
+
+
 def _chunk_inputs(chunk, R: int, num_keys: int, dtype, aligned: bool = False):
     """Row ids into the register-extended key tensor and the (n, 1, Q, width) additive bias; width
     R + U, padded as ``FORWARD_KEY_ALIGN`` says when ``aligned`` (padding slots: -inf, the tile's
@@ -120,8 +126,8 @@ def _chunk_inputs(chunk, R: int, num_keys: int, dtype, aligned: bool = False):
         rows = chunk.key_ids + R * (chunk.key_ids // num_keys + 1)
         kids = torch.cat([regs, rows], dim=1)
         bias = chunk.bias(R, dtype)
-        extra = -kids.shape[1] % FORWARD_KEY_ALIGN if aligned else 0
-        if 0 < extra <= FORWARD_MAX_PAD:
+        extra = forward_padding(kids.shape[1]) if aligned else 0
+        if extra:
             kids = torch.cat([kids, kids[:, :1].expand(n, extra)], dim=1)
             bias = torch.nn.functional.pad(bias, (0, extra), value=float("-inf"))
         # one register count and dtype per level in practice: keep memory bounded (both widths)
