@@ -9,8 +9,9 @@
 #   1. correctness.md  CUDA: dense / block-sparse / FlexAttention against one dense SDPA call, forward
 #                      and input gradients (FlexAttention's backward only exists on the GPU), and the
 #                      block sparsity of every level at 256x256 and 512x320.
-#   2. attention_256.md, attention_512.md  benchmarks/attention.py: the public CamI2V computation
-#                      (bool-mask SDPA) against ours (dense, sparse, flex), forward and forward+backward.
+#   2. attention_256.md, attention_512.md  benchmarks/attention.py: the public computation (CamI2V's
+#                      bool-mask SDPA call; CVD's float-map call for cross_video) against ours (dense,
+#                      sparse, flex), forward and forward+backward.
 #   3. backbone.md     benchmarks/backbone.py speed: CamI2V training step (Table 3 style), if present.
 set -u
 cd "$(dirname "$0")/.."
