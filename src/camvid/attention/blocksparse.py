@@ -94,8 +94,9 @@ most 8 padding slots (masked with -inf, pointing at a valid row). PyTorch's fuse
 a row's key count modulo 16 in a slow tail: its forward time per tile rises along a sawtooth that
 drops at each multiple of 16 (32 queries x 5 heads of 64: 44 keys 38 us, 48 keys 24 us; 56 keys 45
 us, 64 keys 35 us). A long tail is worth padding; a short one is not, as every padding slot is
-also gathered (the 32x32 level's chunks: ``epipolar_ref`` forward 0.9x with this rule, while padding
-every chunk made ``cross_video``'s 36- and 49-key chunks slower). The backward time grows smoothly
+also gathered (the 32x32 level's chunks: ``epipolar_ref`` kernel forward 0.94x with this rule,
+``python benchmarks/blocksparse_ab.py 0feb59a``, while padding every chunk made ``cross_video``'s
+36- and 49-key chunks slower). The backward time grows smoothly
 with the key count, so the backward pass keeps the plan's width; the forward's saved log-sum-exp is
 the same either way (a padding slot adds exp(-inf) = 0)."""
 
@@ -122,18 +123,22 @@ def _chunk_inputs(chunk, R: int, num_keys: int, dtype, aligned: bool = False):
     key = (R, num_keys, dtype, aligned)
     if key not in cache:
         n = chunk.key_ids.shape[0]
-        regs = torch.arange(R, device=chunk.key_ids.device).expand(n, R)
-        rows = chunk.key_ids + R * (chunk.key_ids // num_keys + 1)
-        kids = torch.cat([regs, rows], dim=1)
-        bias = chunk.bias(R, dtype)
-        extra = forward_padding(kids.shape[1]) if aligned else 0
-        if extra:
-            kids = torch.cat([kids, kids[:, :1].expand(n, extra)], dim=1)
-            bias = torch.nn.functional.pad(bias, (0, extra), value=float("-inf"))
+        if aligned:  # the plan's width, padded; the same tensors when no padding is due
+            kids, bias = _chunk_inputs(chunk, R, num_keys, dtype)
+            extra = forward_padding(bias.shape[-1])
+            if extra:
+                kids = kids.view(n, -1)
+                kids = torch.cat([kids, kids[:, :1].expand(n, extra)], dim=1).reshape(-1)
+                bias = torch.nn.functional.pad(bias, (0, extra), value=float("-inf"))
+        else:
+            regs = torch.arange(R, device=chunk.key_ids.device).expand(n, R)
+            rows = chunk.key_ids + R * (chunk.key_ids // num_keys + 1)
+            kids = torch.cat([regs, rows], dim=1).reshape(-1)
+            bias = chunk.bias(R, dtype)
         # one register count and dtype per level in practice: keep memory bounded (both widths)
         for stale in [k for k in cache if k[:3] != key[:3]]:
             del cache[stale]
-        cache[key] = (kids.reshape(-1), bias)
+        cache[key] = (kids, bias)
     return cache[key]
 
 
