@@ -312,3 +312,14 @@ def test_kernel_ab_benchmark_compares_the_tree_with_a_revision():
     assert float(lines[-1].rsplit(" ", 1)[1]) < 1e-5  # an exact kernel at HEAD and in the tree
     with pytest.raises(SystemExit, match="git show no-such-rev"):
         mod.kernel_at("no-such-rev")
+
+
+def test_fused_width_benchmark_times_forward_and_backward_per_key_count():
+    """benchmarks/fused_widths.py: one row per key count, forward and backward times per tile."""
+    mod = load_benchmark("fused_widths")
+    rows = mod.main(["--keys", "7", "16", "--tiles", "2", "--queries", "4", "--heads", "1", "--dim", "8",
+                     "--threads", "1", "--repeat", "1"])
+    assert [r["keys"] for r in rows] == [7, 16]
+    assert all(r["fwd_us"] > 0 and r["bwd_us"] > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        mod.main(["--keys", "0"])

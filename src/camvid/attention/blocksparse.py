@@ -92,8 +92,8 @@ FORWARD_KEY_ALIGN, FORWARD_MAX_PAD = 16, 8
 """The forward pass widens a chunk's R + U key columns to the next multiple of 16 when that adds at
 most 8 padding slots (masked with -inf, pointing at a valid row). PyTorch's fused CPU kernel handles
 a row's key count modulo 16 in a slow tail: its forward time per tile rises along a sawtooth that
-drops at each multiple of 16 (32 queries x 5 heads of 64: 44 keys 38 us, 48 keys 24 us; 56 keys 45
-us, 64 keys 35 us). A long tail is worth padding; a short one is not, as every padding slot is
+drops at each multiple of 16 (per tile of 32 queries x 5 heads of 64: 44 keys 35 us, 48 keys 22 us;
+56 keys 34 us, 64 keys 29 us; ``python benchmarks/fused_widths.py``, docs/performance.md). A long tail is worth padding; a short one is not, as every padding slot is
 also gathered (the 32x32 level's chunks: ``epipolar_ref`` kernel forward 0.94x with this rule,
 ``python benchmarks/blocksparse_ab.py 0feb59a``, while padding every chunk made ``cross_video``'s
 36- and 49-key chunks slower). The backward time grows smoothly
