@@ -1,0 +1,65 @@
+"""Where a CPU process's large tensors get their memory (docs/performance.md, "CPU allocator").
+
+PyTorch's CPU tensors come from the C library's ``malloc``. glibc's serves every block above its mmap
+threshold (adjusted at run time, never above 32 MiB) with a fresh ``mmap`` and hands it back to the
+kernel on ``free``. A step of a video model allocates and frees the same large activations again and
+again (the q/k/v of one attention level at 32x32 are 42-84 MiB each), so every one of them costs a
+page fault per 4 KiB page, the kernel zeroing each page: at 32x32 the system time is about a quarter of
+the CPU time of the attention benchmark. PyTorch's CPU tuning guide advises an allocator that keeps
+freed memory (jemalloc, tcmalloc through ``LD_PRELOAD``); :func:`reuse_freed_memory` gets glibc to do
+the same without one: blocks up to ``max_block`` come from the heap, whose freed memory the next
+tensor reuses, and up to ``keep`` free bytes stay mapped at its top. The CUDA caching allocator does
+this for GPU memory already.
+
+The entry points (``src/train.py``, ``src/sample.py``, ``src/evaluate.py``) call it at start;
+``CAMVID_CPU_ALLOCATOR=system`` keeps glibc's defaults (the resident set then falls back after each
+step instead of staying at the step's peak). Elsewhere than glibc (macOS, musl) it changes nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+#: mallopt parameters (glibc malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: blocks up to this size come from the heap and are reused after ``free``
+MAX_BLOCK = 1 << 30
+#: free memory kept at the top of the heap for the next allocations
+KEEP = 1 << 30
+ENV = "CAMVID_CPU_ALLOCATOR"
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
+    except OSError:
+        return None
+
+
+def reuse_freed_memory(max_block: int = MAX_BLOCK, keep: int = KEEP, env=None) -> bool:
+    """Let glibc's heap keep and reuse freed blocks up to ``max_block`` bytes, keeping up to ``keep``
+    free bytes mapped; True when applied. Not applied when ``env`` (``os.environ`` by default) sets
+    ``CAMVID_CPU_ALLOCATOR=system``, or off glibc. Any other value of the variable is an error."""
+    env = os.environ if env is None else env
+    choice = env.get(ENV, "reuse")
+    if choice not in ("reuse", "system"):
+        raise ValueError(f"{ENV}={choice!r}: expected 'reuse' (keep freed memory for the next tensors) "
+                         "or 'system' (glibc's defaults)")
+    if max_block <= 0 or keep < 0:
+        raise ValueError(f"max_block must be positive and keep non-negative, got {max_block}, {keep}")
+    libc = _libc() if choice == "reuse" else None
+    if libc is None:
+        return False
+    mallopt = libc.mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    limit = (1 << 31) - 1  # mallopt takes an int
+    ok = mallopt(_M_MMAP_THRESHOLD, min(max_block, limit)) == 1
+    ok = (mallopt(_M_TRIM_THRESHOLD, min(keep, limit)) == 1) and ok
+    return ok
+

@@ -1,0 +1,72 @@
+"""camvid.allocator: freed large blocks are kept for the next ones, the entry points set it, and
+``CAMVID_CPU_ALLOCATOR=system`` keeps glibc's defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from camvid import allocator
+
+REPO = Path(__file__).resolve().parents[1]
+GLIBC = allocator._libc() is not None
+
+# Page faults of five malloc/memset/free rounds of a 64 MiB block (16384 pages of 4 KiB), measured twice:
+# glibc's default maps each such block afresh (about 5 x 16384 faults per measurement); kept blocks are
+# faulted in once and then reused.
+PROBE = textwrap.dedent("""
+    import ctypes, resource, sys
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    def faults(n=64 << 20):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            p = libc.malloc(n)
+            ctypes.memset(p, 1, n)
+            libc.free(p)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    faults()
+    print(faults())
+""")
+
+
+def _second_round_faults(prelude: str, env: dict | None = None) -> int:
+    code = prelude + "\n" + PROBE
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return int(res.stdout.strip().splitlines()[-1])
+
+
+def test_bad_setting_is_a_clear_error():
+    with pytest.raises(ValueError, match="CAMVID_CPU_ALLOCATOR='fast'"):
+        allocator.reuse_freed_memory(env={"CAMVID_CPU_ALLOCATOR": "fast"})
+    with pytest.raises(ValueError, match="max_block"):
+        allocator.reuse_freed_memory(max_block=0, env={})
+
+
+def test_system_setting_changes_nothing():
+    assert allocator.reuse_freed_memory(env={"CAMVID_CPU_ALLOCATOR": "system"}) is False
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+def test_freed_blocks_are_reused():
+    default = _second_round_faults("")
+    kept = _second_round_faults("from camvid.allocator import reuse_freed_memory\nassert reuse_freed_memory()")
+    assert default > 4 * 16000  # every round maps its block afresh
+    assert kept < 2000  # the block is faulted in once, in the first measurement
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+@pytest.mark.parametrize("entry", ["train", "sample", "evaluate"])
+def test_entry_points_keep_freed_blocks_unless_told(entry):
+    load = (f"import importlib.util\nspec = importlib.util.spec_from_file_location('entry', 'src/{entry}.py')\n"
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec))")
+    assert _second_round_faults(load) < 2000
+    assert _second_round_faults(load, {"CAMVID_CPU_ALLOCATOR": "system"}) > 4 * 16000
