@@ -42,7 +42,15 @@ reports medians. Every ratio is taken against the PUBLIC reference measured in t
   projections (``MultiHeadAttention.project``) and ``to_out``, no attention. Public time / the
   latter bounds what any of our paths can reach.
   DENSITY LIMIT = unmasked time x the fraction of (query, key) pairs the sparse kernel
-  computes; "vs limit" is sparse time / density limit.
+  computes; "vs limit" is sparse time / density limit. ATTENTION ALONE (forward, every variant but
+  the whole ``cross_video`` module): our sparse kernel and the module's unmasked SDPA call on the
+  same projected q and k/v, the projections left out; their kernel/limit is the kernel's own
+  distance from the density limit.
+- ALLOCATOR: one untimed round first (its outputs are compared, its peak memory reported, under
+  glibc's defaults), then the timed rounds with the CPU allocator of the entry point that runs the
+  mode (``camvid.allocator``): the forward as ``src/sample.py`` runs it, freed memory kept for the
+  next tensors; forward+backward as ``src/train.py``, glibc's defaults (``--allocator`` fixes one
+  for both).
 "equal outputs": max |difference| of every path's output (and input gradient) to the public one.
 """
 
@@ -423,6 +431,21 @@ def attention_level(spec: dict, K, c2w) -> dict:
         else:
             calls[path] = (lambda c=ctx: module(x, c, (h, w)))
 
+    if "sparse" in spec["paths"] and variant != "cross_video" and mode == "fwd":
+        # the attention alone, on the same projected q and k/v: our sparse kernel and unmasked SDPA (the
+        # module's unmasked call); their ratio, against the fraction of pairs computed, is the kernel's
+        # own distance from the density limit (the projections, which do not shrink with the mask, left out)
+        from camvid.attention.sparse import tiled_sparse_attention_packed
+
+        blk = attn_block if variant == "cross_view" else module.epipolar_attn
+        with torch.no_grad():
+            qa, kva = blk.project(x, partner) if variant == "cross_view" else blk.project(tokens, context)
+        kplan, regs_k = plan, blk.num_register_tokens  # the module's sparse path's plan (built above)
+        calls["kernel_sparse"] = lambda: tiled_sparse_attention_packed(qa, kva, kplan, regs_k)
+        calls["kernel_unmasked"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+            qa.transpose(1, 2), kva[:, :, 0].transpose(1, 2), kva[:, :, 1].transpose(1, 2))
+        notes["kernel_unmasked"] = "the module's unmasked attention call alone (no projections)"
+
     def step(fn):
         def run():
             if mode == "fwd":
@@ -438,10 +461,13 @@ def attention_level(spec: dict, K, c2w) -> dict:
     mems, outs = {}, {}
     for name, fn in calls.items():  # round 0: outputs and peak memory under glibc's defaults, not timed
         _, mems[name], outs[name] = measure_once(step(fn))
-    if spec.get("allocator", "reuse") == "reuse":
+    allocator = spec.get("allocator", "entry")
+    if allocator == "entry":  # as the entry point that runs this mode: sampling (forward) or training
+        allocator = "reuse" if mode == "fwd" else "system"
+    if allocator == "reuse":
         from camvid.allocator import reuse_freed_memory
 
-        reuse_freed_memory()  # what the entry points do (camvid.allocator); the timed rounds run with it
+        reuse_freed_memory(env={})  # freed blocks kept for the next tensors (camvid.allocator)
     for _ in range(rep):
         for name, fn in calls.items():
             times[name].append(measure_once(step(fn))[0])
@@ -449,7 +475,7 @@ def attention_level(spec: dict, K, c2w) -> dict:
     ref_y, ref_g = outs.get("public", (None, None))
     for name in calls:
         y, gx = outs[name]
-        diff = float("nan") if ref_y is None else float((y - ref_y).abs().max())
+        diff = float("nan") if ref_y is None or y.shape != ref_y.shape else float((y - ref_y).abs().max())
         if gx is not None and ref_g is not None:
             diff = max(diff, float((gx - ref_g).abs().max()))
         result["paths"][name] = {"time": statistics.median(times[name]), "mem": mems[name], "diff": diff,
@@ -490,9 +516,11 @@ def main():
     ap.add_argument("--heads", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="timed rounds per path (median reported)")
-    ap.add_argument("--allocator", default="reuse", choices=["reuse", "system"],
-                    help="CPU memory of the timed rounds: reuse (freed blocks kept for the next tensors, as the "
-                         "entry points set it: camvid.allocator) or system (glibc's defaults)")
+    ap.add_argument("--allocator", default="entry", choices=["entry", "reuse", "system"],
+                    help="CPU memory of the timed rounds: reuse (freed blocks kept for the next tensors, "
+                         "camvid.allocator), system (glibc's defaults), or entry (default): as the entry point "
+                         "that runs the mode, reuse for the forward (src/sample.py), system for forward+backward "
+                         "(src/train.py)")
     ap.add_argument("--bwd-repeat", type=int, default=None,
                     help="timed rounds for forward+backward (default: --repeat)")
     ap.add_argument("--variants", nargs="*", default=["epipolar", "epipolar_ref", "cross_video", "cross_view"],
@@ -527,7 +555,7 @@ def main():
           f"B=1 (cross_video: one pair, B=2); time = median of {args.repeat} rounds (forward+backward: "
           f"{args.bwd_repeat or args.repeat}) after an untimed round; memory = peak extra "
           f"{'CUDA allocation' if device == 'cuda' else 'RSS'} of the untimed call (glibc's defaults); CPU allocator "
-          f"of the timed rounds: {args.allocator}; load average at start "
+          f"of the timed rounds: {'forward reuse, forward+backward system (as the entry points)' if args.allocator == 'entry' else args.allocator}; load average at start "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for size in sizes:
         image_hw = SIZES[size]
@@ -647,14 +675,21 @@ def attention_table(base: dict, L: int, feat_hw, paths, args) -> None:
                          "unmasked": "unmasked (full attention)",
                          "projections": ("module layers only (no attention)" if variant == "cross_video"
                                          else "projections only (public layers)"),
-                         "projections_ours": "projections only (ours, fused)"}.get(name, f"ours {name}")
-                sp = f"{pub['time'] / r['time']:.2f}x" if pub else "-"
+                         "projections_ours": "projections only (ours, fused)",
+                         "kernel_sparse": "attention alone: ours sparse kernel",
+                         "kernel_unmasked": "attention alone: unmasked SDPA"}.get(name, f"ours {name}")
+                whole = pub and not name.startswith("kernel_")  # the kernel rows leave the projections out
+                sp = f"{pub['time'] / r['time']:.2f}x" if whole else "-"
                 # below 1 MiB the resident-set difference is noise (it can be negative): no ratio
-                mm = f"{pub['mem'] / r['mem']:.1f}x" if pub and r["mem"] >= 2**20 else "-"
+                mm = f"{pub['mem'] / r['mem']:.1f}x" if whole and r["mem"] >= 2**20 else "-"
                 note = r["note"]
                 if name == "sparse" and limit:
                     note += (f"; density limit {limit:.3f}s, sparse/limit {r['time'] / limit:.2f}; "
                              f"sparse/unmasked {r['time'] / res['paths']['unmasked']['time']:.2f}")
+                if name == "kernel_sparse" and "fraction" in res and "kernel_unmasked" in res["paths"]:
+                    klimit = res["paths"]["kernel_unmasked"]["time"] * res["fraction"]
+                    note += (f"same q and k/v as the module; kernel density limit {klimit:.4f}s (unmasked SDPA "
+                             f"x the fraction computed), kernel/limit {r['time'] / klimit:.2f}")
                 print(f"| {variant} | {mode} | {label} | {r['time']:.3f} | {fmt_mem(r['mem'])} | {sp} | {mm} | "
                       f"{r['diff']:.1e} | {note} |")
             sys.stdout.flush()

@@ -24,10 +24,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from camvid.threads import set_openmp_wait  # noqa: E402
 
 set_openmp_wait()
-# CPU: freed large tensors' memory is kept for the next ones (docs/performance.md, "CPU allocator")
+# CPU: glibc's allocator as it is unless CAMVID_CPU_ALLOCATOR=reuse (docs/performance.md, "CPU allocator")
 from camvid.allocator import reuse_freed_memory  # noqa: E402
 
-reuse_freed_memory()
+reuse_freed_memory(default="system")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -1,5 +1,5 @@
-"""camvid.allocator: freed large blocks are kept for the next ones, the entry points set it, and
-``CAMVID_CPU_ALLOCATOR=system`` keeps glibc's defaults."""
+"""camvid.allocator: freed large blocks are kept for the next ones; sampling and evaluation set it,
+training does not, and ``CAMVID_CPU_ALLOCATOR`` chooses for any entry point."""
 
 from __future__ import annotations
 
@@ -63,10 +63,19 @@ def test_freed_blocks_are_reused():
     assert kept < 2000  # the block is faulted in once, in the first measurement
 
 
+def test_default_applies_when_the_variable_is_unset():
+    assert allocator.reuse_freed_memory(env={}, default="system") is False
+    assert allocator.reuse_freed_memory(env={"CAMVID_CPU_ALLOCATOR": "system"}, default="reuse") is False
+
+
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
-@pytest.mark.parametrize("entry", ["train", "sample", "evaluate"])
-def test_entry_points_keep_freed_blocks_unless_told(entry):
+@pytest.mark.parametrize("entry,keeps", [("train", False), ("sample", True), ("evaluate", True)])
+def test_entry_points_choice_and_override(entry, keeps):
+    """Sampling and evaluation keep freed blocks, training keeps glibc's defaults (its saved activations
+    fragment the heap); CAMVID_CPU_ALLOCATOR overrides either way."""
     load = (f"import importlib.util\nspec = importlib.util.spec_from_file_location('entry', 'src/{entry}.py')\n"
             "spec.loader.exec_module(importlib.util.module_from_spec(spec))")
-    assert _second_round_faults(load) < 2000
+    faults = _second_round_faults(load)
+    assert (faults < 2000) if keeps else (faults > 4 * 16000)
     assert _second_round_faults(load, {"CAMVID_CPU_ALLOCATOR": "system"}) > 4 * 16000
+    assert _second_round_faults(load, {"CAMVID_CPU_ALLOCATOR": "reuse"}) < 2000

@@ -11,9 +11,13 @@ the same without one: blocks up to ``max_block`` come from the heap, whose freed
 tensor reuses, and up to ``keep`` free bytes stay mapped at its top. The CUDA caching allocator does
 this for GPU memory already.
 
-The entry points (``src/train.py``, ``src/sample.py``, ``src/evaluate.py``) call it at start;
-``CAMVID_CPU_ALLOCATOR=system`` keeps glibc's defaults (the resident set then falls back after each
-step instead of staying at the step's peak). Elsewhere than glibc (macOS, musl) it changes nothing.
+The trade-off is memory: glibc's heap cannot hand back the middle of its span, so mixed block sizes
+fragment it. Forward passes (sampling, evaluation) gain the most and their peak resident set barely
+moves; a full-size training step's saved activations can raise it by half or more
+(``python benchmarks/cpu_allocator.py``, docs/performance.md "CPU allocator"). So ``src/sample.py``
+and ``src/evaluate.py`` keep freed memory by default and ``src/train.py`` keeps glibc's defaults;
+``CAMVID_CPU_ALLOCATOR=reuse`` or ``=system`` chooses for any of them. Elsewhere than glibc (macOS,
+musl) nothing changes.
 """
 
 from __future__ import annotations
@@ -42,12 +46,13 @@ def _libc():
         return None
 
 
-def reuse_freed_memory(max_block: int = MAX_BLOCK, keep: int = KEEP, env=None) -> bool:
+def reuse_freed_memory(max_block: int = MAX_BLOCK, keep: int = KEEP, env=None, default: str = "reuse") -> bool:
     """Let glibc's heap keep and reuse freed blocks up to ``max_block`` bytes, keeping up to ``keep``
-    free bytes mapped; True when applied. Not applied when ``env`` (``os.environ`` by default) sets
-    ``CAMVID_CPU_ALLOCATOR=system``, or off glibc. Any other value of the variable is an error."""
+    free bytes mapped; True when applied. ``CAMVID_CPU_ALLOCATOR`` in ``env`` (``os.environ`` by
+    default) chooses, ``default`` when it is unset: ``reuse`` applies it, ``system`` keeps glibc's
+    defaults; any other value is an error. Off glibc nothing is applied."""
     env = os.environ if env is None else env
-    choice = env.get(ENV, "reuse")
+    choice = env.get(ENV, default)
     if choice not in ("reuse", "system"):
         raise ValueError(f"{ENV}={choice!r}: expected 'reuse' (keep freed memory for the next tensors) "
                          "or 'system' (glibc's defaults)")
