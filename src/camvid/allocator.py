@@ -12,9 +12,10 @@ tensor reuses, and up to ``keep`` free bytes stay mapped at its top. The CUDA ca
 this for GPU memory already.
 
 The trade-off is memory: glibc's heap cannot hand back the middle of its span, so mixed block sizes
-fragment it. Forward passes (sampling, evaluation) gain the most and their peak resident set barely
-moves; a full-size training step's saved activations can raise it by half or more
-(``python benchmarks/cpu_allocator.py``, docs/performance.md "CPU allocator"). So ``src/sample.py``
+fragment it. A forward pass (sampling, evaluation) gains most for a smaller rise of its peak resident
+set; a training step's saved activations fragment the heap more (the 32x32 ``cross_video`` module: forward
+0.71x the time for 1.26x the peak, forward+backward 0.78x for 1.6x; ``python
+benchmarks/cpu_allocator.py``, docs/performance.md "CPU allocator"). So ``src/sample.py``
 and ``src/evaluate.py`` keep freed memory by default and ``src/train.py`` keeps glibc's defaults;
 ``CAMVID_CPU_ALLOCATOR=reuse`` or ``=system`` chooses for any of them. Elsewhere than glibc (macOS,
 musl) nothing changes.
