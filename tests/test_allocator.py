@@ -79,3 +79,18 @@ def test_entry_points_choice_and_override(entry, keeps):
     assert (faults < 2000) if keeps else (faults > 4 * 16000)
     assert _second_round_faults(load, {"CAMVID_CPU_ALLOCATOR": "system"}) > 4 * 16000
     assert _second_round_faults(load, {"CAMVID_CPU_ALLOCATOR": "reuse"}) < 2000
+
+
+def test_allocator_benchmark_reports_both_settings():
+    """benchmarks/cpu_allocator.py: one row per setting with time, faults and memory, and the ratio."""
+    res = subprocess.run([sys.executable, "benchmarks/cpu_allocator.py", "--workloads", "demo", "--rounds", "1",
+                          "--steps", "1", "--threads", "1"], capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| demo")]
+    assert [(r[0].strip(), r[1].strip(), r[2].strip()) for r in rows] == [("demo", "fwdbwd", "system"),
+                                                                         ("demo", "fwdbwd", "reuse")]
+    for r in rows if GLIBC else rows[:1]:  # elsewhere the reuse row says it was not applied
+        wall, faults, peak = float(r[3]), float(r[6]), float(r[7])
+        assert wall > 0 and faults >= 0 and peak > 0
+    assert float(rows[0][9]) == 1.0  # system against itself

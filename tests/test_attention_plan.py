@@ -323,3 +323,20 @@ def test_fused_width_benchmark_times_forward_and_backward_per_key_count():
     assert all(r["fwd_us"] > 0 and r["bwd_us"] > 0 for r in rows)
     with pytest.raises(SystemExit):
         mod.main(["--keys", "0"])
+
+
+@pytest.mark.parametrize("variant", ["epipolar_ref", "cross_view"])
+def test_attention_benchmark_times_the_kernel_alone_exact_against_dense(variant):
+    """benchmarks/attention.py's attention-alone rows: our sparse kernel on the module's own q and k/v,
+    checked against our dense masked attention on them; unmasked SDPA beside it; forward only."""
+    bench = load_benchmark("attention")
+    K, c2w = bench.cameras(4, (64, 64))
+    spec = {"image_hw": (64, 64), "feat_hw": (8, 8), "frames": 4, "dim": 64, "heads": 2, "variant": variant,
+            "repeat": 1, "paths": ["sparse"], "allocator": "system"}
+    paths = bench.attention_level({**spec, "mode": "fwd"}, K, c2w)["paths"]
+    assert {"public", "unmasked", "sparse", "kernel_sparse", "kernel_unmasked"} <= set(paths)
+    assert paths["kernel_sparse"]["diff"] < 1e-5 and paths["sparse"]["diff"] < 1e-5
+    assert math.isnan(paths["kernel_unmasked"]["diff"])  # another computation: nothing to compare
+    assert all(p["time"] > 0 for p in paths.values())
+    paths = bench.attention_level({**spec, "mode": "fwdbwd"}, K, c2w)["paths"]
+    assert "kernel_sparse" not in paths and paths["sparse"]["diff"] < 1e-5
