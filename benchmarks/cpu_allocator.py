@@ -33,40 +33,10 @@ WORKLOADS = ("demo", "epipolar", "cross_video")
 SETTINGS = ("system", "reuse")
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _demo_step():
-    import torch
+    from cpu_threads import training_step  # benchmarks/cpu_threads.py: the tiny CamI2V's step
 
-    from camvid.diffusion.losses import diffusion_loss
-    from camvid.models.dynamicrafter import build_dynamicrafter_method
-
-    frames, size, batch = 8, 32, 4
-    K = torch.tensor([[size, 0, size / 2], [0, size, size / 2], [0, 0, 1.0]])
-    c2w = torch.eye(4).expand(1, frames, 4, 4).clone()
-    c2w[0, :, 0, 3] = torch.linspace(0, 0.5, frames)
-    data = {"video": torch.rand(batch, frames, 3, size, size) * 2 - 1, "K": K.expand(batch, frames, 3, 3).clone(),
-            "c2w": c2w.expand(batch, -1, -1, -1).clone(), "cond_index": torch.zeros(batch, dtype=torch.long),
-            "frame_stride": torch.ones(batch, dtype=torch.long), "caption": ["a room"] * batch, "num_views": 1}
-    m = build_dynamicrafter_method("cami2v", "tiny", num_frames=frames, image_hw=(size, size),
-                                   parameterization="x0", first_frame="replace")
-    m.requires_grad_(True)
-    for e in m.encoder_modules():
-        e.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], 1e-3, fused=True)
-
-    def step():
-        out = diffusion_loss(m, data, cond_dropout={"uncond_prob": 0.05})
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-    return step
+    return training_step(frames=8, size=32, batch=4)
 
 
 def _attention_step(variant: str, mode: str):
@@ -108,6 +78,7 @@ def child(workload: str, mode: str, steps: int, threads: int) -> dict:
 
     applied = reuse_freed_memory()  # as the entry points do, under CAMVID_CPU_ALLOCATOR
     import torch
+    from attention import _status  # benchmarks/attention.py: a field of /proc/self/status, in bytes
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

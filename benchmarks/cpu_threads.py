@@ -39,27 +39,44 @@ def spin_setting(spins: int) -> dict:
     """2 threads, libgomp spinning ``spins`` iterations before it sleeps (--spins)."""
     return {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": str(spins)}
 
+
+def training_step(frames: int, size: int, batch: int):
+    """The tiny CamI2V's training step (x0, first frame replaced, epipolar attention, fused AdamW) on a
+    random clip of ``batch`` x ``frames`` at ``size`` x ``size``: a function running one step."""
+    import torch
+
+    from camvid.diffusion.losses import diffusion_loss
+    from camvid.models.dynamicrafter import build_dynamicrafter_method
+
+    torch.manual_seed(0)
+    K = torch.tensor([[size, 0, size / 2], [0, size, size / 2], [0, 0, 1.0]])
+    c2w = torch.eye(4).expand(1, frames, 4, 4).clone()
+    c2w[0, :, 0, 3] = torch.linspace(0, 0.5, frames)
+    data = {"video": torch.rand(batch, frames, 3, size, size) * 2 - 1, "K": K.expand(batch, frames, 3, 3).clone(),
+            "c2w": c2w.expand(batch, -1, -1, -1).clone(), "cond_index": torch.zeros(batch, dtype=torch.long),
+            "frame_stride": torch.ones(batch, dtype=torch.long), "caption": ["a room"] * batch, "num_views": 1}
+    m = build_dynamicrafter_method("cami2v", "tiny", num_frames=frames, image_hw=(size, size),
+                                   parameterization="x0", first_frame="replace")
+    m.requires_grad_(True)
+    for e in m.encoder_modules():
+        e.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], 1e-3, fused=True)
+
+    def step():
+        out = diffusion_loss(m, data, cond_dropout={"uncond_prob": 0.05})
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    return step
+
+
+# the child process: OpenMP reads its environment once, at load, so each setting needs a fresh one
 CHILD = r"""
 import json, sys, time, torch
-from camvid.models.dynamicrafter import build_dynamicrafter_method
-from camvid.diffusion.losses import diffusion_loss
+sys.path.insert(0, sys.argv[5])
+from cpu_threads import training_step
 frames, size, steps, batch = (int(a) for a in sys.argv[1:5])
-torch.manual_seed(0)
-K = torch.tensor([[size, 0, size / 2], [0, size, size / 2], [0, 0, 1.0]])
-c2w = torch.eye(4).expand(1, frames, 4, 4).clone()
-c2w[0, :, 0, 3] = torch.linspace(0, 0.5, frames)
-batch = {"video": torch.rand(batch, frames, 3, size, size) * 2 - 1, "K": K.expand(batch, frames, 3, 3).clone(),
-         "c2w": c2w.expand(batch, -1, -1, -1).clone(), "cond_index": torch.zeros(batch, dtype=torch.long),
-         "frame_stride": torch.ones(batch, dtype=torch.long), "caption": ["a room"] * batch, "num_views": 1}
-m = build_dynamicrafter_method("cami2v", "tiny", num_frames=frames, image_hw=(size, size),
-                               parameterization="x0", first_frame="replace")
-m.requires_grad_(True)
-for e in m.encoder_modules():
-    e.requires_grad_(False)
-opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], 1e-3, fused=True)
-def step():
-    out = diffusion_loss(m, batch, cond_dropout={"uncond_prob": 0.05})
-    opt.zero_grad(); out["loss"].backward(); opt.step()
+step = training_step(frames, size, batch)
 step()  # warm-up
 c0, w0 = time.process_time(), time.perf_counter()
 for _ in range(steps):
@@ -76,7 +93,8 @@ def run_child(setting: dict, frames: int, size: int, steps: int, batch: int) -> 
             env.pop(k, None)
         else:
             env[k] = v
-    out = subprocess.run([sys.executable, "-c", CHILD, str(frames), str(size), str(steps), str(batch)], env=env,
+    out = subprocess.run([sys.executable, "-c", CHILD, str(frames), str(size), str(steps), str(batch),
+                          str(REPO / "benchmarks")], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
