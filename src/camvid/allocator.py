@@ -65,7 +65,7 @@ def reuse_freed_memory(max_block: int = MAX_BLOCK, keep: int = KEEP, env=None, d
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     limit = (1 << 31) - 1  # mallopt takes an int
-    ok = mallopt(_M_MMAP_THRESHOLD, min(max_block, limit)) == 1
-    ok = (mallopt(_M_TRIM_THRESHOLD, min(keep, limit)) == 1) and ok
-    return ok
+    if mallopt(_M_MMAP_THRESHOLD, min(max_block, limit)) != 1:  # a glibc that caps the threshold: leave it all
+        return False
+    return mallopt(_M_TRIM_THRESHOLD, min(keep, limit)) == 1
 
