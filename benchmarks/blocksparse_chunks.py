@@ -13,7 +13,11 @@ Plans are timed round-robin, median of ``--repeat`` rounds; "cpu" is the process
 threads), less sensitive than wall time to other jobs on a shared host. Every plan's outputs and
 gradients are compared with the first plan's (they must agree to rounding). ``--per-frame`` also
 times each plan with the tilings of one query frame only (no band-sorted tiles across frames, which
-``ref`` plans may choose: ``camvid.attention.sparse._band_sort_keys``), the plan before them.
+``ref`` plans may choose: ``camvid.attention.sparse._band_sort_keys``), the plan before them. ``--band-tiles 32 64 128 256`` instead times ``epipolar_ref``'s kernel with
+band-sorted tiles of each size at several levels and fits the cost model that picks among them
+(``camvid.attention.sparse.GATHER_ROW_PAIRS``, ``TILE_PAIRS``):
+
+    python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128 256 --threads 2 --repeat 15
 """
 
 from __future__ import annotations
@@ -63,6 +67,75 @@ def plans_for(kind, image_hw, feat_hw, chunk_keys, min_tiles, per_frame=False):
     return plans, (B * 16 if kind == "cross" else B)
 
 
+def band_tile_plans(image_hw, feat_hw, sizes):
+    """{queries per tile: plan} of ``epipolar_ref`` with band-sorted tiles of that size only (the best of
+    the orientation binnings), the candidates ``camvid.attention.sparse`` weighs with its cost model."""
+    from camvid.attention import AttentionContext, sparse
+    from camvid.attention.blocksparse import prepare_plan
+
+    K, c2w = cameras(16, image_hw)
+    original = sparse._candidate_tiles
+
+    def band_only(N, frames, fhw, order, tile_hw, tile_frames, one_key_frame=None, size=None):
+        lines = sparse._band_lines(*one_key_frame, fhw[1])
+        return [sparse._sorted_across_frames(sparse._band_sort_keys(lines, N, b), size) for b in sparse._BAND_ANGLE_BINS]
+    plans = {}
+    try:
+        for size in sizes:
+            sparse._candidate_tiles = functools.partial(band_only, size=size)
+            ctx = AttentionContext(K=K, c2w=c2w, image_hw=image_hw, cond_index=torch.zeros(1, dtype=torch.long),
+                                   path="sparse")
+            plans[size] = ctx.tile_plan("ref", feat_hw)
+            prepare_plan(plans[size], 4, torch.float32)
+    finally:
+        sparse._candidate_tiles = original
+    return plans
+
+
+def band_tiles(args) -> list[dict]:
+    """Forward time of ``epipolar_ref``'s kernel (4 register tokens) per band tile size and level, and the
+    least-squares fit time = a * pairs + b * gathered rows + c * tiles behind ``GATHER_ROW_PAIRS`` (b / a)
+    and ``TILE_PAIRS`` (c / a) of ``camvid.attention.sparse``."""
+    from camvid.attention import sparse
+    from camvid.attention.blocksparse import block_sparse_attention_packed
+
+    print("| level | tile queries | tiles | gathered rows | computed pairs | fwd wall (ms) | model (pairs) |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for spec in args.band_levels:
+        size, level = spec.split(":")
+        plans = band_tile_plans(SIZES[size], tuple(int(v) for v in level.split("x")), args.band_tiles)
+        first = next(iter(plans.values()))
+        g = torch.Generator().manual_seed(0)
+        q = torch.randn(1, first.num_queries, 5, 64, generator=g)
+        kv = torch.randn(1, 4 + first.num_keys, 2, 5, 64, generator=g)
+        times = {n: [] for n in plans}
+        with torch.no_grad():
+            for r in range(args.repeat + 1):  # round 0 warms up
+                for n, plan in plans.items():
+                    t = time.perf_counter()
+                    block_sparse_attention_packed(q, kv, plan, 4)
+                    if r:
+                        times[n].append(time.perf_counter() - t)
+        for n, plan in plans.items():
+            tiles = sum(c.key_ids.shape[0] for c in plan.chunks)
+            gathered = sum(c.key_ids.numel() for c in plan.chunks)
+            pairs = sum(c.key_ids.numel() * c.query_ids.shape[1] for c in plan.chunks)
+            model = pairs + sparse.GATHER_ROW_PAIRS * gathered + sparse.TILE_PAIRS * tiles
+            rows.append({"level": level, "queries": n, "tiles": tiles, "rows": gathered, "pairs": pairs,
+                         "ms": 1e3 * statistics.median(times[n]), "model": model})
+            print(f"| {level} | {n} | {tiles} | {gathered} | {pairs} | {rows[-1]['ms']:.2f} | {model} |")
+        sys.stdout.flush()
+    if len(rows) >= 3:
+        A = torch.tensor([[r["pairs"], r["rows"], r["tiles"]] for r in rows], dtype=torch.float64)
+        y = torch.tensor([r["ms"] for r in rows], dtype=torch.float64)
+        a, b, c = torch.linalg.lstsq(A, y.unsqueeze(1)).solution.squeeze(1).tolist()
+        if a > 0:
+            print(f"\nfit: time = {a:.3e} ms x (pairs + {b / a:.1f} x gathered rows + {c / a:.0f} x tiles); "
+                  f"in use: GATHER_ROW_PAIRS = {sparse.GATHER_ROW_PAIRS}, TILE_PAIRS = {sparse.TILE_PAIRS}")
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="256x256", choices=list(SIZES))
@@ -74,8 +147,19 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--per-frame", action="store_true",
                     help="also time each plan with one-frame tilings only (no band-sorted tiles across frames)")
+    ap.add_argument("--band-tiles", nargs="*", type=int, default=None,
+                    help="instead: epipolar_ref with band-sorted tiles of these query counts only, per level of "
+                         "--band-levels, and the fit behind camvid.attention.sparse.GATHER_ROW_PAIRS")
+    ap.add_argument("--band-levels", nargs="*", default=["256x256:32x32", "512x320:40x64", "512x320:20x32"],
+                    help="SIZE:LEVEL pairs for --band-tiles")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.band_tiles:
+        print(f"# command: python benchmarks/blocksparse_chunks.py {' '.join(sys.argv[1:])}".rstrip())
+        print(f"# torch {torch.__version__}, {args.threads} threads, median of {args.repeat} rounds; "
+              f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+        band_tiles(args)
+        return
     feat_hw = tuple(int(v) for v in args.level.split("x"))
     print(f"# command: python benchmarks/blocksparse_chunks.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"# torch {torch.__version__}, {args.threads} threads, median of {args.repeat} rounds; "

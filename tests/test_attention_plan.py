@@ -340,3 +340,39 @@ def test_attention_benchmark_times_the_kernel_alone_exact_against_dense(variant)
     assert all(p["time"] > 0 for p in paths.values())
     paths = bench.attention_level({**spec, "mode": "fwdbwd"}, K, c2w)["paths"]
     assert "kernel_sparse" not in paths and paths["sparse"]["diff"] < 1e-5
+
+
+def test_band_tiles_of_several_sizes_compete_under_the_cost_model(monkeypatch):
+    """``epipolar_ref`` (one key frame) adds band-sorted tilings of 1, 2 and 4 times the default tile;
+    the cost model picks the default size when only computed pairs count, a bigger one when gathering
+    a tile's keys and the tile itself cost much, and every plan keeps the exact mask."""
+    bench = load_benchmark("attention")
+    K, c2w = bench.cameras(8, (128, 128))
+    ctx = AttentionContext(K=K, c2w=c2w, image_hw=(128, 128), cond_index=torch.zeros(1, dtype=torch.long),
+                           path="sparse")
+    runs = ctx.runs("ref", (16, 16))
+    want = ctx.mask("ref", (16, 16))
+
+    def chosen(gather, tile):
+        monkeypatch.setattr(sparse, "GATHER_ROW_PAIRS", gather)
+        monkeypatch.setattr(sparse, "TILE_PAIRS", tile)
+        plan = build_tile_plan_from_runs(runs.start, runs.end, (16, 16))
+        assert torch.equal(rebuilt_mask(plan).reshape(want.shape), want)
+        return plan.chunks[0].query_ids.shape[1]
+
+    assert chosen(0, 0) == 32  # pairs alone: the smallest tiles have the tightest hulls
+    assert chosen(10_000, 1_000_000) == 128  # gathers and tiles dominate: the biggest band tiles
+    monkeypatch.setattr(sparse, "_BAND_TILE_SCALES", (1,))
+    assert chosen(10_000, 1_000_000) == 32  # no bigger candidates: every tiling has 32 queries
+
+
+def test_band_tile_benchmark_forces_each_size():
+    """benchmarks/blocksparse_chunks.py --band-tiles: one epipolar_ref plan per tile size, each exact."""
+    from camvid.attention.sparse import _candidate_tiles
+
+    bench = load_benchmark("blocksparse_chunks")
+    plans = bench.band_tile_plans((128, 128), (16, 16), [32, 64, 128])
+    assert sparse._candidate_tiles is _candidate_tiles  # restored
+    assert {n: p.chunks[0].query_ids.shape[1] for n, p in plans.items()} == {32: 32, 64: 64, 128: 128}
+    masks = [rebuilt_mask(p) for p in plans.values()]
+    assert all(torch.equal(m, masks[0]) for m in masks[1:])

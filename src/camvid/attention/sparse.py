@@ -10,7 +10,8 @@ of one query while the gathered keys are shared by the whole tile. Plans from ro
 tiles cut from other orders (``build_tile_plan_from_runs``): other one-frame rectangles, each frame's
 cells sorted along the pencil of epipolar lines, and, when every query looks into one key frame
 (``epipolar_ref``), the queries of all frames sorted by their band's line, so a tile may hold cells of
-several frames that see the same band; the plan keeps the one with the fewest gathered pairs.
+several frames that see the same band (tiles of 1, 2 or 4 times the default size); the plan keeps the
+one of lowest estimated cost (computed pairs, gathered key rows and tiles; ``GATHER_ROW_PAIRS``).
 
 Tiles are sorted by list length and packed into chunks whose gathered keys stay under a fixed number
 of elements, so padding is small and memory is bounded. The plan depends only on the cameras and the
@@ -311,6 +312,17 @@ def _sorted_tile_query_ids(order: torch.Tensor, hw: int, q: int) -> torch.Tensor
 
 # Orientation bins of the band-sorted tilings (one candidate each; the estimate picks among them).
 _BAND_ANGLE_BINS = (4, 8, 16)
+# Sizes of the band-sorted tilings, in multiples of the default tile's queries: a bigger tile of queries
+# that share nearly one band gathers its keys once for more queries, for a wider hull.
+_BAND_TILE_SCALES = (1, 2, 4)
+GATHER_ROW_PAIRS, TILE_PAIRS = 23, 440
+"""The cost model that picks a tiling, in computed (query, key) pairs: a tile of Q queries and U keys
+costs Q * U + ``GATHER_ROW_PAIRS`` * U (gathering its keys) + ``TILE_PAIRS`` (its share of a kernel
+call), so per query U * (1 + GATHER_ROW_PAIRS / Q) + TILE_PAIRS / Q. Among tiles of one size it orders
+the candidates as their computed pairs do. Fitted (least squares) to the ``epipolar_ref`` kernel's
+forward with band-sorted tiles of 32, 64, 128 and 256 queries at 32x32, 40x64 and 20x32, 2 threads
+(within 7 % of 11 of the 12 times; ``python benchmarks/blocksparse_chunks.py --band-tiles``,
+docs/performance.md)."""
 
 
 def _band_lines(lo: torch.Tensor, hi: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,7 +395,8 @@ def _candidate_tiles(N, frames, feat_hw, order, tile_hw, tile_frames, one_key_fr
     """Query tilings (tiles, Q) to choose from: only the given tile when ``tile_hw``/``tile_frames`` is set.
     ``one_key_frame``: the (N * Lq, h) runs ``(lo, hi)`` when every query's keys lie in one key frame,
     which adds tilings of queries of all frames sorted by band (:func:`_band_sort_keys`), one per
-    ``_BAND_ANGLE_BINS`` when there are any."""
+    ``_BAND_ANGLE_BINS`` and size (``_BAND_TILE_SCALES`` times the default tile's queries, where they
+    divide the queries) when there are any."""
     if tile_hw is not None or tile_frames is not None:
         thw, tf = default_tile(feat_hw, frames, tile_hw, tile_frames)
         return [_tile_query_ids(N, frames, feat_hw, thw, tf)]
@@ -398,7 +411,9 @@ def _candidate_tiles(N, frames, feat_hw, order, tile_hw, tile_frames, one_key_fr
         out.append(_sorted_tile_query_ids(order, h * w, q))
     if one_key_frame is not None and (h * w) % q == 0:
         lines = _band_lines(*one_key_frame, w)
-        out += [_sorted_across_frames(_band_sort_keys(lines, N, bins), q) for bins in _BAND_ANGLE_BINS]
+        keys = [_band_sort_keys(lines, N, bins) for bins in _BAND_ANGLE_BINS]
+        sizes = [q * k for k in _BAND_TILE_SCALES if (frames * h * w) % (q * k) == 0]
+        out += [_sorted_across_frames(key, size) for size in sizes for key in keys]
     return out
 
 
@@ -423,13 +438,15 @@ def build_tile_plan_from_runs(
     touch"); the sub-masks are exact: slot ``c`` of a tile is kept for query ``i`` iff ``c`` is in
     ``i``'s run.
 
-    Tiling: ``tile_hw``/``tile_frames`` fix it; otherwise the tiling with the fewest hull pairs
-    (estimated on a sample of tiles) among the default tile, other one-frame rectangles of its size
+    Tiling: ``tile_hw``/``tile_frames`` fix it; otherwise the tiling of lowest cost per query (hull
+    keys, gathered rows and tiles, ``GATHER_ROW_PAIRS``; estimated on a sample of tiles; among tiles
+    of one size: the fewest hull pairs) among the default tile, other one-frame rectangles of its size
     and, with ``order`` (N, Lq) sort keys (``camvid.geometry.pencil_order``: queries with equal keys
     have equal epipolar lines), each frame's queries in key order cut into tiles of that size; and,
     when every query's keys lie in one key frame (``S == 1``: ``epipolar_ref``), the queries of all
-    frames sorted by their band's line (:func:`_band_sort_keys`, a few orientation binnings), so a
-    tile may hold cells of several frames that look at the same band.
+    frames sorted by their band's line (:func:`_band_sort_keys`, a few orientation binnings, tiles of
+    1, 2 and 4 times the default size), so a tile may hold cells of several frames that look at the
+    same band.
     Chunks keep tiles within ``max_padding`` of their widest and hold about ``chunk_keys`` gathered
     keys, or ``min_chunk_tiles`` tiles when that is more, up to ``DEFAULT_CHUNK_KEYS`` (see
     ``RUNS_CHUNK_KEYS`` and ``_pack_tiles``). The whole build
@@ -467,9 +484,10 @@ def _plan_from_runs(start, end, feat_hw, order, tile_hw, tile_frames, packing) -
     # one key frame for every query (epipolar_ref): tiles may also gather queries of all frames
     candidates = _candidate_tiles(N, Lq // hw, feat_hw, order, tile_hw, tile_frames, (lo, hi) if S == 1 else None)
     if len(candidates) > 1:
-        def estimate(qids):
+        def estimate(qids):  # cost per query, in pairs (GATHER_ROW_PAIRS, TILE_PAIRS)
             sample = qids[:: max(1, len(qids) // _ESTIMATE_TILES)]
-            return int(_hulls(lo, hi, sample, w)[1].sum()) / len(sample)
+            keys = int(_hulls(lo, hi, sample, w)[1].sum()) / len(sample)
+            return keys * (1 + GATHER_ROW_PAIRS / qids.shape[1]) + TILE_PAIRS / qids.shape[1]
         candidates = [min(candidates, key=estimate)]
     qids = candidates[0].to(device)  # (tiles, Q) into N*Lq
     first, length = _hulls(lo, hi, qids, w)  # (tiles, G)
