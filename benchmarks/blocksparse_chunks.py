@@ -93,38 +93,45 @@ def band_tile_plans(image_hw, feat_hw, sizes):
 
 
 def band_tiles(args) -> list[dict]:
-    """Forward time of ``epipolar_ref``'s kernel (4 register tokens) per band tile size and level, and the
-    least-squares fit time = a * pairs + b * gathered rows + c * tiles behind ``GATHER_ROW_PAIRS`` (b / a)
-    and ``TILE_PAIRS`` (c / a) of ``camvid.attention.sparse``."""
+    """Forward and forward+backward time of ``epipolar_ref``'s kernel (4 register tokens) per band tile
+    size and level, and the least-squares fit of the forward, time = a * pairs + b * gathered rows + c *
+    tiles, behind ``GATHER_ROW_PAIRS`` (b / a) and ``TILE_PAIRS`` (c / a) of ``camvid.attention.sparse``."""
     from camvid.attention import sparse
     from camvid.attention.blocksparse import block_sparse_attention_packed
 
-    print("| level | tile queries | tiles | gathered rows | computed pairs | fwd wall (ms) | model (pairs) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| level | tile queries | tiles | gathered rows | computed pairs | fwd wall (ms) | fwd+bwd wall (ms) | "
+          "model (pairs) |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
     for spec in args.band_levels:
         size, level = spec.split(":")
         plans = band_tile_plans(SIZES[size], tuple(int(v) for v in level.split("x")), args.band_tiles)
         first = next(iter(plans.values()))
         g = torch.Generator().manual_seed(0)
-        q = torch.randn(1, first.num_queries, 5, 64, generator=g)
-        kv = torch.randn(1, 4 + first.num_keys, 2, 5, 64, generator=g)
-        times = {n: [] for n in plans}
-        with torch.no_grad():
-            for r in range(args.repeat + 1):  # round 0 warms up
-                for n, plan in plans.items():
-                    t = time.perf_counter()
+        q = torch.randn(1, first.num_queries, 5, 64, generator=g, requires_grad=True)
+        kv = torch.randn(1, 4 + first.num_keys, 2, 5, 64, generator=g, requires_grad=True)
+        times = {(n, m): [] for n in plans for m in ("fwd", "step")}
+        for r in range(args.repeat + 1):  # round 0 warms up
+            for n, plan in plans.items():
+                t = time.perf_counter()
+                with torch.no_grad():
                     block_sparse_attention_packed(q, kv, plan, 4)
-                    if r:
-                        times[n].append(time.perf_counter() - t)
+                t1 = time.perf_counter()
+                q.grad = kv.grad = None
+                block_sparse_attention_packed(q, kv, plan, 4).square().mean().backward()
+                if r:
+                    times[(n, "fwd")].append(t1 - t)
+                    times[(n, "step")].append(time.perf_counter() - t1)
         for n, plan in plans.items():
             tiles = sum(c.key_ids.shape[0] for c in plan.chunks)
             gathered = sum(c.key_ids.numel() for c in plan.chunks)
             pairs = sum(c.key_ids.numel() * c.query_ids.shape[1] for c in plan.chunks)
             model = pairs + sparse.GATHER_ROW_PAIRS * gathered + sparse.TILE_PAIRS * tiles
             rows.append({"level": level, "queries": n, "tiles": tiles, "rows": gathered, "pairs": pairs,
-                         "ms": 1e3 * statistics.median(times[n]), "model": model})
-            print(f"| {level} | {n} | {tiles} | {gathered} | {pairs} | {rows[-1]['ms']:.2f} | {model} |")
+                         "ms": 1e3 * statistics.median(times[(n, "fwd")]),
+                         "step_ms": 1e3 * statistics.median(times[(n, "step")]), "model": model})
+            print(f"| {level} | {n} | {tiles} | {gathered} | {pairs} | {rows[-1]['ms']:.2f} | "
+                  f"{rows[-1]['step_ms']:.2f} | {model} |")
         sys.stdout.flush()
     if len(rows) >= 3:
         A = torch.tensor([[r["pairs"], r["rows"], r["tiles"]] for r in rows], dtype=torch.float64)

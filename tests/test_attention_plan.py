@@ -342,16 +342,22 @@ def test_attention_benchmark_times_the_kernel_alone_exact_against_dense(variant)
     assert "kernel_sparse" not in paths and paths["sparse"]["diff"] < 1e-5
 
 
-def test_band_tiles_of_several_sizes_compete_under_the_cost_model(monkeypatch):
-    """``epipolar_ref`` (one key frame) adds band-sorted tilings of 1, 2 and 4 times the default tile;
-    the cost model picks the default size when only computed pairs count, a bigger one when gathering
-    a tile's keys and the tile itself cost much, and every plan keeps the exact mask."""
+@pytest.mark.parametrize("kind", ["ref", "cross"])
+def test_band_tiles_of_several_sizes_compete_under_the_cost_model(monkeypatch, kind):
+    """Kinds whose queries look into one key frame (``epipolar_ref``; ``cross_video``: the partner's
+    frame) add band-sorted tilings of 1, 2 and 4 times the default tile; the cost model picks the
+    default size when only computed pairs count, a bigger one when gathering a tile's keys and the
+    tile itself cost much, and every plan keeps the exact mask."""
     bench = load_benchmark("attention")
+    B = 2 if kind == "cross" else 1
     K, c2w = bench.cameras(8, (128, 128))
-    ctx = AttentionContext(K=K, c2w=c2w, image_hw=(128, 128), cond_index=torch.zeros(1, dtype=torch.long),
-                           path="sparse")
-    runs = ctx.runs("ref", (16, 16))
-    want = ctx.mask("ref", (16, 16))
+    K, c2w = K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)
+    if B > 1:
+        c2w[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])
+    ctx = AttentionContext(K=K, c2w=c2w, image_hw=(128, 128), cond_index=torch.zeros(B, dtype=torch.long),
+                           num_views=B, path="sparse")
+    runs = ctx.runs(kind, (16, 16))
+    want = ctx.mask(kind, (16, 16))
 
     def chosen(gather, tile):
         monkeypatch.setattr(sparse, "GATHER_ROW_PAIRS", gather)
@@ -376,3 +382,16 @@ def test_band_tile_benchmark_forces_each_size():
     assert {n: p.chunks[0].query_ids.shape[1] for n, p in plans.items()} == {32: 32, 64: 64, 128: 128}
     masks = [rebuilt_mask(p) for p in plans.values()]
     assert all(torch.equal(m, masks[0]) for m in masks[1:])
+
+
+def test_band_tile_benchmark_times_each_size_with_the_models_cost():
+    import argparse
+
+    bench = load_benchmark("blocksparse_chunks")
+    args = argparse.Namespace(band_levels=["256x256:16x16"], band_tiles=[32, 64, 128], repeat=1)
+    rows = bench.band_tiles(args)
+    assert [r["queries"] for r in rows] == [32, 64, 128]
+    assert all(r["ms"] > 0 and r["step_ms"] > 0 for r in rows)
+    assert [r["tiles"] for r in rows] == [rows[0]["tiles"] // k for k in (1, 2, 4)]
+    assert all(r["model"] == r["pairs"] + sparse.GATHER_ROW_PAIRS * r["rows"] + sparse.TILE_PAIRS * r["tiles"]
+               for r in rows)

@@ -9,7 +9,7 @@ of a smooth camera path, have neighbouring epipolar lines, so the list stays a f
 of one query while the gathered keys are shared by the whole tile. Plans from row runs also weigh
 tiles cut from other orders (``build_tile_plan_from_runs``): other one-frame rectangles, each frame's
 cells sorted along the pencil of epipolar lines, and, when every query looks into one key frame
-(``epipolar_ref``), the queries of all frames sorted by their band's line, so a tile may hold cells of
+(``epipolar_ref``; ``cross_video``, whose samples are single frames looking into their partner's), the queries of all frames sorted by their band's line, so a tile may hold cells of
 several frames that see the same band (tiles of 1, 2 or 4 times the default size); the plan keeps the
 one of lowest estimated cost (computed pairs, gathered key rows and tiles; ``GATHER_ROW_PAIRS``).
 
@@ -319,10 +319,12 @@ GATHER_ROW_PAIRS, TILE_PAIRS = 23, 440
 """The cost model that picks a tiling, in computed (query, key) pairs: a tile of Q queries and U keys
 costs Q * U + ``GATHER_ROW_PAIRS`` * U (gathering its keys) + ``TILE_PAIRS`` (its share of a kernel
 call), so per query U * (1 + GATHER_ROW_PAIRS / Q) + TILE_PAIRS / Q. Among tiles of one size it orders
-the candidates as their computed pairs do. Fitted (least squares) to the ``epipolar_ref`` kernel's
-forward with band-sorted tiles of 32, 64, 128 and 256 queries at 32x32, 40x64 and 20x32, 2 threads
-(within 7 % of 11 of the 12 times; ``python benchmarks/blocksparse_chunks.py --band-tiles``,
-docs/performance.md)."""
+the candidates as their computed pairs do. From a least-squares fit of the ``epipolar_ref`` kernel's
+forward times with band-sorted tiles of 32, 64, 128 and 256 queries at 32x32, 40x64 and 20x32 (2
+threads): gathered rows and tiles grow together, so runs split the cost between them differently
+(other runs: -2 and 1975, 31 and -555), but each fit, like the times themselves, puts 128 first at all
+three levels
+(``python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128 256``, docs/performance.md)."""
 
 
 def _band_lines(lo: torch.Tensor, hi: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -443,7 +445,7 @@ def build_tile_plan_from_runs(
     of one size: the fewest hull pairs) among the default tile, other one-frame rectangles of its size
     and, with ``order`` (N, Lq) sort keys (``camvid.geometry.pencil_order``: queries with equal keys
     have equal epipolar lines), each frame's queries in key order cut into tiles of that size; and,
-    when every query's keys lie in one key frame (``S == 1``: ``epipolar_ref``), the queries of all
+    when every query's keys lie in one key frame (``S == 1``: ``epipolar_ref``, ``cross_video``), the queries of all
     frames sorted by their band's line (:func:`_band_sort_keys`, a few orientation binnings, tiles of
     1, 2 and 4 times the default size), so a tile may hold cells of several frames that look at the
     same band.
@@ -481,7 +483,7 @@ def _plan_from_runs(start, end, feat_hw, order, tile_hw, tile_frames, packing) -
     small = torch.int16  # columns fit (w <= 32767); small integers keep the passes below cheap
     lo = start.reshape(N * Lq, G).to(small)
     hi = end.reshape(N * Lq, G).to(small)
-    # one key frame for every query (epipolar_ref): tiles may also gather queries of all frames
+    # one key frame for every query (epipolar_ref, cross_video): tiles may also gather queries of all frames
     candidates = _candidate_tiles(N, Lq // hw, feat_hw, order, tile_hw, tile_frames, (lo, hi) if S == 1 else None)
     if len(candidates) > 1:
         def estimate(qids):  # cost per query, in pairs (GATHER_ROW_PAIRS, TILE_PAIRS)
