@@ -321,9 +321,9 @@ costs Q * U + ``GATHER_ROW_PAIRS`` * U (gathering its keys) + ``TILE_PAIRS`` (it
 call), so per query U * (1 + GATHER_ROW_PAIRS / Q) + TILE_PAIRS / Q. Among tiles of one size it orders
 the candidates as their computed pairs do. From a least-squares fit of the ``epipolar_ref`` kernel's
 forward times with band-sorted tiles of 32, 64, 128 and 256 queries at 32x32, 40x64 and 20x32 (2
-threads): gathered rows and tiles grow together, so runs split the cost between them differently
-(other runs: -2 and 1975, 31 and -555), but each fit, like the times themselves, puts 128 first at all
-three levels
+threads). Gathered rows and tiles grow together, so each run's fit splits the cost between them
+differently (other runs: -2 and 1975, 31 and -555); these constants, from the first run, rank 128
+queries first at all three levels, as the measured times do
 (``python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128 256``, docs/performance.md)."""
 
 
