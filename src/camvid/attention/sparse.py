@@ -322,7 +322,7 @@ call), so per query U * (1 + GATHER_ROW_PAIRS / Q) + TILE_PAIRS / Q. Among tiles
 the candidates as their computed pairs do. From a least-squares fit of the ``epipolar_ref`` kernel's
 forward times with band-sorted tiles of 32, 64, 128 and 256 queries at 32x32, 40x64 and 20x32 (2
 threads). Gathered rows and tiles grow together, so each run's fit splits the cost between them
-differently (other runs: -2 and 1975, 31 and -555); these constants, from the first run, rank 128
+differently (other runs: -2 and 1975, 31 and -555); these constants, from the fit of a first run of the same measurement, rank 128
 queries first at all three levels, as the measured times do
 (``python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128 256``, docs/performance.md)."""
 
