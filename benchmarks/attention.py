@@ -127,6 +127,25 @@ def cameras(T: int, image_hw: tuple[int, int], seed: int = 0):
     return K, c2w
 
 
+def view_cameras(K, c2w, views: int):
+    """``cameras``' clip as ``views`` videos (cross_video's batch): the same cameras, the second video
+    (the partner) shifted sideways by 0.2."""
+    Kb, c2wb = K.repeat(views, 1, 1, 1), c2w.repeat(views, 1, 1, 1)
+    if views > 1:
+        c2wb[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])
+    return Kb, c2wb
+
+
+def randomize_zero_parameters(module):
+    """N(0, 0.02) values for the module's zero-initialised parameters (its output layers), so that its
+    output depends on its attention and "equal outputs" means something; returns the module."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    return module
+
+
 def naive_mask(K, c2w, image_hw, feat_hw):
     """CamI2V's get_epipolar_mask: a dense float distance tensor, then a threshold."""
     H, W = image_hw
@@ -301,9 +320,7 @@ def coverage(spec: dict, K, c2w) -> dict:
     h, w = spec["feat_hw"]
     out = {}
     for kind, B in (("all", 1), ("ref", 1), ("cross", 2)):
-        Kb, c2wb = K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)
-        if B > 1:
-            c2wb[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])  # as in attention_level
+        Kb, c2wb = view_cameras(K, c2w, B)
         ctx = AttentionContext(K=Kb, c2w=c2wb, image_hw=(H, W), cond_index=torch.zeros(B, dtype=torch.long),
                                num_views=B, path="dense")
         runs = ctx.runs(kind, (h, w))
@@ -331,17 +348,11 @@ def attention_level(spec: dict, K, c2w) -> dict:
     cross = variant in ("cross_video", "cross_view")
     views = 2 if cross else 1
     B = views
-    Kb, c2wb = K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)
-    if B > 1:
-        c2wb[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])  # the partner video is shifted sideways
-    Kb, c2wb = Kb.to(device), c2wb.to(device)
+    Kb, c2wb = (t.to(device) for t in view_cameras(K, c2w, B))
     kind = {"epipolar": "all", "epipolar_ref": "ref", "cross_video": "cross", "cross_view": "cross"}[variant]
     kw = {"norm_num_groups": 32} if cross else {}
-    module = build_cross_frame_attention("cross_video" if cross else variant, C, heads, **kw).to(device)
-    with torch.no_grad():  # non-zero outputs so "equal outputs" means something
-        for p in module.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
+    module = randomize_zero_parameters(build_cross_frame_attention("cross_video" if cross else variant, C, heads,
+                                                                   **kw).to(device))
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, T, h * w, C, generator=g).to(device)
     if variant == "cross_view":  # one attention block of the module: queries (B*T, hw, C), partner frames as keys
@@ -439,15 +450,14 @@ def attention_level(spec: dict, K, c2w) -> dict:
         from camvid.attention.sparse import tiled_sparse_attention_packed
 
         blk = attn_block if variant == "cross_view" else module.epipolar_attn
-        with torch.no_grad():
+        with torch.no_grad():  # and the kernel's "diff" against our dense masked attention on the same q, k/v
             qa, kva = blk.project(x, partner) if variant == "cross_view" else blk.project(tokens, context)
+            kernel_ref = blk._attend(qa, kva, ctx_for("dense"), kind, (h, w))
         kplan, regs_k = plan, blk.num_register_tokens  # the module's sparse path's plan (built above)
         calls["kernel_sparse"] = lambda: tiled_sparse_attention_packed(qa, kva, kplan, regs_k)
         calls["kernel_unmasked"] = lambda: torch.nn.functional.scaled_dot_product_attention(
             qa.transpose(1, 2), kva[:, :, 0].transpose(1, 2), kva[:, :, 1].transpose(1, 2))
         notes["kernel_unmasked"] = "the module's unmasked attention call alone (no projections)"
-        with torch.no_grad():  # the kernel's "diff" is against our dense masked attention on the same q, k/v
-            kernel_ref = blk._attend(qa, kva, ctx_for("dense"), kind, (h, w))
 
     def step(fn):
         def run():
@@ -476,10 +486,8 @@ def attention_level(spec: dict, K, c2w) -> dict:
             times[name].append(measure_once(step(fn))[0])
     result = {"paths": {}}
     for name in calls:
-        ref_y, ref_g = outs.get("public", (None, None))
+        ref_y, ref_g = (kernel_ref, None) if name == "kernel_sparse" else outs.get("public", (None, None))
         y, gx = outs[name]
-        if name == "kernel_sparse":
-            ref_y = kernel_ref
         diff = float("nan") if ref_y is None or y.shape != ref_y.shape else float((y - ref_y).abs().max())
         if gx is not None and ref_g is not None:
             diff = max(diff, float((gx - ref_g).abs().max()))

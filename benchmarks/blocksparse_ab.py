@@ -43,15 +43,12 @@ def kernel_at(rev: str):
 
 
 def plan_for(kind: str):
-    from attention import cameras
+    from attention import cameras, view_cameras
 
     from camvid.attention import AttentionContext
 
-    K, c2w = cameras(16, (256, 256))
     views = 2 if kind == "cross" else 1
-    Kb, c2wb = K.repeat(views, 1, 1, 1), c2w.repeat(views, 1, 1, 1)
-    if views > 1:
-        c2wb[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])  # the partner video shifted sideways, as attention.py
+    Kb, c2wb = view_cameras(*cameras(16, (256, 256)), views)
     ctx = AttentionContext(K=Kb, c2w=c2wb, image_hw=(256, 256), cond_index=torch.zeros(views, dtype=torch.long),
                            num_views=views, path="sparse")
     return ctx.tile_plan(kind, (32, 32))

@@ -32,7 +32,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attention import SIZES, cameras  # noqa: E402  (the benchmark's RealEstate10K-like clip)
+from attention import SIZES, cameras, view_cameras  # noqa: E402  (the benchmark's RealEstate10K-like clip)
 
 
 def plans_for(kind, image_hw, feat_hw, chunk_keys, min_tiles, per_frame=False):
@@ -43,11 +43,8 @@ def plans_for(kind, image_hw, feat_hw, chunk_keys, min_tiles, per_frame=False):
     from camvid.attention.blocksparse import prepare_plan
     from camvid.attention.sparse import build_tile_plan_from_runs
 
-    K, c2w = cameras(16, image_hw)
     B = 2 if kind == "cross" else 1
-    K, c2w = K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)
-    if B > 1:
-        c2w[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])  # as benchmarks/attention.py
+    K, c2w = view_cameras(*cameras(16, image_hw), B)
     plans = {}
     min_tiles = sparse.RUNS_MIN_CHUNK_TILES if min_tiles is None else min_tiles
     original, bins = context_mod.build_tile_plan_from_runs, sparse._BAND_ANGLE_BINS
@@ -77,8 +74,7 @@ def band_tile_plans(image_hw, feat_hw, sizes):
     original = sparse._candidate_tiles
 
     def band_only(N, frames, fhw, order, tile_hw, tile_frames, one_key_frame=None, size=None):
-        lines = sparse._band_lines(*one_key_frame, fhw[1])
-        return [sparse._sorted_across_frames(sparse._band_sort_keys(lines, N, b), size) for b in sparse._BAND_ANGLE_BINS]
+        return sparse._band_tilings(one_key_frame, N, fhw[1], [size])
     plans = {}
     try:
         for size in sizes:

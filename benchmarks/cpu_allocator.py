@@ -41,27 +41,21 @@ def _demo_step():
 
 def _attention_step(variant: str, mode: str):
     import torch
-    from attention import cameras  # benchmarks/attention.py: a RealEstate10K-like clip
+    from attention import cameras, randomize_zero_parameters, view_cameras  # benchmarks/attention.py
 
     from camvid.attention import AttentionContext, build_cross_frame_attention
 
     (H, W), (h, w), T, C, heads = (256, 256), (32, 32), 16, 320, 5
     cross = variant == "cross_video"
     B = 2 if cross else 1
-    K, c2w = cameras(T, (H, W))
-    K, c2w = K.repeat(B, 1, 1, 1), c2w.repeat(B, 1, 1, 1)
-    if cross:
-        c2w[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])
-    module = build_cross_frame_attention(variant, C, heads, **({"norm_num_groups": 32} if cross else {}))
-    with torch.no_grad():
-        for p in module.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
+    K, c2w = view_cameras(*cameras(T, (H, W)), B)  # a RealEstate10K-like clip; cross_video: two videos
+    module = randomize_zero_parameters(
+        build_cross_frame_attention(variant, C, heads, **({"norm_num_groups": 32} if cross else {})))
     x = torch.randn(B, T, h * w, C, requires_grad=mode == "fwdbwd")
 
     def step():
         ctx = AttentionContext(K=K, c2w=c2w, image_hw=(H, W), cond_index=torch.zeros(B, dtype=torch.long),
-                               num_views=B if cross else 1, path="sparse")
+                               num_views=B, path="sparse")
         if mode == "fwd":  # as sampling runs it
             with torch.no_grad():
                 module(x, ctx, (h, w))
@@ -84,7 +78,6 @@ def child(workload: str, mode: str, steps: int, threads: int) -> dict:
     torch.manual_seed(0)
     step = _demo_step() if workload == "demo" else _attention_step(workload, mode)
     step()  # warm-up: first-use costs (plans, lazy buffers) are not timed
-    rss0 = _status("VmRSS")
     u0 = resource.getrusage(resource.RUSAGE_SELF)
     w0 = time.perf_counter()
     for _ in range(steps):
@@ -93,7 +86,7 @@ def child(workload: str, mode: str, steps: int, threads: int) -> dict:
     u1 = resource.getrusage(resource.RUSAGE_SELF)
     return {"applied": applied, "wall": wall, "user": (u1.ru_utime - u0.ru_utime) / steps,
             "sys": (u1.ru_stime - u0.ru_stime) / steps, "faults": (u1.ru_minflt - u0.ru_minflt) / steps,
-            "peak_rss": _status("VmHWM"), "rss_before": rss0, "rss_after": _status("VmRSS")}
+            "peak_rss": _status("VmHWM"), "rss_after": _status("VmRSS")}
 
 
 def run_child(workload: str, mode: str, setting: str, steps: int, threads: int) -> dict:

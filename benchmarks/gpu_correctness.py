@@ -21,18 +21,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attention import SIZES, cameras, levels  # noqa: E402
+from attention import SIZES, cameras, levels, randomize_zero_parameters, view_cameras  # noqa: E402
 
 from camvid.attention import AttentionContext, build_cross_frame_attention  # noqa: E402
 
 KINDS = {"epipolar": "all", "epipolar_ref": "ref", "cross_video": "cross"}
-
-
-def pair(K, c2w, views):
-    Kb, c2wb = K.repeat(views, 1, 1, 1), c2w.repeat(views, 1, 1, 1)
-    if views > 1:
-        c2wb[1, :, :3, 3] += torch.tensor([0.2, 0.0, 0.0])
-    return Kb, c2wb
 
 
 def correctness(device, frames=16):
@@ -43,13 +36,9 @@ def correctness(device, frames=16):
     feat_hw = (32, 32)
     for variant, kind in KINDS.items():
         views = 2 if variant == "cross_video" else 1
-        Kb, c2wb = (t.to(device) for t in pair(K, c2w, views))
+        Kb, c2wb = (t.to(device) for t in view_cameras(K, c2w, views))
         kw = {"norm_num_groups": 32} if variant == "cross_video" else {}
-        module = build_cross_frame_attention(variant, 320, 5, **kw).to(device)
-        with torch.no_grad():
-            for p in module.parameters():
-                if not p.any():
-                    p.normal_(0, 0.02)
+        module = randomize_zero_parameters(build_cross_frame_attention(variant, 320, 5, **kw).to(device))
         x = torch.randn(views, frames, 1024, 320, device=device)
 
         def ctx(path, Kb=Kb, c2wb=c2wb, views=views):
@@ -88,7 +77,7 @@ def sparsity(frames=16):
         for feat_hw in levels(image_hw, 4):
             for variant, kind in KINDS.items():
                 views = 2 if variant == "cross_video" else 1
-                Kb, c2wb = pair(K, c2w, views)
+                Kb, c2wb = view_cameras(K, c2w, views)
                 ctx = AttentionContext(K=Kb, c2w=c2wb, image_hw=image_hw, num_views=views,
                                        cond_index=torch.zeros(views, dtype=torch.long))
                 runs = ctx.runs(kind, feat_hw)

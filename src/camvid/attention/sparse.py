@@ -412,11 +412,15 @@ def _candidate_tiles(N, frames, feat_hw, order, tile_hw, tile_frames, one_key_fr
     if order is not None and (h * w) % q == 0:
         out.append(_sorted_tile_query_ids(order, h * w, q))
     if one_key_frame is not None and (h * w) % q == 0:
-        lines = _band_lines(*one_key_frame, w)
-        keys = [_band_sort_keys(lines, N, bins) for bins in _BAND_ANGLE_BINS]
-        sizes = [q * k for k in _BAND_TILE_SCALES if (frames * h * w) % (q * k) == 0]
-        out += [_sorted_across_frames(key, size) for size in sizes for key in keys]
+        out += _band_tilings(one_key_frame, N, w, [q * k for k in _BAND_TILE_SCALES if (frames * h * w) % (q * k) == 0])
     return out
+
+
+def _band_tilings(one_key_frame, N: int, w: int, sizes) -> list[torch.Tensor]:
+    """Band-sorted tilings (:func:`_band_sort_keys`): one per orientation binning and tile size."""
+    lines = _band_lines(*one_key_frame, w)
+    keys = [_band_sort_keys(lines, N, bins) for bins in _BAND_ANGLE_BINS]
+    return [_sorted_across_frames(key, size) for size in sizes for key in keys]
 
 
 def build_tile_plan_from_runs(
