@@ -24,7 +24,6 @@ musl) nothing changes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 #: mallopt parameters (glibc malloc.h)
@@ -37,14 +36,13 @@ ENV = "CAMVID_CPU_ALLOCATOR"
 
 
 def _libc():
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The process's own C library when it is glibc, else None (the symbols already loaded: no search
+    for the library file, which can start ``ldconfig``, at every entry point's start)."""
     try:
-        libc = ctypes.CDLL(name)
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
 
 
 def reuse_freed_memory(max_block: int = MAX_BLOCK, keep: int = KEEP, env=None, default: str = "reuse") -> bool:
