@@ -17,7 +17,8 @@ times each plan with the tilings of one query frame only (no band-sorted tiles a
 band-sorted tiles of each size at several levels and fits the cost model that picks among them
 (``camvid.attention.sparse.GATHER_ROW_PAIRS``, ``TILE_PAIRS``):
 
-    python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128 256 --threads 2 --repeat 15
+    python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128 256 --threads 2 --repeat 15 --kernel fused
+    python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128 --threads 2 --repeat 15 --kernel compiled
 """
 
 from __future__ import annotations
@@ -92,9 +93,11 @@ def band_tiles(args) -> list[dict]:
     """Forward and forward+backward time of ``epipolar_ref``'s kernel (4 register tokens) per band tile
     size and level, and the least-squares fit of the forward, time = a * pairs + b * gathered rows + c *
     tiles, behind ``GATHER_ROW_PAIRS`` (b / a) and ``TILE_PAIRS`` (c / a) of ``camvid.attention.sparse``."""
-    from camvid.attention import sparse
+    from camvid.attention import cpu_kernel, sparse
     from camvid.attention.blocksparse import block_sparse_attention_packed
 
+    gather, per_tile = sparse.tile_costs(torch.device("cpu"))  # the forward's constants (no gradient recorded)
+    print(f"kernel: {'compiled' if cpu_kernel.available() else 'fused'} (CAMVID_SPARSE_KERNEL)\n")
     print("| level | tile queries | tiles | gathered rows | computed pairs | fwd wall (ms) | fwd+bwd wall (ms) | "
           "model (pairs) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -122,7 +125,7 @@ def band_tiles(args) -> list[dict]:
             tiles = sum(c.key_ids.shape[0] for c in plan.chunks)
             gathered = sum(c.key_ids.numel() for c in plan.chunks)
             pairs = sum(c.key_ids.numel() * c.query_ids.shape[1] for c in plan.chunks)
-            model = pairs + sparse.GATHER_ROW_PAIRS * gathered + sparse.TILE_PAIRS * tiles
+            model = pairs + gather * gathered + per_tile * tiles
             rows.append({"level": level, "queries": n, "tiles": tiles, "rows": gathered, "pairs": pairs,
                          "ms": 1e3 * statistics.median(times[(n, "fwd")]),
                          "step_ms": 1e3 * statistics.median(times[(n, "step")]), "model": model})
@@ -135,7 +138,7 @@ def band_tiles(args) -> list[dict]:
         a, b, c = torch.linalg.lstsq(A, y.unsqueeze(1)).solution.squeeze(1).tolist()
         if a > 0:
             print(f"\nfit: time = {a:.3e} ms x (pairs + {b / a:.1f} x gathered rows + {c / a:.0f} x tiles); "
-                  f"in use: GATHER_ROW_PAIRS = {sparse.GATHER_ROW_PAIRS}, TILE_PAIRS = {sparse.TILE_PAIRS}")
+                  f"in use for this kernel: {gather} and {per_tile}")
     return rows
 
 
@@ -155,7 +158,11 @@ def main():
                          "--band-levels, and the fit behind camvid.attention.sparse.GATHER_ROW_PAIRS")
     ap.add_argument("--band-levels", nargs="*", default=["256x256:32x32", "512x320:40x64", "512x320:20x32"],
                     help="SIZE:LEVEL pairs for --band-tiles")
+    ap.add_argument("--kernel", choices=["auto", "compiled", "fused"], default=None,
+                    help="the block-sparse forward kernel (sets CAMVID_SPARSE_KERNEL; default: as set, else auto)")
     args = ap.parse_args()
+    if args.kernel:
+        os.environ["CAMVID_SPARSE_KERNEL"] = args.kernel
     torch.set_num_threads(args.threads)
     if args.band_tiles:
         print(f"# command: python benchmarks/blocksparse_chunks.py {' '.join(sys.argv[1:])}".rstrip())

@@ -360,8 +360,7 @@ def test_band_tiles_of_several_sizes_compete_under_the_cost_model(monkeypatch, k
     want = ctx.mask(kind, (16, 16))
 
     def chosen(gather, tile):
-        monkeypatch.setattr(sparse, "GATHER_ROW_PAIRS", gather)
-        monkeypatch.setattr(sparse, "TILE_PAIRS", tile)
+        monkeypatch.setattr(sparse, "tile_costs", lambda device, grad=False: (gather, tile))
         plan = build_tile_plan_from_runs(runs.start, runs.end, (16, 16))
         assert torch.equal(rebuilt_mask(plan).reshape(want.shape), want)
         return plan.chunks[0].query_ids.shape[1]
@@ -370,6 +369,24 @@ def test_band_tiles_of_several_sizes_compete_under_the_cost_model(monkeypatch, k
     assert chosen(10_000, 1_000_000) == 128  # gathers and tiles dominate: the biggest band tiles
     monkeypatch.setattr(sparse, "_BAND_TILE_SCALES", (1,))
     assert chosen(10_000, 1_000_000) == 32  # no bigger candidates: every tiling has 32 queries
+
+
+def test_cost_model_takes_the_constants_of_the_kernel_that_will_run(monkeypatch):
+    """The compiled CPU kernel's forward has no gather or per-tile cost: computed pairs alone; the fused
+    kernel (CAMVID_SPARSE_KERNEL=fused, CUDA, and every backward pass: plans built while gradients are
+    recorded) weighs gathered rows and tiles."""
+    from camvid.attention import cpu_kernel
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    fused = (sparse.GATHER_ROW_PAIRS, sparse.TILE_PAIRS)
+    compiled = (sparse.COMPILED_GATHER_ROW_PAIRS, sparse.COMPILED_TILE_PAIRS)
+    assert compiled != fused
+    monkeypatch.setenv("CAMVID_SPARSE_KERNEL", "fused")
+    assert sparse.tile_costs(cpu) == fused and sparse.tile_costs(cuda) == fused
+    monkeypatch.setenv("CAMVID_SPARSE_KERNEL", "auto")
+    assert sparse.tile_costs(cuda) == fused
+    assert sparse.tile_costs(cpu) == (compiled if cpu_kernel.available() else fused)
+    assert sparse.tile_costs(cpu, grad=True) == fused
 
 
 def test_band_tile_benchmark_forces_each_size():
@@ -393,5 +410,5 @@ def test_band_tile_benchmark_times_each_size_with_the_models_cost():
     assert [r["queries"] for r in rows] == [32, 64, 128]
     assert all(r["ms"] > 0 and r["step_ms"] > 0 for r in rows)
     assert [r["tiles"] for r in rows] == [rows[0]["tiles"] // k for k in (1, 2, 4)]
-    assert all(r["model"] == r["pairs"] + sparse.GATHER_ROW_PAIRS * r["rows"] + sparse.TILE_PAIRS * r["tiles"]
-               for r in rows)
+    gather, per_tile = sparse.tile_costs(torch.device("cpu"))
+    assert all(r["model"] == r["pairs"] + gather * r["rows"] + per_tile * r["tiles"] for r in rows)

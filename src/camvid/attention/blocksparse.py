@@ -25,6 +25,7 @@ import threading
 
 import torch
 
+from camvid.attention import cpu_kernel
 from camvid.geometry.epipolar import one_thread  # small or scatter ops: one thread is faster
 
 __all__ = ["block_sparse_attention", "block_sparse_attention_packed", "pack_kv", "prepare_plan"]
@@ -199,6 +200,15 @@ class _BlockSparseAttention(torch.autograd.Function):
     def forward(ctx, q, kv, R, plan):
         # q (Nq, H, D); kv (rows, 2, H, D): per sample R register rows then Lk keys (see _chunk_inputs)
         Nq, H, D = q.shape
+        ctx.plan, ctx.R = plan, R
+        if cpu_kernel.usable(q, kv):  # the compiled kernel: rows read and written in place
+            def inputs():
+                return [_chunk_inputs(c, R, plan.num_keys, q.dtype) for c in plan.chunks]
+            out, lse = cpu_kernel.tile_attention_forward(q, kv, R, plan, inputs, with_lse=any(ctx.needs_input_grad))
+            ctx.compiled = True
+            ctx.save_for_backward(q, kv, out, *([] if lse is None else [lse]))
+            return out
+        ctx.compiled = False
         ids, bounds, inverse = _tile_order(plan)
         ws = _workspace(plan)
         # (Nq, H, D) in chunk order; a reused buffer when no gradient will need it (it is saved otherwise)
@@ -215,16 +225,37 @@ class _BlockSparseAttention(torch.autograd.Function):
             ordered[a:b].view(n, Q, H, D).copy_(o)
             outs.append(o)
             lses.append(lse_c)  # (n, H, Q)
-        ctx.plan, ctx.R = plan, R
         ctx.save_for_backward(qs, kv, *outs, *lses)
         return ordered.index_select(0, inverse)
 
     @staticmethod
+    def _compiled_saved(ctx):
+        """The compiled forward's saved q, out (query order) and flat lse -> the fused layout: q in chunk
+        order, and per chunk its outputs (n, Q, H, D) and log-sum-exp (n, H, Q)."""
+        plan = ctx.plan
+        q, kv, out, lse = ctx.saved_tensors
+        ids, _, _ = _tile_order(plan)
+        Nq, H, D = q.shape
+        qs = q.index_select(0, ids)
+        os_ = out.index_select(0, ids)
+        outs, lses, at, off = [], [], 0, 0
+        for c in plan.chunks:
+            n, Q = c.query_ids.shape
+            outs.append(os_[at:at + n * Q].view(n, Q, H, D))
+            lses.append(lse[off:off + n * H * Q].view(n, H, Q))
+            at += n * Q
+            off += n * H * Q
+        return qs, kv, outs, lses
+
+    @staticmethod
     def backward(ctx, dout):
         plan, R = ctx.plan, ctx.R
-        qs, kv, *rest = ctx.saved_tensors
-        nc = len(plan.chunks)
-        outs, lses = rest[:nc], rest[nc:]
+        if ctx.compiled:
+            qs, kv, outs, lses = _BlockSparseAttention._compiled_saved(ctx)
+        else:
+            qs, kv, *rest = ctx.saved_tensors
+            nc = len(plan.chunks)
+            outs, lses = rest[:nc], rest[nc:]
         Nq, H, D = qs.shape
         ids, bounds, _ = _tile_order(plan)
         ws = _workspace(plan)

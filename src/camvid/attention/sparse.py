@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from camvid.attention import cpu_kernel
 from camvid.attention.blocksparse import block_sparse_attention, block_sparse_attention_packed
 from camvid.geometry.epipolar import one_thread
 
@@ -324,7 +325,26 @@ forward times with band-sorted tiles of 32, 64, 128 and 256 queries at 32x32, 40
 threads). Gathered rows and tiles grow together, so each run's fit splits the cost between them
 differently (other runs: -2 and 1975, 31 and -555); these constants, from the fit of a first run of the same measurement, rank 128
 queries first at all three levels, as the measured times do
-(``python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128 256``, docs/performance.md)."""
+(``python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128 256``, docs/performance.md). These are
+the costs of PyTorch's fused kernel (``CAMVID_SPARSE_KERNEL=fused``, other dtypes, CUDA)."""
+COMPILED_GATHER_ROW_PAIRS, COMPILED_TILE_PAIRS = 0, 0
+"""The same for the compiled CPU kernel's forward (``camvid.attention.cpu_kernel``), which reads a
+tile's rows in place and has no per-call cost: computed pairs alone. Its forward is fastest with band
+tiles of 32 queries for ``epipolar_ref`` at 32x32 (12.2 ms against 14.3 ms with 128) and within 5 % of
+the fastest size at 40x64 and 20x32 (``python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128
+--kernel compiled``, docs/performance.md). The backward pass stays on the fused kernel, so a plan built
+while gradients are recorded (training) keeps the fused kernel's costs: forward+backward is faster with
+the bigger tiles they pick (66 ms against 74 ms at 32x32)."""
+
+
+def tile_costs(device: torch.device, grad: bool = False) -> tuple[float, float]:
+    """(gathered-row cost, per-tile cost) in pairs for the kernels that will run a plan on ``device``:
+    the compiled forward for float32 on a CPU where it builds and no gradient is recorded (``grad``),
+    else the fused kernel's. A plan is chosen before the dtype is known; float32 is what training and
+    sampling run in on a CPU."""
+    if device.type == "cpu" and not grad and cpu_kernel.available():
+        return COMPILED_GATHER_ROW_PAIRS, COMPILED_TILE_PAIRS
+    return GATHER_ROW_PAIRS, TILE_PAIRS
 
 
 def _band_lines(lo: torch.Tensor, hi: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -490,10 +510,12 @@ def _plan_from_runs(start, end, feat_hw, order, tile_hw, tile_frames, packing) -
     # one key frame for every query (epipolar_ref, cross_video): tiles may also gather queries of all frames
     candidates = _candidate_tiles(N, Lq // hw, feat_hw, order, tile_hw, tile_frames, (lo, hi) if S == 1 else None)
     if len(candidates) > 1:
+        gather, per_tile = tile_costs(device, torch.is_grad_enabled())
+
         def estimate(qids):  # cost per query, in pairs (GATHER_ROW_PAIRS, TILE_PAIRS)
             sample = qids[:: max(1, len(qids) // _ESTIMATE_TILES)]
             keys = int(_hulls(lo, hi, sample, w)[1].sum()) / len(sample)
-            return keys * (1 + GATHER_ROW_PAIRS / qids.shape[1]) + TILE_PAIRS / qids.shape[1]
+            return keys * (1 + gather / qids.shape[1]) + per_tile / qids.shape[1]
         candidates = [min(candidates, key=estimate)]
     qids = candidates[0].to(device)  # (tiles, Q) into N*Lq
     first, length = _hulls(lo, hi, qids, w)  # (tiles, G)
