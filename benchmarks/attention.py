@@ -414,23 +414,28 @@ def attention_level(spec: dict, K, c2w) -> dict:
         if path in ("dense", "sparse", "flex"):
             ctx.runs(kind, (h, w))  # masks are memoised per forward: built before timing
         if path == "sparse":
+            from camvid.attention import cpu_kernel
             from camvid.attention.blocksparse import forward_padding, prepare_plan
 
             regs = 0 if cross else module.epipolar_attn.num_register_tokens
+            compiled = x.dtype == torch.float32 and cpu_kernel.available()
+            pad = (lambda width: -width % cpu_kernel.LANES) if compiled else forward_padding
             t0 = time.perf_counter()
-            plan = ctx.tile_plan(kind, (h, w))
+            with torch.set_grad_enabled(spec["mode"] == "fwdbwd"):  # as the entry points build it
+                plan = ctx.tile_plan(kind, (h, w))
             prepare_plan(plan, regs, x.dtype)  # the per-chunk biases belong to the plan's cost
             plan_time = time.perf_counter() - t0
             runs = ctx.runs(kind, (h, w))
             density = float((runs.end.long() - runs.start.long()).clamp(min=0).sum()) / (
                 runs.start.shape[0] * runs.num_queries * runs.start.shape[2] * h * w)
             q_tile = plan.chunks[0].query_ids.shape[1]
-            aligned = sum(c.shape[0] * c.shape[1] * forward_padding(regs + c.shape[2]) for c in plan.chunks) / (
+            aligned = sum(c.shape[0] * c.shape[1] * pad(regs + c.shape[2]) for c in plan.chunks) / (
                 plan.batch * plan.num_queries * plan.num_keys)
             notes["sparse"] = (f"plan {plan_time:.2f}s (once per level and training step, shared by the level's "
                                f"layers, not in the time); computes {100 * plan.computed_fraction:.1f}% of pairs "
                                f"(mask density {100 * density:.1f}%, {q_tile}-query tiles, {len(plan.chunks)} chunks; "
-                               f"the forward adds {100 * aligned:.2f}% as masked alignment slots, not in the limit)")
+                               f"the forward adds {100 * aligned:.2f}% as masked alignment slots, not in the limit; "
+                               f"forward kernel: {'compiled' if compiled else 'fused'})")
             ours["fraction"] = plan.computed_fraction
             ours["plan_time"] = plan_time
         if path == "flex":

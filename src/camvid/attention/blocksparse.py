@@ -14,6 +14,11 @@ The backward pass re-gathers each chunk and calls the fused kernel's backward wi
 saved output and log-sum-exp (recomputation, as FlashAttention): no scores are stored, and the
 gathered keys' and values' gradients are scattered back with one ``index_add_`` each per chunk.
 
+In float32 on a CPU the forward pass runs on the compiled kernel of ``camvid.attention.cpu_kernel``
+instead where it builds: it reads each tile's queries, keys and values in place and writes each output
+row in place (no permutation, gather or output copy). Its outputs and log-sum-exp feed the same
+backward pass. ``CAMVID_SPARSE_KERNEL=fused`` keeps the fused kernel for the forward too.
+
 A query with no key and no register is a fully masked row: the fused kernel returns 0 for it and
 passes no gradient through it, the convention of every path here.
 """

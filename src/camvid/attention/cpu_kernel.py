@@ -165,14 +165,17 @@ def available() -> bool:
     return kernel_mode() != "fused" and load_kernel() is not None
 
 
-_POOL: dict[int, ThreadPoolExecutor] = {}
+_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
+    """Worker threads for the C loop, per process (a forked child, e.g. a data loader worker, does not
+    inherit the parent's threads: it starts its own pool)."""
+    key = (os.getpid(), threads)
     with _LOCK:
-        if threads not in _POOL:
-            _POOL[threads] = ThreadPoolExecutor(threads, thread_name_prefix="camvid-tiles")
-        return _POOL[threads]
+        if key not in _POOL:
+            _POOL[key] = ThreadPoolExecutor(threads, thread_name_prefix="camvid-tiles")
+        return _POOL[key]
 
 
 def tile_attention_forward(q: torch.Tensor, kv: torch.Tensor, R: int, plan, inputs, with_lse: bool = True):
