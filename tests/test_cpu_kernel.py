@@ -136,3 +136,51 @@ def test_build_is_cached_by_source_flags_compiler_and_cpu(monkeypatch, tmp_path)
     monkeypatch.setattr(cpu_kernel, "_cpu_fingerprint", lambda: "flags : another cpu")
     cpu_kernel.load_kernel()  # another CPU (a shared home directory): its own build
     assert len(list(tmp_path.glob("tile_attention-*.so"))) == 2
+
+
+def _forward_in_child(conn, q, kv, plan, want):
+    import numpy as np  # compared with numpy: a torch op with an OpenMP region could hang in a forked child
+
+    out = blocksparse._BlockSparseAttention.apply(q, kv, 0, plan)
+    conn.send(bool(np.array_equal(out.numpy(), want.numpy())))
+    conn.close()
+
+
+def test_threads_split_tiles_without_changing_a_value_and_a_forked_child_gets_its_own(monkeypatch):
+    """Every tile is computed whole by one thread: 1 or 2 threads give the same bits. A forked process
+    (a data loader worker) does not inherit the parent's worker threads; it starts its own pool."""
+    import multiprocessing as mp
+
+    monkeypatch.setenv("CAMVID_SPARSE_KERNEL", "compiled")
+    g = torch.Generator().manual_seed(8)
+    plan = random_plan(g, 60, [(16, 32, 17), (8, 32, 40)])
+    q = torch.randn(plan.num_queries, 2, 32, generator=g)
+    kv = torch.randn(plan.num_keys, 2, 2, 32, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = blocksparse._BlockSparseAttention.apply(q, kv, 0, plan)
+        torch.set_num_threads(2)
+        two = blocksparse._BlockSparseAttention.apply(q, kv, 0, plan)  # the parent's pool of 2 now exists
+        assert torch.equal(one, two)
+        parent, child = mp.get_context("fork").Pipe()
+        proc = mp.get_context("fork").Process(target=_forward_in_child, args=(child, q, kv, plan, two), daemon=True)
+        proc.start()
+        try:
+            assert parent.poll(60), "the forked child's kernel call did not return"
+            assert parent.recv() is True
+        finally:
+            proc.kill()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_prepare_plan_makes_the_kernel_descriptors_before_the_first_call(monkeypatch):
+    monkeypatch.setenv("CAMVID_SPARSE_KERNEL", "compiled")
+    plan = random_plan(torch.Generator().manual_seed(3), 30, [(2, 8, 6)])
+    blocksparse.prepare_plan(plan, 2, torch.float32)
+    arr, keep, queries = plan._c_descriptors[2]
+    assert queries == plan.num_queries and [d.W for d in arr] == [16]  # 2 registers + 6 keys, padded to 16
+    q, kv = torch.randn(16, 1, 16), torch.randn(2 + 30, 2, 1, 16)
+    blocksparse._BlockSparseAttention.apply(q, kv, 2, plan)
+    assert plan._c_descriptors[2][0] is arr  # used, not remade

@@ -149,12 +149,21 @@ def _chunk_inputs(chunk, R: int, num_keys: int, dtype, aligned: bool = False):
 
 
 def prepare_plan(plan, num_registers: int, dtype=torch.float32) -> None:
-    """Make every chunk's key ids and additive bias now (otherwise the first call makes them), so
-    the cost of a plan can be measured whole: the tiles and slot intervals plus these."""
+    """Make every chunk's key ids and additive bias now (otherwise the first call makes them), and the
+    compiled kernel's descriptors where it will run, so the cost of a plan can be measured whole: the
+    tiles and slot intervals plus these."""
     with one_thread():  # small ops: see build_tile_plan_from_runs
         for c in plan.chunks:
             _chunk_inputs(c, num_registers, plan.num_keys, dtype)
             _chunk_inputs(c, num_registers, plan.num_keys, dtype, aligned=True)
+        if dtype == torch.float32 and plan.chunks and plan.chunks[0].query_ids.device.type == "cpu" \
+                and cpu_kernel.available():
+            cpu_kernel.descriptors(plan, num_registers, _inputs(plan, num_registers, dtype))
+
+
+def _inputs(plan, R, dtype):
+    """Each chunk's key row ids and bias, for ``cpu_kernel.descriptors``."""
+    return lambda: [_chunk_inputs(c, R, plan.num_keys, dtype) for c in plan.chunks]
 
 
 def pack_kv(k, v, reg_k=None, reg_v=None):
@@ -207,9 +216,8 @@ class _BlockSparseAttention(torch.autograd.Function):
         Nq, H, D = q.shape
         ctx.plan, ctx.R = plan, R
         if cpu_kernel.usable(q, kv):  # the compiled kernel: rows read and written in place
-            def inputs():
-                return [_chunk_inputs(c, R, plan.num_keys, q.dtype) for c in plan.chunks]
-            out, lse = cpu_kernel.tile_attention_forward(q, kv, R, plan, inputs, with_lse=any(ctx.needs_input_grad))
+            out, lse = cpu_kernel.tile_attention_forward(q, kv, R, plan, _inputs(plan, R, q.dtype),
+                                                         with_lse=any(ctx.needs_input_grad))
             ctx.compiled = True
             ctx.save_for_backward(q, kv, out, *([] if lse is None else [lse]))
             return out

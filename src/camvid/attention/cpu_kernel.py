@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "kernel_mode", "load_kernel", "tile_attention_forward", "usable"]
+__all__ = ["available", "descriptors", "kernel_mode", "load_kernel", "tile_attention_forward", "usable"]
 
 SOURCE = Path(__file__).with_name("tile_attention.c")
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11", "-ffp-contract=fast", "-fno-math-errno"]
@@ -133,12 +133,12 @@ def usable(q: torch.Tensor, kv: torch.Tensor) -> bool:
     return load_kernel() is not None
 
 
-def _descriptors(plan, R: int, H: int, inputs):
-    """The chunks' C descriptors (kept on the plan with the tensors they point into) and the lse size;
-    ``inputs`` gives each chunk's key row ids and (n, 1, Q, W) additive bias (``blocksparse``)."""
+def descriptors(plan, R: int, inputs):
+    """The chunks' C descriptors, kept on the plan with the tensors they point into (made once per
+    plan and register count: every layer and head of the level reuses them), and the number of queries.
+    ``inputs()`` gives each chunk's key row ids and (n, 1, Q, W) additive bias (``blocksparse``)."""
     cache = plan.__dict__.setdefault("_c_descriptors", {})
-    key = (R, H)
-    if key not in cache:
+    if R not in cache:
         arr = (_Chunk * len(plan.chunks))()
         keep, unit, off = [], 0, 0
         for slot, c, (kids, bias) in zip(arr, plan.chunks, inputs()):
@@ -154,10 +154,10 @@ def _descriptors(plan, R: int, H: int, inputs):
             slot.qids, slot.kids, slot.bias = qids.data_ptr(), kids.data_ptr(), bias.data_ptr()
             slot.n, slot.Q, slot.W, slot.first_unit, slot.lse_offset = n, Q, W, unit, off
             unit += n
-            off += n * H * Q
+            off += n * Q
         cache.clear()  # one register count per level in practice: keep one set
-        cache[key] = (arr, keep, off)
-    return cache[key]
+        cache[R] = (arr, keep, off)
+    return cache[R]
 
 
 def available() -> bool:
@@ -182,12 +182,12 @@ def tile_attention_forward(q: torch.Tensor, kv: torch.Tensor, R: int, plan, inpu
     """q (Nq, H, D), kv (rows, 2, H, D) (per sample its ``R`` register rows then its keys) -> out (Nq, H,
     D) in query order, and the log-sum-exp (None unless ``with_lse``): one flat buffer holding each
     chunk's (n, H, Q) block, chunk after chunk (the fused kernel's layout). ``inputs()`` gives each
-    chunk's key row ids and additive bias (see ``_descriptors``)."""
+    chunk's key row ids and additive bias (see ``descriptors``)."""
     lib = load_kernel()
     Nq, H, D = q.shape
-    arr, _, lse_size = _descriptors(plan, R, H, inputs)
+    arr, _, queries = descriptors(plan, R, inputs)
     out = q.new_empty(Nq, H, D)
-    lse = q.new_empty(lse_size) if with_lse else None
+    lse = q.new_empty(queries * H) if with_lse else None
     counter = ctypes.c_int64(0)
     threads = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
     args = (arr, len(arr), H, D, q.data_ptr(), q.stride(0), kv.data_ptr(), kv.stride(0), kv.stride(1),

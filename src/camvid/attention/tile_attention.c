@@ -83,7 +83,7 @@ typedef struct {
     const float *bias;    /* (n, Q, W) additive mask: 0 or -inf */
     int64_t n, Q, W;
     int64_t first_unit;   /* units of the chunks before this one: sum of n * H */
-    int64_t lse_offset;   /* floats of the lse buffer before this chunk: sum of n * H * Q */
+    int64_t lse_offset;   /* queries of the chunks before this one: sum of n * Q (times H: floats of lse) */
 } Chunk;
 
 /* S[i, :Wp] = Qs[i] . Kt for rows [0, Q): 4 rows x 32 keys per register block, then the rests. */
@@ -233,7 +233,7 @@ static void tile(const Chunk *ch, int64_t t, int64_t H, int64_t D, const float *
                     m = vmax(x, m);
                 }
                 float mx = hmax(m);
-                float *l = lse ? lse + ch->lse_offset + (t * H + h) * Q + i : NULL;
+                float *l = lse ? lse + ch->lse_offset * H + (t * H + h) * Q + i : NULL;
                 orow[r] = out + qids[i] * out_row + h * D;
                 if (mx == -INFINITY) { /* no key and no register: 0, no gradient (lse 0, as the fused kernel) */
                     for (int64_t j = 0; j < W; j++) s[j] = 0.0f;
