@@ -70,8 +70,9 @@ def test_compiled_forward_and_gradients_equal_dense_attention(R, H, D, monkeypat
 def test_compiled_and_fused_paths_agree_on_a_real_plan_and_strided_kv(monkeypatch):
     """A cross-video plan of the context at 16x16, keys and values as the strided k/v columns of a fused
     q/k/v projection (the module's layout); the compiled kernel reads them in place."""
-    from camvid.attention import AttentionContext
     from tests.test_attention_paths import cameras
+
+    from camvid.attention import AttentionContext
 
     K, c2w = cameras(2, (128, 128), dtype=torch.float32)
     ctx = AttentionContext(K=K, c2w=c2w, image_hw=(128, 128), num_views=2, path="sparse")
