@@ -127,6 +127,21 @@ def cameras(T: int, image_hw: tuple[int, int], seed: int = 0):
     return K, c2w
 
 
+def with_kernel(mode: str, fn):
+    """``fn`` run with ``CAMVID_SPARSE_KERNEL=mode`` (the sparse path's forward kernel, read at every call)."""
+    def run():
+        old = os.environ.get("CAMVID_SPARSE_KERNEL")
+        os.environ["CAMVID_SPARSE_KERNEL"] = mode
+        try:
+            return fn()
+        finally:
+            if old is None:
+                os.environ.pop("CAMVID_SPARSE_KERNEL")
+            else:
+                os.environ["CAMVID_SPARSE_KERNEL"] = old
+    return run
+
+
 def view_cameras(K, c2w, views: int):
     """``cameras``' clip as ``views`` videos (cross_video's batch): the same cameras, the second video
     (the partner) shifted sideways by 0.2."""
@@ -460,6 +475,10 @@ def attention_level(spec: dict, K, c2w) -> dict:
             kernel_ref = blk._attend(qa, kva, ctx_for("dense"), kind, (h, w))
         kplan, regs_k = plan, blk.num_register_tokens  # the module's sparse path's plan (built above)
         calls["kernel_sparse"] = lambda: tiled_sparse_attention_packed(qa, kva, kplan, regs_k)
+        from camvid.attention import cpu_kernel
+
+        if qa.dtype == torch.float32 and cpu_kernel.available():  # the same kernel with the fused forward
+            calls["kernel_sparse_fused"] = with_kernel("fused", calls["kernel_sparse"])
         calls["kernel_unmasked"] = lambda: torch.nn.functional.scaled_dot_product_attention(
             qa.transpose(1, 2), kva[:, :, 0].transpose(1, 2), kva[:, :, 1].transpose(1, 2))
         notes["kernel_unmasked"] = "the module's unmasked attention call alone (no projections)"
@@ -491,7 +510,7 @@ def attention_level(spec: dict, K, c2w) -> dict:
             times[name].append(measure_once(step(fn))[0])
     result = {"paths": {}}
     for name in calls:
-        ref_y, ref_g = (kernel_ref, None) if name == "kernel_sparse" else outs.get("public", (None, None))
+        ref_y, ref_g = (kernel_ref, None) if name.startswith("kernel_sparse") else outs.get("public", (None, None))
         y, gx = outs[name]
         diff = float("nan") if ref_y is None or y.shape != ref_y.shape else float((y - ref_y).abs().max())
         if gx is not None and ref_g is not None:
@@ -695,6 +714,7 @@ def attention_table(base: dict, L: int, feat_hw, paths, args) -> None:
                                          else "projections only (public layers)"),
                          "projections_ours": "projections only (ours, fused)",
                          "kernel_sparse": "attention alone: ours sparse kernel",
+                         "kernel_sparse_fused": "attention alone: ours sparse kernel, fused forward",
                          "kernel_unmasked": "attention alone: unmasked SDPA"}.get(name, f"ours {name}")
                 whole = pub and not name.startswith("kernel_")  # the kernel rows leave the projections out
                 sp = f"{pub['time'] / r['time']:.2f}x" if whole else "-"
@@ -704,8 +724,10 @@ def attention_table(base: dict, L: int, feat_hw, paths, args) -> None:
                 if name == "sparse" and limit:
                     note += (f"; density limit {limit:.3f}s, sparse/limit {r['time'] / limit:.2f}; "
                              f"sparse/unmasked {r['time'] / res['paths']['unmasked']['time']:.2f}")
-                if name == "kernel_sparse" and "fraction" in res and "kernel_unmasked" in res["paths"]:
+                if name.startswith("kernel_sparse") and "fraction" in res and "kernel_unmasked" in res["paths"]:
                     klimit = res["paths"]["kernel_unmasked"]["time"] * res["fraction"]
+                    if name == "kernel_sparse_fused":
+                        note += "CAMVID_SPARSE_KERNEL=fused (PyTorch's fused kernel per chunk), the same plan; "
                     note += (f"same q and k/v as the module; kernel density limit {klimit:.4f}s (unmasked SDPA "
                              f"x the fraction computed), kernel/limit {r['time'] / klimit:.2f}")
                 print(f"| {variant} | {mode} | {label} | {r['time']:.3f} | {fmt_mem(r['mem'])} | {sp} | {mm} | "

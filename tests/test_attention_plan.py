@@ -2,6 +2,7 @@
 slot intervals and the additive bias made from them, all exact against the dense mask."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -336,6 +337,11 @@ def test_attention_benchmark_times_the_kernel_alone_exact_against_dense(variant)
     paths = bench.attention_level({**spec, "mode": "fwd"}, K, c2w)["paths"]
     assert {"public", "unmasked", "sparse", "kernel_sparse", "kernel_unmasked"} <= set(paths)
     assert paths["kernel_sparse"]["diff"] < 1e-5 and paths["sparse"]["diff"] < 1e-5
+    from camvid.attention import cpu_kernel
+
+    if cpu_kernel.available():  # the same kernel call with the fused forward beside the compiled one
+        assert paths["kernel_sparse_fused"]["diff"] < 1e-5
+        assert os.environ.get("CAMVID_SPARSE_KERNEL") != "fused"  # restored after each call
     assert math.isnan(paths["kernel_unmasked"]["diff"])  # another computation: nothing to compare
     assert all(p["time"] > 0 for p in paths.values())
     paths = bench.attention_level({**spec, "mode": "fwdbwd"}, K, c2w)["paths"]
