@@ -463,6 +463,13 @@ def attention_level(spec: dict, K, c2w) -> dict:
         else:
             calls[path] = (lambda c=ctx: module(x, c, (h, w)))
 
+    if "sparse" in calls and x.device.type == "cpu" and x.dtype == torch.float32:
+        from camvid.attention import cpu_kernel
+
+        if cpu_kernel.available():  # the same path, plan and inputs with PyTorch's fused kernel forward
+            calls["sparse_fused"] = with_kernel("fused", calls["sparse"])
+            notes["sparse_fused"] = "CAMVID_SPARSE_KERNEL=fused: the same plan, the fused kernel's forward"
+
     if "sparse" in spec["paths"] and variant != "cross_video" and mode == "fwd":
         # the attention alone, on the same projected q and k/v: our sparse kernel and unmasked SDPA (the
         # module's unmasked call); their ratio, against the fraction of pairs computed, is the kernel's
@@ -713,6 +720,7 @@ def attention_table(base: dict, L: int, feat_hw, paths, args) -> None:
                          "projections": ("module layers only (no attention)" if variant == "cross_video"
                                          else "projections only (public layers)"),
                          "projections_ours": "projections only (ours, fused)",
+                         "sparse_fused": "ours sparse, fused forward",
                          "kernel_sparse": "attention alone: ours sparse kernel",
                          "kernel_sparse_fused": "attention alone: ours sparse kernel, fused forward",
                          "kernel_unmasked": "attention alone: unmasked SDPA"}.get(name, f"ours {name}")

@@ -340,12 +340,14 @@ def test_attention_benchmark_times_the_kernel_alone_exact_against_dense(variant)
     from camvid.attention import cpu_kernel
 
     if cpu_kernel.available():  # the same kernel call with the fused forward beside the compiled one
-        assert paths["kernel_sparse_fused"]["diff"] < 1e-5
+        assert paths["kernel_sparse_fused"]["diff"] < 1e-5 and paths["sparse_fused"]["diff"] < 1e-5
         assert os.environ.get("CAMVID_SPARSE_KERNEL") != "fused"  # restored after each call
     assert math.isnan(paths["kernel_unmasked"]["diff"])  # another computation: nothing to compare
     assert all(p["time"] > 0 for p in paths.values())
     paths = bench.attention_level({**spec, "mode": "fwdbwd"}, K, c2w)["paths"]
     assert "kernel_sparse" not in paths and paths["sparse"]["diff"] < 1e-5
+    if cpu_kernel.available():
+        assert paths["sparse_fused"]["diff"] < 1e-5
 
 
 @pytest.mark.parametrize("kind", ["ref", "cross"])
