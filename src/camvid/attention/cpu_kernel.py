@@ -143,13 +143,8 @@ def descriptors(plan, R: int, inputs):
         keep, unit, off = [], 0, 0
         for slot, c, (kids, bias) in zip(arr, plan.chunks, inputs()):
             n, Q = c.query_ids.shape
-            W = bias.shape[-1]
-            extra = -W % LANES  # the kernel works on 16 keys at a time: pad with a masked valid row
-            kids = kids.view(n, W)
-            kids = torch.cat([kids, kids[:, :1].expand(n, extra)], 1).contiguous()
-            bias = torch.nn.functional.pad(bias.reshape(n, Q, W), (0, extra), value=float("-inf")).contiguous()
-            qids = c.query_ids.contiguous()
-            W += extra
+            W = bias.shape[-1]  # the kernel pads each tile to 16 keys itself: no copies of these here
+            qids, kids, bias = c.query_ids.contiguous(), kids.contiguous(), bias.contiguous()
             keep += [qids, kids, bias]
             slot.qids, slot.kids, slot.bias = qids.data_ptr(), kids.data_ptr(), bias.data_ptr()
             slot.n, slot.Q, slot.W, slot.first_unit, slot.lse_offset = n, Q, W, unit, off

@@ -3,7 +3,7 @@
    Compiled on first use by camvid.attention.cpu_kernel (cc -O3 -march=native), called through ctypes
    by one thread per core; the threads take tiles from a shared counter.
 
-   For one tile of Q queries and its W key rows (W a multiple of 16: the caller pads), head by head:
+   For one tile of Q queries and its W key rows (padded to a multiple of 16 here), head by head:
      S = (Q rows * scale) . K^T + bias      queries and key rows read where they are (row ids)
      P = exp(S - max), l = sum P             a row with no key (all -inf) gets 0 and lse 0
      out row = (P . V) / l                   written straight to the query's own row
@@ -205,11 +205,17 @@ static void transpose_keys(const float *restrict kv, const int64_t *restrict kof
 static void tile(const Chunk *ch, int64_t t, int64_t H, int64_t D, const float *restrict q, int64_t q_row,
                  const float *restrict kv, int64_t kv_row, int64_t v_off, float *restrict out, int64_t out_row,
                  float *restrict lse, float scale, float *restrict Qs, float *restrict Kt, float *restrict S,
-                 const float **vrow, int64_t *restrict koff) {
-    const int64_t Q = ch->Q, W = ch->W;
-    const int64_t *qids = ch->qids + t * Q, *kids = ch->kids + t * W;
-    const float *bias = ch->bias + t * Q * W;
-    for (int64_t j = 0; j < W; j++) koff[j] = kids[j] * kv_row;
+                 float *restrict B, const float **vrow, int64_t *restrict koff) {
+    const int64_t Q = ch->Q, Wt = ch->W, W = (Wt + VL - 1) / VL * VL; /* the tile's keys, padded to 16 */
+    const int64_t *qids = ch->qids + t * Q, *kids = ch->kids + t * Wt;
+    const float *bt = ch->bias + t * Q * Wt;
+    for (int64_t j = 0; j < Wt; j++) koff[j] = kids[j] * kv_row;
+    for (int64_t j = Wt; j < W; j++) koff[j] = kids[0] * kv_row; /* padding: a valid row, masked below */
+    for (int64_t i = 0; i < Q; i++) { /* the tile's bias rows, padded with -inf (shared by the heads) */
+        memcpy(B + i * W, bt + i * Wt, sizeof(float) * Wt);
+        for (int64_t j = Wt; j < W; j++) B[i * W + j] = -INFINITY;
+    }
+    const float *bias = B;
     for (int64_t h = 0; h < H; h++) {
         for (int64_t i = 0; i < Q; i++) {
             const float *src = q + qids[i] * q_row + h * D;
@@ -253,15 +259,15 @@ static void tile(const Chunk *ch, int64_t t, int64_t H, int64_t D, const float *
             }
             int64_t c = 0;
             if (rows == 4) { /* constant row and vector counts: the 16 accumulators stay in registers */
-                for (; c + 4 * VL <= D; c += 4 * VL) weighted_sum4(S + i0 * W, W, W, vrow, c, 4, 4, orow, inv);
-                for (; c + VL <= D; c += VL) weighted_sum4(S + i0 * W, W, W, vrow, c, 1, 4, orow, inv);
+                for (; c + 4 * VL <= D; c += 4 * VL) weighted_sum4(S + i0 * W, W, Wt, vrow, c, 4, 4, orow, inv);
+                for (; c + VL <= D; c += VL) weighted_sum4(S + i0 * W, W, Wt, vrow, c, 1, 4, orow, inv);
             } else {
-                for (; c + VL <= D; c += VL) weighted_sum4(S + i0 * W, W, W, vrow, c, 1, rows, orow, inv);
+                for (; c + VL <= D; c += VL) weighted_sum4(S + i0 * W, W, Wt, vrow, c, 1, rows, orow, inv);
             }
             for (; c < D; c++) /* channels past the last multiple of 16 */
                 for (int r = 0; r < rows; r++) {
                     float a = 0.0f;
-                    for (int64_t j = 0; j < W; j++) a += S[(i0 + r) * W + j] * vrow[j][c];
+                    for (int64_t j = 0; j < Wt; j++) a += S[(i0 + r) * W + j] * vrow[j][c];
                     orow[r][c] = a * inv[r];
                 }
         }
@@ -297,8 +303,8 @@ int camvid_tile_attention(const Chunk *chunks, int64_t nchunks, int64_t H, int64
         wmax = chunks[c].W > wmax ? chunks[c].W : wmax;
         total += chunks[c].n;
     }
-    const int64_t wp = wmax, HD = H * D;
-    float *Qs = malloc(sizeof(float) * (qmax * D + D * wp + qmax * wp));
+    const int64_t wp = (wmax + VL - 1) / VL * VL, HD = H * D;
+    float *Qs = malloc(sizeof(float) * (qmax * D + D * wp + 2 * qmax * wp));
     const float **vrow = malloc(sizeof(float *) * wp);
     int64_t *koff = malloc(sizeof(int64_t) * wp);
     int status = 0;
@@ -306,7 +312,7 @@ int camvid_tile_attention(const Chunk *chunks, int64_t nchunks, int64_t H, int64
         status = -1;
         goto done;
     }
-    float *Kt = Qs + qmax * D, *S = Kt + D * wp;
+    float *Kt = Qs + qmax * D, *S = Kt + D * wp, *B = S + qmax * wp;
     int64_t c = 0;
     for (;;) {
         int64_t t0 = __atomic_fetch_add(counter, grain, __ATOMIC_RELAXED);
@@ -321,7 +327,7 @@ int camvid_tile_attention(const Chunk *chunks, int64_t nchunks, int64_t H, int64
                 prefetch_tile(&chunks[c1], u + 1 - chunks[c1].first_unit, q, q_row, kv, kv_row, v_off, HD);
             }
             tile(&chunks[c], u - chunks[c].first_unit, H, D, q, q_row, kv, kv_row, v_off, out, out_row, lse, scale,
-                 Qs, Kt, S, vrow, koff);
+                 Qs, Kt, S, B, vrow, koff);
         }
     }
 done:
