@@ -329,12 +329,12 @@ queries first at all three levels, as the measured times do
 the costs of PyTorch's fused kernel (``CAMVID_SPARSE_KERNEL=fused``, other dtypes, CUDA)."""
 COMPILED_GATHER_ROW_PAIRS, COMPILED_TILE_PAIRS = 0, 0
 """The same for the compiled CPU kernel's forward (``camvid.attention.cpu_kernel``), which reads a
-tile's rows in place and has no per-call cost: computed pairs alone. Its forward is fastest with band
-tiles of 32 queries for ``epipolar_ref`` at 32x32 (12.2 ms against 14.3 ms with 128) and within 5 % of
-the fastest size at 40x64 and 20x32 (``python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128
---kernel compiled``, docs/performance.md). The backward pass stays on the fused kernel, so a plan built
-while gradients are recorded (training) keeps the fused kernel's costs: forward+backward is faster with
-the bigger tiles they pick (66 ms against 74 ms at 32x32)."""
+tile's rows in place and has no per-call cost: computed pairs alone. They pick band tiles of 32
+queries for ``epipolar_ref``, within 12 % of the fastest size (which varies between 32, 64 and 128) at
+32x32, 40x64 and 20x32 in three runs (``python benchmarks/blocksparse_chunks.py --band-tiles 32 64 128 --kernel compiled``,
+docs/performance.md). The backward pass stays on the fused kernel, so a plan built while gradients
+are recorded (training) keeps the fused kernel's costs: its forward+backward favours the bigger tiles
+they pick."""
 
 
 def tile_costs(device: torch.device, grad: bool = False) -> tuple[float, float]:
