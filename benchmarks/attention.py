@@ -484,7 +484,7 @@ def attention_level(spec: dict, K, c2w) -> dict:
         calls["kernel_sparse"] = lambda: tiled_sparse_attention_packed(qa, kva, kplan, regs_k)
         from camvid.attention import cpu_kernel
 
-        if qa.dtype == torch.float32 and cpu_kernel.available():  # the same kernel with the fused forward
+        if qa.device.type == "cpu" and qa.dtype == torch.float32 and cpu_kernel.available():  # fused forward
             calls["kernel_sparse_fused"] = with_kernel("fused", calls["kernel_sparse"])
         calls["kernel_unmasked"] = lambda: torch.nn.functional.scaled_dot_product_attention(
             qa.transpose(1, 2), kva[:, :, 0].transpose(1, 2), kva[:, :, 1].transpose(1, 2))
