@@ -353,7 +353,7 @@ def coverage(spec: dict, K, c2w) -> dict:
 
 def attention_level(spec: dict, K, c2w) -> dict:
     """All paths of one variant at one level, timed round-robin in this process (see module doc)."""
-    from camvid.attention import AttentionContext, build_cross_frame_attention
+    from camvid.attention import AttentionContext, build_cross_frame_attention, cpu_kernel
 
     H, W = spec["image_hw"]
     h, w = spec["feat_hw"]
@@ -376,6 +376,8 @@ def attention_level(spec: dict, K, c2w) -> dict:
         x = x.reshape(B * T, h * w, C)
     x.requires_grad_(mode == "fwdbwd")
     cond = torch.zeros(B, dtype=torch.long, device=device)
+    # the sparse path's forward runs on the compiled kernel (CPU, float32, where it builds), else the fused one
+    compiled = device.type == "cpu" and x.dtype == torch.float32 and cpu_kernel.available()
 
     def ctx_for(path, **extra):
         return AttentionContext(K=Kb, c2w=c2wb, image_hw=(H, W), cond_index=cond, num_views=views, path=path, **extra)
@@ -429,11 +431,9 @@ def attention_level(spec: dict, K, c2w) -> dict:
         if path in ("dense", "sparse", "flex"):
             ctx.runs(kind, (h, w))  # masks are memoised per forward: built before timing
         if path == "sparse":
-            from camvid.attention import cpu_kernel
             from camvid.attention.blocksparse import forward_padding, prepare_plan
 
             regs = 0 if cross else module.epipolar_attn.num_register_tokens
-            compiled = x.dtype == torch.float32 and cpu_kernel.available()
             pad = (lambda width: -width % cpu_kernel.LANES) if compiled else forward_padding
             t0 = time.perf_counter()
             with torch.set_grad_enabled(spec["mode"] == "fwdbwd"):  # as the entry points build it
@@ -463,12 +463,9 @@ def attention_level(spec: dict, K, c2w) -> dict:
         else:
             calls[path] = (lambda c=ctx: module(x, c, (h, w)))
 
-    if "sparse" in calls and x.device.type == "cpu" and x.dtype == torch.float32:
-        from camvid.attention import cpu_kernel
-
-        if cpu_kernel.available():  # the same path, plan and inputs with PyTorch's fused kernel forward
-            calls["sparse_fused"] = with_kernel("fused", calls["sparse"])
-            notes["sparse_fused"] = "CAMVID_SPARSE_KERNEL=fused: the same plan, the fused kernel's forward"
+    if "sparse" in calls and compiled:  # the same path, plan and inputs with PyTorch's fused kernel forward
+        calls["sparse_fused"] = with_kernel("fused", calls["sparse"])
+        notes["sparse_fused"] = "CAMVID_SPARSE_KERNEL=fused: the same plan, the fused kernel's forward"
 
     if "sparse" in spec["paths"] and variant != "cross_video" and mode == "fwd":
         # the attention alone, on the same projected q and k/v: our sparse kernel and unmasked SDPA (the
@@ -482,9 +479,7 @@ def attention_level(spec: dict, K, c2w) -> dict:
             kernel_ref = blk._attend(qa, kva, ctx_for("dense"), kind, (h, w))
         kplan, regs_k = plan, blk.num_register_tokens  # the module's sparse path's plan (built above)
         calls["kernel_sparse"] = lambda: tiled_sparse_attention_packed(qa, kva, kplan, regs_k)
-        from camvid.attention import cpu_kernel
-
-        if qa.device.type == "cpu" and qa.dtype == torch.float32 and cpu_kernel.available():  # fused forward
+        if compiled:  # the same kernel call with the fused forward
             calls["kernel_sparse_fused"] = with_kernel("fused", calls["kernel_sparse"])
         calls["kernel_unmasked"] = lambda: torch.nn.functional.scaled_dot_product_attention(
             qa.transpose(1, 2), kva[:, :, 0].transpose(1, 2), kva[:, :, 1].transpose(1, 2))

@@ -5,7 +5,7 @@ tile's queries, keys and values as dense blocks: a query permutation, a key/valu
 and an output scatter around it, and a per-call cost that small tiles (32 queries x 32-49 keys for
 ``cross_video``) pay a thousand times per level. ``tile_attention.c`` reads the queries, keys and
 values where they are (by row id) and writes each output row in place; one thread per core takes
-(tile, head) units from a shared counter. Forward only: the backward pass stays on the fused
+tiles from a shared counter. Forward only: the backward pass stays on the fused
 kernel's backward (``blocksparse``), fed the outputs and log-sum-exp this kernel returns in the
 fused kernel's layout.
 

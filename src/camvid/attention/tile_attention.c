@@ -25,7 +25,6 @@
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
 typedef int32_t i16v __attribute__((vector_size(64)));
-typedef int32_t i16vu __attribute__((vector_size(64), aligned(4)));
 
 #define VL 16
 
@@ -200,8 +199,8 @@ static void transpose_keys(const float *restrict kv, const int64_t *restrict kof
 }
 
 /* One tile, head by head: the head's Q query rows (scaled) and its keys of the tile's W rows, transposed,
-   are copied into the thread's buffers (L1-sized); the values are read in place. W is a multiple of 16
-   (the caller pads the key rows with a valid row and the bias with -inf). */
+   are copied into the thread's buffers (L1-sized); the values are read in place. The tile's Wt keys are
+   padded here to W, a multiple of 16: padding rows point at a valid row, their bias (in B) is -inf. */
 static void tile(const Chunk *ch, int64_t t, int64_t H, int64_t D, const float *restrict q, int64_t q_row,
                  const float *restrict kv, int64_t kv_row, int64_t v_off, float *restrict out, int64_t out_row,
                  float *restrict lse, float scale, float *restrict Qs, float *restrict Kt, float *restrict S,
@@ -215,7 +214,6 @@ static void tile(const Chunk *ch, int64_t t, int64_t H, int64_t D, const float *
         memcpy(B + i * W, bt + i * Wt, sizeof(float) * Wt);
         for (int64_t j = Wt; j < W; j++) B[i * W + j] = -INFINITY;
     }
-    const float *bias = B;
     for (int64_t h = 0; h < H; h++) {
         for (int64_t i = 0; i < Q; i++) {
             const float *src = q + qids[i] * q_row + h * D;
@@ -231,7 +229,7 @@ static void tile(const Chunk *ch, int64_t t, int64_t H, int64_t D, const float *
             for (int r = 0; r < rows; r++) {
                 int64_t i = i0 + r;
                 float *s = S + i * W;
-                const float *b = bias + i * W;
+                const float *b = B + i * W;
                 v16 m = splat(-INFINITY);
                 for (int64_t j = 0; j < W; j += VL) {
                     v16 x = ld(s + j) + ld(b + j);
