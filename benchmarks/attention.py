@@ -40,7 +40,9 @@ reports medians. Every ratio is taken against the PUBLIC reference measured in t
   ``epipolar``). ``projections``: the call's linear layers alone (the public code's three
   ``Linear`` calls and ``to_out``), no attention; ``projections_ours``: our module's fused
   projections (``MultiHeadAttention.project``) and ``to_out``, no attention. Public time / the
-  latter bounds what any of our paths can reach.
+  latter bounds what any of our paths can reach. ``cross_video``: ``projections`` is the module
+  without attention (CVD's layout, its norms, projections and feed-forward), and ``matmuls`` its 12
+  matrix products alone on buffers made before timing, the floor of any float32 implementation.
   DENSITY LIMIT = unmasked time x the fraction of (query, key) pairs the sparse kernel
   computes; "vs limit" is sparse time / density limit. ATTENTION ALONE (forward, every variant but
   the whole ``cross_video`` module): our sparse kernel and the module's unmasked SDPA call on the
@@ -269,6 +271,44 @@ def public_cvd_module(x, module, views, attend):
     return et.proj_out(h).view(B, T, hw, C)
 
 
+def module_matmuls(module, rows: int, backward: bool):
+    """The ``cross_video`` module's matrix products alone, as a call: ``proj_in``, per attention block
+    ``to_q``, ``to_k``, ``to_v``, ``to_out``, the feed-forward's two, ``proj_out`` (12 products of
+    ``rows`` tokens with the module's weights; with ``backward`` each also gives its input and weight
+    gradients, two more products). Every operand and result lives in a buffer made here, before
+    timing: no norms, activations, copies, gathers or allocations, so public time / this time bounds
+    the speed-up of ANY float32 implementation of the module on this machine."""
+    et = module.epi_transformer
+    layers = [et.proj_in]
+    for block in et.transformer_blocks:
+        for attn in block.attention_blocks:
+            layers += [attn.to_q, attn.to_k, attn.to_v, attn.to_out[0]]
+        layers += [block.ff.net[0].proj, block.ff.net[2]]
+    layers.append(et.proj_out)
+    weights = [lin.weight.detach() for lin in layers]
+    g = torch.Generator(device=weights[0].device).manual_seed(2)
+    buffers: dict = {}
+
+    def buf(*shape):  # one buffer per (use, shape), filled before timing (its pages are touched)
+        if shape not in buffers:
+            buffers[shape] = torch.randn(*shape[1:], generator=g, device=weights[0].device)
+        return buffers[shape]
+
+    def run():
+        for w in weights:
+            n_out, n_in = w.shape
+            a, y = buf("in", rows, n_in), buf("out", rows, n_out)
+            torch.mm(a, w.t(), out=y)
+            if backward:  # y stands for the incoming gradient: it has its shape
+                torch.mm(y, w, out=buf("grad_in", rows, n_in))
+                torch.mm(y.t(), a, out=buf("grad_w", n_out, n_in))
+        return y
+
+    run()  # every buffer made now
+    run.buffers = buffers
+    return run
+
+
 def band_bias(mask: torch.Tensor) -> torch.Tensor:
     """Our bool band as CVD's float map: 0 inside, the most negative float32 outside."""
     return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
@@ -407,6 +447,9 @@ def attention_level(spec: dict, K, c2w) -> dict:
         calls["public_bool"] = lambda: module(x, public_ctx, (h, w))
         calls["projections"] = lambda: public_cvd_module(x, module, views, projections_only)
         notes["projections"] = "the module without attention (norms, projections, feed-forward): bounds every path"
+        calls["matmuls"] = module_matmuls(module, B * T * h * w, backward=mode == "fwdbwd")
+        notes["matmuls"] = ("the module's 12 matrix products alone (forward+backward: and their input and weight "
+                            "gradients) on buffers made before timing: bounds any float32 implementation here")
         open_ctx = ctx_for("dense", mask_fn=lambda c, k_, fh: torch.ones_like(mask))
         calls["unmasked"] = lambda: module(x, open_ctx, (h, w))
         notes["unmasked"] = "all-True mask"
@@ -485,9 +528,9 @@ def attention_level(spec: dict, K, c2w) -> dict:
             qa.transpose(1, 2), kva[:, :, 0].transpose(1, 2), kva[:, :, 1].transpose(1, 2))
         notes["kernel_unmasked"] = "the module's unmasked attention call alone (no projections)"
 
-    def step(fn):
+    def step(name, fn):
         def run():
-            if mode == "fwd":
+            if mode == "fwd" or name == "matmuls":  # the matrix products make their own gradients
                 with torch.no_grad():
                     return fn(), None
             x.grad = None
@@ -499,7 +542,7 @@ def attention_level(spec: dict, K, c2w) -> dict:
     times = {name: [] for name in calls}
     mems, outs = {}, {}
     for name, fn in calls.items():  # round 0: outputs and peak memory under glibc's defaults, not timed
-        _, mems[name], outs[name] = measure_once(step(fn))
+        _, mems[name], outs[name] = measure_once(step(name, fn))
     allocator = spec.get("allocator", "entry")
     if allocator == "entry":  # as the entry point that runs this mode: sampling (forward) or training
         allocator = "reuse" if mode == "fwd" else "system"
@@ -509,7 +552,7 @@ def attention_level(spec: dict, K, c2w) -> dict:
         reuse_freed_memory(env={})  # freed blocks kept for the next tensors (camvid.allocator)
     for _ in range(rep):
         for name, fn in calls.items():
-            times[name].append(measure_once(step(fn))[0])
+            times[name].append(measure_once(step(name, fn))[0])
     result = {"paths": {}}
     for name in calls:
         ref_y, ref_g = (kernel_ref, None) if name.startswith("kernel_sparse") else outs.get("public", (None, None))
@@ -715,6 +758,7 @@ def attention_table(base: dict, L: int, feat_hw, paths, args) -> None:
                          "projections": ("module layers only (no attention)" if variant == "cross_video"
                                          else "projections only (public layers)"),
                          "projections_ours": "projections only (ours, fused)",
+                         "matmuls": "module matrix products only (no other work)",
                          "sparse_fused": "ours sparse, fused forward",
                          "kernel_sparse": "attention alone: ours sparse kernel",
                          "kernel_sparse_fused": "attention alone: ours sparse kernel, fused forward",

@@ -420,3 +420,39 @@ def test_band_tile_benchmark_times_each_size_with_the_models_cost():
     assert [r["tiles"] for r in rows] == [rows[0]["tiles"] // k for k in (1, 2, 4)]
     gather, per_tile = sparse.tile_costs(torch.device("cpu"))
     assert all(r["model"] == r["pairs"] + gather * r["rows"] + per_tile * r["tiles"] for r in rows)
+
+
+def test_attention_benchmark_floor_of_the_cross_video_module_is_its_matrix_products(monkeypatch):
+    """benchmarks/attention.py's ``matmuls`` row for the whole ``cross_video`` module: every Linear of
+    the module once (forward), plus its input and weight gradients (forward+backward), with the
+    module's weights, on buffers made before the call; the row sits beside the module's paths."""
+    from torch import nn
+
+    from camvid.attention import build_cross_frame_attention
+
+    bench = load_benchmark("attention")
+    cv = build_cross_frame_attention("cross_video", 64, 2, norm_num_groups=32)
+    linears = sorted(tuple(m.weight.shape) for m in cv.modules() if isinstance(m, nn.Linear))
+    assert len(linears) == 12
+    for backward, per_layer in ((False, 1), (True, 3)):
+        run = bench.module_matmuls(cv, 10, backward)
+        seen, mm = [], torch.mm
+        monkeypatch.setattr(torch, "mm", lambda a, b, out: seen.append((tuple(a.shape), tuple(b.shape))) or mm(a, b, out=out))
+        y = run()
+        monkeypatch.setattr(torch, "mm", mm)
+        assert len(seen) == 12 * per_layer
+        assert sorted((b[1], b[0]) for _, b in seen[::per_layer]) == linears  # a @ W^T for every Linear
+        w = cv.epi_transformer.proj_out.weight  # the last product, exact
+        a = run.buffers[("in", 10, 64)]
+        torch.testing.assert_close(y, a @ w.detach().t())
+        if backward:
+            torch.testing.assert_close(run.buffers[("grad_in", 10, 64)], y @ w.detach())
+            torch.testing.assert_close(run.buffers[("grad_w", 64, 64)], y.t() @ a)
+    K, c2w = bench.cameras(4, (64, 64))
+    spec = {"image_hw": (64, 64), "feat_hw": (8, 8), "frames": 4, "dim": 64, "heads": 2, "variant": "cross_video",
+            "repeat": 1, "paths": ["sparse"], "allocator": "system"}
+    for mode in ("fwd", "fwdbwd"):
+        paths = bench.attention_level({**spec, "mode": mode}, K, c2w)["paths"]
+        assert {"public", "projections", "matmuls", "sparse"} <= set(paths)
+        assert paths["sparse"]["diff"] < 1e-5 and math.isnan(paths["matmuls"]["diff"])
+        assert all(p["time"] > 0 for p in paths.values())
