@@ -434,10 +434,16 @@ def test_attention_benchmark_floor_of_the_cross_video_module_is_its_matrix_produ
     cv = build_cross_frame_attention("cross_video", 64, 2, norm_num_groups=32)
     linears = sorted(tuple(m.weight.shape) for m in cv.modules() if isinstance(m, nn.Linear))
     assert len(linears) == 12
+    mm, seen = torch.mm, []
+
+    def counted_mm(a, b, out):
+        seen.append((tuple(a.shape), tuple(b.shape)))
+        return mm(a, b, out=out)
+
     for backward, per_layer in ((False, 1), (True, 3)):
         run = bench.module_matmuls(cv, 10, backward)
-        seen, mm = [], torch.mm
-        monkeypatch.setattr(torch, "mm", lambda a, b, out: seen.append((tuple(a.shape), tuple(b.shape))) or mm(a, b, out=out))
+        seen.clear()
+        monkeypatch.setattr(torch, "mm", counted_mm)
         y = run()
         monkeypatch.setattr(torch, "mm", mm)
         assert len(seen) == 12 * per_layer
