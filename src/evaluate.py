@@ -24,9 +24,9 @@ from camvid.threads import set_openmp_wait  # noqa: E402
 
 set_openmp_wait()
 # CPU: freed large tensors' memory is kept for the next ones (docs/performance.md, "CPU allocator")
-from camvid.allocator import reuse_freed_memory  # noqa: E402
+from camvid.allocator import choose_cpu_allocator  # noqa: E402
 
-reuse_freed_memory()
+choose_cpu_allocator("evaluate")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

@@ -25,9 +25,9 @@ from camvid.threads import set_openmp_wait  # noqa: E402
 
 set_openmp_wait()
 # CPU: glibc's allocator as it is unless CAMVID_CPU_ALLOCATOR=reuse (docs/performance.md, "CPU allocator")
-from camvid.allocator import reuse_freed_memory  # noqa: E402
+from camvid.allocator import choose_cpu_allocator  # noqa: E402
 
-reuse_freed_memory(default="system")
+choose_cpu_allocator("train")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

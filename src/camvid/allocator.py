@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 
 #: mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -33,6 +34,11 @@ MAX_BLOCK = 1 << 30
 #: free memory kept at the top of the heap for the next allocations
 KEEP = 1 << 30
 ENV = "CAMVID_CPU_ALLOCATOR"
+SETTINGS = ("reuse", "hugepages", "system")
+#: each entry point's setting when ``CAMVID_CPU_ALLOCATOR`` is unset (docs/performance.md, "CPU allocator")
+DEFAULTS = {"train": "system", "sample": "reuse", "evaluate": "reuse"}
+#: PyTorch's switch for 2 MiB-aligned, huge-page-backed CPU tensors of 2 MiB and up (c10's CPU allocator)
+THP_ENV = "THP_MEM_ALLOC_ENABLE"
 
 
 def _libc():
@@ -45,19 +51,39 @@ def _libc():
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
 
 
-def reuse_freed_memory(max_block: int = MAX_BLOCK, keep: int = KEEP, env=None, default: str = "reuse") -> bool:
+def transparent_huge_pages() -> str | None:
+    """The kernel's transparent-huge-page mode (``always``, ``madvise`` or ``never``), None off Linux."""
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return None
+    return text[text.index("[") + 1:text.index("]")] if "[" in text else None
+
+
+def huge_page_tensors(env=None) -> bool:
+    """Large CPU tensors (2 MiB and up) in 2 MiB-aligned blocks that the kernel backs with transparent
+    huge pages (PyTorch's ``THP_MEM_ALLOC_ENABLE``): one page fault per 2 MiB instead of one per
+    4 KiB, while freed blocks still go back to the system. PyTorch reads the variable once, at its
+    first allocation, so for this process (``env`` None or ``os.environ``) it must run before
+    ``import torch``; a dict ``env`` is a child process's environment. True when applied (False where
+    the kernel has huge pages off or none)."""
+    own = env is None or env is os.environ
+    if own and "torch" in sys.modules:
+        raise RuntimeError("huge-page tensors must be chosen before torch is imported: PyTorch reads "
+                           f"{THP_ENV} once, at its first allocation")
+    if transparent_huge_pages() not in ("always", "madvise"):
+        return False
+    (os.environ if own else env)[THP_ENV] = "1"
+    return True
+
+
+def reuse_freed_memory(max_block: int = MAX_BLOCK, keep: int = KEEP) -> bool:
     """Let glibc's heap keep and reuse freed blocks up to ``max_block`` bytes, keeping up to ``keep``
-    free bytes mapped; True when applied. ``CAMVID_CPU_ALLOCATOR`` in ``env`` (``os.environ`` by
-    default) chooses, ``default`` when it is unset: ``reuse`` applies it, ``system`` keeps glibc's
-    defaults; any other value is an error. Off glibc nothing is applied."""
-    env = os.environ if env is None else env
-    choice = env.get(ENV, default)
-    if choice not in ("reuse", "system"):
-        raise ValueError(f"{ENV}={choice!r}: expected 'reuse' (keep freed memory for the next tensors) "
-                         "or 'system' (glibc's defaults)")
+    free bytes mapped (``mallopt``, effective at once, for this process); True when applied, False off
+    glibc."""
     if max_block <= 0 or keep < 0:
         raise ValueError(f"max_block must be positive and keep non-negative, got {max_block}, {keep}")
-    libc = _libc() if choice == "reuse" else None
+    libc = _libc()
     if libc is None:
         return False
     mallopt = libc.mallopt
@@ -67,3 +93,22 @@ def reuse_freed_memory(max_block: int = MAX_BLOCK, keep: int = KEEP, env=None, d
         return False
     return mallopt(_M_TRIM_THRESHOLD, min(keep, limit)) == 1
 
+
+def choose_cpu_allocator(entry: str, env=None) -> str:
+    """Apply ``CAMVID_CPU_ALLOCATOR`` from ``env`` (``os.environ`` by default), or the ``entry`` point's
+    default (:data:`DEFAULTS`) when it is unset: ``reuse`` (:func:`reuse_freed_memory`), ``hugepages``
+    (:func:`huge_page_tensors`) or ``system`` (glibc's defaults); any other value is an error.
+    Returns the setting in effect: ``system`` where the chosen one cannot apply (off glibc, huge pages
+    off)."""
+    if entry not in DEFAULTS:
+        raise ValueError(f"unknown entry point {entry!r}; valid: {', '.join(DEFAULTS)}")
+    env = os.environ if env is None else env
+    choice = env.get(ENV, DEFAULTS[entry])
+    if choice not in SETTINGS:
+        raise ValueError(f"{ENV}={choice!r}: expected 'reuse' (keep freed memory for the next tensors), "
+                         "'hugepages' (large tensors on transparent huge pages) or 'system' (glibc's defaults)")
+    if choice == "reuse" and reuse_freed_memory():
+        return "reuse"
+    if choice == "hugepages" and huge_page_tensors(env):
+        return "hugepages"
+    return "system"
