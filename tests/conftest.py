@@ -108,3 +108,24 @@ def data_overrides(model: str, data_root: Path) -> list[str]:
     if model != "cvd":
         return ["data=synthetic"]
     return ["data=cvd_mix", f"data.re10k_root={data_root}", f"data.webvid_root={data_root}/webvid"]
+
+
+def dense_reference(plan, q, kv, R):
+    """Dense masked attention (float64) on a tile plan's mask (one sample: q (Lq, H, D), kv (R + Lk, 2,
+    H, D), registers first); a query with no key and no register gets 0. Returns (output, valid rows)."""
+    import torch
+
+    from camvid.attention import dense_masked_attention
+
+    at, Lk = plan.num_queries, plan.num_keys
+    mask = torch.zeros(at, R + Lk, dtype=torch.bool)
+    mask[:, :R] = True
+    for c in plan.chunks:
+        for t in range(c.query_ids.shape[0]):
+            for i in range(c.query_ids.shape[1]):
+                mask[c.query_ids[t, i], R + c.key_ids[t][c.sub_mask[t, i]]] = True
+    valid = mask.any(-1)
+    q, kv = q.double(), kv.double()
+    return dense_masked_attention(q.transpose(0, 1)[None], kv[:, 0].transpose(0, 1)[None],
+                                  kv[:, 1].transpose(0, 1)[None], (mask | ~valid[:, None])[None],
+                                  valid[None]).transpose(1, 2)[0], valid

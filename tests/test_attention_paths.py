@@ -15,6 +15,7 @@ import torch
 from camvid.attention import AttentionContext, build_cross_frame_attention, dense_masked_attention
 from camvid.attention.sparse import build_tile_plan_from_runs, tiled_sparse_attention
 from camvid.geometry import epipolar as geo
+from conftest import dense_reference
 
 T = 3
 
@@ -495,16 +496,7 @@ def test_forward_widens_long_key_tails_to_a_multiple_of_16_and_stays_exact():
         q = torch.randn(at, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
         kv = torch.randn(R + Lk, 2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
         got = blocksparse._BlockSparseAttention.apply(q, kv, R, plan)
-        mask = torch.zeros(at, R + Lk, dtype=torch.bool)
-        mask[:, :R] = True
-        for c in chunks:
-            for t in range(2):
-                for i in range(Q):
-                    mask[c.query_ids[t, i], R + c.key_ids[t][c.sub_mask[t, i]]] = True
-        valid = mask.any(-1)  # R = 0: the query with no key gets 0 (its row opened, then zeroed)
-        want = dense_masked_attention(q.transpose(0, 1)[None], kv[:, 0].transpose(0, 1)[None],
-                                      kv[:, 1].transpose(0, 1)[None], (mask | ~valid[:, None])[None],
-                                      valid[None]).transpose(1, 2)[0]
+        want, _ = dense_reference(plan, q, kv, R)  # R = 0: the query with no key gets 0
         torch.testing.assert_close(got, want)
         w = torch.randn(got.shape, generator=g, dtype=torch.float64)
         for a, b in zip(torch.autograd.grad((got * w).sum(), (q, kv)), torch.autograd.grad((want * w).sum(), (q, kv))):

@@ -6,8 +6,9 @@ the same values as the fused path, and the fallback when no compiler works."""
 import pytest
 import torch
 
-from camvid.attention import blocksparse, cpu_kernel, dense_masked_attention
+from camvid.attention import blocksparse, cpu_kernel
 from camvid.attention.sparse import TileChunk, TilePlan
+from conftest import dense_reference
 
 pytestmark = pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler here: the fused path runs")
 
@@ -24,22 +25,6 @@ def random_plan(g, Lk, chunks_spec, empty_query=True):
         chunks.append(TileChunk(torch.arange(at, at + n * Q).view(n, Q), key_ids, sub_mask=sub))
         at += n * Q
     return TilePlan(batch=1, num_queries=at, num_keys=Lk, chunks=chunks, row_valid=torch.ones(at, dtype=torch.bool))
-
-
-def dense_reference(plan, q, kv, R):
-    """Dense masked attention (float64) on the plan's mask; a query with no key and no register gets 0."""
-    at, Lk = plan.num_queries, plan.num_keys
-    mask = torch.zeros(at, R + Lk, dtype=torch.bool)
-    mask[:, :R] = True
-    for c in plan.chunks:
-        for t in range(c.query_ids.shape[0]):
-            for i in range(c.query_ids.shape[1]):
-                mask[c.query_ids[t, i], R + c.key_ids[t][c.sub_mask[t, i]]] = True
-    valid = mask.any(-1)
-    q, kv = q.double(), kv.double()
-    return dense_masked_attention(q.transpose(0, 1)[None], kv[:, 0].transpose(0, 1)[None],
-                                  kv[:, 1].transpose(0, 1)[None], (mask | ~valid[:, None])[None],
-                                  valid[None]).transpose(1, 2)[0], valid
 
 
 @pytest.mark.parametrize("R", [0, 3])
