@@ -252,10 +252,17 @@ def public_cvd_attention(x, partner, attn, bias_map):
     return attn.to_out(out.transpose(1, 2).reshape(N, L, -1))
 
 
+def diffusers_feed_forward(ff, x):
+    """diffusers' ``FeedForward`` with ``GEGLU`` (CVD's): ``net.0.proj``, ``h * gelu(gate)`` in three
+    ops, ``net.2``, with our module's weights (ours computes the gate in one autograd function)."""
+    h, gate = ff.net[0].proj(x).chunk(2, dim=-1)
+    return ff.net[2](h * torch.nn.functional.gelu(gate))
+
+
 def public_cvd_module(x, module, views, attend):
-    """CVD's ``EpiTransformer3DModel`` forward with our module's layers (the same GroupNorm,
-    ``proj_in``, LayerNorms, feed-forward, ``proj_out``): each attention block gathers the partner
-    frames (``hidden_states[kv_index]``) and calls ``attend(queries, partner frames, block)``
+    """CVD's ``EpiTransformer3DModel`` forward with our module's weights (the same GroupNorm,
+    ``proj_in``, LayerNorms, diffusers' feed-forward, ``proj_out``): each attention block gathers the
+    partner frames (``hidden_states[kv_index]``) and calls ``attend(queries, partner frames, block)``
     (``public_cvd_attention`` for CVD's call, ``projections_only`` for the module without attention)."""
     B, T, hw, C = x.shape
     et = module.epi_transformer
@@ -267,7 +274,7 @@ def public_cvd_module(x, module, views, attend):
         for attn, norm in zip(block.attention_blocks, block.norms):
             n = norm(h)
             h = h + attend(n, n[kv_index], attn)
-        h = h + block.ff(block.ff_norm(h))
+        h = h + diffusers_feed_forward(block.ff, block.ff_norm(h))
     return et.proj_out(h).view(B, T, hw, C)
 
 
@@ -446,7 +453,8 @@ def attention_level(spec: dict, K, c2w) -> dict:
             x, module, views, lambda n, p, a: public_cvd_attention(n, p, a, bias_map))
         calls["public_bool"] = lambda: module(x, public_ctx, (h, w))
         calls["projections"] = lambda: public_cvd_module(x, module, views, projections_only)
-        notes["projections"] = "the module without attention (norms, projections, feed-forward): bounds every path"
+        notes["projections"] = ("CVD's layers without attention (norms, projections, diffusers' feed-forward): "
+                                "bounds the public path")
         calls["matmuls"] = module_matmuls(module, B * T * h * w, backward=mode == "fwdbwd")
         notes["matmuls"] = ("the module's 12 matrix products alone (forward+backward: and their input and weight "
                             "gradients) on buffers made before timing: bounds any float32 implementation here")
@@ -772,7 +780,7 @@ def attention_table(base: dict, L: int, feat_hw, paths, args) -> None:
                 label = {"public": "public CVD (float map per head, SDPA)" if cross else "public CamI2V (bool SDPA)",
                          "public_bool": "bool-mask SDPA (CamI2V's call on CVD's layers)", "float": "float-bias softmax",
                          "unmasked": "unmasked (full attention)",
-                         "projections": ("module layers only (no attention)" if variant == "cross_video"
+                         "projections": ("CVD's layers only (no attention)" if variant == "cross_video"
                                          else "projections only (public layers)"),
                          "projections_ours": "projections only (ours, fused)",
                          "matmuls": "module matrix products only (no other work)",

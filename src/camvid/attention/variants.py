@@ -29,6 +29,7 @@ from camvid.attention.hooks import active as capture_active
 from camvid.attention.hooks import record as capture_record
 from camvid.attention.kernels import chunked_masked_attention, dense_masked_attention
 from camvid.attention.sparse import tiled_sparse_attention_packed
+from camvid.layers import FeedForward
 
 __all__ = [
     "CrossFrameAttention",
@@ -272,29 +273,6 @@ class CrossViewAttention(MultiHeadAttention):
     def __init__(self, dim: int, heads: int, max_feat_size: int = 64):
         super().__init__(dim, heads, zero_init=False)
         self.pos_encoder = EpiCoordinates(max_feat_size)
-
-
-class GEGLU(nn.Module):
-    def __init__(self, dim: int, inner: int):
-        super().__init__()
-        self.proj = nn.Linear(dim, inner * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, gate = self.proj(x).chunk(2, dim=-1)
-        return h * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """diffusers' GEGLU feed-forward layout: ``net.0.proj``, ``net.1`` dropout, ``net.2``."""
-
-    def __init__(self, dim: int, mult: int = 4):
-        super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.net:
-            x = layer(x)
-        return x
 
 
 class CrossVideoBlock(nn.Module):

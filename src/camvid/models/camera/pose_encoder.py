@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from camvid.models.dynamicrafter.blocks import FeedForward
+from camvid.layers import FeedForward
 
 
 class PositionalEncoding(nn.Module):

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from camvid.layers import FeedForward
+
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
     """Sinusoidal embedding ``[cos, sin]`` (lvdm order: cosine first) of integer or float steps."""
@@ -51,28 +53,6 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- attention
-
-class GEGLU(nn.Module):
-    def __init__(self, dim_in: int, dim_out: int):
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """Gated-GELU MLP, ``ff.net.{0.proj, 2}`` in the checkpoints."""
-
-    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
-        super().__init__()
-        inner = dim * mult
-        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(dropout), nn.Linear(inner, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
 
 def _heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
