@@ -51,8 +51,7 @@ reports medians. Every ratio is taken against the PUBLIC reference measured in t
 - ALLOCATOR: one untimed round first (its outputs are compared, its peak memory reported, under
   glibc's defaults), then the timed rounds with the CPU allocator of the entry point that runs the
   mode (``camvid.allocator.DEFAULTS``): the forward as ``src/sample.py`` runs it, forward+backward as
-  ``src/train.py`` (``--allocator`` fixes one for both). Huge pages are chosen when the child
-  process starts, so with them the untimed round runs on them too.
+  ``src/train.py`` (``--allocator`` fixes one for both).
 "equal outputs": max |difference| of every path's output (and input gradient) to the public one; for
 the attention-alone sparse kernel, to our dense masked attention on the same q and k/v.
 """
@@ -549,9 +548,7 @@ def attention_level(spec: dict, K, c2w) -> dict:
 
     times = {name: [] for name in calls}
     mems, outs = {}, {}
-    # round 0: outputs and peak memory, not timed, under glibc's defaults (huge pages: chosen for the
-    # whole process when it started, see ``child``)
-    for name, fn in calls.items():
+    for name, fn in calls.items():  # round 0: outputs and peak memory under glibc's defaults, not timed
         _, mems[name], outs[name] = measure_once(step(name, fn))
     if timed_allocator(spec) == "reuse":
         from camvid.allocator import reuse_freed_memory
@@ -587,13 +584,8 @@ def timed_allocator(spec: dict) -> str:
 # ------------------------------------------------------------------------------------ driver
 def child(spec: dict, timeout: float) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--case", json.dumps(spec)]
-    env = dict(os.environ)
-    if spec["what"] == "attention" and timed_allocator(spec) == "hugepages":
-        from camvid.allocator import huge_page_tensors
-
-        huge_page_tensors(env)  # PyTorch reads it at its first allocation: the child's whole life
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout {timeout:.0f}s"}
     if res.returncode != 0:
@@ -621,11 +613,11 @@ def main():
     ap.add_argument("--heads", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="timed rounds per path (median reported)")
-    ap.add_argument("--allocator", default="entry", choices=["entry", "reuse", "hugepages", "system"],
+    ap.add_argument("--allocator", default="entry", choices=["entry", "reuse", "system"],
                     help="CPU memory of the timed rounds: reuse (freed blocks kept for the next tensors, "
-                         "camvid.allocator), hugepages (large tensors on transparent huge pages, every round), "
-                         "system (glibc's defaults), or entry (default): as the entry point that runs the mode, "
-                         "src/sample.py's setting for the forward, src/train.py's for forward+backward")
+                         "camvid.allocator), system (glibc's defaults), or entry (default): as the entry point "
+                         "that runs the mode, src/sample.py's setting for the forward, src/train.py's for "
+                         "forward+backward")
     ap.add_argument("--bwd-repeat", type=int, default=None,
                     help="timed rounds for forward+backward (default: --repeat)")
     ap.add_argument("--variants", nargs="*", default=["epipolar", "epipolar_ref", "cross_video", "cross_view"],
@@ -661,8 +653,8 @@ def main():
     print(f"# torch {torch.__version__}, {device}, {args.threads} threads, T={T}, C={args.dim}, heads={args.heads}, "
           f"B=1 (cross_video: one pair, B=2); time = median of {args.repeat} rounds (forward+backward: "
           f"{args.bwd_repeat or args.repeat}) after an untimed round; memory = peak extra "
-          f"{'CUDA allocation' if device == 'cuda' else 'RSS'} of the untimed call (glibc's defaults, or huge pages "
-          f"where they are the timed setting); CPU allocator of the timed rounds: {allocators}; load average at start "
+          f"{'CUDA allocation' if device == 'cuda' else 'RSS'} of the untimed call (glibc's defaults); CPU allocator "
+          f"of the timed rounds: {allocators}; load average at start "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for size in sizes:
         image_hw = SIZES[size]

@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 
 from camvid import allocator
-from camvid.allocator import transparent_huge_pages
 from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 GLIBC = allocator._libc() is not None
-HUGE_PAGES = allocator.transparent_huge_pages() in ("always", "madvise")
 allocator_bench = load_benchmark("cpu_allocator")
 
 # Page faults of five malloc/memset/free rounds of a 64 MiB block (16384 pages of 4 KiB), measured twice:
@@ -75,70 +73,6 @@ def test_default_applies_when_the_variable_is_unset(monkeypatch):
     monkeypatch.setitem(allocator.DEFAULTS, "train", "system")
     assert allocator.choose_cpu_allocator("train", env={}) == "system"
     assert allocator.choose_cpu_allocator("sample", env={"CAMVID_CPU_ALLOCATOR": "system"}) == "system"
-    monkeypatch.setitem(allocator.DEFAULTS, "train", "hugepages")
-    env: dict = {}
-    applied = allocator.choose_cpu_allocator("train", env=env)  # a child's environment: torch loaded here is fine
-    assert applied == ("hugepages" if HUGE_PAGES else "system")
-    assert env == ({"THP_MEM_ALLOC_ENABLE": "1"} if HUGE_PAGES else {})
-
-
-def test_huge_pages_must_be_chosen_before_torch_loads():
-    import torch  # noqa: F401  (this process has it)
-
-    with pytest.raises(RuntimeError, match="before torch is imported"):
-        allocator.huge_page_tensors()
-
-
-# The VmFlags of the mapping that holds a fresh 64 MiB tensor ("hg": advised for huge pages) and the
-# page faults of five rounds of making and filling one.
-TORCH_PROBE = textwrap.dedent("""
-    import resource, torch
-    t = torch.empty(16 << 20).fill_(1.0)
-    addr = t.data_ptr()
-    flags, huge_kb = "", 0
-    with open("/proc/self/smaps") as f:
-        inside = False
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and ":" not in head:
-                lo, hi = (int(v, 16) for v in head.split("-"))
-                inside = lo <= addr < hi
-            elif inside and head == "VmFlags:":
-                flags = line
-            elif inside and head == "AnonHugePages:":
-                huge_kb = int(line.split()[1])
-    del t
-    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        torch.empty(16 << 20).fill_(1.0)
-    print(" hg " in flags + " ", huge_kb, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-""")
-
-
-def _torch_probe(setting: str) -> tuple[bool, int, int]:
-    load = ("import importlib.util\nspec = importlib.util.spec_from_file_location('entry', 'src/train.py')\n"
-            "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
-    res = subprocess.run([sys.executable, "-c", load + TORCH_PROBE], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO / "src"), "CAMVID_CPU_ALLOCATOR": setting},
-                         cwd=REPO)
-    assert res.returncode == 0, res.stderr[-2000:]
-    advised, huge_kb, faults = res.stdout.split()
-    return advised == "True", int(huge_kb), int(faults)
-
-
-@pytest.mark.skipif(not HUGE_PAGES, reason="transparent huge pages are off on this kernel")
-def test_huge_page_tensors_are_advised_and_fault_less():
-    """CAMVID_CPU_ALLOCATOR=hugepages, through an entry point: large tensors live in mappings advised for
-    huge pages; glibc's defaults leave them on 4 KiB pages, one fault each."""
-    advised, huge_kb, faults = _torch_probe("hugepages")
-    plain_advised, plain_huge_kb, plain_faults = _torch_probe("system")
-    assert advised and not plain_advised
-    if transparent_huge_pages() == "madvise":  # ("always" gives both huge pages)
-        assert plain_huge_kb == 0 and plain_faults > 4 * 16000  # 64 MiB = 16384 pages of 4 KiB, five times
-        if huge_kb:  # the kernel had huge pages to give: 32 faults per tensor where it has them all
-            assert faults < plain_faults / 4
-
-
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
@@ -162,7 +96,7 @@ def test_allocator_benchmark_reports_every_setting():
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| demo")]
     assert [tuple(c.strip() for c in r[:3]) for r in rows] == [("demo", "fwdbwd", s) for s in allocator_bench.SETTINGS]
-    applied = {"system": True, "reuse": GLIBC, "hugepages": HUGE_PAGES}
+    applied = {"system": True, "reuse": GLIBC}
     for r in rows:
         if not applied[r[2].strip()]:  # the row says why
             assert "not applied" in r[9]

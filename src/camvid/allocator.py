@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 
 #: mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -34,11 +33,9 @@ MAX_BLOCK = 1 << 30
 #: free memory kept at the top of the heap for the next allocations
 KEEP = 1 << 30
 ENV = "CAMVID_CPU_ALLOCATOR"
-SETTINGS = ("reuse", "hugepages", "system")
+SETTINGS = ("reuse", "system")
 #: each entry point's setting when ``CAMVID_CPU_ALLOCATOR`` is unset (docs/performance.md, "CPU allocator")
 DEFAULTS = {"train": "system", "sample": "reuse", "evaluate": "reuse"}
-#: PyTorch's switch for 2 MiB-aligned, huge-page-backed CPU tensors of 2 MiB and up (c10's CPU allocator)
-THP_ENV = "THP_MEM_ALLOC_ENABLE"
 
 
 def _libc():
@@ -49,32 +46,6 @@ def _libc():
     except OSError:
         return None
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
-
-
-def transparent_huge_pages() -> str | None:
-    """The kernel's transparent-huge-page mode (``always``, ``madvise`` or ``never``), None off Linux."""
-    try:
-        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
-    except OSError:
-        return None
-    return text[text.index("[") + 1:text.index("]")] if "[" in text else None
-
-
-def huge_page_tensors(env=None) -> bool:
-    """Large CPU tensors (2 MiB and up) in 2 MiB-aligned blocks that the kernel backs with transparent
-    huge pages (PyTorch's ``THP_MEM_ALLOC_ENABLE``): one page fault per 2 MiB instead of one per
-    4 KiB, while freed blocks still go back to the system. PyTorch reads the variable once, at its
-    first allocation, so for this process (``env`` None or ``os.environ``) it must run before
-    ``import torch``; a dict ``env`` is a child process's environment. True when applied (False where
-    the kernel has huge pages off or none)."""
-    own = env is None or env is os.environ
-    if own and "torch" in sys.modules:
-        raise RuntimeError("huge-page tensors must be chosen before torch is imported: PyTorch reads "
-                           f"{THP_ENV} once, at its first allocation")
-    if transparent_huge_pages() not in ("always", "madvise"):
-        return False
-    (os.environ if own else env)[THP_ENV] = "1"
-    return True
 
 
 def reuse_freed_memory(max_block: int = MAX_BLOCK, keep: int = KEEP) -> bool:
@@ -96,19 +67,14 @@ def reuse_freed_memory(max_block: int = MAX_BLOCK, keep: int = KEEP) -> bool:
 
 def choose_cpu_allocator(entry: str, env=None) -> str:
     """Apply ``CAMVID_CPU_ALLOCATOR`` from ``env`` (``os.environ`` by default), or the ``entry`` point's
-    default (:data:`DEFAULTS`) when it is unset: ``reuse`` (:func:`reuse_freed_memory`), ``hugepages``
-    (:func:`huge_page_tensors`) or ``system`` (glibc's defaults); any other value is an error.
-    Returns the setting in effect: ``system`` where the chosen one cannot apply (off glibc, huge pages
-    off)."""
+    default (:data:`DEFAULTS`) when it is unset: ``reuse`` (:func:`reuse_freed_memory`) or ``system``
+    (glibc's defaults); any other value is an error. Returns the setting in effect: ``system`` where
+    ``reuse`` cannot apply (off glibc)."""
     if entry not in DEFAULTS:
         raise ValueError(f"unknown entry point {entry!r}; valid: {', '.join(DEFAULTS)}")
     env = os.environ if env is None else env
     choice = env.get(ENV, DEFAULTS[entry])
     if choice not in SETTINGS:
-        raise ValueError(f"{ENV}={choice!r}: expected 'reuse' (keep freed memory for the next tensors), "
-                         "'hugepages' (large tensors on transparent huge pages) or 'system' (glibc's defaults)")
-    if choice == "reuse" and reuse_freed_memory():
-        return "reuse"
-    if choice == "hugepages" and huge_page_tensors(env):
-        return "hugepages"
-    return "system"
+        raise ValueError(f"{ENV}={choice!r}: expected 'reuse' (keep freed memory for the next tensors) "
+                         "or 'system' (glibc's defaults)")
+    return "reuse" if choice == "reuse" and reuse_freed_memory() else "system"
