@@ -290,7 +290,8 @@ class CrossVideoBlock(nn.Module):
         for attn, norm in zip(self.attention_blocks, self.norms):
             n = norm(h)  # (B*T, hw, C)
             per_video = n.view(-1, frames, *n.shape[1:])
-            context = torch.cat([per_video[p].flatten(0, 1) for p in partners], dim=1)
+            context = [per_video[p].flatten(0, 1) for p in partners]  # gathers: no concatenation for one partner
+            context = context[0] if len(context) == 1 else torch.cat(context, dim=1)
             h = h + attn(n, context, ctx, "cross", feat_hw)
         return h + self.ff(self.ff_norm(h))
 
