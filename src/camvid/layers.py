@@ -9,8 +9,9 @@ backward pass (one ``(tokens, inner)`` tensor per feed-forward, on top of the pr
 keeps anyway) and the backward pass makes four such tensors and a concatenation; here the forward
 keeps only the projection's output and the backward writes both halves of its gradient in place into
 one tensor. In a training step on the CPU every fresh tensor also costs the kernel's zeroing of its
-pages (docs/performance.md, "CPU allocator"): the 32x32 feed-forward of a 16-frame pair takes 0.85x
-the time of the three ops (``python benchmarks/feedforward.py``).
+pages: the 32x32 feed-forward of a 16-frame pair takes 0.87x the time of the three ops and keeps
+0.77x the memory for the backward pass (``python benchmarks/feedforward.py``; docs/performance.md,
+"Feed-forward").
 """
 
 from __future__ import annotations
