@@ -449,7 +449,11 @@ def test_auto_path_choice():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert ctx.choose_path("all", (8, 8), 1, 192, 192, cpu) == "dense"  # small: one SDPA call
     assert ctx.choose_path("all", (32, 32), 1, 16384, 16384, cpu) == "sparse"  # 32x32 x 16 frames
-    assert ctx.choose_path("cross", (16, 16), 256, 256, 256, cpu) == "dense"  # many pairs, few keys, coarse level
+    assert ctx.choose_path("cross", (16, 16), 256, 256, 256, cpu) == "sparse"  # from 10x16 cells per frame on
+    assert ctx.choose_path("ref", (10, 16), 1, 2560, 160, cpu) == "sparse"
+    assert ctx.choose_path("cross", (8, 8), 32, 64, 64, cpu) == "dense"  # coarse: one SDPA call
+    assert ctx.choose_path("all", (5, 8), 1, 640, 640, cpu) == "dense"
+    assert ctx.choose_path("all", (16, 16), 1, 32, 32, cpu) == "dense"  # fine level, too few pairs
     assert ctx.choose_path("ref", (32, 32), 1, 16384, 1024, cpu) == "sparse"  # pencil-sorted tiles pay off
     assert ctx.choose_path("cross", (32, 32), 32, 1024, 1024, cpu) == "sparse"
     assert ctx.choose_path("all", (8, 8), 1, 192, 192, cuda) == "flex"  # decided from the device type only

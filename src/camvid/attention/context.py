@@ -33,15 +33,13 @@ RUN_KINDS = ("all", "ref", "cross")
 PATHS = ("dense", "sparse", "flex", "auto")
 BANDS = ("hard", "soft")
 GRIDS = ("camvid", "cami2v_release")
-# On the CPU, "auto" takes the block-sparse kernel when a mask has more (query, key) pairs than
-# this; below it one dense SDPA call is cheaper than the sparse bookkeeping (docs/performance.md).
-AUTO_SPARSE_PAIRS = 1 << 23
-# ... and each query row has at least this many keys, or the level has at least AUTO_SPARSE_CELLS
-# cells per frame. Few keys on a coarse level (epipolar_ref, cross_video at 16x16 and below) make
-# short key lists whose per-tile overhead outweighs the skipped pairs; from 32x32 cells on, the
-# pencil-sorted tiles beat one dense SDPA call for those kinds too (docs/performance.md).
-AUTO_SPARSE_KEYS = 8192
-AUTO_SPARSE_CELLS = 1024
+# On the CPU, "auto" takes the block-sparse kernel on levels of at least AUTO_SPARSE_CELLS cells per
+# frame whose mask has at least AUTO_SPARSE_PAIRS (query, key) pairs, one dense SDPA call elsewhere.
+# Measured for every kind, forward and forward+backward (docs/performance.md, "Latest runs"): from
+# 10x16 cells on (512x320's third level, 256x256's 16x16) the sparse path is faster; at 8x8 and 5x8
+# it ties or loses to the dense call, whose single SDPA beats the bookkeeping of a few tiles.
+AUTO_SPARSE_CELLS = 128
+AUTO_SPARSE_PAIRS = 1 << 18
 
 
 @dataclass
@@ -364,8 +362,7 @@ class AttentionContext:
 
             if flex_available():
                 return "flex"
-        large = rows * num_queries * num_keys > AUTO_SPARSE_PAIRS and (
-            num_keys >= AUTO_SPARSE_KEYS or feat_hw[0] * feat_hw[1] >= AUTO_SPARSE_CELLS)
+        large = feat_hw[0] * feat_hw[1] >= AUTO_SPARSE_CELLS and rows * num_queries * num_keys >= AUTO_SPARSE_PAIRS
         return "sparse" if large else "dense"
 
     # ------------------------------------------------------------------ builders (camvid.geometry)
