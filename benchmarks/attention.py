@@ -68,6 +68,7 @@ import sys
 import time
 
 import torch
+from feedforward import three_ops  # benchmarks/feedforward.py: the gate as lvdm and diffusers write it
 
 SIZES = {"256x256": (256, 256), "512x320": (320, 512)}  # name -> (H, W)
 
@@ -253,9 +254,9 @@ def public_cvd_attention(x, partner, attn, bias_map):
 
 def diffusers_feed_forward(ff, x):
     """diffusers' ``FeedForward`` with ``GEGLU`` (CVD's): ``net.0.proj``, ``h * gelu(gate)`` in three
-    ops, ``net.2``, with our module's weights (ours computes the gate in one autograd function)."""
-    h, gate = ff.net[0].proj(x).chunk(2, dim=-1)
-    return ff.net[2](h * torch.nn.functional.gelu(gate))
+    ops (``benchmarks/feedforward.py``), ``net.2``, with our module's weights (ours computes the gate in
+    one autograd function)."""
+    return ff.net[2](three_ops(ff.net[0].proj(x)))
 
 
 def public_cvd_module(x, module, views, attend):
@@ -423,7 +424,7 @@ def attention_level(spec: dict, K, c2w) -> dict:
     x.requires_grad_(mode == "fwdbwd")
     cond = torch.zeros(B, dtype=torch.long, device=device)
     # the sparse path's forward runs on the compiled kernel (CPU, float32, where it builds), else the fused one
-    compiled = device.type == "cpu" and x.dtype == torch.float32 and cpu_kernel.available()
+    compiled = cpu_kernel.serves(device, x.dtype)
 
     def ctx_for(path, **extra):
         return AttentionContext(K=Kb, c2w=c2wb, image_hw=(H, W), cond_index=cond, num_views=views, path=path, **extra)

@@ -156,8 +156,7 @@ def prepare_plan(plan, num_registers: int, dtype=torch.float32) -> None:
         for c in plan.chunks:
             _chunk_inputs(c, num_registers, plan.num_keys, dtype)
             _chunk_inputs(c, num_registers, plan.num_keys, dtype, aligned=True)
-        if dtype == torch.float32 and plan.chunks and plan.chunks[0].query_ids.device.type == "cpu" \
-                and cpu_kernel.available():
+        if plan.chunks and cpu_kernel.serves(plan.chunks[0].query_ids.device, dtype):
             cpu_kernel.descriptors(plan, num_registers, _inputs(plan, num_registers, dtype))
 
 

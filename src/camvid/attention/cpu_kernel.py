@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "descriptors", "kernel_mode", "load_kernel", "tile_attention_forward", "usable"]
+__all__ = ["available", "descriptors", "kernel_mode", "load_kernel", "serves", "tile_attention_forward", "usable"]
 
 SOURCE = Path(__file__).with_name("tile_attention.c")
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11", "-ffp-contract=fast", "-fno-math-errno"]
@@ -122,15 +122,19 @@ def load_kernel():
     return _STATE["lib"]
 
 
+def serves(device, dtype: torch.dtype) -> bool:
+    """Whether the sparse path's forward runs on this kernel for tensors of ``device`` and ``dtype``:
+    CPU, float32, not ``CAMVID_SPARSE_KERNEL=fused``, and the kernel builds here."""
+    return torch.device(device).type == "cpu" and dtype == torch.float32 and available()
+
+
 def usable(q: torch.Tensor, kv: torch.Tensor) -> bool:
-    """Whether the compiled kernel takes these inputs: CPU, float32, each row's heads and channels
-    contiguous, and the kernel builds here."""
-    if q.device.type != "cpu" or q.dtype != torch.float32 or kv.dtype != torch.float32:
+    """Whether the compiled kernel takes these inputs: :func:`serves` their device and dtype, and each
+    row's heads and channels are contiguous."""
+    if kv.dtype != q.dtype or not serves(q.device, q.dtype):
         return False
     H, D = q.shape[1:]
-    if q.stride(2) != 1 or q.stride(1) != D or kv.stride(3) != 1 or kv.stride(2) != D:
-        return False
-    return load_kernel() is not None
+    return q.stride(2) == 1 and q.stride(1) == D and kv.stride(3) == 1 and kv.stride(2) == D
 
 
 def descriptors(plan, R: int, inputs):

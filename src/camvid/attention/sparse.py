@@ -342,7 +342,7 @@ def tile_costs(device: torch.device, grad: bool = False) -> tuple[float, float]:
     the compiled forward for float32 on a CPU where it builds and no gradient is recorded (``grad``),
     else the fused kernel's. A plan is chosen before the dtype is known; float32 is what training and
     sampling run in on a CPU."""
-    if device.type == "cpu" and not grad and cpu_kernel.available():
+    if not grad and cpu_kernel.serves(device, torch.float32):
         return COMPILED_GATHER_ROW_PAIRS, COMPILED_TILE_PAIRS
     return GATHER_ROW_PAIRS, TILE_PAIRS
 
